@@ -1,0 +1,1 @@
+"""Metering and billing of GPU-seconds per function."""

@@ -1,0 +1,69 @@
+"""Every default raygpu uses, named and explained in one place.
+
+Other modules import these names; changing a default here changes it everywhere.
+"""
+
+from __future__ import annotations
+
+# --- Ray namespace and named actors -------------------------------------------------------
+RAY_NAMESPACE = "raygpu"
+STORE_ACTOR_NAME = "raygpu-control-plane-store"
+
+# --- Serve applications --------------------------------------------------------------------
+GATEWAY_APP_NAME = "raygpu-gateway"
+GATEWAY_DEPLOYMENT_NAME = "Gateway"
+# Each user app becomes the Serve application f"{USER_APP_PREFIX}{app}" with no HTTP route.
+USER_APP_PREFIX = "raygpu-app-"
+
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8000
+
+# --- Function spec defaults (Modal's defaults where they exist) -----------------------------
+DEFAULT_CPU = 0.25  # logical cores per replica
+DEFAULT_MAX_CONTAINERS = 10
+DEFAULT_SCALEDOWN_WINDOW_S = 60.0  # Modal's default idle window
+DEFAULT_TIMEOUT_S = 300.0  # Modal's default per-call timeout
+DEFAULT_MAX_INPUTS = 1  # concurrent requests per replica, as on Modal
+DEFAULT_MAX_QUEUE = 100  # queued requests per function beyond which callers get 503
+MAX_SCALEDOWN_WINDOW_S = 24 * 3600.0
+MAX_TIMEOUT_S = 24 * 3600.0
+MAX_RETRIES = 10
+
+# Names that would clash with gateway routes or internal routes.
+RESERVED_FUNCTION_NAMES = frozenset({"docs", "calls", "spawn", "v1"})
+RESERVED_APP_NAMES = frozenset({"healthz", "docs", "calls", "spawn", "v1", "metrics"})
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
+
+# Accelerator types raygpu knows; a cluster labels its GPU nodes with one of these.
+KNOWN_GPU_TYPES = (
+    "T4", "L4", "A10G", "A10", "A100", "A100-40GB", "A100-80GB", "L40S",
+    "H100", "H200", "B200", "GB200", "V100", "MI300X",
+)
+
+MAX_GRACEFUL_SHUTDOWN_S = 600.0  # a replica being removed gets this long to finish in-flight calls
+
+# --- Gateway --------------------------------------------------------------------------------
+MAX_BODY_BYTES = 16 * 1024 * 1024  # 413 beyond this
+RETRY_AFTER_S = 1  # Retry-After of a 503 while a function's queue is full
+ARRIVAL_FLUSH_INTERVAL_S = 0.2  # how often a gateway replica ships recorded arrivals to the store
+CONFIG_POLL_TIMEOUT_S = 30.0  # long-poll timeout for routing-table changes
+
+# --- Control-plane store --------------------------------------------------------------------
+ARRIVAL_RETENTION_S = 7 * 24 * 3600.0  # arrivals older than this are pruned
+ARRIVAL_SNAPSHOT_MAX_AGE_S = 1.0  # how stale a cached arrival snapshot may be before a refresh
+
+# --- Serve autoscaling knobs that make raygpu's idle window decide --------------------------
+METRICS_INTERVAL_S = 0.5  # replica/handle metrics push; Serve's default 10 s delays cold starts
+LOOK_BACK_PERIOD_S = 2.0
+
+# --- Local cluster ----------------------------------------------------------------------------
+DEFAULT_LOCAL_GPUS = 2
+DEFAULT_LOCAL_ACCELERATOR = "H100"
+# Logical CPUs declared on the local head so several replicas fit on a small machine.
+DEFAULT_LOCAL_LOGICAL_CPUS = 16
+READY_TIMEOUT_S = 120.0
+
+# --- Gateway timeouts ------------------------------------------------------------------------
+# Beyond the function's own timeout, how long the gateway waits for a replica to start before it
+# answers 504 (covers cold starts, node provisioning and model loads).
+COLD_START_ALLOWANCE_S = 600.0

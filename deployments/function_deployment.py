@@ -1,0 +1,202 @@
+"""The Serve deployment that runs one user function or class on its replicas.
+
+The gateway calls `FunctionReplica.__call__(method, body)`; the replica validates the keyword
+arguments against the type hints and answers `(status, payload)`: user code never decides an HTTP
+status and never leaves a caller hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import cloudpickle
+from pydantic_core import to_jsonable_python
+from ray import serve
+
+from deployments import constants
+from deployments.lifecycle import run_enter_hooks, run_exit_hooks
+from deployments.signature import ArgumentError, arguments_model, validate_arguments
+from deployments.spec import FunctionSpec
+
+logger = logging.getLogger("ray.serve")
+
+
+def error_payload(error_type: str, message: str, details: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"type": error_type, "message": message}
+    if details is not None:
+        error["details"] = details
+    return {"error": error}
+
+
+def _jsonable_fallback(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy arrays, torch tensors
+        return value.tolist()
+    raise TypeError(f"a value of type {type(value).__name__} is not JSON-serializable")
+
+
+def unwrap_target(target: Any) -> Any:
+    """The plain function behind an SDK `Function`, or the class itself."""
+    return getattr(target, "fn", target) if not inspect.isclass(target) else target
+
+
+class FunctionReplica:
+    """One replica of a user function or class."""
+
+    def __init__(self, app: str, version: int, spec_json: str, payload: bytes, *sibling_deployments: Any):
+        self.app = app
+        self.version = version
+        self.spec = FunctionSpec.model_validate_json(spec_json)
+        self.started_at = time.time()
+        self._ongoing = 0
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.spec.max_inputs, thread_name_prefix=f"raygpu-{self.spec.name}"
+        )
+        target = unwrap_target(cloudpickle.loads(payload))
+        self.instance: Any = None
+        self.callables: dict[str | None, Callable[..., Any]] = {}
+        if self.spec.kind == "class":
+            self.instance = target()
+            run_enter_hooks(self.instance)
+            for name in self.spec.methods:
+                bound = getattr(self.instance, name)
+                self.callables[name] = bound
+        else:
+            self.callables[None] = target
+        self.models = {name: arguments_model(fn) for name, fn in self.callables.items()}
+        logger.info("raygpu: %s/%s v%d ready (pid %d)", app, self.spec.name, version, os.getpid())
+
+    async def __call__(self, method: str | None, body: Any) -> tuple[int, Any, int]:
+        status, payload = await self._invoke(method, body)
+        return status, payload, self.version
+
+    async def _invoke(self, method: str | None, body: Any) -> tuple[int, Any]:
+        fn = self.callables.get(method)
+        if fn is None:
+            known = ", ".join(m for m in self.callables if m) or "(none)"
+            return 404, error_payload("NotFound", f"{self.spec.name} has no method {method!r}; methods: {known}")
+        try:
+            arguments = validate_arguments(self.models[method], body)
+        except ArgumentError as exc:
+            return 422, error_payload("ValidationError", str(exc), exc.errors)
+        self._ongoing += 1
+        try:
+            if inspect.iscoroutinefunction(fn):
+                result = await asyncio.wait_for(fn(**arguments), timeout=self.spec.timeout)
+            else:
+                loop = asyncio.get_running_loop()
+                future = loop.run_in_executor(self._executor, lambda: fn(**arguments))
+                result = await asyncio.wait_for(future, timeout=self.spec.timeout)
+        except asyncio.TimeoutError:
+            return 504, error_payload(
+                "Timeout",
+                f"{self.spec.name} did not finish within its timeout of {self.spec.timeout:g} s; "
+                "raise `timeout=` in the decorator if it needs longer",
+            )
+        except Exception as exc:
+            logger.warning("raygpu: %s raised %s", self.spec.name, "".join(traceback.format_exception(exc)))
+            return 500, error_payload(type(exc).__name__, str(exc))
+        finally:
+            self._ongoing -= 1
+        try:
+            return 200, to_jsonable_python(result, fallback=_jsonable_fallback)
+        except Exception as exc:
+            return 500, error_payload(
+                "SerializationError", f"{self.spec.name} returned a value that cannot be sent as JSON: {exc}"
+            )
+
+    async def replica_info(self) -> dict[str, Any]:
+        import ray
+
+        return {
+            "pid": os.getpid(),
+            "version": self.version,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "started_at": self.started_at,
+            "ongoing": self._ongoing,
+        }
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return {"raygpu_ongoing": float(self._ongoing)}
+
+    def __del__(self) -> None:
+        if self.instance is not None:
+            try:
+                run_exit_hooks(self.instance)
+            except Exception:
+                logger.exception("raygpu: exit hook of %s failed", self.spec.name)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def deployment_options(
+    app: str,
+    spec: FunctionSpec,
+    accelerator: str | None,
+    store_actor: str,
+    store_namespace: str,
+) -> dict[str, Any]:
+    """Serve options of one function's deployment: resources, autoscaling, queue bounds."""
+    from autoscaling.serve_adapter import serve_autoscaling_config
+
+    actor_options: dict[str, Any] = {"num_cpus": spec.cpu}
+    request = spec.gpu_request
+    if request is not None:
+        actor_options["num_gpus"] = request.count
+        if accelerator:
+            actor_options["accelerator_type"] = accelerator
+    if spec.memory:
+        actor_options["memory"] = spec.memory * 1024 * 1024
+    runtime_env = spec.image.to_runtime_env()
+    if runtime_env:
+        actor_options["runtime_env"] = runtime_env
+    return {
+        "name": spec.name,
+        "ray_actor_options": actor_options,
+        "max_ongoing_requests": spec.max_inputs,
+        # Serve's router enforces the queue bound in the gateway's process; at least one request
+        # must be able to wait, or a function at zero replicas could never start.
+        "max_queued_requests": max(spec.max_queue, 1),
+        "graceful_shutdown_timeout_s": min(spec.timeout, constants.MAX_GRACEFUL_SHUTDOWN_S),
+        "graceful_shutdown_wait_loop_s": 0.5,
+        "autoscaling_config": serve_autoscaling_config(
+            app=app,
+            function=spec.name,
+            min_replicas=spec.min_containers,
+            max_replicas=spec.max_containers,
+            buffer_replicas=spec.buffer_containers,
+            inputs_per_replica=spec.max_inputs,
+            idle_window_s=spec.scaledown_window,
+            store_actor=store_actor,
+            store_namespace=store_namespace,
+            metrics_interval_s=constants.METRICS_INTERVAL_S,
+            look_back_period_s=constants.LOOK_BACK_PERIOD_S,
+        ),
+    }
+
+
+def build_app_application(
+    app: str,
+    version: int,
+    units: list[tuple[FunctionSpec, bytes, str | None]],
+    store_actor: str,
+    store_namespace: str,
+) -> Any:
+    """One Serve application holding a deployment per function or class of a user app.
+
+    Serve needs a single ingress: the first deployment takes the others as (unused) constructor
+    arguments, which is how Serve learns to deploy them all in the same application.
+    """
+    bound = []
+    for spec, payload, accelerator in units:
+        options = deployment_options(app, spec, accelerator, store_actor, store_namespace)
+        deployment = serve.deployment(FunctionReplica).options(**options)
+        bound.append((deployment, (app, version, spec.model_dump_json(), payload)))
+    ingress_deployment, ingress_args = bound[0]
+    siblings = [deployment.bind(*args) for deployment, args in bound[1:]]
+    return ingress_deployment.bind(*ingress_args, *siblings)

@@ -1,0 +1,294 @@
+"""The cluster-wide HTTP gateway: one CPU-only Serve application in front of every user app.
+
+It answers whatever needs no GPU itself (health, docs, auth, size limits, malformed JSON, unknown
+routes, full queues), records each accepted arrival for the autoscaler, and calls the function's
+deployment through a Serve handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from deployments import constants
+from deployments.spec import DeployedFunction
+from deployments.store import get_store
+
+logger = logging.getLogger("ray.serve")
+
+REPLICA_GONE_ERRORS: tuple[type[BaseException], ...] = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.ActorUnavailableError,
+)
+
+
+def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        content=json.dumps(payload, separators=(",", ":")).encode(),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(status: int, error_type: str, message: str, headers: dict[str, str] | None = None,
+                   details: Any = None) -> Response:
+    error: dict[str, Any] = {"type": error_type, "message": message}
+    if details is not None:
+        error["details"] = details
+    return json_response(status, {"error": error}, headers)
+
+
+class RoutingTable:
+    """The gateway's view of live apps, rebuilt whenever the store's generation moves."""
+
+    def __init__(self, raw: dict[str, Any]):
+        self.generation: int = raw["generation"]
+        self.apps: dict[str, dict[str, Any]] = {}
+        self.functions: dict[tuple[str, str], DeployedFunction] = {}
+        for name, app in raw["apps"].items():
+            self.apps[name] = app
+            for entry in app["functions"]:
+                deployed = DeployedFunction.model_validate(entry)
+                self.functions[(name, deployed.spec.name)] = deployed
+        self.token_hashes: dict[str, set[str]] = {app: set(h) for app, h in raw["token_hashes"].items()}
+
+    def openapi(self, app: str) -> dict[str, Any]:
+        """An OpenAPI 3.1 document of one app, built from the functions' pydantic signatures."""
+        paths: dict[str, Any] = {}
+        for (app_name, _), deployed in sorted(self.functions.items()):
+            if app_name != app:
+                continue
+            for route in deployed.routes:
+                paths[route.path] = {
+                    "post": {
+                        "operationId": route.path.strip("/").replace("/", "__"),
+                        "summary": (route.doc or "").strip().split("\n")[0] or None,
+                        "description": route.doc,
+                        "requestBody": {
+                            "required": True,
+                            "content": {"application/json": {"schema": route.input_schema}},
+                        },
+                        "responses": {
+                            "200": {"description": "Result", "content": {"application/json": {"schema": route.output_schema}}},
+                            "422": {"description": "Arguments do not match the signature"},
+                            "500": {"description": "The function raised"},
+                            "503": {"description": "Queue full; retry after Retry-After seconds"},
+                            "504": {"description": "The call exceeded its timeout"},
+                        },
+                    }
+                }
+        security = {"bearerAuth": []} if self.token_hashes.get(app) else None
+        doc: dict[str, Any] = {
+            "openapi": "3.1.0",
+            "info": {"title": f"raygpu app {app}", "version": str(self.apps[app]["version"])},
+            "paths": paths,
+            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+        }
+        if security:
+            doc["security"] = [security]
+        return doc
+
+
+@serve.deployment(
+    name=constants.GATEWAY_DEPLOYMENT_NAME,
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=1000,
+    autoscaling_config={
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 100,
+        "upscale_delay_s": 5,
+        "downscale_delay_s": 120,
+    },
+)
+class Gateway:
+    def __init__(self, max_body_bytes: int = constants.MAX_BODY_BYTES):
+        self.max_body_bytes = max_body_bytes
+        self.store = get_store()
+        self.table = RoutingTable(ray.get(self.store.routing_table.remote()))
+        self.handles: dict[tuple[str, str], Any] = {}
+        self.inflight: dict[tuple[str, str], int] = {}
+        self.pending_arrivals: list[tuple[str, str, float]] = []
+        self._background: list[asyncio.Task] = []
+
+    # --- background work: routing-table long-poll and arrival shipping ---------------------
+    def _ensure_background(self) -> None:
+        if not self._background:
+            self._background = [
+                asyncio.get_running_loop().create_task(self._watch_routing_table()),
+                asyncio.get_running_loop().create_task(self._ship_arrivals()),
+            ]
+
+    async def _watch_routing_table(self) -> None:
+        while True:
+            try:
+                raw = await self.store.routing_table.remote(self.table.generation, constants.CONFIG_POLL_TIMEOUT_S)
+                if raw["generation"] != self.table.generation:
+                    self.table = RoutingTable(raw)
+                    self.handles = {k: v for k, v in self.handles.items() if k in self.table.functions}
+            except Exception as exc:
+                logger.warning("raygpu gateway: routing table refresh failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def _ship_arrivals(self) -> None:
+        while True:
+            await asyncio.sleep(constants.ARRIVAL_FLUSH_INTERVAL_S)
+            if not self.pending_arrivals:
+                continue
+            batch, self.pending_arrivals = self.pending_arrivals, []
+            try:
+                await self.store.record_arrivals.remote(batch)
+            except Exception as exc:
+                logger.warning("raygpu gateway: could not record %d arrivals (%s); will retry", len(batch), exc)
+                self.pending_arrivals = batch + self.pending_arrivals
+
+    async def refresh(self) -> int:
+        """Fetch the routing table now (used by the CLI right after a change)."""
+        self.table = RoutingTable(await self.store.routing_table.remote())
+        return self.table.generation
+
+    # --- request path ----------------------------------------------------------------------
+    def _handle(self, app: str, deployed: DeployedFunction) -> Any:
+        key = (app, deployed.spec.name)
+        handle = self.handles.get(key)
+        if handle is None:
+            handle = serve.get_deployment_handle(deployed.deployment, app_name=deployed.serve_app)
+            self.handles[key] = handle
+        return handle
+
+    def _authorized(self, app: str, request: Request) -> bool:
+        hashes = self.table.token_hashes.get(app)
+        if not hashes:
+            return True
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        return hashlib.sha256(token.strip().encode()).hexdigest() in hashes
+
+    async def _read_body(self, request: Request) -> bytes | None:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def __call__(self, request: Request) -> Response:
+        self._ensure_background()
+        parts = [p for p in request.url.path.split("/") if p]
+        if request.method == "GET" and parts == ["healthz"]:
+            return json_response(200, {"status": "ok", "generation": self.table.generation,
+                                       "apps": len(self.table.apps)})
+        if not parts:
+            return error_response(404, "NotFound", "no route here; call POST /{app}/{function} "
+                                  "(`raygpu ls` lists the deployed apps)")
+        app = parts[0]
+        if app not in self.table.apps:
+            return error_response(404, "NotFound", f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
+        if not self._authorized(app, request):
+            return error_response(401, "Unauthorized", f"app {app!r} needs a valid 'Authorization: Bearer <token>' "
+                                  "header; create one with `raygpu token create " + app + "`",
+                                  headers={"WWW-Authenticate": "Bearer"})
+        if len(parts) == 2 and parts[1] == "docs":
+            if request.method != "GET":
+                return error_response(405, "MethodNotAllowed", "use GET for /docs", headers={"Allow": "GET"})
+            return json_response(200, self.table.openapi(app))
+        if len(parts) not in (2, 3):
+            return error_response(404, "NotFound", f"no route {request.url.path!r}; routes are "
+                                  f"POST /{app}/{{function}} and POST /{app}/{{Class}}/{{method}}")
+        deployed = self.table.functions.get((app, parts[1]))
+        if deployed is None:
+            known = ", ".join(sorted(f for a, f in self.table.functions if a == app))
+            return error_response(404, "NotFound", f"app {app!r} has no function or class {parts[1]!r}; it has: {known}")
+        spec = deployed.spec
+        method: str | None = None
+        if spec.kind == "class":
+            if len(parts) != 3 or parts[2] not in spec.methods:
+                wanted = parts[2] if len(parts) == 3 else "(none)"
+                return error_response(404, "NotFound", f"class {spec.name!r} has no method {wanted!r}; "
+                                      f"methods: {', '.join(spec.methods)} (POST /{app}/{spec.name}/{{method}})")
+            method = parts[2]
+        elif len(parts) != 2:
+            return error_response(404, "NotFound", f"{spec.name!r} is a function: call POST /{app}/{spec.name}")
+        if request.method != "POST":
+            return error_response(405, "MethodNotAllowed", f"call {request.url.path} with POST",
+                                  headers={"Allow": "POST"})
+        raw = await self._read_body(request)
+        if raw is None:
+            return error_response(413, "PayloadTooLarge",
+                                  f"request body exceeds the gateway limit of {self.max_body_bytes} bytes")
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return error_response(400, "MalformedJSON", f"request body is not valid JSON: {exc}")
+        return await self._call(app, deployed, method, body)
+
+    async def _call(self, app: str, deployed: DeployedFunction, method: str | None, body: Any) -> Response:
+        spec = deployed.spec
+        key = (app, spec.name)
+        bound = spec.max_containers * spec.max_inputs + spec.max_queue
+        if self.inflight.get(key, 0) >= bound:
+            return self._queue_full(spec.name)
+        self.pending_arrivals.append((app, spec.name, time.time()))
+        self.inflight[key] = self.inflight.get(key, 0) + 1
+        try:
+            handle = self._handle(app, deployed)
+            attempts = spec.retries + 1
+            for attempt in range(attempts):
+                response = handle.remote(method, body)
+                try:
+                    status, payload, version = await asyncio.wait_for(
+                        _await(response), timeout=spec.timeout + constants.COLD_START_ALLOWANCE_S
+                    )
+                except BackPressureError:
+                    return self._queue_full(spec.name)
+                except asyncio.TimeoutError:
+                    response.cancel()
+                    return error_response(504, "Timeout", f"no replica of {spec.name!r} answered within "
+                                          f"{spec.timeout + constants.COLD_START_ALLOWANCE_S:g} s "
+                                          "(timeout plus cold-start allowance); `raygpu status` shows its replicas")
+                except REPLICA_GONE_ERRORS as exc:
+                    if attempt + 1 < attempts:
+                        logger.warning("raygpu gateway: replica of %s/%s died; retrying", app, spec.name)
+                        continue
+                    return error_response(500, "ReplicaDied", f"the replica running {spec.name!r} exited during the "
+                                          f"call ({type(exc).__name__}) after {attempts} attempt(s); set `retries=` "
+                                          "to retry such calls, and see `raygpu logs`")
+                return json_response(status, payload, headers={"x-raygpu-version": str(version)})
+            raise AssertionError("unreachable")
+        except Exception as exc:
+            logger.exception("raygpu gateway: call of %s/%s failed", app, spec.name)
+            return error_response(500, "InternalError", f"raygpu could not run the call: {type(exc).__name__}: {exc}")
+        finally:
+            self.inflight[key] -= 1
+
+    @staticmethod
+    def _queue_full(name: str) -> Response:
+        return error_response(503, "QueueFull", f"{name!r} has as many queued calls as its max_queue allows; "
+                              f"retry after {constants.RETRY_AFTER_S} s",
+                              headers={"Retry-After": str(constants.RETRY_AFTER_S)})
+
+
+async def _await(response: Any) -> Any:
+    return await response
+
+
+def build_gateway_application(max_body_bytes: int = constants.MAX_BODY_BYTES) -> Any:
+    return Gateway.bind(max_body_bytes)

@@ -1,0 +1,81 @@
+"""Arguments of a user function as a pydantic model: validation in the replica, schemas for the docs.
+
+Only keyword arguments travel over HTTP: the request body is a JSON object of them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+
+class ArgumentError(Exception):
+    """The request's arguments do not match the function's signature (HTTP 422)."""
+
+    def __init__(self, errors: list[dict[str, Any]]):
+        self.errors = errors
+        fields = ", ".join(sorted({e["field"] for e in errors}))
+        super().__init__(f"invalid arguments: {fields}")
+
+
+def arguments_model(fn: Callable[..., Any], *, skip_first: bool = False) -> type[BaseModel]:
+    """A pydantic model with one field per parameter of `fn` (un-annotated parameters take Any)."""
+    signature = inspect.signature(fn)
+    fields: dict[str, Any] = {}
+    params = list(signature.parameters.values())
+    if skip_first and params:
+        params = params[1:]
+    accepts_extra = False
+    for param in params:
+        if param.kind in (inspect.Parameter.VAR_POSITIONAL,):
+            continue
+        if param.kind == inspect.Parameter.VAR_KEYWORD:
+            accepts_extra = True
+            continue
+        annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (annotation, default)
+    name = "".join(part.capitalize() for part in fn.__name__.split("_")) + "Arguments"
+    config = ConfigDict(extra="allow" if accepts_extra else "forbid", arbitrary_types_allowed=True)
+    return create_model(name, __config__=config, **fields)
+
+
+def return_schema(fn: Callable[..., Any]) -> dict[str, Any]:
+    """JSON schema of the return annotation ({} when there is none or it has no schema)."""
+    annotation = inspect.signature(fn).return_annotation
+    if annotation is inspect.Signature.empty:
+        return {}
+    try:
+        return TypeAdapter(annotation).json_schema()
+    except Exception:
+        return {}
+
+
+def validate_arguments(model: type[BaseModel], body: Any) -> dict[str, Any]:
+    """Validate a decoded JSON body against `model`; raise ArgumentError listing every bad field."""
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise ArgumentError(
+            [{"field": "(body)", "message": "the request body must be a JSON object of keyword arguments",
+              "type": "dict_type"}]
+        )
+    try:
+        validated = model.model_validate(body)
+    except ValidationError as exc:
+        raise ArgumentError(
+            [
+                {
+                    "field": ".".join(str(part) for part in err["loc"]) or "(body)",
+                    "message": err["msg"],
+                    "type": err["type"],
+                }
+                for err in exc.errors(include_url=False)
+            ]
+        ) from None
+    arguments = {name: getattr(validated, name) for name in type(validated).model_fields}
+    if validated.model_extra:
+        arguments.update(validated.model_extra)
+    return arguments

@@ -1,0 +1,185 @@
+"""Function specs: what a decorator declares about one function or class, validated at once.
+
+`FunctionSpec` is the pydantic model that travels from the decorator to the control-plane store and
+to the Serve deployment; `Image` describes the replica's Python environment.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from deployments import constants
+
+
+class Image(BaseModel):
+    """A replica's environment: extra pip packages and environment variables (a Ray runtime_env)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pip: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    def to_runtime_env(self) -> dict[str, Any]:
+        runtime_env: dict[str, Any] = {}
+        if self.pip:
+            runtime_env["pip"] = list(self.pip)
+        if self.env:
+            runtime_env["env_vars"] = dict(self.env)
+        return runtime_env
+
+
+class GpuRequest(BaseModel):
+    """A parsed `gpu=` value: how many GPUs, and which types are acceptable (None: any)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    count: int
+    types: list[str] | None = None
+
+    def describe(self) -> str:
+        kind = " or ".join(self.types) if self.types else "GPU"
+        return f"{self.count}x {kind}"
+
+
+def _canonical_gpu_type(name: str) -> str:
+    for known in constants.KNOWN_GPU_TYPES:
+        if known.lower() == name.strip().lower():
+            return known
+    raise ValueError(
+        f"unknown GPU type {name!r}; use one of {', '.join(constants.KNOWN_GPU_TYPES)}"
+    )
+
+
+def parse_gpu(value: Any) -> GpuRequest | None:
+    """Parse `None`, `1`, `"H100"`, `"A10G:2"` or `["H100", "A100"]` into a GpuRequest."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("must be None, a GPU count, a type such as 'H100' or 'A10G:2', or a list of types")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError("a GPU count must be at least 1 (use gpu=None for a CPU function)")
+        return GpuRequest(count=value)
+    if isinstance(value, str):
+        name, _, count_text = value.partition(":")
+        count = 1
+        if count_text:
+            if not count_text.isdigit() or int(count_text) < 1:
+                raise ValueError(f"{value!r}: the count after ':' must be a positive integer")
+            count = int(count_text)
+        return GpuRequest(count=count, types=[_canonical_gpu_type(name)])
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError("a list of GPU types must not be empty")
+        parsed = [parse_gpu(item) for item in value]
+        if any(not isinstance(item, str) for item in value):
+            raise ValueError("a list must hold GPU type strings such as 'H100' or 'A100:2'")
+        counts = {item.count for item in parsed if item is not None}
+        if len(counts) != 1:
+            raise ValueError("every type in a GPU list must ask for the same count")
+        types = [t for item in parsed if item is not None for t in (item.types or [])]
+        return GpuRequest(count=counts.pop(), types=types)
+    raise ValueError("must be None, a GPU count, a type such as 'H100' or 'A10G:2', or a list of types")
+
+
+def validate_name(name: str, *, what: Literal["app", "function", "class", "method"]) -> str:
+    """Names become URL path segments: letters, digits, '-' and '_', not reserved."""
+    reserved = constants.RESERVED_APP_NAMES if what == "app" else constants.RESERVED_FUNCTION_NAMES
+    if name.startswith("_"):
+        raise ValueError(f"{what} name {name!r} must not start with '_' (reserved for raygpu)")
+    if name in reserved:
+        raise ValueError(
+            f"{what} name {name!r} is reserved for a gateway route; reserved: {', '.join(sorted(reserved))}"
+        )
+    if not re.match(constants.NAME_PATTERN, name):
+        raise ValueError(
+            f"{what} name {name!r} must start with a letter and hold only letters, digits, '-' or '_' "
+            "(at most 63 characters)"
+        )
+    return name
+
+
+class FunctionSpec(BaseModel):
+    """Everything `@app.function(...)` / `@app.cls(...)` declares about one deployable unit."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str
+    kind: Literal["function", "class"] = "function"
+    methods: list[str] = Field(default_factory=list)
+    gpu: Any = None
+    cpu: float = Field(default=constants.DEFAULT_CPU, gt=0, le=512)
+    memory: int | None = Field(default=None, gt=0, description="MiB reserved per replica")
+    image: Image = Field(default_factory=Image)
+    min_containers: int = Field(default=0, ge=0)
+    max_containers: int = Field(default=constants.DEFAULT_MAX_CONTAINERS, ge=1)
+    buffer_containers: int = Field(default=0, ge=0)
+    scaledown_window: float = Field(
+        default=constants.DEFAULT_SCALEDOWN_WINDOW_S, gt=0, le=constants.MAX_SCALEDOWN_WINDOW_S
+    )
+    timeout: float = Field(default=constants.DEFAULT_TIMEOUT_S, gt=0, le=constants.MAX_TIMEOUT_S)
+    retries: int = Field(default=0, ge=0, le=constants.MAX_RETRIES)
+    max_inputs: int = Field(default=constants.DEFAULT_MAX_INPUTS, ge=1, le=10_000)
+    max_queue: int = Field(default=constants.DEFAULT_MAX_QUEUE, ge=0, le=1_000_000)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str, info: Any) -> str:
+        return validate_name(name, what="function")
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _check_gpu(cls, value: Any) -> Any:
+        parse_gpu(value)
+        if isinstance(value, tuple):
+            return list(value)
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _check_methods(cls, methods: list[str]) -> list[str]:
+        for method in methods:
+            validate_name(method, what="method")
+        return methods
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "FunctionSpec":
+        if self.min_containers > self.max_containers:
+            raise ValueError(
+                f"min_containers ({self.min_containers}) must not exceed max_containers ({self.max_containers})"
+            )
+        if self.kind == "class" and not self.methods:
+            raise ValueError("a class needs at least one method marked with @raygpu.method()")
+        return self
+
+    @property
+    def gpu_request(self) -> GpuRequest | None:
+        return parse_gpu(self.gpu)
+
+    @property
+    def gpu_label(self) -> str | None:
+        request = self.gpu_request
+        return request.describe() if request else None
+
+
+class RouteSchema(BaseModel):
+    """One HTTP route of a deployed function: `POST /{app}/{function}[/{method}]`."""
+
+    method: str | None = None
+    path: str
+    input_schema: dict[str, Any] = Field(default_factory=dict)
+    output_schema: dict[str, Any] = Field(default_factory=dict)
+    doc: str | None = None
+
+
+class DeployedFunction(BaseModel):
+    """What the registry keeps of one function of a deployed app version."""
+
+    spec: FunctionSpec
+    serve_app: str
+    deployment: str
+    accelerator: str | None = None
+    routes: list[RouteSchema] = Field(default_factory=list)

@@ -1,0 +1,136 @@
+"""The control-plane store: one detached actor on the head node that owns the SQLite state.
+
+Writers (CLI, gateway) call it; readers that must never block (the Serve controller's autoscaling
+policy) read a cached snapshot that refreshes in the background (autoscaling/serve_adapter.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import ray
+
+from deployments.state_db import StateDB
+from deployments import constants
+
+
+class ControlPlaneStore:
+    """Async actor over StateDB; every mutation of the routing table bumps `generation`."""
+
+    def __init__(self, db_path: str):
+        self.db = StateDB(db_path)
+        self.db_path = db_path
+        self.generation = 1
+        self._changed = asyncio.Event()
+        self._last_prune = 0.0
+
+    def _bump(self) -> int:
+        self.generation += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return self.generation
+
+    async def ping(self) -> dict[str, Any]:
+        return {"db_path": self.db_path, "generation": self.generation}
+
+    # --- registry ------------------------------------------------------------------------------
+    async def begin_version(self, app: str, source: str, functions: list[dict[str, Any]]) -> int:
+        return self.db.begin_version(app, source, functions)
+
+    async def mark_live(self, app: str, version: int) -> int:
+        self.db.mark_live(app, version)
+        return self._bump()
+
+    async def mark_failed(self, app: str, version: int) -> None:
+        self.db.mark_failed(app, version)
+
+    async def delete_app(self, app: str) -> tuple[bool, int]:
+        deleted = self.db.delete_app(app)
+        return deleted, self._bump()
+
+    async def live_apps(self) -> list[dict[str, Any]]:
+        return self.db.live_apps()
+
+    async def versions(self, app: str) -> list[dict[str, Any]]:
+        return self.db.versions(app)
+
+    async def routing_table(self, known_generation: int = 0, wait_s: float = 0.0) -> dict[str, Any]:
+        """The gateway's view; with `wait_s` > 0 it long-polls until the generation moves past `known`."""
+        if wait_s > 0 and known_generation >= self.generation:
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=wait_s)
+            except asyncio.TimeoutError:
+                pass
+        return {
+            "generation": self.generation,
+            "apps": {app["name"]: app for app in self.db.live_apps()},
+            "token_hashes": self.db.active_token_hashes(),
+        }
+
+    # --- tokens --------------------------------------------------------------------------------
+    async def create_token(self, app: str) -> dict[str, Any]:
+        token_id, token = self.db.create_token(app)
+        return {"id": token_id, "token": token, "generation": self._bump()}
+
+    async def revoke_token(self, app: str, token_id: str) -> dict[str, Any]:
+        revoked = self.db.revoke_token(app, token_id)
+        return {"revoked": revoked, "generation": self._bump() if revoked else self.generation}
+
+    async def tokens(self, app: str | None = None) -> list[dict[str, Any]]:
+        return self.db.tokens(app)
+
+    # --- arrivals and scale events -------------------------------------------------------------
+    async def record_arrivals(self, arrivals: list[tuple[str, str, float]]) -> int:
+        count = self.db.record_arrivals(arrivals)
+        now = time.time()
+        if now - self._last_prune > 3600:
+            self._last_prune = now
+            self.db.prune_arrivals(now - constants.ARRIVAL_RETENTION_S)
+        return count
+
+    async def arrivals(self, app: str, function: str, since: float = 0.0) -> list[float]:
+        return self.db.arrivals(app, function, since)
+
+    async def arrival_snapshot(self, since: float) -> dict[tuple[str, str], list[float]]:
+        return self.db.arrivals_since(since)
+
+    async def last_arrivals(self, since: float) -> dict[str, float]:
+        return self.db.last_arrivals(since)
+
+    async def record_scale_events(self, events: list[tuple[str, str, float, int, int]]) -> None:
+        self.db.record_scale_events(events)
+
+    async def last_scale_event(self, app: str, function: str) -> dict[str, Any] | None:
+        return self.db.last_scale_event(app, function)
+
+    async def set_setting(self, key: str, value: Any) -> None:
+        self.db.set_setting(key, value)
+
+    async def get_setting(self, key: str, default: Any = None) -> Any:
+        return self.db.get_setting(key, default)
+
+
+def start_store(db_path: str) -> Any:
+    """Create the detached store actor on the head node, or return the running one."""
+    actor_cls = ray.remote(ControlPlaneStore).options(
+        name=constants.STORE_ACTOR_NAME,
+        namespace=constants.RAY_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        num_cpus=0,
+        max_restarts=-1,
+        max_task_retries=-1,
+        max_concurrency=1000,
+        resources={"node:__internal_head__": 0.001},
+    )
+    handle = actor_cls.remote(db_path)
+    ray.get(handle.ping.remote())
+    return handle
+
+
+def get_store() -> Any:
+    """The running store actor; raises ValueError when it does not exist."""
+    return ray.get_actor(constants.STORE_ACTOR_NAME, namespace=constants.RAY_NAMESPACE)
+

@@ -1,0 +1,27 @@
+"""raygpu: self-hosted serverless GPU functions on Ray Serve.
+
+    app = raygpu.App("demo")
+
+    @app.function(gpu="H100", scaledown_window=30)
+    def hello(name: str) -> str:
+        return f"hello {name}"
+"""
+
+from deployments.spec import FunctionSpec, Image
+from raygpu.app import App, Function, enter, exit, method
+from raygpu.client import lookup
+from raygpu.errors import (
+    DeployError,
+    InvalidSpecError,
+    NoClusterError,
+    NotFoundError,
+    RaygpuError,
+    RemoteCallError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App", "Function", "FunctionSpec", "Image", "enter", "exit", "method", "lookup",
+    "RaygpuError", "InvalidSpecError", "NoClusterError", "DeployError", "NotFoundError", "RemoteCallError",
+]

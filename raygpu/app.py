@@ -1,0 +1,173 @@
+"""The SDK: `App`, `@app.function`, `@app.cls` and the lifecycle markers of a class.
+
+Decorators validate their settings at once (an `InvalidSpecError` names the field) and return
+objects that still run in-process when called plainly.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, TypeVar
+
+from pydantic import ValidationError
+
+from deployments.lifecycle import ENTER_MARK, EXIT_MARK, METHOD_MARK, method_names, run_enter_hooks
+from deployments.spec import FunctionSpec, Image, validate_name
+from raygpu.errors import InvalidSpecError
+
+T = TypeVar("T")
+
+def _spec_error(target: str, exc: ValidationError) -> InvalidSpecError:
+    lines = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in err["loc"]) or "spec"
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{field}: {message}")
+    return InvalidSpecError(f"{target}: invalid settings: " + "; ".join(lines))
+
+
+def enter() -> Callable[[T], T]:
+    """Mark a method of an `@app.cls` class to run once when a replica starts (load models here)."""
+
+    def mark(fn: T) -> T:
+        setattr(fn, ENTER_MARK, True)
+        return fn
+
+    return mark
+
+
+def exit() -> Callable[[T], T]:  # noqa: A001 - mirrors the decorator name users know
+    """Mark a method of an `@app.cls` class to run when a replica stops."""
+
+    def mark(fn: T) -> T:
+        setattr(fn, EXIT_MARK, True)
+        return fn
+
+    return mark
+
+
+def method() -> Callable[[T], T]:
+    """Mark a method of an `@app.cls` class as callable at `POST /{app}/{Class}/{method}`."""
+
+    def mark(fn: T) -> T:
+        setattr(fn, METHOD_MARK, True)
+        return fn
+
+    return mark
+
+
+def _with_lazy_enter(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A plain local call of a method runs the class's enter hooks first, as a replica would."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            run_enter_hooks(self)
+            return await fn(self, *args, **kwargs)
+
+        return async_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        run_enter_hooks(self)
+        return fn(self, *args, **kwargs)
+
+    return wrapper
+
+
+class Function:
+    """A deployable function. Calling it runs it in-process; `.remote()` calls the deployed one."""
+
+    def __init__(self, app: "App", fn: Callable[..., Any], spec: FunctionSpec):
+        self.app = app
+        self.fn = fn
+        self.spec = spec
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def remote(self, **kwargs: Any) -> Any:
+        from raygpu.client import lookup
+
+        return lookup(self.app.name, self.spec.name).remote(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"<raygpu.Function {self.app.name}/{self.spec.name}>"
+
+
+class App:
+    """A named group of functions and classes deployed, versioned and deleted together."""
+
+    def __init__(self, name: str):
+        try:
+            self.name = validate_name(name, what="app")
+        except ValueError as exc:
+            raise InvalidSpecError(f"App({name!r}): {exc}") from None
+        self.functions: dict[str, Function] = {}
+        self.classes: dict[str, type] = {}
+
+    @property
+    def specs(self) -> dict[str, FunctionSpec]:
+        out = {name: f.spec for name, f in self.functions.items()}
+        out.update({name: cls._raygpu_spec for name, cls in self.classes.items()})  # type: ignore[attr-defined]
+        return out
+
+    def _register(self, name: str) -> None:
+        if name in self.functions or name in self.classes:
+            raise InvalidSpecError(f"{self.name}/{name}: a function or class of that name is already in this app")
+
+    def function(self, _fn: Callable[..., Any] | None = None, **settings: Any) -> Any:
+        """Declare a deployable function: `@app.function(gpu="H100", scaledown_window=30)`."""
+
+        def decorate(fn: Callable[..., Any]) -> Function:
+            if inspect.isclass(fn) or not callable(fn):
+                raise InvalidSpecError(f"@{self.name}.function must decorate a function; use @app.cls for classes")
+            name = settings.pop("name", fn.__name__)
+            try:
+                spec = FunctionSpec(name=name, kind="function", **settings)
+            except ValidationError as exc:
+                raise _spec_error(f"{self.name}/{name}", exc) from None
+            except TypeError as exc:
+                raise InvalidSpecError(f"{self.name}/{name}: {exc}") from None
+            self._register(spec.name)
+            function = Function(self, fn, spec)
+            self.functions[spec.name] = function
+            return function
+
+        return decorate(_fn) if _fn is not None else decorate
+
+    def cls(self, _cls: type | None = None, **settings: Any) -> Any:
+        """Declare a deployable class whose `@raygpu.method()` methods become routes."""
+
+        def decorate(cls: type) -> type:
+            if not inspect.isclass(cls):
+                raise InvalidSpecError(f"@{self.name}.cls must decorate a class; use @app.function for functions")
+            name = settings.pop("name", cls.__name__)
+            methods = method_names(cls)
+            try:
+                spec = FunctionSpec(name=name, kind="class", methods=methods, **settings)
+            except ValidationError as exc:
+                raise _spec_error(f"{self.name}/{name}", exc) from None
+            except TypeError as exc:
+                raise InvalidSpecError(f"{self.name}/{name}: {exc}") from None
+            self._register(spec.name)
+            for method_name in methods:
+                original = cls.__dict__.get(method_name)
+                if original is not None:
+                    wrapped = _with_lazy_enter(original)
+                    setattr(wrapped, METHOD_MARK, True)
+                    setattr(cls, method_name, wrapped)
+            cls._raygpu_spec = spec  # type: ignore[attr-defined]
+            cls._raygpu_app = self.name  # type: ignore[attr-defined]
+            self.classes[spec.name] = cls
+            return cls
+
+        return decorate(_cls) if _cls is not None else decorate
+
+    def __repr__(self) -> str:
+        return f"<raygpu.App {self.name}: {', '.join(self.specs) or 'empty'}>"
+
+
+__all__ = ["App", "Function", "Image", "enter", "exit", "method"]

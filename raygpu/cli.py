@@ -1,0 +1,323 @@
+"""The `raygpu` command line: cluster lifecycle, deploys, status, calls, logs and tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from deployments import constants
+from raygpu.errors import RaygpuError
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+address_option = click.option(
+    "--address", envvar="RAYGPU_ADDRESS", default=None,
+    help="Ray cluster address (default: the local cluster from `raygpu up --local`).",
+)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    sys.exit(code)
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except RaygpuError as exc:
+        _fail(str(exc))
+
+
+def _connect(address: str | None) -> None:
+    from raygpu.cluster import connect
+
+    _run(lambda: connect(address))
+
+
+def _when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+@click.group()
+@click.version_option(package_name="raygpu")
+def main() -> None:
+    """raygpu: serverless GPU functions on your own Ray cluster."""
+
+
+@main.command()
+@click.option("--local", "local", is_flag=True, help="Start an embedded Ray cluster on this machine.")
+@click.option("--gpus", default=constants.DEFAULT_LOCAL_GPUS, show_default=True, help="Logical GPUs (--local).")
+@click.option("--accelerator", default=constants.DEFAULT_LOCAL_ACCELERATOR, show_default=True,
+              help="Accelerator type the logical GPUs are labelled with (--local).")
+@click.option("--cpus", default=constants.DEFAULT_LOCAL_LOGICAL_CPUS, show_default=True,
+              help="Logical CPUs declared (--local).")
+@click.option("--port", "http_port", default=constants.DEFAULT_HTTP_PORT, show_default=True, help="Gateway HTTP port.")
+@click.option("--host", "http_host", default=None, help="Gateway bind address (local: 127.0.0.1, cluster: 0.0.0.0).")
+@click.option("--db-path", default=None, help="SQLite file of the control-plane store.")
+@address_option
+def up(local: bool, gpus: int, accelerator: str, cpus: int, http_port: int, http_host: str | None,
+       db_path: str | None, address: str | None) -> None:
+    """Start a local cluster (--local), or install raygpu on a running Ray cluster (--address)."""
+    from raygpu import cluster
+
+    if local:
+        with console.status("starting a local Ray cluster and the raygpu gateway..."):
+            info = _run(lambda: cluster.start_local(
+                gpus=gpus, accelerator=accelerator or None, http_port=http_port,
+                http_host=http_host or constants.DEFAULT_HTTP_HOST, logical_cpus=cpus, db_path=db_path))
+        console.print(f"[green]local cluster up[/green] at {info.address}")
+        console.print(f"  gateway    {info.gateway_url}")
+        console.print(f"  dashboard  {info.dashboard_url}")
+        console.print(f"  GPUs       {info.gpus} x {info.accelerator or 'unlabelled'} (logical)")
+        console.print(f"  state      {info.db_path}")
+        return
+    if not address:
+        _fail("say where: `raygpu up --local` for this machine, or `raygpu up --address HOST:PORT` "
+              "for a cluster started with `ray up cluster.yaml`")
+    _connect(address)
+    with console.status("installing the raygpu control plane..."):
+        out = _run(lambda: cluster.install_control_plane(
+            db_path=db_path or str(Path.home() / ".raygpu" / "state.db"),
+            http_host=http_host or "0.0.0.0", http_port=http_port))
+    console.print(f"[green]raygpu is up[/green]; gateway {out['gateway_url']}")
+
+
+@main.command()
+def down() -> None:
+    """Stop the local cluster started by `raygpu up --local` (only its own processes)."""
+    from raygpu import cluster
+
+    if cluster.read_local_cluster() is None:
+        console.print("no local raygpu cluster is running")
+        return
+    with console.status("stopping the local cluster..."):
+        pids = cluster.stop_local()
+    console.print(f"[green]stopped[/green] {len(pids)} processes")
+
+
+@main.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@address_option
+def deploy(target: str, as_json: bool, address: str | None) -> None:
+    """Deploy FILE[::APP]: a new version, rolled out without dropping requests."""
+    from raygpu.deploy import deploy_app, source_label
+    from raygpu.loader import load_app
+
+    app, path, digest = _run(lambda: load_app(target))
+    _connect(address)
+    with console.status(f"deploying {app.name} ({len(app.specs)} functions)..."):
+        result = _run(lambda: deploy_app(app, source_label(path, digest)))
+    if as_json:
+        click.echo(result.model_dump_json())
+        return
+    console.print(f"[green]deployed[/green] {result.app} v{result.version}")
+    for route in result.routes:
+        console.print(f"  POST {result.gateway_url or ''}{route}")
+
+
+@main.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+@address_option
+def ls(as_json: bool, address: str | None) -> None:
+    """List deployed apps."""
+    from raygpu.deploy import list_apps
+
+    _connect(address)
+    apps = _run(list_apps)
+    if as_json:
+        click.echo(apps.model_dump_json())
+        return
+    table = Table("app", "version", "functions", "deployed")
+    for a in apps.apps:
+        table.add_row(a.name, str(a.version), ", ".join(a.functions), _when(a.deployed_at))
+    console.print(table)
+
+
+@main.command()
+@click.argument("app")
+@click.option("--json", "as_json", is_flag=True)
+@address_option
+def status(app: str, as_json: bool, address: str | None) -> None:
+    """Show an app's live version, replicas and last scale event per function."""
+    from raygpu.deploy import app_status
+
+    _connect(address)
+    info = _run(lambda: app_status(app))
+    if as_json:
+        click.echo(info.model_dump_json())
+        return
+    console.print(f"[bold]{info.app}[/bold] v{info.version} (live since {_when(info.deployed_at)})")
+    table = Table("function", "route", "gpu", "running", "starting", "stopping", "target", "last scale", "status")
+    for f in info.functions:
+        event = f.last_scale_event
+        scale = f"{event.from_replicas}→{event.to_replicas} at {_when(event.time)}" if event else "-"
+        table.add_row(f.name, f.route, f.gpu or "-", str(f.replicas.running), str(f.replicas.starting),
+                      str(f.replicas.stopping), str(f.target), scale, f.status)
+    console.print(table)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--data", default="{}", help="JSON object of keyword arguments.")
+@click.option("--token", envvar="RAYGPU_TOKEN", default=None, help="Bearer token for apps that need one.")
+@click.option("--url", envvar="RAYGPU_GATEWAY_URL", default=None, help="Gateway URL (default: the cluster's).")
+@address_option
+def call(target: str, data: str, token: str | None, url: str | None, address: str | None) -> None:
+    """Call APP/FN (or APP/Class/method) over HTTP through the gateway and print the result."""
+    from raygpu.deploy import gateway_url
+
+    path = target.strip("/")
+    if path.count("/") not in (1, 2):
+        _fail("name the target as APP/FUNCTION or APP/Class/method")
+    try:
+        json.loads(data)
+    except json.JSONDecodeError as exc:
+        _fail(f"--data is not valid JSON: {exc}")
+    if url is None:
+        _connect(address)
+        url = _run(gateway_url)
+    request = urllib.request.Request(f"{url.rstrip('/')}/{path}", data=data.encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=3600) as response:
+            click.echo(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode()
+        try:
+            error = json.loads(body)["error"]
+            _fail(f"HTTP {exc.code} {error['type']}: {error['message']}")
+        except (ValueError, KeyError, TypeError):
+            _fail(f"HTTP {exc.code}: {body}")
+    except urllib.error.URLError as exc:
+        _fail(f"cannot reach the gateway at {url}: {exc.reason}")
+
+
+@main.command()
+@click.argument("target")
+@click.option("--lines", "-n", default=100, show_default=True)
+@address_option
+def logs(target: str, lines: int, address: str | None) -> None:
+    """Print the latest replica log lines of APP or APP/FN."""
+    from raygpu import cluster
+    from raygpu.deploy import serve_app_name
+
+    app, _, function = target.partition("/")
+    _connect(address)
+    local = cluster.read_local_cluster()
+    pattern = f"replica_{serve_app_name(app)}_{function or ''}*.log"
+    files: list[str] = []
+    if local is not None and not address:
+        files = sorted(glob.glob(os.path.join(local.temp_dir, "session_latest", "logs", "serve", pattern)))
+        for path in files:
+            console.rule(os.path.basename(path))
+            click.echo("".join(Path(path).read_text(errors="replace").splitlines(keepends=True)[-lines:]))
+    else:
+        from ray.util.state import get_log, list_logs
+
+        for node_id, groups in list_logs(glob_filter=pattern).items():
+            for name in groups.get("serve", []):
+                files.append(name)
+                console.rule(name)
+                for chunk in get_log(filename=f"serve/{name}", node_id=node_id, tail=lines):
+                    click.echo(chunk, nl=False)
+    if not files:
+        console.print(f"no replica logs for {target} yet (replicas write logs once they start)")
+
+
+@main.command()
+@click.argument("app")
+@address_option
+def stop(app: str, address: str | None) -> None:
+    """Delete an app: its routes, its Serve application and its replicas."""
+    from raygpu.deploy import stop_app
+
+    _connect(address)
+    with console.status(f"stopping {app}..."):
+        _run(lambda: stop_app(app))
+    console.print(f"[green]stopped[/green] {app}")
+
+
+@main.group()
+def token() -> None:
+    """Per-app bearer tokens."""
+
+
+@token.command("create")
+@click.argument("app")
+@click.option("--json", "as_json", is_flag=True)
+@address_option
+def token_create(app: str, as_json: bool, address: str | None) -> None:
+    """Create a token for APP; it is printed once and only its hash is kept."""
+    import ray
+
+    from raygpu.contracts import TokenCreated
+    from raygpu.deploy import gateway_url, store, wait_for_gateway
+
+    _connect(address)
+    created = ray.get(_run(store).create_token.remote(app))
+    _run(lambda: wait_for_gateway(gateway_url(), created["generation"], 30))
+    out = TokenCreated(app=app, id=created["id"], token=created["token"])
+    if as_json:
+        click.echo(out.model_dump_json())
+        return
+    console.print(f"token {out.id} for {app} (shown once, store it now):")
+    click.echo(out.token)
+
+
+@token.command("revoke")
+@click.argument("app")
+@click.argument("token_id")
+@address_option
+def token_revoke(app: str, token_id: str, address: str | None) -> None:
+    """Revoke token TOKEN_ID of APP."""
+    import ray
+
+    from raygpu.deploy import gateway_url, store, wait_for_gateway
+
+    _connect(address)
+    result = ray.get(_run(store).revoke_token.remote(app, token_id))
+    if not result["revoked"]:
+        _fail(f"app {app!r} has no active token {token_id!r}; `raygpu token ls {app}` lists them")
+    _run(lambda: wait_for_gateway(gateway_url(), result["generation"], 30))
+    console.print(f"revoked {token_id}")
+
+
+@token.command("ls")
+@click.argument("app", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@address_option
+def token_ls(app: str | None, as_json: bool, address: str | None) -> None:
+    """List tokens (ids and dates only; tokens themselves are never stored)."""
+    import ray
+
+    from raygpu.contracts import TokenInfo
+    from raygpu.deploy import store
+
+    _connect(address)
+    tokens = [TokenInfo(**t) for t in ray.get(_run(store).tokens.remote(app))]
+    if as_json:
+        click.echo(json.dumps([t.model_dump() for t in tokens]))
+        return
+    table = Table("id", "app", "created", "revoked")
+    for t in tokens:
+        table.add_row(t.id, t.app, _when(t.created_at), _when(t.revoked_at))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

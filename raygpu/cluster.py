@@ -1,0 +1,260 @@
+"""Finding, starting and stopping the Ray cluster raygpu runs on.
+
+`start_local` runs a persistent Ray head in a private temp dir (never the machine's default one);
+`stop_local` stops exactly that cluster by its process ids. `connect` attaches this process to the
+cluster named by --address / RAYGPU_ADDRESS or the local one, and `install_control_plane` puts the
+store, Serve and the gateway on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from pydantic import BaseModel
+
+from deployments import constants
+from raygpu.errors import NoClusterError
+
+ADDRESS_ENV = "RAYGPU_ADDRESS"
+HOME_ENV = "RAYGPU_HOME"
+
+
+def raygpu_home() -> Path:
+    return Path(os.environ.get(HOME_ENV, Path.home() / ".raygpu")).expanduser()
+
+
+def local_state_path() -> Path:
+    return raygpu_home() / "local-cluster.json"
+
+
+class LocalCluster(BaseModel):
+    """What `raygpu up --local` started, kept in $RAYGPU_HOME/local-cluster.json."""
+
+    address: str
+    temp_dir: str
+    dashboard_url: str
+    http_host: str
+    http_port: int
+    gpus: int
+    accelerator: str | None
+    logical_cpus: int
+    db_path: str
+    pids: list[int]
+    started_at: float
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.http_host}:{self.http_port}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_local_cluster() -> LocalCluster | None:
+    path = local_state_path()
+    if not path.exists():
+        return None
+    try:
+        return LocalCluster.model_validate_json(path.read_text())
+    except Exception:
+        return None
+
+
+def cluster_processes(temp_dir: str) -> list[psutil.Process]:
+    """Every process of the cluster whose private temp dir is `temp_dir`."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if temp_dir in cmdline and proc.pid != os.getpid():
+            found.append(proc)
+    return found
+
+
+def local_cluster_alive(cluster: LocalCluster) -> bool:
+    return any(psutil.pid_exists(pid) for pid in cluster.pids) and bool(cluster_processes(cluster.temp_dir))
+
+
+def ray_env(local: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    if local:
+        # A loopback-only single-machine cluster: Ray's token auth only gets in the way here.
+        env.setdefault("RAY_AUTH_MODE", "disabled")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    return env
+
+
+def start_local(
+    *,
+    gpus: int = constants.DEFAULT_LOCAL_GPUS,
+    accelerator: str | None = constants.DEFAULT_LOCAL_ACCELERATOR,
+    http_port: int = constants.DEFAULT_HTTP_PORT,
+    http_host: str = constants.DEFAULT_HTTP_HOST,
+    logical_cpus: int = constants.DEFAULT_LOCAL_LOGICAL_CPUS,
+    db_path: str | None = None,
+    include_dashboard: bool = True,
+) -> LocalCluster:
+    """Start a persistent local Ray head with logical GPUs, then the raygpu control plane on it."""
+    existing = read_local_cluster()
+    if existing and local_cluster_alive(existing):
+        raise NoClusterError(
+            f"a local raygpu cluster is already running at {existing.address} "
+            f"(gateway {existing.gateway_url}); stop it with `raygpu down` first"
+        )
+    home = raygpu_home()
+    home.mkdir(parents=True, exist_ok=True)
+    # Unix socket paths must stay short: keep Ray's temp dir directly under /tmp.
+    temp_dir = tempfile.mkdtemp(prefix="raygpu-")
+    gcs_port = free_port()
+    dashboard_port = free_port()
+    resources = {f"accelerator_type:{accelerator}": gpus} if accelerator and gpus else {}
+    cmd = [
+        sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
+        f"--port={gcs_port}",
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={logical_cpus}",
+        f"--num-gpus={gpus}",
+        f"--resources={json.dumps(resources)}",
+        f"--temp-dir={temp_dir}",
+        f"--include-dashboard={'true' if include_dashboard else 'false'}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        "--disable-usage-stats",
+    ]
+    result = subprocess.run(cmd, env=ray_env(local=True), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise NoClusterError(f"`ray start` failed:\n{result.stdout}\n{result.stderr}")
+    address = f"127.0.0.1:{gcs_port}"
+    cluster = LocalCluster(
+        address=address,
+        temp_dir=temp_dir,
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}",
+        http_host=http_host,
+        http_port=http_port,
+        gpus=gpus,
+        accelerator=accelerator if gpus else None,
+        logical_cpus=logical_cpus,
+        db_path=db_path or str(home / "state.db"),
+        pids=[p.pid for p in cluster_processes(temp_dir)],
+        started_at=time.time(),
+    )
+    local_state_path().write_text(cluster.model_dump_json(indent=2))
+    try:
+        connect(address)
+        install_control_plane(db_path=cluster.db_path, http_host=http_host, http_port=http_port)
+    except Exception:
+        stop_local()
+        raise
+    cluster.pids = sorted({*cluster.pids, *(p.pid for p in cluster_processes(temp_dir))})
+    local_state_path().write_text(cluster.model_dump_json(indent=2))
+    return cluster
+
+
+def stop_local(timeout_s: float = 15.0) -> list[int]:
+    """Stop the local cluster by its own process ids (never `ray stop`); return the pids stopped."""
+    cluster = read_local_cluster()
+    if cluster is None:
+        return []
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    procs = {p.pid: p for p in cluster_processes(cluster.temp_dir)}
+    for pid in cluster.pids:
+        if pid not in procs and psutil.pid_exists(pid):
+            try:
+                procs[pid] = psutil.Process(pid)
+            except psutil.NoSuchProcess:
+                pass
+    for proc in procs.values():
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=timeout_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    local_state_path().unlink(missing_ok=True)
+    return sorted(procs)
+
+
+def resolve_address(address: str | None = None) -> tuple[str, bool]:
+    """(address, is_local): --address, then RAYGPU_ADDRESS, then the local cluster."""
+    address = address or os.environ.get(ADDRESS_ENV)
+    if address:
+        return address, False
+    cluster = read_local_cluster()
+    if cluster and local_cluster_alive(cluster):
+        return cluster.address, True
+    raise NoClusterError(
+        "no raygpu cluster is running: start one with `raygpu up --local`, or point at a cluster with "
+        f"--address / {ADDRESS_ENV}=HOST:PORT"
+    )
+
+
+def connect(address: str | None = None) -> None:
+    """Attach this process to the raygpu cluster (once per process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    resolved, local = resolve_address(address)
+    if local:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        ray.init(
+            address=resolved,
+            namespace=constants.RAY_NAMESPACE,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    except Exception as exc:
+        raise NoClusterError(
+            f"cannot reach the Ray cluster at {resolved}: {exc}; start one with `raygpu up --local` "
+            f"or check --address / {ADDRESS_ENV}"
+        ) from None
+
+
+def install_control_plane(
+    *, db_path: str, http_host: str = "0.0.0.0", http_port: int = constants.DEFAULT_HTTP_PORT
+) -> dict[str, Any]:
+    """Start (or find) the store actor, Serve and the gateway on the connected cluster."""
+    import ray
+    from ray import serve
+
+    from deployments.gateway import build_gateway_application
+    from deployments.store import start_store
+
+    store = start_store(db_path)
+    serve.start(
+        http_options={"host": http_host, "port": http_port},
+        proxy_location="HeadOnly",
+    )
+    serve.run(build_gateway_application(), name=constants.GATEWAY_APP_NAME, route_prefix="/")
+
+    host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
+    gateway_url = f"http://{host}:{http_port}"
+    ray.get(store.set_setting.remote("gateway_url", gateway_url))
+    return {"gateway_url": gateway_url}

@@ -1,0 +1,90 @@
+"""The JSON contracts of the CLI: `raygpu ls --json` and `raygpu status APP --json` print these.
+
+Scripts rely on these shapes; extra keys may be added, existing ones never renamed.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ReplicaCounts(BaseModel):
+    running: int = 0
+    starting: int = 0
+    stopping: int = 0
+
+
+class ScaleEvent(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    time: float
+    from_replicas: int = Field(alias="from")
+    to_replicas: int = Field(alias="to")
+
+
+class ReplicaInfo(BaseModel):
+    replica_id: str
+    state: str
+    pid: int | None = None
+    node_id: str | None = None
+    start_time: float | None = None
+
+
+class FunctionStatus(BaseModel):
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    name: str
+    kind: str
+    route: str
+    gpu: str | None
+    accelerator: str | None = None
+    replicas: ReplicaCounts
+    target: int
+    last_scale_event: ScaleEvent | None = None
+    status: str = "UNKNOWN"
+    message: str = ""
+    replica_details: list[ReplicaInfo] = Field(default_factory=list)
+
+
+class AppStatus(BaseModel):
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    app: str
+    version: int
+    deployed_at: float | None = None
+    source: str | None = None
+    gateway_url: str | None = None
+    functions: list[FunctionStatus]
+
+
+class AppSummary(BaseModel):
+    name: str
+    version: int
+    deployed_at: float | None = None
+    functions: list[str]
+    source: str | None = None
+
+
+class AppList(BaseModel):
+    apps: list[AppSummary]
+
+
+class DeployResult(BaseModel):
+    app: str
+    version: int
+    functions: list[str]
+    routes: list[str]
+    gateway_url: str | None = None
+
+
+class TokenCreated(BaseModel):
+    app: str
+    id: str
+    token: str
+
+
+class TokenInfo(BaseModel):
+    id: str
+    app: str
+    created_at: float
+    revoked_at: float | None = None

@@ -1,0 +1,230 @@
+"""Deploying, listing, inspecting and stopping apps on a connected cluster."""
+
+from __future__ import annotations
+
+import inspect
+import time
+import urllib.error
+import urllib.request
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import ray
+from ray import serve
+
+from deployments import constants
+from deployments.function_deployment import build_app_application
+from deployments.signature import arguments_model, return_schema
+from deployments.spec import DeployedFunction, FunctionSpec, RouteSchema
+from deployments.store import get_store
+from raygpu.app import App
+from raygpu.contracts import (
+    AppList, AppStatus, AppSummary, DeployResult, FunctionStatus, ReplicaCounts, ReplicaInfo, ScaleEvent,
+)
+from raygpu.errors import DeployError, NoClusterError, NotFoundError
+
+GATEWAY_URL_ENV = "RAYGPU_GATEWAY_URL"
+
+
+def store() -> Any:
+    try:
+        return get_store()
+    except ValueError:
+        raise NoClusterError(
+            "the cluster has no raygpu control plane; run `raygpu up --local` (or `raygpu up --address ...` "
+            "on a cluster started with `ray up cluster.yaml`)"
+        ) from None
+
+
+def serve_app_name(app: str) -> str:
+    return f"{constants.USER_APP_PREFIX}{app}"
+
+
+def gateway_url() -> str:
+    if os.environ.get(GATEWAY_URL_ENV):
+        return os.environ[GATEWAY_URL_ENV].rstrip("/")
+    url = ray.get(store().get_setting.remote("gateway_url"))
+    if not url:
+        raise NoClusterError("the gateway URL is unknown; set RAYGPU_GATEWAY_URL or run `raygpu up` again")
+    return url
+
+
+def cluster_accelerators() -> tuple[dict[str, float], float]:
+    resources = ray.cluster_resources()
+    types = {
+        key.removeprefix("accelerator_type:"): value
+        for key, value in resources.items()
+        if key.startswith("accelerator_type:")
+    }
+    return types, resources.get("GPU", 0.0)
+
+
+def resolve_accelerator(app: str, spec: FunctionSpec) -> str | None:
+    """The accelerator type this cluster will run `spec` on; refuse what it cannot schedule."""
+    request = spec.gpu_request
+    if request is None:
+        return None
+    types, total_gpus = cluster_accelerators()
+    have = ", ".join(f"{t} ({int(n)} GPUs)" for t, n in types.items()) or "no labelled GPU types"
+    if total_gpus < request.count:
+        raise DeployError(
+            f"{app}/{spec.name} asks for {request.describe()} but the cluster has {int(total_gpus)} GPU(s) "
+            f"({have}); start the local cluster with `raygpu up --local --gpus {request.count}` or add GPU nodes"
+        )
+    if not request.types:
+        return None
+    for wanted in request.types:
+        if types.get(wanted, 0) >= request.count:
+            return wanted
+    raise DeployError(
+        f"{app}/{spec.name} asks for {request.describe()} but this cluster has {have}; "
+        f"start the local cluster with `raygpu up --local --accelerator {request.types[0]}` or add a node of that type"
+    )
+
+
+def routes_of(app: App, name: str, spec: FunctionSpec) -> list[RouteSchema]:
+    if spec.kind == "function":
+        fn = app.functions[name].fn
+        return [RouteSchema(path=f"/{app.name}/{name}", doc=inspect.getdoc(fn),
+                            input_schema=arguments_model(fn).model_json_schema(), output_schema=return_schema(fn))]
+    cls = app.classes[name]
+    routes = []
+    for method_name in spec.methods:
+        fn = inspect.unwrap(getattr(cls, method_name))
+        routes.append(RouteSchema(
+            method=method_name, path=f"/{app.name}/{name}/{method_name}", doc=inspect.getdoc(fn),
+            input_schema=arguments_model(fn, skip_first=True).model_json_schema(), output_schema=return_schema(fn),
+        ))
+    return routes
+
+
+def deploy_app(app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S) -> DeployResult:
+    """Record a new version and roll it out; the previous version keeps serving until it is live."""
+    control = store()
+    units: list[tuple[FunctionSpec, bytes, str | None]] = []
+    deployed: list[DeployedFunction] = []
+    for name, spec in app.specs.items():
+        accelerator = resolve_accelerator(app.name, spec)
+        target = app.functions[name].fn if spec.kind == "function" else app.classes[name]
+        try:
+            payload = cloudpickle.dumps(target)
+        except Exception as exc:
+            raise DeployError(f"{app.name}/{name} cannot be shipped to replicas: {exc}") from None
+        units.append((spec, payload, accelerator))
+        deployed.append(DeployedFunction(
+            spec=spec, serve_app=serve_app_name(app.name), deployment=spec.name,
+            accelerator=accelerator, routes=routes_of(app, name, spec),
+        ))
+    version = ray.get(control.begin_version.remote(app.name, source, [d.model_dump(mode="json") for d in deployed]))
+    try:
+        application = build_app_application(
+            app.name, version, units, constants.STORE_ACTOR_NAME, constants.RAY_NAMESPACE
+        )
+        serve.run(application, name=serve_app_name(app.name), route_prefix=None)
+    except Exception as exc:
+        ray.get(control.mark_failed.remote(app.name, version))
+        raise DeployError(f"Serve refused {app.name} v{version}: {exc}") from None
+    generation = ray.get(control.mark_live.remote(app.name, version))
+    url = None
+    try:
+        url = gateway_url()
+        wait_for_gateway(url, generation, wait_s)
+    except NoClusterError:
+        pass
+    return DeployResult(
+        app=app.name, version=version, functions=list(app.specs),
+        routes=[r.path for d in deployed for r in d.routes], gateway_url=url,
+    )
+
+
+def wait_for_gateway(url: str, generation: int, wait_s: float) -> None:
+    """Block until the gateway serves routing-table generation `generation` or later."""
+    deadline = time.monotonic() + wait_s
+    last_error = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+                if json.loads(response.read())["generation"] >= generation:
+                    return
+        except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+            last_error = str(exc)
+        time.sleep(0.1)
+    raise DeployError(f"the gateway at {url} did not pick up the change within {wait_s:g} s ({last_error})")
+
+
+def list_apps() -> AppList:
+    apps = ray.get(store().live_apps.remote())
+    return AppList(apps=[
+        AppSummary(name=a["name"], version=a["version"], deployed_at=a["live_at"], source=a["source"],
+                   functions=[f["spec"]["name"] for f in a["functions"]])
+        for a in apps
+    ])
+
+
+def _serve_details() -> dict[str, Any]:
+    from ray.serve.context import _get_global_client
+
+    try:
+        return _get_global_client().get_serve_details()
+    except Exception:
+        return {}
+
+
+def app_status(app: str) -> AppStatus:
+    control = store()
+    live = {a["name"]: a for a in ray.get(control.live_apps.remote())}
+    if app not in live:
+        raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
+    entry = live[app]
+    serve_app = _serve_details().get("applications", {}).get(serve_app_name(app), {})
+    functions = []
+    for raw in entry["functions"]:
+        deployed = DeployedFunction.model_validate(raw)
+        details = serve_app.get("deployments", {}).get(deployed.deployment, {})
+        replicas = details.get("replicas", [])
+        counts = ReplicaCounts(
+            running=sum(1 for r in replicas if r.get("state") == "RUNNING"),
+            starting=sum(1 for r in replicas if r.get("state") in ("STARTING", "PENDING_MIGRATION", "UPDATING", "RECOVERING")),
+            stopping=sum(1 for r in replicas if r.get("state") == "STOPPING"),
+        )
+        event = ray.get(control.last_scale_event.remote(app, deployed.spec.name))
+        functions.append(FunctionStatus(
+            name=deployed.spec.name, kind=deployed.spec.kind,
+            route=deployed.routes[0].path if deployed.spec.kind == "function" else f"/{app}/{deployed.spec.name}/{{method}}",
+            gpu=deployed.spec.gpu_label, accelerator=deployed.accelerator, replicas=counts,
+            target=int(details.get("target_num_replicas", counts.running)),
+            last_scale_event=ScaleEvent.model_validate(event) if event else None,
+            status=str(getattr(details.get("status"), "value", details.get("status") or "UNKNOWN")), message=details.get("message", "") or "",
+            replica_details=[
+                ReplicaInfo(replica_id=r.get("replica_id", ""), state=str(getattr(r.get("state"), "value", r.get("state"))), pid=r.get("pid"),
+                            node_id=r.get("node_id"), start_time=r.get("start_time_s"))
+                for r in replicas
+            ],
+        ))
+    url = None
+    try:
+        url = gateway_url()
+    except NoClusterError:
+        pass
+    return AppStatus(app=app, version=entry["version"], deployed_at=entry["live_at"], source=entry["source"],
+                     gateway_url=url, functions=functions)
+
+
+def stop_app(app: str) -> None:
+    control = store()
+    live = {a["name"] for a in ray.get(control.live_apps.remote())}
+    if app not in live:
+        raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
+    _, generation = ray.get(control.delete_app.remote(app))
+    try:
+        wait_for_gateway(gateway_url(), generation, 30)
+    except (NoClusterError, DeployError):
+        pass
+    serve.delete(serve_app_name(app))
+
+
+def source_label(path: Path, digest: str) -> str:
+    return f"{path.resolve()}@{digest}"

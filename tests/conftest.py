@@ -1,0 +1,92 @@
+"""One real local raygpu cluster per test session, started and stopped through the real CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+APPS = Path(__file__).resolve().parent / "apps"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Cluster:
+    def __init__(self, home: Path, url: str, env: dict[str, str]):
+        self.home = home
+        self.url = url
+        self.env = env
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run the real `raygpu` console script against this cluster."""
+        return subprocess.run([str(Path(sys.executable).parent / "raygpu"), *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+    def post(self, path: str, json_body=None, **kwargs) -> requests.Response:
+        return requests.post(f"{self.url}{path}", json=json_body, timeout=kwargs.pop("timeout", 120), **kwargs)
+
+    def deploy(self, file: str | Path) -> dict:
+        from raygpu.deploy import deploy_app, source_label
+        from raygpu.loader import load_app
+
+        app, path, digest = load_app(str(file))
+        return deploy_app(app, source_label(path, digest)).model_dump()
+
+    def status(self, app: str):
+        from raygpu.deploy import app_status
+
+        return app_status(app)
+
+    def wait_for(self, predicate, timeout: float = 60, interval: float = 0.25, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    home = Path(tempfile.mkdtemp(prefix="raygpu-test-home-"))
+    port = _free_port()
+    env = dict(os.environ, RAYGPU_HOME=str(home), RAY_AUTH_MODE="disabled")
+    env.pop("RAYGPU_ADDRESS", None)
+    os.environ["RAYGPU_HOME"] = str(home)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.pop("RAYGPU_ADDRESS", None)
+    up = subprocess.run(
+        [str(Path(sys.executable).parent / "raygpu"), "up", "--local", "--gpus", "2", "--accelerator", "H100",
+         "--port", str(port)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert up.returncode == 0, f"raygpu up failed:\n{up.stdout}\n{up.stderr}"
+    from raygpu.cluster import connect, read_local_cluster
+
+    connect()
+    info = read_local_cluster()
+    assert info is not None
+    yield Cluster(home, f"http://127.0.0.1:{port}", env)
+    import ray
+
+    ray.shutdown()
+    down = subprocess.run([str(Path(sys.executable).parent / "raygpu"), "down"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    from raygpu.cluster import cluster_processes
+
+    leftover = cluster_processes(info.temp_dir)
+    assert not leftover, f"`raygpu down` left processes running: {[p.pid for p in leftover]}"
