@@ -97,6 +97,8 @@ def ray_env(local: bool) -> dict[str, str]:
         # A loopback-only single-machine cluster: Ray's token auth only gets in the way here.
         env.setdefault("RAY_AUTH_MODE", "disabled")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Replicas' print() and stdout land in their Serve replica log, where `raygpu logs` reads them.
+    env.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     return env
 
 
