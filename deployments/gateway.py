@@ -1,5 +1,6 @@
 """The cluster-wide HTTP gateway: one CPU-only Serve application in front of every user app.
 
+Its replicas serve HTTP themselves on the gateway port (Serve's own proxy listens elsewhere).
 It answers whatever needs no GPU itself (health, docs, auth, size limits, malformed JSON, unknown
 routes, full queues), records each accepted arrival for the autoscaler, and calls the function's
 deployment through a Serve handle.
@@ -8,13 +9,16 @@ deployment through a Serve handle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import socket
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import ray
+import uvicorn
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from starlette.requests import Request
@@ -100,9 +104,39 @@ class RoutingTable:
         return doc
 
 
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside a replica: the actor process owns its signals, not the HTTP server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that every gateway replica on the node binds at once (SO_REUSEPORT):
+    the kernel spreads connections across them, and a replacement replica binds before the old
+    one leaves, so a rolling restart of the gateway refuses no connection."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
 @serve.deployment(
     name=constants.GATEWAY_DEPLOYMENT_NAME,
-    ray_actor_options={"num_cpus": 0.5},
+    ray_actor_options={
+        "num_cpus": 0.5,
+        # The gateway never blocks its event loop, so its code, its HTTP server and its handles'
+        # router share the replica's main loop: no thread hop on the request path.
+        "runtime_env": {"env_vars": {
+            "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+            "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+        }},
+    },
     max_ongoing_requests=1000,
     autoscaling_config={
         "min_replicas": 1,
@@ -113,23 +147,57 @@ class RoutingTable:
     },
 )
 class Gateway:
-    def __init__(self, max_body_bytes: int = constants.MAX_BODY_BYTES):
+    """Terminates HTTP itself (uvicorn on a shared port) so a call crosses one process boundary,
+    gateway to function replica, as a plain Serve request crosses proxy to replica."""
+
+    async def __init__(self, http_host: str, http_port: int, max_body_bytes: int = constants.MAX_BODY_BYTES):
         self.max_body_bytes = max_body_bytes
         self.store = get_store()
-        self.table = RoutingTable(ray.get(self.store.routing_table.remote()))
+        self.table = RoutingTable(await self.store.routing_table.remote())
         self.handles: dict[tuple[str, str], Any] = {}
         self.inflight: dict[tuple[str, str], int] = {}
         self.pending_arrivals: list[tuple[str, str, float]] = []
-        self._background: list[asyncio.Task] = []
+        loop = asyncio.get_running_loop()
+        self._background = [
+            loop.create_task(self._watch_routing_table()),
+            loop.create_task(self._ship_arrivals()),
+        ]
+        self._socket = reuse_port_socket(http_host, http_port)
+        config = uvicorn.Config(
+            self.asgi, lifespan="off", access_log=False, log_level="warning", loop="none",
+            timeout_keep_alive=60, server_header=False, log_config=None, interface="asgi3", proxy_headers=False,
+        )
+        self._server = _EmbeddedServer(config)
+        self._server_task = loop.create_task(self._server._serve([self._socket]))
+        while not self._server.started:
+            if self._server_task.done():
+                self._server_task.result()
+                raise RuntimeError(f"the gateway's HTTP server on {http_host}:{http_port} stopped at start")
+            await asyncio.sleep(0.01)
+        logger.info("raygpu gateway listening on %s:%d", http_host, http_port)
+
+    async def check_health(self) -> None:
+        if self._server_task.done():
+            raise RuntimeError("the gateway's HTTP server stopped")
+
+    async def asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            response = await self.handle_http(Request(scope, receive))
+        except Exception as exc:
+            logger.exception("raygpu gateway: request failed")
+            response = error_response(500, "InternalError", f"the gateway failed: {type(exc).__name__}: {exc}")
+        await response(scope, receive, send)
+
+    def __del__(self) -> None:
+        server = getattr(self, "_server", None)
+        if server is not None:
+            server.should_exit = True
+        for task in getattr(self, "_background", []):
+            task.cancel()
 
     # --- background work: routing-table long-poll and arrival shipping ---------------------
-    def _ensure_background(self) -> None:
-        if not self._background:
-            self._background = [
-                asyncio.get_running_loop().create_task(self._watch_routing_table()),
-                asyncio.get_running_loop().create_task(self._ship_arrivals()),
-            ]
-
     async def _watch_routing_table(self) -> None:
         while True:
             try:
@@ -190,8 +258,7 @@ class Gateway:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def __call__(self, request: Request) -> Response:
-        self._ensure_background()
+    async def handle_http(self, request: Request) -> Response:
         parts = [p for p in request.url.path.split("/") if p]
         if request.method == "GET" and parts == ["healthz"]:
             return json_response(200, {"status": "ok", "generation": self.table.generation,
@@ -290,5 +357,5 @@ async def _await(response: Any) -> Any:
     return await response
 
 
-def build_gateway_application(max_body_bytes: int = constants.MAX_BODY_BYTES) -> Any:
-    return Gateway.bind(max_body_bytes)
+def build_gateway_application(http_host: str, http_port: int, max_body_bytes: int = constants.MAX_BODY_BYTES) -> Any:
+    return Gateway.bind(http_host, http_port, max_body_bytes)

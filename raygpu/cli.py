@@ -64,11 +64,13 @@ def main() -> None:
 @click.option("--cpus", default=constants.DEFAULT_LOCAL_LOGICAL_CPUS, show_default=True,
               help="Logical CPUs declared (--local).")
 @click.option("--port", "http_port", default=constants.DEFAULT_HTTP_PORT, show_default=True, help="Gateway HTTP port.")
+@click.option("--serve-port", default=None, type=int,
+              help="Port of Serve's own HTTP proxy for plain Serve apps (default: a free port locally, PORT+1 on a cluster).")
 @click.option("--host", "http_host", default=None, help="Gateway bind address (local: 127.0.0.1, cluster: 0.0.0.0).")
 @click.option("--db-path", default=None, help="SQLite file of the control-plane store.")
 @address_option
-def up(local: bool, gpus: int, accelerator: str, cpus: int, http_port: int, http_host: str | None,
-       db_path: str | None, address: str | None) -> None:
+def up(local: bool, gpus: int, accelerator: str, cpus: int, http_port: int, serve_port: int | None,
+       http_host: str | None, db_path: str | None, address: str | None) -> None:
     """Start a local cluster (--local), or install raygpu on a running Ray cluster (--address)."""
     from raygpu import cluster
 
@@ -76,10 +78,12 @@ def up(local: bool, gpus: int, accelerator: str, cpus: int, http_port: int, http
         with console.status("starting a local Ray cluster and the raygpu gateway..."):
             info = _run(lambda: cluster.start_local(
                 gpus=gpus, accelerator=accelerator or None, http_port=http_port,
-                http_host=http_host or constants.DEFAULT_HTTP_HOST, logical_cpus=cpus, db_path=db_path))
+                http_host=http_host or constants.DEFAULT_HTTP_HOST, serve_port=serve_port, logical_cpus=cpus,
+                db_path=db_path))
         console.print(f"[green]local cluster up[/green] at {info.address}")
         console.print(f"  gateway    {info.gateway_url}")
         console.print(f"  dashboard  {info.dashboard_url}")
+        console.print(f"  serve      {info.serve_url} (Serve's proxy, for plain Serve apps)")
         console.print(f"  GPUs       {info.gpus} x {info.accelerator or 'unlabelled'} (logical)")
         console.print(f"  state      {info.db_path}")
         return
@@ -90,7 +94,7 @@ def up(local: bool, gpus: int, accelerator: str, cpus: int, http_port: int, http
     with console.status("installing the raygpu control plane..."):
         out = _run(lambda: cluster.install_control_plane(
             db_path=db_path or str(Path.home() / ".raygpu" / "state.db"),
-            http_host=http_host or "0.0.0.0", http_port=http_port))
+            http_host=http_host or "0.0.0.0", http_port=http_port, serve_port=serve_port))
     console.print(f"[green]raygpu is up[/green]; gateway {out['gateway_url']}")
 
 

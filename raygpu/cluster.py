@@ -46,6 +46,7 @@ class LocalCluster(BaseModel):
     dashboard_url: str
     http_host: str
     http_port: int
+    serve_port: int
     gpus: int
     accelerator: str | None
     logical_cpus: int
@@ -56,6 +57,11 @@ class LocalCluster(BaseModel):
     @property
     def gateway_url(self) -> str:
         return f"http://{self.http_host}:{self.http_port}"
+
+    @property
+    def serve_url(self) -> str:
+        """Serve's own HTTP proxy, for plain Serve applications beside raygpu."""
+        return f"http://{self.http_host}:{self.serve_port}"
 
 
 def free_port() -> int:
@@ -108,6 +114,7 @@ def start_local(
     accelerator: str | None = constants.DEFAULT_LOCAL_ACCELERATOR,
     http_port: int = constants.DEFAULT_HTTP_PORT,
     http_host: str = constants.DEFAULT_HTTP_HOST,
+    serve_port: int | None = None,
     logical_cpus: int = constants.DEFAULT_LOCAL_LOGICAL_CPUS,
     db_path: str | None = None,
     include_dashboard: bool = True,
@@ -149,6 +156,7 @@ def start_local(
         dashboard_url=f"http://127.0.0.1:{dashboard_port}",
         http_host=http_host,
         http_port=http_port,
+        serve_port=serve_port or free_port(),
         gpus=gpus,
         accelerator=accelerator if gpus else None,
         logical_cpus=logical_cpus,
@@ -159,7 +167,8 @@ def start_local(
     local_state_path().write_text(cluster.model_dump_json(indent=2))
     try:
         connect(address)
-        install_control_plane(db_path=cluster.db_path, http_host=http_host, http_port=http_port)
+        install_control_plane(db_path=cluster.db_path, http_host=http_host, http_port=http_port,
+                              serve_port=cluster.serve_port)
     except Exception:
         stop_local()
         raise
@@ -240,7 +249,11 @@ def connect(address: str | None = None) -> None:
 
 
 def install_control_plane(
-    *, db_path: str, http_host: str = "0.0.0.0", http_port: int = constants.DEFAULT_HTTP_PORT
+    *,
+    db_path: str,
+    http_host: str = "0.0.0.0",
+    http_port: int = constants.DEFAULT_HTTP_PORT,
+    serve_port: int | None = None,
 ) -> dict[str, Any]:
     """Start (or find) the store actor, Serve and the gateway on the connected cluster."""
     import ray
@@ -250,13 +263,14 @@ def install_control_plane(
     from deployments.store import start_store
 
     store = start_store(db_path)
+    # Serve's own proxy serves plain Serve apps next to raygpu; raygpu's gateway listens itself.
     serve.start(
-        http_options={"host": http_host, "port": http_port},
+        http_options={"host": http_host, "port": serve_port or http_port + 1},
         proxy_location="HeadOnly",
     )
-    serve.run(build_gateway_application(), name=constants.GATEWAY_APP_NAME, route_prefix="/")
+    serve.run(build_gateway_application(http_host, http_port), name=constants.GATEWAY_APP_NAME, route_prefix=None)
 
     host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
     gateway_url = f"http://{host}:{http_port}"
     ray.get(store.set_setting.remote("gateway_url", gateway_url))
-    return {"gateway_url": gateway_url}
+    return {"gateway_url": gateway_url, "serve_url": f"http://{host}:{serve_port or http_port + 1}"}

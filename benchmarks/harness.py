@@ -1,0 +1,84 @@
+"""Shared pieces of the ratio benchmarks: a private local cluster, load loops, medians, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import requests
+
+
+@contextmanager
+def private_cluster(gpus: int = 2, include_dashboard: bool = False) -> Iterator[Any]:
+    """A local raygpu cluster in a private RAYGPU_HOME on a free port, stopped by its pids on exit."""
+    os.environ["RAYGPU_HOME"] = tempfile.mkdtemp(prefix="raygpu-bench-")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.pop("RAYGPU_ADDRESS", None)
+    from raygpu import cluster as cluster_mod
+
+    info = cluster_mod.start_local(gpus=gpus, http_port=cluster_mod.free_port(), include_dashboard=include_dashboard)
+    try:
+        yield info
+    finally:
+        cluster_mod.stop_local()
+
+
+def sequential_latencies_ms(call: Callable[[requests.Session], None], count: int) -> list[float]:
+    session = requests.Session()
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        call(session)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
+def concurrent_rps(call: Callable[[requests.Session], None], clients: int, duration_s: float) -> float:
+    stop_at = time.perf_counter() + duration_s
+    counts = [0] * clients
+
+    def worker(index: int) -> None:
+        session = requests.Session()
+        while time.perf_counter() < stop_at:
+            call(session)
+            counts[index] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def write_json(path: str | None, result: dict[str, Any]) -> None:
+    text = json.dumps(result, indent=2)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
+    print(text)
+
+
+def print_table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n{title}")
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
