@@ -15,6 +15,28 @@ from deployments.spec import DeployedFunction
 from raygpu.errors import NotFoundError, RemoteCallError
 
 
+_handles: dict[tuple[str, str], Any] = {}
+
+
+def _handle(serve_app: str, deployment: str) -> Any:
+    from ray import serve
+
+    key = (serve_app, deployment)
+    if key not in _handles:
+        _handles[key] = serve.get_deployment_handle(deployment, app_name=serve_app)
+    return _handles[key]
+
+
+def close_handles() -> None:
+    """Stop the routers of this process's handles (before disconnecting from the cluster)."""
+    while _handles:
+        _, handle = _handles.popitem()
+        try:
+            handle.shutdown()
+        except Exception:
+            pass
+
+
 class RemoteFunction:
     """A deployed function (or one method of a deployed class)."""
 
@@ -33,15 +55,13 @@ class RemoteFunction:
 
     def remote(self, **kwargs: Any) -> Any:
         """Call the deployed function and return its result; raise RemoteCallError on failure."""
-        from ray import serve
-
         from raygpu.deploy import store
 
         spec = self.deployed.spec
         if spec.kind == "class" and self.method is None:
             raise RemoteCallError(400, "MethodRequired", f"pick a method: lookup(...).{spec.methods[0]}.remote(...)")
         store().record_arrivals.remote([(self.app, spec.name, time.time())])
-        handle = serve.get_deployment_handle(self.deployed.deployment, app_name=self.deployed.serve_app)
+        handle = _handle(self.deployed.serve_app, self.deployed.deployment)
         status, payload, _version = handle.remote(self.method, kwargs).result(
             timeout_s=spec.timeout + 600.0
         )

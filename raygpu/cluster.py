@@ -184,6 +184,9 @@ def stop_local(timeout_s: float = 15.0) -> list[int]:
         return []
     import ray
 
+    from raygpu.client import close_handles
+
+    close_handles()
     if ray.is_initialized():
         ray.shutdown()
     procs = {p.pid: p for p in cluster_processes(cluster.temp_dir)}

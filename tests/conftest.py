@@ -82,6 +82,9 @@ def cluster():
     yield Cluster(home, f"http://127.0.0.1:{port}", env)
     import ray
 
+    from raygpu.client import close_handles
+
+    close_handles()
     ray.shutdown()
     down = subprocess.run([str(Path(sys.executable).parent / "raygpu"), "down"], env=env,
                           capture_output=True, text=True, timeout=120)
