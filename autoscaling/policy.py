@@ -81,3 +81,9 @@ def decide(limits: ScalingLimits, obs: Observation, state: PolicyState) -> Decis
     if obs.now - below_since >= limits.idle_window_s:
         return Decision(wanted, replace(state, last_busy=last_busy, below_since=None))
     return Decision(obs.current_replicas, replace(state, last_busy=last_busy, below_since=below_since))
+
+
+def gateway_replicas(inflight_per_replica: list[float], target_inflight: float, max_replicas: int) -> int:
+    """Gateway replicas needed for the in-flight calls they report: at least one, at most the cap."""
+    total = sum(inflight_per_replica)
+    return max(1, min(max_replicas, math.ceil(total / target_inflight) if total > 0 else 1))

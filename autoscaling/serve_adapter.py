@@ -14,11 +14,13 @@ from typing import Any, Callable
 
 import ray
 
-from autoscaling.policy import Observation, PolicyState, ScalingLimits, decide
+from autoscaling.policy import Observation, PolicyState, ScalingLimits, decide, gateway_replicas
 
 logger = logging.getLogger(__name__)
 
 POLICY_IMPORT_PATH = "autoscaling.serve_adapter:RaygpuServePolicy"
+GATEWAY_POLICY_IMPORT_PATH = "autoscaling.serve_adapter:GatewayPolicy"
+GATEWAY_INFLIGHT_METRIC = "raygpu_gateway_inflight"
 SNAPSHOT_MAX_AGE_S = 1.0
 ARRIVAL_LOOKBACK_S = 3600.0
 
@@ -133,6 +135,34 @@ class RaygpuServePolicy:
             "raygpu": decision.state.to_dict(),
             "raygpu_seen_target": decision.replicas,
         }
+
+
+class GatewayPolicy:
+    """Scales the gateway on the in-flight calls its replicas report (its HTTP bypasses Serve's
+    proxy, so Serve's own request counts never see that load)."""
+
+    def __init__(self, target_inflight: float, max_replicas: int):
+        self.target_inflight = target_inflight
+        self.max_replicas = max_replicas
+
+    def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
+        reported = (ctx.aggregated_metrics or {}).get(GATEWAY_INFLIGHT_METRIC, {})
+        return gateway_replicas(list(reported.values()), self.target_inflight, self.max_replicas), {}
+
+
+def gateway_autoscaling_config(target_inflight: float, max_replicas: int) -> dict[str, Any]:
+    return {
+        "min_replicas": 1,
+        "max_replicas": max_replicas,
+        "upscale_delay_s": 5.0,
+        "downscale_delay_s": 120.0,
+        "metrics_interval_s": 1.0,
+        "look_back_period_s": 10.0,
+        "policy": {
+            "policy_function": GATEWAY_POLICY_IMPORT_PATH,
+            "policy_kwargs": {"target_inflight": target_inflight, "max_replicas": max_replicas},
+        },
+    }
 
 
 def serve_autoscaling_config(

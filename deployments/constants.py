@@ -47,6 +47,8 @@ MAX_BODY_BYTES = 16 * 1024 * 1024  # 413 beyond this
 RETRY_AFTER_S = 1  # Retry-After of a 503 while a function's queue is full
 ARRIVAL_FLUSH_INTERVAL_S = 0.2  # how often a gateway replica ships recorded arrivals to the store
 CONFIG_POLL_TIMEOUT_S = 30.0  # long-poll timeout for routing-table changes
+GATEWAY_TARGET_INFLIGHT = 200.0  # in-flight calls per gateway replica before another one starts
+GATEWAY_MAX_REPLICAS = 4
 
 # --- Control-plane store --------------------------------------------------------------------
 ARRIVAL_RETENTION_S = 7 * 24 * 3600.0  # arrivals older than this are pruned

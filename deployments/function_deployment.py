@@ -58,25 +58,43 @@ class FunctionReplica:
         self._executor = ThreadPoolExecutor(
             max_workers=self.spec.max_inputs, thread_name_prefix=f"raygpu-{self.spec.name}"
         )
-        target = unwrap_target(cloudpickle.loads(payload))
         self.instance: Any = None
         self.callables: dict[str | None, Callable[..., Any]] = {}
+        self.models: dict[str | None, Any] = {}
+        self.startup_error: str | None = None
+        try:
+            self._load_user_code(payload)
+        except Exception as exc:
+            # A replica whose user code cannot start answers every call with the reason (500)
+            # rather than crash-looping while callers wait.
+            self.startup_error = f"{type(exc).__name__}: {exc}"
+            logger.error("raygpu: %s/%s failed to start: %s", app, self.spec.name,
+                         "".join(traceback.format_exception(exc)))
+        else:
+            logger.info("raygpu: %s/%s v%d ready (pid %d)", app, self.spec.name, version, os.getpid())
+
+    def _load_user_code(self, payload: bytes) -> None:
+        target = unwrap_target(cloudpickle.loads(payload))
         if self.spec.kind == "class":
             self.instance = target()
             run_enter_hooks(self.instance)
             for name in self.spec.methods:
-                bound = getattr(self.instance, name)
-                self.callables[name] = bound
+                self.callables[name] = getattr(self.instance, name)
         else:
             self.callables[None] = target
         self.models = {name: arguments_model(fn) for name, fn in self.callables.items()}
-        logger.info("raygpu: %s/%s v%d ready (pid %d)", app, self.spec.name, version, os.getpid())
 
     async def __call__(self, method: str | None, body: Any) -> tuple[int, Any, int]:
         status, payload = await self._invoke(method, body)
         return status, payload, self.version
 
     async def _invoke(self, method: str | None, body: Any) -> tuple[int, Any]:
+        if self.startup_error is not None:
+            return 500, error_payload(
+                "StartupError",
+                f"{self.spec.name} could not start on its replica: {self.startup_error} "
+                f"(fix it and redeploy; `raygpu logs {self.app}/{self.spec.name}` has the traceback)",
+            )
         fn = self.callables.get(method)
         if fn is None:
             known = ", ".join(m for m in self.callables if m) or "(none)"

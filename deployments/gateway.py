@@ -24,6 +24,7 @@ from ray.serve.exceptions import BackPressureError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from autoscaling.serve_adapter import GATEWAY_INFLIGHT_METRIC, gateway_autoscaling_config
 from deployments import constants
 from deployments.spec import DeployedFunction
 from deployments.store import get_store
@@ -130,6 +131,8 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     name=constants.GATEWAY_DEPLOYMENT_NAME,
     ray_actor_options={
         "num_cpus": 0.5,
+        # The gateway port is the head node's: its replicas share it there.
+        "resources": {"node:__internal_head__": 0.001},
         # The gateway never blocks its event loop, so its code, its HTTP server and its handles'
         # router share the replica's main loop: no thread hop on the request path.
         "runtime_env": {"env_vars": {
@@ -138,13 +141,9 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
         }},
     },
     max_ongoing_requests=1000,
-    autoscaling_config={
-        "min_replicas": 1,
-        "max_replicas": 4,
-        "target_ongoing_requests": 100,
-        "upscale_delay_s": 5,
-        "downscale_delay_s": 120,
-    },
+    autoscaling_config=gateway_autoscaling_config(
+        target_inflight=constants.GATEWAY_TARGET_INFLIGHT, max_replicas=constants.GATEWAY_MAX_REPLICAS
+    ),
 )
 class Gateway:
     """Terminates HTTP itself (uvicorn on a shared port) so a call crosses one process boundary,
@@ -175,6 +174,9 @@ class Gateway:
                 raise RuntimeError(f"the gateway's HTTP server on {http_host}:{http_port} stopped at start")
             await asyncio.sleep(0.01)
         logger.info("raygpu gateway listening on %s:%d", http_host, http_port)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return {GATEWAY_INFLIGHT_METRIC: float(sum(self.inflight.values()))}
 
     async def check_health(self) -> None:
         if self._server_task.done():

@@ -70,6 +70,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def ensure_port_free(host: str, port: int, flag: str) -> None:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise NoClusterError(f"port {port} on {host} is already in use; pick another with {flag}") from None
+
+
 def read_local_cluster() -> LocalCluster | None:
     path = local_state_path()
     if not path.exists():
@@ -126,6 +134,9 @@ def start_local(
             f"a local raygpu cluster is already running at {existing.address} "
             f"(gateway {existing.gateway_url}); stop it with `raygpu down` first"
         )
+    ensure_port_free(http_host, http_port, "--port")
+    if serve_port is not None:
+        ensure_port_free(http_host, serve_port, "--serve-port")
     home = raygpu_home()
     home.mkdir(parents=True, exist_ok=True)
     # Unix socket paths must stay short: keep Ray's temp dir directly under /tmp.

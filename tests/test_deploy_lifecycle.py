@@ -168,3 +168,11 @@ def test_commands_without_a_cluster_say_how_to_start_one(tmp_path):
     out = subprocess.run([str(Path(sys.executable).parent / "raygpu"), "up"], env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 1 and "--local" in out.stderr
+
+
+def test_up_refuses_a_port_in_use(cluster, tmp_path):
+    env = dict(os.environ, RAYGPU_HOME=str(tmp_path))
+    port = cluster.url.rsplit(":", 1)[1]
+    out = subprocess.run([str(Path(sys.executable).parent / "raygpu"), "up", "--local", "--port", port],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and f"port {port}" in out.stderr and "--port" in out.stderr

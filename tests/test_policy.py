@@ -42,3 +42,12 @@ def test_partial_scale_down_waits_for_the_window():
     assert d.replicas == 4
     d = decide(LIMITS, Observation(now=11.5, current_replicas=4, ongoing_requests=2), d.state)
     assert d.replicas == 1
+
+
+def test_gateway_replicas_follow_reported_inflight_calls():
+    from autoscaling.policy import gateway_replicas
+
+    assert gateway_replicas([], 200, 4) == 1
+    assert gateway_replicas([0.0, 0.0], 200, 4) == 1
+    assert gateway_replicas([250.0, 190.0], 200, 4) == 3
+    assert gateway_replicas([5000.0], 200, 4) == 4

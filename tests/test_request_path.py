@@ -179,3 +179,13 @@ def test_lookup_and_cli_call(basic):
     assert out.returncode == 0 and out.stdout.strip() == "42"
     out = basic.cli("call", "basic/add", "--data", '{"a": "x"}')
     assert out.returncode == 1 and "HTTP 422" in out.stderr
+
+
+def test_enter_hook_failure_answers_with_the_reason_instead_of_hanging(basic):
+    started = time.monotonic()
+    r = basic.post("/basic/BrokenEnter/predict", {})
+    assert r.status_code == 500
+    error = r.json()["error"]
+    assert error["type"] == "StartupError"
+    assert "FileNotFoundError: weights.bin is missing" in error["message"] and "raygpu logs" in error["message"]
+    assert time.monotonic() - started < 60

@@ -92,3 +92,14 @@ class Counter:
     def incr(self, by: int = 1) -> int:
         self.count += by
         return self.count
+
+
+@app.cls(scaledown_window=30)
+class BrokenEnter:
+    @raygpu.enter()
+    def load(self) -> None:
+        raise FileNotFoundError("weights.bin is missing")
+
+    @raygpu.method()
+    def predict(self) -> int:
+        return 1
