@@ -277,14 +277,32 @@ def install_control_plane(
     from deployments.store import start_store
 
     store = start_store(db_path)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     # Serve's own proxy serves plain Serve apps next to raygpu; raygpu's gateway listens itself.
     serve.start(
         http_options={"host": http_host, "port": serve_port or http_port + 1},
         proxy_location="HeadOnly",
     )
+    forget_apps_serve_lost(store)
     serve.run(build_gateway_application(http_host, http_port), name=constants.GATEWAY_APP_NAME, route_prefix=None)
 
     host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
     gateway_url = f"http://{host}:{http_port}"
     ray.get(store.set_setting.remote("gateway_url", gateway_url))
     return {"gateway_url": gateway_url, "serve_url": f"http://{host}:{serve_port or http_port + 1}"}
+
+
+def forget_apps_serve_lost(store: Any) -> list[str]:
+    """Mark stopped the registry's live apps that Serve no longer runs (e.g. after `raygpu down`
+    and `up` with the same state file), so the gateway never routes to a missing application."""
+    import ray
+    from ray import serve
+
+    running = set(serve.status().applications)
+    lost = [
+        app["name"] for app in ray.get(store.live_apps.remote())
+        if f"{constants.USER_APP_PREFIX}{app['name']}" not in running
+    ]
+    for name in lost:
+        ray.get(store.delete_app.remote(name))
+    return lost

@@ -176,3 +176,17 @@ def test_up_refuses_a_port_in_use(cluster, tmp_path):
     out = subprocess.run([str(Path(sys.executable).parent / "raygpu"), "up", "--local", "--port", port],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and f"port {port}" in out.stderr and "--port" in out.stderr
+
+
+def test_apps_serve_no_longer_runs_are_forgotten(cluster):
+    import ray
+
+    from deployments.store import get_store
+    from raygpu.cluster import forget_apps_serve_lost
+
+    store = get_store()
+    version = ray.get(store.begin_version.remote("ghost", "ghost.py@0", []))
+    ray.get(store.mark_live.remote("ghost", version))
+    assert "ghost" in [a["name"] for a in ray.get(store.live_apps.remote())]
+    assert forget_apps_serve_lost(store) == ["ghost"]
+    assert "ghost" not in [a["name"] for a in ray.get(store.live_apps.remote())]
