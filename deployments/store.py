@@ -25,6 +25,9 @@ class ControlPlaneStore:
         self.generation = 1
         self._changed = asyncio.Event()
         self._last_prune = 0.0
+        # Latest arrival per "app/function", kept in memory so the autoscaler's once-a-second
+        # snapshot never scans the arrivals table.
+        self._last_arrival: dict[str, float] = self.db.last_arrivals(time.time() - constants.ARRIVAL_RETENTION_S)
 
     def _bump(self) -> int:
         self.generation += 1
@@ -84,6 +87,10 @@ class ControlPlaneStore:
     # --- arrivals and scale events -------------------------------------------------------------
     async def record_arrivals(self, arrivals: list[tuple[str, str, float]]) -> int:
         count = self.db.record_arrivals(arrivals)
+        for app, function, ts in arrivals:
+            key = f"{app}/{function}"
+            if ts > self._last_arrival.get(key, 0.0):
+                self._last_arrival[key] = ts
         now = time.time()
         if now - self._last_prune > 3600:
             self._last_prune = now
@@ -97,7 +104,7 @@ class ControlPlaneStore:
         return self.db.arrivals_since(since)
 
     async def last_arrivals(self, since: float) -> dict[str, float]:
-        return self.db.last_arrivals(since)
+        return {key: ts for key, ts in self._last_arrival.items() if ts >= since}
 
     async def record_scale_events(self, events: list[tuple[str, str, float, int, int]]) -> None:
         self.db.record_scale_events(events)

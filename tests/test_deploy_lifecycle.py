@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from conftest import APPS
