@@ -1,86 +1,173 @@
-"""The pure scaling policy: from one observation of a function and its own state, a replica count.
+"""The pure scaling policy: from one observation of a function and what it learned of its
+traffic, the replica count it wants and the time it next wants to be asked.
 
-No Ray import: the Serve adapter and the unit tests run this very code.
+No Ray import: the Serve adapter, the trace simulator and the unit tests run this very code.
+Every policy (raygpu's and the baselines in `autoscaling/baselines.py`) has the same two calls:
+`observe_arrival(t)` (online learning, arrivals already seen only) and
+`decide(now, running, starting, inflight) -> (replicas, next_check_at)`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from autoscaling.history import ArrivalHistory
+
+NEVER = math.inf
 
 
 @dataclass(frozen=True)
-class ScalingLimits:
-    """A function's scaling settings, in the policy's terms."""
+class ScalingConfig:
+    """A function's scaling settings plus the policy's knobs (defaults named and explained)."""
 
     min_replicas: int = 0
     max_replicas: int = 10
-    buffer_replicas: int = 0
+    buffer_replicas: int = 0  # extra idle replicas kept while the function is busy
     inputs_per_replica: int = 1
-    idle_window_s: float = 60.0
+    idle_window_s: float = 60.0  # scaledown_window: the 1→0 delay when nothing better is known
+    downscale_delay_s: float = 15.0  # N→N-1 (N>1) delay; shorter than the 1→0 step
+    upscale_step: int = 1  # from ≥1 replica, grow by max(step, current*(factor-1)) per decision...
+    upscale_factor: float = 2.0
+    upscale_interval_s: float = 2.0  # ...at most once per interval: 1→2→4, never 1→max at once
+    start_time_s: float = 30.0  # expected replica start: how early a pre-warm must begin
+    predictive: bool = True  # learn idle times and periods; False: fixed idle window only
+    linger_s: float = 2.0  # after the last call, stay warm this long even when a long gap is predicted
+    max_keep_alive_s: float = 600.0  # never keep an idle replica longer than this on a prediction
+    prewarm_percentile: float = 5.0
+    keep_alive_percentile: float = 99.0
+    burst_gap_s: float = 1.0  # arrivals closer than this are one burst, not an idle gap
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
+            raise ValueError("need 0 <= min_replicas <= max_replicas and max_replicas >= 1")
+        if self.inputs_per_replica < 1 or self.upscale_factor < 1 or self.upscale_step < 1:
+            raise ValueError("inputs_per_replica, upscale_step >= 1 and upscale_factor >= 1")
 
 
-@dataclass(frozen=True)
-class Observation:
-    """What the policy sees at one decision."""
+@dataclass
+class WarmPlan:
+    """What the policy expects after the last arrival: stay warm until `keep_until`, and (if a
+    next arrival is predicted beyond that) be warm again over [prewarm_from, prewarm_until)."""
 
-    now: float
-    current_replicas: int
-    ongoing_requests: float
-    last_arrival: float | None = None
+    keep_until: float = -NEVER
+    prewarm_from: float = NEVER
+    prewarm_until: float = -NEVER
+    basis: str = "none"
 
 
-@dataclass(frozen=True)
-class PolicyState:
-    """What the policy remembers between decisions (plain data, so it can be persisted)."""
+class RaygpuPolicy:
+    """Scale to zero with learned keep-alive and pre-warm, bounded steps up, hysteresis down."""
 
-    last_busy: float | None = None
-    below_since: float | None = None
+    name = "raygpu"
 
-    def to_dict(self) -> dict[str, float | None]:
-        return {"last_busy": self.last_busy, "below_since": self.below_since}
+    def __init__(self, config: ScalingConfig, history: ArrivalHistory | None = None):
+        self.config = config
+        self.history = history or ArrivalHistory(burst_gap_s=config.burst_gap_s)
+        self.plan = WarmPlan()
+        self.last_busy: float | None = None
+        self.below_since: float | None = None
+        self.last_upscale: float = -NEVER
+        if self.history.last_arrival is not None:
+            self._replan(self.history.last_arrival)
+
+    # --- learning ------------------------------------------------------------------------------
+    def observe_arrival(self, t: float) -> None:
+        self.history.observe(t)
+        self._replan(t)
+
+    def _replan(self, last: float) -> None:
+        cfg = self.config
+        plan = WarmPlan(keep_until=last + cfg.idle_window_s, basis="fixed")
+        if cfg.predictive:
+            lead = cfg.start_time_s + cfg.linger_s
+            period = self.history.period()
+            if period is not None:
+                tolerance = max(cfg.linger_s, 0.1 * period)
+                if period <= lead + cfg.linger_s:
+                    plan = WarmPlan(keep_until=last + period + tolerance, basis="period")
+                else:
+                    plan = WarmPlan(keep_until=last + cfg.linger_s, prewarm_from=last + period - lead,
+                                    prewarm_until=last + period + tolerance, basis="period")
+            elif self.history.representative():
+                low = self.history.percentile(cfg.prewarm_percentile)
+                high = min(self.history.percentile(cfg.keep_alive_percentile), cfg.max_keep_alive_s)
+                if low - lead > cfg.linger_s and high > low:
+                    plan = WarmPlan(keep_until=last + cfg.linger_s, prewarm_from=last + low - lead,
+                                    prewarm_until=last + high, basis="histogram")
+                else:
+                    plan = WarmPlan(keep_until=last + max(high, cfg.linger_s), basis="histogram")
+        self.plan = plan
+
+    # --- deciding ------------------------------------------------------------------------------
+    def _idle_target(self, now: float) -> tuple[int, float]:
+        """Replicas wanted with nothing in flight, and when that next changes."""
+        plan = self.plan
+        keep_until = plan.keep_until
+        if self.last_busy is not None:
+            keep_until = max(keep_until, self.last_busy + min(self.config.linger_s, self.config.idle_window_s))
+        if now < keep_until:
+            return 1, keep_until
+        if plan.prewarm_from <= now < plan.prewarm_until:
+            return 1, plan.prewarm_until
+        if now < plan.prewarm_from:
+            return 0, plan.prewarm_from
+        return 0, NEVER
+
+    def decide(self, now: float, running: int, starting: int, inflight: float) -> tuple[int, float]:
+        cfg = self.config
+        current = running + starting
+        next_check = NEVER
+        if inflight > 0:
+            self.last_busy = now
+            want = math.ceil(inflight / cfg.inputs_per_replica) + cfg.buffer_replicas
+        else:
+            want, next_check = self._idle_target(now)
+            if want and self.last_busy is not None and now - self.last_busy < cfg.downscale_delay_s:
+                want += cfg.buffer_replicas
+        want = max(cfg.min_replicas, min(cfg.max_replicas, want))
+
+        if want > current:
+            self.below_since = None
+            if current == 0:
+                self.last_upscale = now
+                return 1, min(next_check, now + cfg.upscale_interval_s) if want > 1 else next_check
+            if now - self.last_upscale < cfg.upscale_interval_s:
+                return current, min(next_check, self.last_upscale + cfg.upscale_interval_s)
+            grown = max(current + cfg.upscale_step, math.ceil(current * cfg.upscale_factor))
+            self.last_upscale = now
+            target = min(want, grown)
+            return target, (min(next_check, now + cfg.upscale_interval_s) if target < want else next_check)
+        if want < current:
+            if want == 0:
+                # The idle window (or the learned plan) already was the 1→0 delay.
+                self.below_since = None
+                return 0, next_check
+            if self.below_since is None:
+                self.below_since = now
+            ready_at = self.below_since + cfg.downscale_delay_s
+            if now >= ready_at:
+                self.below_since = None
+                return want, next_check
+            return current, min(next_check, ready_at)
+        self.below_since = None
+        return current, next_check
+
+    # --- persistence ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"history": self.history.to_dict(), "last_busy": self.last_busy}
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "PolicyState":
+    def from_dict(cls, config: ScalingConfig, data: dict[str, Any] | None) -> "RaygpuPolicy":
         data = data or {}
-        return cls(last_busy=data.get("last_busy"), below_since=data.get("below_since"))
+        policy = cls(config, ArrivalHistory.from_dict(data.get("history")))
+        policy.last_busy = data.get("last_busy")
+        return policy
 
-
-@dataclass(frozen=True)
-class Decision:
-    replicas: int
-    state: PolicyState = field(default_factory=PolicyState)
-
-
-def clamp(replicas: int, limits: ScalingLimits) -> int:
-    return max(limits.min_replicas, min(limits.max_replicas, replicas))
-
-
-def decide(limits: ScalingLimits, obs: Observation, state: PolicyState) -> Decision:
-    """Scale up at once to cover the load (plus buffer while busy). Scale N→M≥1 only after the
-    load stayed below N for the idle window, and to the floor (zero) once the function has had no
-    traffic for the idle window, so a quiet second never drops a replica."""
-    last_busy = state.last_busy
-    if obs.ongoing_requests > 0:
-        last_busy = obs.now
-    if obs.last_arrival is not None and (last_busy is None or obs.last_arrival > last_busy):
-        last_busy = obs.last_arrival
-    recently_busy = last_busy is not None and obs.now - last_busy < limits.idle_window_s
-
-    needed = math.ceil(obs.ongoing_requests / limits.inputs_per_replica) if obs.ongoing_requests > 0 else 0
-    wanted = needed + limits.buffer_replicas if recently_busy else needed
-    if recently_busy:
-        wanted = max(wanted, 1)
-    wanted = clamp(wanted, limits)
-
-    if wanted >= obs.current_replicas:
-        return Decision(wanted, replace(state, last_busy=last_busy, below_since=None))
-    if not recently_busy:  # idle for the whole window: release everything above the floor
-        return Decision(wanted, replace(state, last_busy=last_busy, below_since=None))
-    below_since = state.below_since if state.below_since is not None else obs.now
-    if obs.now - below_since >= limits.idle_window_s:
-        return Decision(wanted, replace(state, last_busy=last_busy, below_since=None))
-    return Decision(obs.current_replicas, replace(state, last_busy=last_busy, below_since=below_since))
+    def describe(self) -> dict[str, Any]:
+        return {"plan": asdict(self.plan), "period": self.history.period(),
+                "representative": self.history.representative()}
 
 
 def gateway_replicas(inflight_per_replica: list[float], target_inflight: float, max_replicas: int) -> int:
