@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+from collections import deque
 
 from autoscaling.policy import NEVER, ScalingConfig
 
@@ -41,25 +42,30 @@ def _clamp(config: ScalingConfig, n: int) -> int:
 
 
 class FixedKeepAlive:
-    """Keep replicas until the function has had nothing in flight for `keep_alive_s`."""
+    """Each replica stays until it has been unneeded for `keep_alive_s` (per-container idle
+    timeout): the count kept is the most replicas the load needed within the last window."""
 
     def __init__(self, config: ScalingConfig, keep_alive_s: float, name: str | None = None):
         self.config = config
         self.keep_alive_s = keep_alive_s
         self.name = name or f"fixed_{int(keep_alive_s)}s"
-        self.last_busy: float | None = None
+        self.recent: deque[tuple[float, int]] = deque()  # (time, needed), needed decreasing
 
     def observe_arrival(self, t: float) -> None:
         pass
 
     def decide(self, now: float, running: int, starting: int, inflight: float) -> tuple[int, float]:
-        current = running + starting
-        if inflight > 0:
-            self.last_busy = now
-            return _clamp(self.config, max(current, math.ceil(inflight / self.config.inputs_per_replica))), NEVER
-        if self.last_busy is not None and now < self.last_busy + self.keep_alive_s:
-            return _clamp(self.config, current), self.last_busy + self.keep_alive_s
-        return _clamp(self.config, 0), NEVER
+        needed = math.ceil(inflight / self.config.inputs_per_replica) if inflight > 0 else 0
+        recent = self.recent
+        while recent and recent[-1][1] <= needed:
+            recent.pop()
+        if needed:
+            recent.append((now, needed))
+        while recent and recent[0][0] + self.keep_alive_s <= now:
+            recent.popleft()
+        if not recent:
+            return _clamp(self.config, 0), NEVER
+        return _clamp(self.config, max(needed, recent[0][1])), recent[0][0] + self.keep_alive_s
 
 
 class RayServeDefault:
@@ -151,7 +157,8 @@ class KnativeKPA:
 
 
 class HybridHistogram:
-    """ATC'20 hybrid histogram policy (1-minute bins up to 4 h, 5th/99th percentiles)."""
+    """ATC'20 hybrid histogram policy (1-minute bins up to 4 h, 5th/99th percentiles) for the last
+    replica; replicas beyond the first follow a 60 s per-container idle timeout."""
 
     name = "hybrid_histogram"
     bin_s = 60.0
@@ -159,16 +166,19 @@ class HybridHistogram:
     fallback_keep_alive_s = 600.0
     min_samples = 10
     cv_threshold = 2.0
+    recompute_every = 50  # samples between percentile recomputations when only bin 0 moves
 
     def __init__(self, config: ScalingConfig):
         self.config = config
         self.bins = [0] * int(self.range_s / self.bin_s)
+        self.sum_squares = 0
         self.samples = 0
         self.oob = 0
         self.last_arrival: float | None = None
         self.last_busy: float | None = None
         self.prewarm_s = 0.0
         self.keep_alive_s = self.fallback_keep_alive_s
+        self.extra_replicas = FixedKeepAlive(config, 60.0)
 
     def observe_arrival(self, t: float) -> None:
         if self.last_arrival is not None:
@@ -176,9 +186,12 @@ class HybridHistogram:
             if gap >= self.range_s:
                 self.oob += 1
             else:
-                self.bins[int(gap // self.bin_s)] += 1
+                index = int(gap // self.bin_s)
+                self.sum_squares += 2 * self.bins[index] + 1
+                self.bins[index] += 1
             self.samples += 1
-            self._update_windows()
+            if gap >= self.bin_s or self.samples % self.recompute_every == 0 or self.samples <= self.min_samples:
+                self._update_windows()
         self.last_arrival = t
 
     def _update_windows(self) -> None:
@@ -186,8 +199,9 @@ class HybridHistogram:
         if self.samples < self.min_samples or inside <= 0 or self.oob > 0.5 * self.samples:
             self.prewarm_s, self.keep_alive_s = 0.0, self.fallback_keep_alive_s
             return
-        mean = inside / len(self.bins)
-        variance = sum((b - mean) ** 2 for b in self.bins) / len(self.bins)
+        n = len(self.bins)
+        mean = inside / n
+        variance = max(0.0, self.sum_squares / n - mean * mean)
         if math.sqrt(variance) / mean < self.cv_threshold:
             self.prewarm_s, self.keep_alive_s = 0.0, self.fallback_keep_alive_s
             return
@@ -205,20 +219,21 @@ class HybridHistogram:
         return self.range_s
 
     def decide(self, now: float, running: int, starting: int, inflight: float) -> tuple[int, float]:
-        current = running + starting
+        extra, extra_check = self.extra_replicas.decide(now, running, starting, inflight)
         if inflight > 0:
             self.last_busy = now
-            return _clamp(self.config, max(current, math.ceil(inflight / self.config.inputs_per_replica))), NEVER
+            return _clamp(self.config, max(1, extra)), extra_check
         if self.last_busy is None or self.last_arrival is None:
-            return _clamp(self.config, 0), NEVER
+            return _clamp(self.config, extra), extra_check
         if self.prewarm_s <= 0:
             until = self.last_busy + self.keep_alive_s
-            return (_clamp(self.config, max(1, min(current, 1)) if now < until else 0),
-                    until if now < until else NEVER)
+            if now < until:
+                return _clamp(self.config, max(1, extra)), min(until, extra_check)
+            return _clamp(self.config, extra), extra_check
         start = self.last_arrival + self.prewarm_s
         end = start + self.keep_alive_s
         if now < start:
-            return _clamp(self.config, 0), start
+            return _clamp(self.config, extra), min(start, extra_check)
         if now < end:
-            return _clamp(self.config, 1), end
-        return _clamp(self.config, 0), NEVER
+            return _clamp(self.config, max(1, extra)), min(end, extra_check)
+        return _clamp(self.config, extra), extra_check

@@ -85,8 +85,9 @@ class ArrivalHistory:
         seen = self.total / self.weight  # decayed number of gaps
         return seen >= min_samples and self.out_of_bounds <= max_oob_fraction * self.total
 
-    def percentile(self, q: float) -> float:
-        """Gap percentile (upper edge of its bin), q in [0, 100]."""
+    def percentile(self, q: float, lower_edge: bool = False) -> float:
+        """Gap percentile, q in [0, 100]: the upper edge of its bin, or the lower edge (the
+        conservative side for a pre-warm)."""
         inside = self.total - self.out_of_bounds
         if inside <= 0:
             return BIN_MAX_S
@@ -95,6 +96,8 @@ class ArrivalHistory:
         for index, count in enumerate(self.counts):
             running += count
             if running >= target and count > 0:
+                if lower_edge:
+                    return 0.0 if index == 0 else bin_upper_s(index - 1)
                 return bin_upper_s(index)
         return BIN_MAX_S
 

@@ -33,11 +33,20 @@ class ScalingConfig:
     upscale_interval_s: float = 2.0  # ...at most once per interval: 1→2→4, never 1→max at once
     start_time_s: float = 30.0  # expected replica start: how early a pre-warm must begin
     predictive: bool = True  # learn idle times and periods; False: fixed idle window only
-    linger_s: float = 2.0  # after the last call, stay warm this long even when a long gap is predicted
+    # After the last call stay warm for one replica start even when a long gap is predicted: the
+    # ski-rental rule (idling as long as a cold start costs is never worse than 2x the best choice).
+    linger_s: float | None = None  # None: start_time_s
+    # In-flight calls are averaged over this long before replicas beyond the first are added: a
+    # backlog is worth a new replica when it lasts about as long as the replica takes to start.
+    load_average_s: float | None = None  # None: start_time_s
     max_keep_alive_s: float = 600.0  # never keep an idle replica longer than this on a prediction
     prewarm_percentile: float = 5.0
     keep_alive_percentile: float = 99.0
     burst_gap_s: float = 1.0  # arrivals closer than this are one burst, not an idle gap
+
+    @property
+    def linger(self) -> float:
+        return self.start_time_s if self.linger_s is None else self.linger_s
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
@@ -69,6 +78,10 @@ class RaygpuPolicy:
         self.last_busy: float | None = None
         self.below_since: float | None = None
         self.last_upscale: float = -NEVER
+        self.load_tau_s = max(0.1, config.load_average_s if config.load_average_s is not None else config.start_time_s)
+        self.load_avg = 0.0
+        self.load_level = 0.0
+        self.load_at: float | None = None
         if self.history.last_arrival is not None:
             self._replan(self.history.last_arrival)
 
@@ -81,23 +94,23 @@ class RaygpuPolicy:
         cfg = self.config
         plan = WarmPlan(keep_until=last + cfg.idle_window_s, basis="fixed")
         if cfg.predictive:
-            lead = cfg.start_time_s + cfg.linger_s
+            lead = cfg.start_time_s * 1.1 + 1.0  # pre-warm with ATC'20's 10% margin
             period = self.history.period()
             if period is not None:
-                tolerance = max(cfg.linger_s, 0.1 * period)
-                if period <= lead + cfg.linger_s:
+                tolerance = max(2.0, 0.1 * period)
+                if period <= lead + cfg.linger:
                     plan = WarmPlan(keep_until=last + period + tolerance, basis="period")
                 else:
-                    plan = WarmPlan(keep_until=last + cfg.linger_s, prewarm_from=last + period - lead,
+                    plan = WarmPlan(keep_until=last + cfg.linger, prewarm_from=last + period - lead,
                                     prewarm_until=last + period + tolerance, basis="period")
             elif self.history.representative():
-                low = self.history.percentile(cfg.prewarm_percentile)
+                low = self.history.percentile(cfg.prewarm_percentile, lower_edge=True)
                 high = min(self.history.percentile(cfg.keep_alive_percentile), cfg.max_keep_alive_s)
-                if low - lead > cfg.linger_s and high > low:
-                    plan = WarmPlan(keep_until=last + cfg.linger_s, prewarm_from=last + low - lead,
+                if low - lead > cfg.linger and high > low:
+                    plan = WarmPlan(keep_until=last + cfg.linger, prewarm_from=last + low - lead,
                                     prewarm_until=last + high, basis="histogram")
                 else:
-                    plan = WarmPlan(keep_until=last + max(high, cfg.linger_s), basis="histogram")
+                    plan = WarmPlan(keep_until=last + max(high, cfg.linger), basis="histogram")
         self.plan = plan
 
     # --- deciding ------------------------------------------------------------------------------
@@ -106,7 +119,7 @@ class RaygpuPolicy:
         plan = self.plan
         keep_until = plan.keep_until
         if self.last_busy is not None:
-            keep_until = max(keep_until, self.last_busy + min(self.config.linger_s, self.config.idle_window_s))
+            keep_until = max(keep_until, self.last_busy + min(self.config.linger, self.config.idle_window_s))
         if now < keep_until:
             return 1, keep_until
         if plan.prewarm_from <= now < plan.prewarm_until:
@@ -119,9 +132,13 @@ class RaygpuPolicy:
         cfg = self.config
         current = running + starting
         next_check = NEVER
+        if self.load_at is not None and now > self.load_at:
+            self.load_avg += (1 - math.exp((self.load_at - now) / self.load_tau_s)) * (self.load_level - self.load_avg)
+        self.load_at, self.load_level = now, inflight
         if inflight > 0:
             self.last_busy = now
-            want = math.ceil(inflight / cfg.inputs_per_replica) + cfg.buffer_replicas
+            sustained = math.ceil(self.load_avg / cfg.inputs_per_replica - 0.05)
+            want = max(1, sustained) + cfg.buffer_replicas
         else:
             want, next_check = self._idle_target(now)
             if want and self.last_busy is not None and now - self.last_busy < cfg.downscale_delay_s:

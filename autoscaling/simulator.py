@@ -84,9 +84,13 @@ def simulate_function(fn: FunctionTrace, policy: Any, params: SimulationParams, 
     starting_s = 0.0
     cold = 0
 
+    draining = 0
+
     def remove(rid: int, at: float) -> None:
-        nonlocal held_s, starting_s, ready_count
+        nonlocal held_s, starting_s, ready_count, draining
         rep = replicas.pop(rid)
+        if rep[4]:
+            draining -= 1
         held_s += at - rep[1]
         if rep[0] == 0:
             starting_s += at - rep[1]
@@ -161,7 +165,7 @@ def simulate_function(fn: FunctionTrace, policy: Any, params: SimulationParams, 
 
         target, next_check = policy.decide(now, ready_count, len(starting_ids), busy_slots + len(queue))
         target = min(target, params.max_replicas)
-        active = ready_count + len(starting_ids) - sum(1 for r in replicas.values() if r[4])
+        active = ready_count + len(starting_ids) - draining
         if target > active:
             for _ in range(target - active):
                 rid = next_id
@@ -188,6 +192,7 @@ def simulate_function(fn: FunctionTrace, policy: Any, params: SimulationParams, 
                         remove(rid, now)
                     else:
                         rep[4] = True
+                        draining += 1
                     excess -= 1
                 free[:] = [r for r in free if r in replicas and not replicas[r][4]]
         if record_timeline:
