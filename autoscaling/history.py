@@ -14,7 +14,7 @@ BIN_MIN_S = 1.0
 BIN_MAX_S = 4 * 3600.0
 BINS_PER_DECADE = 12
 N_BINS = int(math.ceil(math.log10(BIN_MAX_S / BIN_MIN_S) * BINS_PER_DECADE)) + 1
-PERIOD_WINDOW = 6  # gaps compared by the period detector
+PERIOD_WINDOW = 4  # gaps compared by the period detector
 PERIOD_TOLERANCE = 0.1  # gaps within ±10% of their median count as periodic
 HISTOGRAM_DECAY = 0.995  # per observed gap: old behaviour fades over ~200 gaps
 

@@ -1,58 +1,29 @@
 """Ray Serve adapter: the callable Serve's controller runs for every raygpu deployment.
 
 Serve's own delays and factors are neutralised in the deployment config (see
-`serve_autoscaling_config`), so `autoscaling.policy.decide` alone decides. The arrival history is
-read from a cached snapshot of the control-plane store: this code runs ~9 times a second inside the
-Serve controller and never blocks on a remote call.
+`serve_autoscaling_config`), so `RaygpuPolicy` alone decides. Arrivals recorded by the gateway
+reach the policy from the control-plane store through a shared, incremental, non-blocking reader:
+this code runs ~9 times a second inside the Serve controller and never waits on a remote call.
+The learned state is saved to the store, so a redeploy or a controller restart resumes it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any
 
 import ray
 
-from autoscaling.policy import Observation, PolicyState, ScalingLimits, decide, gateway_replicas
+from autoscaling.policy import RaygpuPolicy, ScalingConfig, gateway_replicas
 
 logger = logging.getLogger(__name__)
 
 POLICY_IMPORT_PATH = "autoscaling.serve_adapter:RaygpuServePolicy"
 GATEWAY_POLICY_IMPORT_PATH = "autoscaling.serve_adapter:GatewayPolicy"
 GATEWAY_INFLIGHT_METRIC = "raygpu_gateway_inflight"
-SNAPSHOT_MAX_AGE_S = 1.0
-ARRIVAL_LOOKBACK_S = 3600.0
-
-
-class CachedSnapshot:
-    """Non-blocking reader: `get()` returns the latest fetched value and starts a refresh when stale."""
-
-    def __init__(self, fetch: Callable[[], "ray.ObjectRef"], max_age_s: float, default: Any):
-        self._fetch = fetch
-        self._max_age_s = max_age_s
-        self._value = default
-        self._fetched_at = float("-inf")
-        self._inflight: "ray.ObjectRef | None" = None
-
-    def get(self) -> Any:
-        now = time.monotonic()
-        if self._inflight is not None:
-            ready, _ = ray.wait([self._inflight], timeout=0)
-            if ready:
-                try:
-                    self._value = ray.get(self._inflight)
-                    self._fetched_at = now
-                except Exception as exc:  # keep serving the previous value; the next call retries
-                    logger.warning("raygpu: store snapshot refresh failed: %s", exc)
-                self._inflight = None
-        if self._inflight is None and now - self._fetched_at > self._max_age_s:
-            try:
-                self._inflight = self._fetch()
-            except Exception as exc:
-                logger.warning("raygpu: cannot reach the control-plane store: %s", exc)
-                self._inflight = None
-        return self._value
+ARRIVAL_POLL_INTERVAL_S = 0.5  # how often new arrivals are fetched from the store
+STATE_SAVE_INTERVAL_S = 10.0  # how often a policy's learned state is saved
 
 
 class _StoreLink:
@@ -62,21 +33,53 @@ class _StoreLink:
         self.actor_name = actor_name
         self.namespace = namespace
         self._actor: Any = None
-        self.last_arrivals = CachedSnapshot(self._fetch_last_arrivals, SNAPSHOT_MAX_AGE_S, default={})
+        self.cursor = -1
+        self.pending: dict[str, list[float]] = {}
+        self._inflight: "ray.ObjectRef | None" = None
+        self._polled_at = float("-inf")
 
     def actor(self) -> Any:
         if self._actor is None:
             self._actor = ray.get_actor(self.actor_name, namespace=self.namespace)
         return self._actor
 
-    def _fetch_last_arrivals(self) -> "ray.ObjectRef":
-        return self.actor().last_arrivals.remote(time.time() - ARRIVAL_LOOKBACK_S)
+    def _call(self, method: str, *args: Any) -> "ray.ObjectRef | None":
+        try:
+            return getattr(self.actor(), method).remote(*args)
+        except Exception as exc:  # the store restarting: try again on a later call
+            self._actor = None
+            logger.warning("raygpu: control-plane store unreachable (%s)", exc)
+            return None
+
+    def poll(self) -> None:
+        """Collect arrivals fetched since the last call and start the next fetch when due."""
+        if self._inflight is not None:
+            ready, _ = ray.wait([self._inflight], timeout=0)
+            if not ready:
+                return
+            try:
+                self.cursor, new = ray.get(self._inflight)
+                for key, times in new.items():
+                    self.pending.setdefault(key, []).extend(times)
+            except Exception as exc:
+                logger.warning("raygpu: fetching arrivals failed (%s)", exc)
+            self._inflight = None
+        now = time.monotonic()
+        if now - self._polled_at >= ARRIVAL_POLL_INTERVAL_S:
+            self._polled_at = now
+            self._inflight = self._call("arrivals_after", self.cursor)
+
+    def take(self, key: str) -> list[float]:
+        return self.pending.pop(key, [])
 
     def record_scale_event(self, app: str, function: str, before: int, after: int) -> None:
-        try:
-            self.actor().record_scale_events.remote([(app, function, time.time(), before, after)])
-        except Exception as exc:
-            logger.warning("raygpu: could not record a scale event: %s", exc)
+        self._call("record_scale_events", [(app, function, time.time(), before, after)])
+
+    def save_state(self, app: str, function: str, state: dict[str, Any]) -> None:
+        self._call("save_policy_state", app, function, state)
+
+    def load_state(self, app: str, function: str) -> "ray.ObjectRef | None":
+        return self._call("load_policy_state", app, function)
 
 
 _links: dict[tuple[str, str], _StoreLink] = {}
@@ -92,49 +95,53 @@ def _link(actor_name: str, namespace: str) -> _StoreLink:
 class RaygpuServePolicy:
     """Instantiated once per deployment by Serve with `policy_kwargs`; called with a context."""
 
-    def __init__(
-        self,
-        app: str,
-        function: str,
-        min_replicas: int,
-        max_replicas: int,
-        buffer_replicas: int,
-        inputs_per_replica: int,
-        idle_window_s: float,
-        store_actor: str,
-        store_namespace: str,
-    ):
+    def __init__(self, app: str, function: str, store_actor: str, store_namespace: str, **config: Any):
         self.app = app
         self.function = function
-        self.limits = ScalingLimits(
-            min_replicas=min_replicas,
-            max_replicas=max_replicas,
-            buffer_replicas=buffer_replicas,
-            inputs_per_replica=inputs_per_replica,
-            idle_window_s=idle_window_s,
-        )
+        self.key = f"{app}/{function}"
+        self.config = ScalingConfig(**config)
+        self.policy = RaygpuPolicy(self.config)
         self.store = _link(store_actor, store_namespace)
+        self._loading = self.store.load_state(app, function)
+        self._saved_at = time.monotonic()
+
+    def _resume_learned_state(self) -> None:
+        if self._loading is None:
+            return
+        ready, _ = ray.wait([self._loading], timeout=0)
+        if not ready:
+            return
+        try:
+            saved = ray.get(self._loading)
+            if saved:
+                seen = self.policy.history.last_arrival
+                restored = RaygpuPolicy.from_dict(self.config, saved)
+                if seen is not None:  # arrivals observed while the state was loading
+                    restored.observe_arrival(seen)
+                self.policy = restored
+        except Exception as exc:
+            logger.warning("raygpu: could not load the learned state of %s (%s)", self.key, exc)
+        self._loading = None
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
-        last_arrivals: dict[str, float] = self.store.last_arrivals.get()
-        obs = Observation(
-            now=time.time(),
-            current_replicas=ctx.current_num_replicas,
-            ongoing_requests=float(ctx.total_num_requests or 0.0),
-            last_arrival=last_arrivals.get(f"{self.app}/{self.function}"),
+        self.store.poll()
+        self._resume_learned_state()
+        for t in self.store.take(self.key):
+            self.policy.observe_arrival(t)
+        inflight = float(ctx.total_num_requests or 0.0)
+        replicas, _next_check = self.policy.decide(
+            time.time(), ctx.current_num_replicas, 0, inflight
         )
-        state = PolicyState.from_dict(ctx.policy_state.get("raygpu"))
-        decision = decide(self.limits, obs, state)
         seen_target = ctx.policy_state.get("raygpu_seen_target")
         if seen_target is not None and seen_target != ctx.target_num_replicas:
             # Serve's own 0→1 fast path changes the target without calling us: record it here.
             self.store.record_scale_event(self.app, self.function, seen_target, ctx.target_num_replicas)
-        if decision.replicas != ctx.target_num_replicas:
-            self.store.record_scale_event(self.app, self.function, ctx.target_num_replicas, decision.replicas)
-        return decision.replicas, {
-            "raygpu": decision.state.to_dict(),
-            "raygpu_seen_target": decision.replicas,
-        }
+        if replicas != ctx.target_num_replicas:
+            self.store.record_scale_event(self.app, self.function, ctx.target_num_replicas, replicas)
+        if time.monotonic() - self._saved_at >= STATE_SAVE_INTERVAL_S and self._loading is None:
+            self._saved_at = time.monotonic()
+            self.store.save_state(self.app, self.function, self.policy.to_dict())
+        return replicas, {"raygpu_seen_target": replicas, "raygpu_plan": self.policy.plan.basis}
 
 
 class GatewayPolicy:
@@ -169,22 +176,22 @@ def serve_autoscaling_config(
     *,
     app: str,
     function: str,
-    min_replicas: int,
-    max_replicas: int,
-    buffer_replicas: int,
-    inputs_per_replica: int,
-    idle_window_s: float,
     store_actor: str,
     store_namespace: str,
     metrics_interval_s: float,
     look_back_period_s: float,
+    **scaling: Any,
 ) -> dict[str, Any]:
-    """The Serve `autoscaling_config` for one raygpu deployment: raygpu's policy decides alone."""
+    """The Serve `autoscaling_config` for one raygpu deployment: raygpu's policy decides alone.
+
+    `scaling` holds ScalingConfig fields (min_replicas, max_replicas, buffer_replicas,
+    inputs_per_replica, idle_window_s, start_time_s, ...)."""
+    config = ScalingConfig(**scaling)
     return {
-        "min_replicas": min_replicas,
-        "max_replicas": max_replicas,
-        "initial_replicas": min_replicas,
-        "target_ongoing_requests": inputs_per_replica,
+        "min_replicas": config.min_replicas,
+        "max_replicas": config.max_replicas,
+        "initial_replicas": config.min_replicas,
+        "target_ongoing_requests": config.inputs_per_replica,
         "metrics_interval_s": metrics_interval_s,
         "look_back_period_s": look_back_period_s,
         "upscale_delay_s": 0.0,
@@ -192,16 +199,7 @@ def serve_autoscaling_config(
         "downscale_to_zero_delay_s": 0.0,
         "policy": {
             "policy_function": POLICY_IMPORT_PATH,
-            "policy_kwargs": {
-                "app": app,
-                "function": function,
-                "min_replicas": min_replicas,
-                "max_replicas": max_replicas,
-                "buffer_replicas": buffer_replicas,
-                "inputs_per_replica": inputs_per_replica,
-                "idle_window_s": idle_window_s,
-                "store_actor": store_actor,
-                "store_namespace": store_namespace,
-            },
+            "policy_kwargs": {"app": app, "function": function, "store_actor": store_actor,
+                              "store_namespace": store_namespace, **scaling},
         },
     }

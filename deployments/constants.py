@@ -57,6 +57,9 @@ ARRIVAL_SNAPSHOT_MAX_AGE_S = 1.0  # how stale a cached arrival snapshot may be b
 # --- Serve autoscaling knobs that make raygpu's idle window decide --------------------------
 METRICS_INTERVAL_S = 0.5  # replica/handle metrics push; Serve's default 10 s delays cold starts
 LOOK_BACK_PERIOD_S = 2.0
+# Replica start time the live policy plans with (pre-warm lead, linger after the last call, load
+# averaging). A local CPU replica starts in ~2 s; GPU replicas with model loads take far longer.
+EXPECTED_START_TIME_S = 5.0
 
 # --- Local cluster ----------------------------------------------------------------------------
 DEFAULT_LOCAL_GPUS = 2

@@ -190,6 +190,7 @@ def deployment_options(
             buffer_replicas=spec.buffer_containers,
             inputs_per_replica=spec.max_inputs,
             idle_window_s=spec.scaledown_window,
+            start_time_s=constants.EXPECTED_START_TIME_S,
             store_actor=store_actor,
             store_namespace=store_namespace,
             metrics_interval_s=constants.METRICS_INTERVAL_S,

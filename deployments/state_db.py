@@ -51,6 +51,13 @@ CREATE TABLE IF NOT EXISTS scale_events (
     from_replicas INTEGER NOT NULL,
     to_replicas INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS policy_state (
+    app TEXT NOT NULL,
+    function TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (app, function)
+);
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -225,6 +232,36 @@ class StateDB:
             "SELECT app, function, MAX(ts) AS last FROM arrivals WHERE ts >= ? GROUP BY app, function", (since,)
         ).fetchall()
         return {f"{r['app']}/{r['function']}": r["last"] for r in rows}
+
+    def arrivals_after(self, cursor: int, limit: int = 100_000) -> tuple[int, dict[str, list[float]]]:
+        """Arrivals recorded after row `cursor` (-1: none, only the current cursor), keyed
+        "app/function", and the new cursor. Row ids grow with every insert, so an arrival
+        recorded late (a slow gateway flush) is still seen once."""
+        if cursor < 0:
+            row = self.conn.execute("SELECT COALESCE(MAX(rowid), 0) AS last FROM arrivals").fetchone()
+            return int(row["last"]), {}
+        out: dict[str, list[float]] = {}
+        last = cursor
+        for r in self.conn.execute(
+            "SELECT rowid, app, function, ts FROM arrivals WHERE rowid > ? ORDER BY rowid LIMIT ?", (cursor, limit)
+        ):
+            out.setdefault(f"{r['app']}/{r['function']}", []).append(r["ts"])
+            last = r["rowid"]
+        return last, out
+
+    def save_policy_state(self, app: str, function: str, state: dict[str, Any]) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO policy_state (app, function, state, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(app, function) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                (app, function, json.dumps(state), time.time()),
+            )
+
+    def load_policy_state(self, app: str, function: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT state FROM policy_state WHERE app = ? AND function = ?", (app, function)
+        ).fetchone()
+        return json.loads(row["state"]) if row else None
 
     def prune_arrivals(self, older_than: float) -> int:
         with self.conn:

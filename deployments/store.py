@@ -106,6 +106,15 @@ class ControlPlaneStore:
     async def last_arrivals(self, since: float) -> dict[str, float]:
         return {key: ts for key, ts in self._last_arrival.items() if ts >= since}
 
+    async def arrivals_after(self, cursor: int) -> tuple[int, dict[str, list[float]]]:
+        return self.db.arrivals_after(cursor)
+
+    async def save_policy_state(self, app: str, function: str, state: dict[str, Any]) -> None:
+        self.db.save_policy_state(app, function, state)
+
+    async def load_policy_state(self, app: str, function: str) -> dict[str, Any] | None:
+        return self.db.load_policy_state(app, function)
+
     async def record_scale_events(self, events: list[tuple[str, str, float, int, int]]) -> None:
         self.db.record_scale_events(events)
 
