@@ -10,6 +10,7 @@ Every policy (raygpu's and the baselines in `autoscaling/baselines.py`) has the 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,7 +28,9 @@ class ScalingConfig:
     buffer_replicas: int = 0  # extra idle replicas kept while the function is busy
     inputs_per_replica: int = 1
     idle_window_s: float = 60.0  # scaledown_window: the 1→0 delay when nothing better is known
-    downscale_delay_s: float = 15.0  # N→N-1 (N>1) delay; shorter than the 1→0 step
+    # A replica beyond the first is released once unneeded this long (None: one replica start,
+    # the ski-rental break-even); the last 1→0 step waits the longer idle window or learned plan.
+    downscale_delay_s: float | None = None
     upscale_step: int = 1  # from ≥1 replica, grow by max(step, current*(factor-1)) per decision...
     upscale_factor: float = 2.0
     upscale_interval_s: float = 2.0  # ...at most once per interval: 1→2→4, never 1→max at once
@@ -43,6 +46,10 @@ class ScalingConfig:
     prewarm_percentile: float = 5.0
     keep_alive_percentile: float = 99.0
     burst_gap_s: float = 1.0  # arrivals closer than this are one burst, not an idle gap
+
+    @property
+    def downscale_delay(self) -> float:
+        return self.start_time_s if self.downscale_delay_s is None else self.downscale_delay_s
 
     @property
     def linger(self) -> float:
@@ -76,7 +83,7 @@ class RaygpuPolicy:
         self.history = history or ArrivalHistory(burst_gap_s=config.burst_gap_s)
         self.plan = WarmPlan()
         self.last_busy: float | None = None
-        self.below_since: float | None = None
+        self.recent_wants: deque[tuple[float, int]] = deque()  # (time, wanted), wanted decreasing
         self.last_upscale: float = -NEVER
         self.load_tau_s = max(0.1, config.load_average_s if config.load_average_s is not None else config.start_time_s)
         self.load_avg = 0.0
@@ -128,6 +135,15 @@ class RaygpuPolicy:
             return 0, plan.prewarm_from
         return 0, NEVER
 
+    def _drain_s(self, backlog: float, running: int) -> float:
+        """Expected time for the running replicas to work off `backlog` queued calls, from
+        Little's law: time in system = average calls in flight / arrival rate."""
+        rate = self.history.rate_ewma
+        if rate <= 0:
+            return 0.0
+        time_in_system = max(self.load_avg, 1.0) / rate
+        return backlog * time_in_system / (running * self.config.inputs_per_replica)
+
     def decide(self, now: float, running: int, starting: int, inflight: float) -> tuple[int, float]:
         cfg = self.config
         current = running + starting
@@ -137,16 +153,20 @@ class RaygpuPolicy:
         self.load_at, self.load_level = now, inflight
         if inflight > 0:
             self.last_busy = now
-            sustained = math.ceil(self.load_avg / cfg.inputs_per_replica - 0.05)
-            want = max(1, sustained) + cfg.buffer_replicas
+            want = max(1, math.ceil(self.load_avg / cfg.inputs_per_replica - 0.05))
+            backlog = inflight - running * cfg.inputs_per_replica
+            if backlog > 0 and running > 0 and self._drain_s(backlog, running) > cfg.start_time_s / 2:
+                # the queue outlasts half a start: new replicas will still find work
+                want = max(want, math.ceil(inflight / cfg.inputs_per_replica))
+            want += cfg.buffer_replicas
         else:
             want, next_check = self._idle_target(now)
-            if want and self.last_busy is not None and now - self.last_busy < cfg.downscale_delay_s:
+            if want and self.last_busy is not None and now - self.last_busy < cfg.downscale_delay:
                 want += cfg.buffer_replicas
         want = max(cfg.min_replicas, min(cfg.max_replicas, want))
 
         if want > current:
-            self.below_since = None
+            self._recent_max(now, want)
             if current == 0:
                 self.last_upscale = now
                 return 1, min(next_check, now + cfg.upscale_interval_s) if want > 1 else next_check
@@ -159,17 +179,26 @@ class RaygpuPolicy:
         if want < current:
             if want == 0:
                 # The idle window (or the learned plan) already was the 1→0 delay.
-                self.below_since = None
+                self.recent_wants.clear()
                 return 0, next_check
-            if self.below_since is None:
-                self.below_since = now
-            ready_at = self.below_since + cfg.downscale_delay_s
-            if now >= ready_at:
-                self.below_since = None
-                return want, next_check
-            return current, min(next_check, ready_at)
-        self.below_since = None
+            kept, until = self._recent_max(now, want)
+            if kept < current:
+                return kept, min(next_check, until)
+            return current, min(next_check, until)
+        self._recent_max(now, want)
         return current, next_check
+
+    def _recent_max(self, now: float, want: int) -> tuple[int, float]:
+        """The most replicas wanted within the last downscale delay (each replica beyond the
+        first is released once it has been unneeded that long), and when that next drops."""
+        recent = self.recent_wants
+        while recent and recent[-1][1] <= want:
+            recent.pop()
+        recent.append((now, want))
+        delay = self.config.downscale_delay
+        while len(recent) > 1 and recent[0][0] + delay <= now:
+            recent.popleft()
+        return recent[0][1], (recent[0][0] + delay if len(recent) > 1 else NEVER)
 
     # --- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -39,8 +39,8 @@ def test_scale_down_hysteresis_and_longer_last_step():
     p.load_avg = 4.0
     p.last_upscale = -100
     p.decide(0.0, 4, 0, 4)
-    # load gone: N→N-1 waits downscale_delay_s (4 s), but keeps one replica...
-    assert p.decide(1.0, 4, 0, 0) == (4, 5.0)
+    # load gone: replicas beyond the first go once unneeded for downscale_delay_s (4 s)...
+    assert p.decide(1.0, 4, 0, 0) == (4, 4.0)
     assert p.decide(5.0, 4, 0, 0)[0] == 1
     # ...and the last 1→0 step waits for the idle window (10 s after the last call)
     assert p.decide(9.0, 1, 0, 0) == (1, 10.0)
@@ -68,8 +68,8 @@ def test_min_max_and_buffer():
     assert p.decide(0.0, 1, 0, 1)[0] == 2  # one busy + one buffer
     p.load_avg = 100
     assert p.decide(1.0, 2, 0, 100)[0] == 3  # capped at max
-    assert p.decide(100.0, 3, 0, 0)[0] == 3  # N→N-1 waits the downscale delay...
-    assert p.decide(116.0, 3, 0, 0)[0] == 1  # ...and never goes below min
+    assert p.decide(20.0, 3, 0, 0)[0] == 3  # extra replicas wait one start time (30 s)...
+    assert p.decide(100.0, 3, 0, 0)[0] == 1  # ...and the count never goes below min
 
 
 def test_periodic_function_is_prewarmed_before_the_next_call():
