@@ -84,6 +84,11 @@ class RaygpuPolicy:
         self.plan = WarmPlan()
         self.last_busy: float | None = None
         self.recent_wants: deque[tuple[float, int]] = deque()  # (time, wanted), wanted decreasing
+        # How long an extra replica stays unneeded before it goes: starts at one replica start and
+        # adapts, doubling when released replicas are wanted back soon (churn costs a start each
+        # time) and halving back when releases prove right.
+        self.release_delay_s = config.downscale_delay
+        self.last_release: float | None = None
         self.last_upscale: float = -NEVER
         self.load_tau_s = max(0.1, config.load_average_s if config.load_average_s is not None else config.start_time_s)
         self.load_avg = 0.0
@@ -165,6 +170,7 @@ class RaygpuPolicy:
                 want += cfg.buffer_replicas
         want = max(cfg.min_replicas, min(cfg.max_replicas, want))
 
+        self._learn_from_last_release(now, want, current)
         if want > current:
             self._recent_max(now, want)
             if current == 0:
@@ -183,10 +189,22 @@ class RaygpuPolicy:
                 return 0, next_check
             kept, until = self._recent_max(now, want)
             if kept < current:
+                self.last_release = now
                 return kept, min(next_check, until)
             return current, min(next_check, until)
         self._recent_max(now, want)
         return current, next_check
+
+    def _learn_from_last_release(self, now: float, want: int, current: int) -> None:
+        if self.last_release is None:
+            return
+        since = now - self.last_release
+        if want > current >= 1 and since < self.release_delay_s:
+            self.release_delay_s = min(2 * self.release_delay_s, 4 * self.config.downscale_delay)
+            self.last_release = None
+        elif since > 4 * self.release_delay_s:
+            self.release_delay_s = max(self.config.downscale_delay, self.release_delay_s / 2)
+            self.last_release = None
 
     def _recent_max(self, now: float, want: int) -> tuple[int, float]:
         """The most replicas wanted within the last downscale delay (each replica beyond the
@@ -195,20 +213,22 @@ class RaygpuPolicy:
         while recent and recent[-1][1] <= want:
             recent.pop()
         recent.append((now, want))
-        delay = self.config.downscale_delay
+        delay = self.release_delay_s
         while len(recent) > 1 and recent[0][0] + delay <= now:
             recent.popleft()
         return recent[0][1], (recent[0][0] + delay if len(recent) > 1 else NEVER)
 
     # --- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"history": self.history.to_dict(), "last_busy": self.last_busy}
+        return {"history": self.history.to_dict(), "last_busy": self.last_busy,
+                "release_delay_s": self.release_delay_s}
 
     @classmethod
     def from_dict(cls, config: ScalingConfig, data: dict[str, Any] | None) -> "RaygpuPolicy":
         data = data or {}
         policy = cls(config, ArrivalHistory.from_dict(data.get("history")))
         policy.last_busy = data.get("last_busy")
+        policy.release_delay_s = data.get("release_delay_s", policy.release_delay_s)
         return policy
 
     def describe(self) -> dict[str, Any]:
