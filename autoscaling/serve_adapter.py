@@ -129,9 +129,10 @@ class RaygpuServePolicy:
         for t in self.store.take(self.key):
             self.policy.observe_arrival(t)
         inflight = float(ctx.total_num_requests or 0.0)
-        replicas, _next_check = self.policy.decide(
-            time.time(), ctx.current_num_replicas, 0, inflight
-        )
+        running = ctx.current_num_replicas
+        # Replicas Serve is still starting toward the last target count as starting.
+        starting = max(0, ctx.target_num_replicas - running)
+        replicas, _next_check = self.policy.decide(time.time(), running, starting, inflight)
         seen_target = ctx.policy_state.get("raygpu_seen_target")
         if seen_target is not None and seen_target != ctx.target_num_replicas:
             # Serve's own 0→1 fast path changes the target without calling us: record it here.

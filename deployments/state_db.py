@@ -278,6 +278,14 @@ class StateDB:
                     rows,
                 )
 
+    def scale_events(self, app: str, function: str, since: float = 0.0) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT ts, from_replicas, to_replicas FROM scale_events WHERE app = ? AND function = ? AND ts >= ? "
+            "ORDER BY ts, rowid",
+            (app, function, since),
+        ).fetchall()
+        return [{"time": r["ts"], "from": r["from_replicas"], "to": r["to_replicas"]} for r in rows]
+
     def last_scale_event(self, app: str, function: str) -> dict[str, Any] | None:
         row = self.conn.execute(
             "SELECT ts, from_replicas, to_replicas FROM scale_events WHERE app = ? AND function = ? "

@@ -118,6 +118,9 @@ class ControlPlaneStore:
     async def record_scale_events(self, events: list[tuple[str, str, float, int, int]]) -> None:
         self.db.record_scale_events(events)
 
+    async def scale_events(self, app: str, function: str, since: float = 0.0) -> list[dict[str, Any]]:
+        return self.db.scale_events(app, function, since)
+
     async def last_scale_event(self, app: str, function: str) -> dict[str, Any] | None:
         return self.db.last_scale_event(app, function)
 
