@@ -123,3 +123,24 @@ def test_c_fifty_concurrent_clients_at_zero_are_all_answered(scaling):
     for t in threads:
         t.join()
     assert results == [200] * 50, results
+
+
+@pytest.mark.slow
+def test_learned_state_survives_a_redeploy(scaling):
+    import ray
+
+    from deployments.store import get_store
+
+    store = get_store()
+    for tick in range(6):
+        assert scaling.post("/scaling/sparse", {"tick": tick}).status_code == 200
+        time.sleep(1.5)
+    scaling.wait_for(lambda: (ray.get(store.load_policy_state.remote("scaling", "sparse")) or {})
+                     .get("history", {}).get("total", 0) > 0, timeout=40, what="the learned state to be saved")
+    before = ray.get(store.load_policy_state.remote("scaling", "sparse"))["history"]
+    scaling.deploy(APPS / "scaling.py")  # a new version: Serve builds new policy instances
+    assert scaling.post("/scaling/sparse", {"tick": 99}).status_code == 200
+    time.sleep(12)  # past the save interval of the new instance
+    after = ray.get(store.load_policy_state.remote("scaling", "sparse"))["history"]
+    assert after["last_arrival"] > before["last_arrival"]
+    assert after["total"] >= before["total"] > 0  # resumed, not relearned from nothing

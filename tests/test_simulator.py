@@ -81,3 +81,22 @@ def test_simulate_reports_every_policy_with_params():
     assert raygpu["idle_gpu_seconds"] < result["policies"]["fixed_600s"]["idle_gpu_seconds"]
     with pytest.raises(ValueError, match="unknown policies"):
         simulate(trace, policies=["nope"])
+
+
+def test_simulate_cli_prints_the_table_and_writes_json_and_plots(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from raygpu.cli import main
+
+    out_json, out_png = tmp_path / "sim.json", tmp_path / "sim.png"
+    result = CliRunner().invoke(main, ["simulate", "--trace", str(AZURE2021), "--format", "azure2021",
+                                       "--start-time", "10", "--json", str(out_json), "--plot", str(out_png)])
+    assert result.exit_code == 0, result.output
+    assert "raygpu" in result.output and "hybrid_histogram" in result.output
+    data = json.loads(out_json.read_text())
+    assert data["params"]["start_time_s"] == 10 and data["params"]["invocations"] == 998
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = CliRunner().invoke(main, ["simulate", "--trace", str(tmp_path / "nope.csv"), "--format", "azure2021"])
+    assert bad.exit_code == 1 and "no such trace file" in bad.output
