@@ -30,6 +30,9 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/serving.py --json benchmarks/results/serving.json
+	$(BIN)/python benchmarks/autoscaling.py --format azure2019 \
+	  --trace ../shared/traces/azure_functions_2019_sample500/invocations.csv \
+	  --json benchmarks/results/autoscaling-azure2019.json
 
 down:
 	$(BIN)/raygpu down
