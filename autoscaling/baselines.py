@@ -76,7 +76,6 @@ class RayServeDefault:
     look_back_s = 30.0
     upscale_delay_s = 30.0
     downscale_delay_s = 600.0
-    decision_period_s = 0.1
 
     def __init__(self, config: ScalingConfig):
         self.config = config
