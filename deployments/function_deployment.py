@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import os
 import time
@@ -17,9 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import cloudpickle
+import psutil
 from pydantic_core import to_jsonable_python
 from ray import serve
 
+from billing.client import MeterClient
 from deployments import constants
 from deployments.lifecycle import run_enter_hooks, run_exit_hooks
 from deployments.signature import ArgumentError, arguments_model, validate_arguments
@@ -49,11 +52,16 @@ def unwrap_target(target: Any) -> Any:
 class FunctionReplica:
     """One replica of a user function or class."""
 
-    def __init__(self, app: str, version: int, spec_json: str, payload: bytes, *sibling_deployments: Any):
+    async def __init__(self, app: str, version: int, spec_json: str, payload: bytes, accelerator: str | None,
+                       *sibling_deployments: Any):
         self.app = app
         self.version = version
         self.spec = FunctionSpec.model_validate_json(spec_json)
         self.started_at = time.time()
+        request = self.spec.gpu_request
+        self.meter = MeterClient(app, self.spec.name, float(request.count) if request else 0.0, accelerator)
+        self.meter.event("started", psutil.Process().create_time())
+        self.meter.start()
         self._ongoing = 0
         self._executor = ThreadPoolExecutor(
             max_workers=self.spec.max_inputs, thread_name_prefix=f"raygpu-{self.spec.name}"
@@ -72,6 +80,7 @@ class FunctionReplica:
                          "".join(traceback.format_exception(exc)))
         else:
             logger.info("raygpu: %s/%s v%d ready (pid %d)", app, self.spec.name, version, os.getpid())
+        self.meter.event("ready")
 
     def _load_user_code(self, payload: bytes) -> None:
         target = unwrap_target(cloudpickle.loads(payload))
@@ -84,9 +93,24 @@ class FunctionReplica:
             self.callables[None] = target
         self.models = {name: arguments_model(fn) for name, fn in self.callables.items()}
 
-    async def __call__(self, method: str | None, body: Any) -> tuple[int, Any, int]:
-        status, payload = await self._invoke(method, body)
-        return status, payload, self.version
+    async def __call__(self, method: str | None, body: Any, bytes_in: int = 0) -> tuple[int, bytes, int]:
+        """Run one call; answer (HTTP status, JSON body, version)."""
+        started = time.perf_counter()
+        self.meter.call_started()
+        status = 500
+        encoded = b""
+        try:
+            status, payload = await self._invoke(method, body)
+            try:
+                encoded = json.dumps(payload, separators=(",", ":")).encode()
+            except (TypeError, ValueError) as exc:
+                status = 500
+                encoded = json.dumps(error_payload(
+                    "SerializationError", f"{self.spec.name} returned a value that cannot be sent as JSON: {exc}"
+                )).encode()
+            return status, encoded, self.version
+        finally:
+            self.meter.call_finished(status, time.perf_counter() - started, bytes_in, len(encoded))
 
     async def _invoke(self, method: str | None, body: Any) -> tuple[int, Any]:
         if self.startup_error is not None:
@@ -144,12 +168,16 @@ class FunctionReplica:
         return {"raygpu_ongoing": float(self._ongoing)}
 
     def __del__(self) -> None:
-        if self.instance is not None:
+        meter = getattr(self, "meter", None)
+        if meter is not None:
+            meter.stop()
+        if getattr(self, "instance", None) is not None:
             try:
                 run_exit_hooks(self.instance)
             except Exception:
                 logger.exception("raygpu: exit hook of %s failed", self.spec.name)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if hasattr(self, "_executor"):
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def deployment_options(
@@ -215,7 +243,7 @@ def build_app_application(
     for spec, payload, accelerator in units:
         options = deployment_options(app, spec, accelerator, store_actor, store_namespace)
         deployment = serve.deployment(FunctionReplica).options(**options)
-        bound.append((deployment, (app, version, spec.model_dump_json(), payload)))
+        bound.append((deployment, (app, version, spec.model_dump_json(), payload, accelerator)))
     ingress_deployment, ingress_args = bound[0]
     siblings = [deployment.bind(*args) for deployment, args in bound[1:]]
     return ingress_deployment.bind(*ingress_args, *siblings)

@@ -307,9 +307,10 @@ class Gateway:
             body = json.loads(raw) if raw.strip() else {}
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return error_response(400, "MalformedJSON", f"request body is not valid JSON: {exc}")
-        return await self._call(app, deployed, method, body)
+        return await self._call(app, deployed, method, body, len(raw))
 
-    async def _call(self, app: str, deployed: DeployedFunction, method: str | None, body: Any) -> Response:
+    async def _call(self, app: str, deployed: DeployedFunction, method: str | None, body: Any,
+                    bytes_in: int) -> Response:
         spec = deployed.spec
         key = (app, spec.name)
         bound = spec.max_containers * spec.max_inputs + spec.max_queue
@@ -321,7 +322,7 @@ class Gateway:
             handle = self._handle(app, deployed)
             attempts = spec.retries + 1
             for attempt in range(attempts):
-                response = handle.remote(method, body)
+                response = handle.remote(method, body, bytes_in)
                 try:
                     status, payload, version = await asyncio.wait_for(
                         _await(response), timeout=spec.timeout + constants.COLD_START_ALLOWANCE_S
@@ -340,7 +341,8 @@ class Gateway:
                     return error_response(500, "ReplicaDied", f"the replica running {spec.name!r} exited during the "
                                           f"call ({type(exc).__name__}) after {attempts} attempt(s); set `retries=` "
                                           "to retry such calls, and see `raygpu logs`")
-                return json_response(status, payload, headers={"x-raygpu-version": str(version)})
+                return Response(content=payload, status_code=status, media_type="application/json",
+                                headers={"x-raygpu-version": str(version)})
             raise AssertionError("unreachable")
         except Exception as exc:
             logger.exception("raygpu gateway: call of %s/%s failed", app, spec.name)

@@ -323,6 +323,71 @@ def token_ls(app: str | None, as_json: bool, address: str | None) -> None:
     console.print(table)
 
 
+def _parse_time(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        stamp = dt.datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"cannot read {text!r} as a time: use ISO 8601 (2026-11-27T10:00) or a Unix timestamp")
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)).timestamp()
+
+
+@main.command("bill")
+@click.argument("app", required=False)
+@click.option("--since", default=None, help="Start (ISO 8601 UTC or Unix time).")
+@click.option("--until", default=None, help="End (ISO 8601 UTC or Unix time).")
+@click.option("--by", type=click.Choice(["function", "day"]), default="function", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--csv", "as_csv", is_flag=True)
+@address_option
+def bill_command(app: str | None, since: str | None, until: str | None, by: str, as_json: bool, as_csv: bool,
+                 address: str | None) -> None:
+    """GPU-seconds by phase (cold start, active, idle) and cost per function."""
+    from decimal import Decimal
+
+    import ray
+
+    from billing.meter import METER_ACTOR_NAME
+    from raygpu.contracts import Bill, BillLineOut
+
+    _connect(address)
+    try:
+        meter = ray.get_actor(METER_ACTOR_NAME, namespace=constants.RAY_NAMESPACE)
+    except ValueError:
+        _fail("the cluster has no raygpu meter; run `raygpu up` again to install it")
+    raw = ray.get(meter.bill.remote(app, _parse_time(since), _parse_time(until), by == "day"))
+    lines = [BillLineOut(app=r["app"], function=r["function"], day=r["day"], gpu_seconds=r["gpu_seconds"],
+                         cost_usd=r["cost_usd"], replica_starts=r["replica_starts"],
+                         total_gpu_seconds=str(sum(Decimal(v) for v in r["gpu_seconds"].values())),
+                         total_cost_usd=str(sum(Decimal(v) for v in r["cost_usd"].values()))) for r in raw]
+    out = Bill(app=app, since=_parse_time(since), until=_parse_time(until), by=by, lines=lines,
+               total_gpu_seconds=str(sum((Decimal(line.total_gpu_seconds) for line in lines), Decimal(0))),
+               total_cost_usd=str(sum((Decimal(line.total_cost_usd) for line in lines), Decimal(0))))
+    if as_json:
+        click.echo(out.model_dump_json())
+        return
+    phases = ("cold_start", "active", "idle")
+    if as_csv:
+        click.echo(",".join(["app", "function", "day", *(f"{p}_gpu_s" for p in phases), "gpu_s", "cost_usd"]))
+        for line in out.lines:
+            click.echo(",".join([line.app, line.function, line.day or "", *(line.gpu_seconds[p] for p in phases),
+                                 line.total_gpu_seconds, line.total_cost_usd]))
+        return
+    table = Table("app", "function", *(["day"] if by == "day" else []), "cold start GPU-s", "active GPU-s",
+                  "idle GPU-s", "starts", "cost $")
+    for line in out.lines:
+        table.add_row(line.app, line.function, *([line.day or ""] if by == "day" else []),
+                      *(f"{Decimal(line.gpu_seconds[p]):.1f}" for p in phases), str(line.replica_starts),
+                      f"{Decimal(line.total_cost_usd):.4f}")
+    console.print(table)
+    console.print(f"total: {Decimal(out.total_gpu_seconds):.1f} GPU-s, ${Decimal(out.total_cost_usd):.4f}")
+
+
 @main.command()
 @click.option("--trace", "trace_path", required=True, type=click.Path(), help="Trace file (see --format).")
 @click.option("--format", "trace_format", required=True, type=click.Choice(["azure2019", "azure2021", "azurellm2023"]))

@@ -6,6 +6,7 @@ cluster is trusted, as with `ray`), and each call is recorded as an arrival for 
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -62,9 +63,8 @@ class RemoteFunction:
             raise RemoteCallError(400, "MethodRequired", f"pick a method: lookup(...).{spec.methods[0]}.remote(...)")
         store().record_arrivals.remote([(self.app, spec.name, time.time())])
         handle = _handle(self.deployed.serve_app, self.deployed.deployment)
-        status, payload, _version = handle.remote(self.method, kwargs).result(
-            timeout_s=spec.timeout + 600.0
-        )
+        status, body, _version = handle.remote(self.method, kwargs).result(timeout_s=spec.timeout + 600.0)
+        payload = json.loads(body)
         if status != 200:
             error = payload.get("error", {}) if isinstance(payload, dict) else {}
             raise RemoteCallError(status, error.get("type", "Error"), error.get("message", str(payload)),

@@ -274,9 +274,11 @@ def install_control_plane(
     from ray import serve
 
     from deployments.gateway import build_gateway_application
+    from billing.meter import start_meter
     from deployments.store import start_store
 
     store = start_store(db_path)
+    start_meter(str(Path(db_path).with_name("ledger.db")))
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     # Serve's own proxy serves plain Serve apps next to raygpu; raygpu's gateway listens itself.
     serve.start(

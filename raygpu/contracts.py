@@ -88,3 +88,26 @@ class TokenInfo(BaseModel):
     app: str
     created_at: float
     revoked_at: float | None = None
+
+
+class BillLineOut(BaseModel):
+    """One line of `raygpu bill --json`: GPU-seconds and cost by phase (money as strings)."""
+
+    app: str
+    function: str
+    day: str | None = None
+    gpu_seconds: dict[str, str]
+    cost_usd: dict[str, str]
+    total_gpu_seconds: str
+    total_cost_usd: str
+    replica_starts: int
+
+
+class Bill(BaseModel):
+    app: str | None = None
+    since: float | None = None
+    until: float | None = None
+    by: str = "function"
+    lines: list[BillLineOut]
+    total_gpu_seconds: str
+    total_cost_usd: str

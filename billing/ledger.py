@@ -1,0 +1,90 @@
+"""The billing ledger: lifecycle events and per-request records in SQLite (WAL), idempotent by id.
+
+No Ray: the meter actor owns the one writing connection; `raygpu bill` reads through the actor.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable
+
+from billing.intervals import LifecycleEvent
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    function TEXT NOT NULL,
+    replica TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    ts REAL NOT NULL,
+    gpus REAL NOT NULL,
+    accelerator TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_function ON events (app, function, ts);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    function TEXT NOT NULL,
+    replica TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    latency_s REAL NOT NULL,
+    bytes_in INTEGER NOT NULL,
+    bytes_out INTEGER NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_by_function ON requests (app, function, ts);
+"""
+
+EVENT_FIELDS = ("id", "app", "function", "replica", "kind", "ts", "gpus", "accelerator")
+REQUEST_FIELDS = ("id", "app", "function", "replica", "status", "latency_s", "bytes_in", "bytes_out", "ts")
+
+
+class Ledger:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(SCHEMA)
+
+    def apply(self, events: Iterable[dict[str, Any]], requests: Iterable[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+        """Insert what is new; return the events and requests that were not already recorded."""
+        new_events, new_requests = [], []
+        with self.conn:
+            for e in events:
+                cur = self.conn.execute(
+                    f"INSERT OR IGNORE INTO events ({', '.join(EVENT_FIELDS)}) VALUES ({', '.join('?' * len(EVENT_FIELDS))})",
+                    tuple(e.get(f) for f in EVENT_FIELDS))
+                if cur.rowcount:
+                    new_events.append(e)
+            for r in requests:
+                cur = self.conn.execute(
+                    f"INSERT OR IGNORE INTO requests ({', '.join(REQUEST_FIELDS)}) VALUES ({', '.join('?' * len(REQUEST_FIELDS))})",
+                    tuple(r.get(f) for f in REQUEST_FIELDS))
+                if cur.rowcount:
+                    new_requests.append(r)
+        return new_events, new_requests
+
+    def events(self, app: str | None = None, function: str | None = None) -> list[LifecycleEvent]:
+        query, params = "SELECT * FROM events WHERE 1=1", []
+        if app:
+            query += " AND app = ?"
+            params.append(app)
+        if function:
+            query += " AND function = ?"
+            params.append(function)
+        return [LifecycleEvent(**{k: r[k] for k in EVENT_FIELDS}) for r in self.conn.execute(query, params)]
+
+    def request_counts(self, app: str | None = None) -> dict[str, dict[int, int]]:
+        query, params = "SELECT app, function, status, COUNT(*) AS n FROM requests", []
+        if app:
+            query += " WHERE app = ?"
+            params.append(app)
+        out: dict[str, dict[int, int]] = {}
+        for r in self.conn.execute(query + " GROUP BY app, function, status", params):
+            out.setdefault(f"{r['app']}/{r['function']}", {})[r["status"]] = r["n"]
+        return out
