@@ -1,6 +1,7 @@
 """Trace loaders against the real files, and the simulator against closed-form counts."""
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ from autoscaling.baselines import FixedKeepAlive
 from autoscaling.policy import ScalingConfig
 from autoscaling.traces import FunctionTrace, Trace, load_trace
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+# The shared traces lie beside the project checkout (../shared/traces); RAYGPU_TRACES_DIR overrides.
+TRACES = Path(os.environ.get("RAYGPU_TRACES_DIR", Path(__file__).resolve().parents[2] / "shared" / "traces"))
 AZURE2019 = TRACES / "azure_functions_2019_sample500" / "invocations.csv"
 AZURE2021 = TRACES / "azure_functions_2021" / "AzureFunctionsInvocationTraceForTwoWeeksJan2021.first998rows.csv"
 LLM2023 = TRACES / "azure_llm_2023" / "AzureLLMInferenceTrace_code.csv"
