@@ -9,7 +9,6 @@ Replays are deterministic (seed 0), so one repetition is exact; `replay_s` is ea
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -21,11 +20,7 @@ sys.path.insert(0, str(HERE.parent))
 from autoscaling.report import COLUMNS, table_rows  # noqa: E402
 from autoscaling.simulator import SimulationParams, simulate  # noqa: E402
 from autoscaling.traces import load_trace  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("benchmark_harness", HERE / "harness.py")
-harness = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(harness)
-print_table, write_json = harness.print_table, harness.write_json
+from benchmarks.harness import print_table, write_json  # noqa: E402
 
 
 def ratios(policies: dict) -> dict:

@@ -14,9 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+# benchmarks/autoscaling.py would shadow the `autoscaling` package: keep this folder off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
 
-from harness import (  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
     concurrent_rps, median, percentile, print_table, private_cluster, sequential_latencies_ms, write_json,
 )
 

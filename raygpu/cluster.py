@@ -64,10 +64,24 @@ class LocalCluster(BaseModel):
         return f"http://{self.http_host}:{self.serve_port}"
 
 
+# Ports raygpu picks for itself: above Ray's worker ports (10002-19999) and below the kernel's
+# ephemeral range, where Ray's own servers bind port 0 and could take a port chosen earlier.
+PICKED_PORT_RANGE = (20000, 30000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A currently free TCP port in PICKED_PORT_RANGE."""
+    import random
+
+    for _ in range(200):
+        port = random.randrange(*PICKED_PORT_RANGE)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise NoClusterError(f"no free port in {PICKED_PORT_RANGE[0]}-{PICKED_PORT_RANGE[1]}; pass --port explicitly")
 
 
 def ensure_port_free(host: str, port: int, flag: str) -> None:

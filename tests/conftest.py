@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,12 +14,6 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = Path(__file__).resolve().parent / "apps"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Cluster:
@@ -62,7 +55,9 @@ class Cluster:
 @pytest.fixture(scope="session")
 def cluster():
     home = Path(tempfile.mkdtemp(prefix="raygpu-test-home-"))
-    port = _free_port()
+    from raygpu.cluster import free_port
+
+    port = free_port()
     env = dict(os.environ, RAYGPU_HOME=str(home), RAY_AUTH_MODE="disabled")
     env.pop("RAYGPU_ADDRESS", None)
     os.environ["RAYGPU_HOME"] = str(home)
