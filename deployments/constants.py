@@ -52,7 +52,6 @@ GATEWAY_MAX_REPLICAS = 4
 
 # --- Control-plane store --------------------------------------------------------------------
 ARRIVAL_RETENTION_S = 7 * 24 * 3600.0  # arrivals older than this are pruned
-ARRIVAL_SNAPSHOT_MAX_AGE_S = 1.0  # how stale a cached arrival snapshot may be before a refresh
 
 # --- Serve autoscaling knobs that make raygpu's idle window decide --------------------------
 METRICS_INTERVAL_S = 0.5  # replica/handle metrics push; Serve's default 10 s delays cold starts
