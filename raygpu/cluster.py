@@ -103,16 +103,20 @@ def read_local_cluster() -> LocalCluster | None:
 
 
 def cluster_processes(temp_dir: str) -> list[psutil.Process]:
-    """Every process of the cluster whose private temp dir is `temp_dir`."""
-    found = []
+    """Every process of the cluster whose private temp dir is `temp_dir`, with their descendants
+    (agents and workers rename themselves, e.g. `ray::DashboardAgent`, and lose the path)."""
+    found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmdline = " ".join(proc.info["cmdline"] or [])
+            if temp_dir in cmdline and proc.pid != os.getpid():
+                found[proc.pid] = proc
+                for child in proc.children(recursive=True):
+                    found.setdefault(child.pid, child)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if temp_dir in cmdline and proc.pid != os.getpid():
-            found.append(proc)
-    return found
+    found.pop(os.getpid(), None)
+    return list(found.values())
 
 
 def local_cluster_alive(cluster: LocalCluster) -> bool:
