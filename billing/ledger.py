@@ -53,21 +53,12 @@ class Ledger:
 
     def apply(self, events: Iterable[dict[str, Any]], requests: Iterable[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
         """Insert what is new; return the events and requests that were not already recorded."""
-        new_events, new_requests = [], []
         with self.conn:
-            for e in events:
-                cur = self.conn.execute(
-                    f"INSERT OR IGNORE INTO events ({', '.join(EVENT_FIELDS)}) VALUES ({', '.join('?' * len(EVENT_FIELDS))})",
-                    tuple(e.get(f) for f in EVENT_FIELDS))
-                if cur.rowcount:
-                    new_events.append(e)
-            for r in requests:
-                cur = self.conn.execute(
-                    f"INSERT OR IGNORE INTO requests ({', '.join(REQUEST_FIELDS)}) VALUES ({', '.join('?' * len(REQUEST_FIELDS))})",
-                    tuple(r.get(f) for f in REQUEST_FIELDS))
-                if cur.rowcount:
-                    new_requests.append(r)
-        return new_events, new_requests
+            return self._insert_new("events", EVENT_FIELDS, events), self._insert_new("requests", REQUEST_FIELDS, requests)
+
+    def _insert_new(self, table: str, fields: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> list[dict]:
+        sql = f"INSERT OR IGNORE INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})"
+        return [row for row in rows if self.conn.execute(sql, tuple(row.get(f) for f in fields)).rowcount]
 
     def events(self, app: str | None = None, function: str | None = None) -> list[LifecycleEvent]:
         query, params = "SELECT * FROM events WHERE 1=1", []

@@ -109,3 +109,17 @@ def test_shipped_price_table_and_validation_errors(tmp_path):
         bill(replica_intervals([ev("started", T0, accelerator="T4"), ev("stopped", T0 + 5, accelerator="T4")]), table())
     with pytest.raises(FileNotFoundError, match="RAYGPU_PRICES"):
         load_price_table(tmp_path / "missing.yaml")
+
+
+def test_ledger_applies_each_event_and_request_once(tmp_path):
+    from billing.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "ledger.db")
+    assert ledger.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    event = ev("started", T0).model_dump()
+    request = {"id": "q1", "app": "a", "function": "f", "replica": "r1", "status": 200, "latency_s": 0.1,
+               "bytes_in": 10, "bytes_out": 20, "ts": T0}
+    assert ledger.apply([event, event], [request]) == ([event], [request])
+    assert ledger.apply([event], [request]) == ([], [])  # a resend changes nothing
+    assert ledger.request_counts() == {"a/f": {200: 1}}
+    assert [e.kind for e in Ledger(tmp_path / "ledger.db").events("a")] == ["started"]
