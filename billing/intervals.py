@@ -62,6 +62,62 @@ def day_boundaries(start: float, end: float) -> list[float]:
         day += dt.timedelta(days=1)
 
 
+class ReplicaTimeline:
+    """One replica's phase state machine. Feed it events in (ts, lifecycle) order; it returns the
+    intervals each event closes, and `open_interval` is what a replica that never sent its stop
+    event is billed for: its current phase up to the last sign of life."""
+
+    def __init__(self, app: str, function: str, replica: str):
+        self.app, self.function, self.replica = app, function, replica
+        self.gpus = 0.0
+        self.accelerator: str | None = None
+        self.phase: Phase | None = None
+        self.since = 0.0
+        self.last_ts: float | None = None
+        self.stopped = False
+
+    def _interval(self, end: float) -> Interval | None:
+        if self.phase is None or end <= self.since:
+            return None
+        return Interval(app=self.app, function=self.function, replica=self.replica, phase=self.phase,
+                        start=self.since, end=end, gpus=self.gpus, accelerator=self.accelerator)
+
+    def _move(self, at: float, phase: Phase | None) -> list[Interval]:
+        closed = self._interval(at)
+        self.phase, self.since = phase, at
+        return [closed] if closed else []
+
+    def apply(self, e: LifecycleEvent) -> list[Interval]:
+        """Apply one event; return the intervals it closed."""
+        if self.stopped:
+            return []
+        self.gpus = max(self.gpus, e.gpus)
+        self.accelerator = self.accelerator or e.accelerator
+        self.last_ts = e.ts if self.last_ts is None else max(self.last_ts, e.ts)
+        if e.kind in ("requested", "started"):
+            if self.phase is None:
+                self.phase, self.since = "cold_start", e.ts
+        elif e.kind == "ready":
+            if self.phase in (None, "cold_start"):
+                return self._move(e.ts, "idle")
+        elif e.kind == "serving":
+            if self.phase == "idle":
+                return self._move(e.ts, "active")
+        elif e.kind == "idle":
+            if self.phase == "active":
+                return self._move(e.ts, "idle")
+        elif e.kind == "stopped":
+            self.stopped = True
+            return self._move(e.ts, None)
+        return []
+
+    def open_interval(self) -> Interval | None:
+        """The unclosed phase, up to the last event or heartbeat (None once stopped)."""
+        if self.stopped or self.last_ts is None:
+            return None
+        return self._interval(self.last_ts)
+
+
 def replica_intervals(events: Iterable[LifecycleEvent]) -> list[Interval]:
     """Closed phase intervals of every replica in `events` (duplicates and disorder tolerated)."""
     unique = {e.id: e for e in events}
@@ -70,42 +126,17 @@ def replica_intervals(events: Iterable[LifecycleEvent]) -> list[Interval]:
         by_replica[(e.app, e.function, e.replica)].append(e)
     intervals: list[Interval] = []
     for (app, function, replica), evs in by_replica.items():
-        evs.sort(key=lambda e: (e.ts, KIND_ORDER[e.kind]))
-        gpus = max((e.gpus for e in evs), default=0.0)
-        accelerator = next((e.accelerator for e in evs if e.accelerator), None)
-        phase: Phase | None = None
-        since = 0.0
-
-        def close(at: float) -> None:
-            if phase is not None and at > since:
-                intervals.append(Interval(app=app, function=function, replica=replica, phase=phase,
-                                          start=since, end=at, gpus=gpus, accelerator=accelerator))
-
-        stopped = False
-        for e in evs:
-            if stopped:
-                break
-            if e.kind in ("requested", "started"):
-                if phase is None:
-                    phase, since = "cold_start", e.ts
-            elif e.kind == "ready":
-                if phase in (None, "cold_start"):
-                    close(e.ts)
-                    phase, since = "idle", e.ts
-            elif e.kind == "serving":
-                if phase == "idle":
-                    close(e.ts)
-                    phase, since = "active", e.ts
-            elif e.kind == "idle":
-                if phase == "active":
-                    close(e.ts)
-                    phase, since = "idle", e.ts
-            elif e.kind == "stopped":
-                close(e.ts)
-                stopped = True
-        if not stopped and evs:
-            close(evs[-1].ts)  # died without a stop: bill to the last sign of life
+        timeline = ReplicaTimeline(app, function, replica)
+        for e in sorted(evs, key=event_order):
+            intervals.extend(timeline.apply(e))
+        last = timeline.open_interval()  # died without a stop: bill to the last sign of life
+        if last is not None:
+            intervals.append(last)
     return intervals
+
+
+def event_order(e: LifecycleEvent) -> tuple[float, int]:
+    return e.ts, KIND_ORDER[e.kind]
 
 
 def split_intervals(intervals: Iterable[Interval], prices: PriceTable) -> list[Interval]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from billing.intervals import LifecycleEvent
 
@@ -69,6 +69,26 @@ class Ledger:
             query += " AND function = ?"
             params.append(function)
         return [LifecycleEvent(**{k: r[k] for k in EVENT_FIELDS}) for r in self.conn.execute(query, params)]
+
+    @staticmethod
+    def _where(app: str | None, function: str | None, since: float | None, until: float | None) -> tuple[str, list]:
+        clause, params = " WHERE 1=1", []
+        for column, op, value in (("app", "=", app), ("function", "=", function), ("ts", ">=", since), ("ts", "<", until)):
+            if value is not None and value != "":
+                clause += f" AND {column} {op} ?"
+                params.append(value)
+        return clause, params
+
+    def requests(self, app: str | None = None, function: str | None = None,
+                 since: float | None = None, until: float | None = None) -> Iterator[dict[str, Any]]:
+        clause, params = self._where(app, function, since, until)
+        for r in self.conn.execute("SELECT * FROM requests" + clause + " ORDER BY ts", params):
+            yield {k: r[k] for k in REQUEST_FIELDS}
+
+    def request_total(self, app: str | None = None, function: str | None = None,
+                      since: float | None = None, until: float | None = None) -> int:
+        clause, params = self._where(app, function, since, until)
+        return self.conn.execute("SELECT COUNT(*) FROM requests" + clause, params).fetchone()[0]
 
     def request_counts(self, app: str | None = None) -> dict[str, dict[int, int]]:
         query, params = "SELECT app, function, status, COUNT(*) AS n FROM requests", []

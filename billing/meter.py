@@ -1,46 +1,75 @@
-"""The meter: a named, detached Ray actor that restarts on failure and writes the ledger.
+"""The meter: a named, detached Ray actor that restarts on failure, writes the ledger and
+exports the Prometheus metrics.
 
 Replicas send batches of lifecycle events and request records (`MeterClient`); ids make every
-resend harmless. `bill` and `usage` answer the CLI from the same ledger.
+resend harmless. `bill`, `usage` and the exporter answer from the same ledger.
 """
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 from typing import Any
 
 import ray
 
-from billing.intervals import bill, replica_intervals
+from billing.intervals import Interval, LifecycleEvent, bill, replica_intervals
 from billing.ledger import Ledger
+from billing.metrics import UsageMetrics
 from billing.prices import load_price_table
 
 METER_ACTOR_NAME = "raygpu-meter"
+METER_NAMESPACE = "raygpu"
+logger = logging.getLogger(__name__)
 
 
 class Meter:
-    def __init__(self, ledger_path: str, prices_path: str | None = None):
+    def __init__(self, ledger_path: str, prices_path: str | None = None, metrics_port: int | None = None,
+                 metrics_host: str = "0.0.0.0"):
         self.ledger = Ledger(ledger_path)
         self.prices_path = prices_path
+        load_price_table(prices_path)  # a broken price table fails here, at `raygpu up`, not at billing time
+        self.metrics = UsageMetrics()
+        # A restarted meter exports the totals of the whole ledger again, not only what came after.
+        self.metrics.observe_events(self.ledger.events())
+        self.metrics.observe_requests(self.ledger.requests())
+        self.metrics_port = metrics_port
+        self._server = self.metrics.serve(metrics_port, metrics_host) if metrics_port else None
 
-    async def ping(self) -> str:
-        return str(self.ledger.path)
+    async def ping(self) -> dict[str, Any]:
+        return {"ledger": str(self.ledger.path), "metrics_port": self.metrics_port}
 
     async def record(self, batch: dict[str, list[dict[str, Any]]]) -> int:
         events, requests = self.ledger.apply(batch.get("events", []), batch.get("requests", []))
+        self.metrics.observe_events(LifecycleEvent(**e) for e in events)
+        self.metrics.observe_requests(requests)
         return len(events) + len(requests)
 
+    def _intervals(self, app: str | None, function: str | None, since: float | None,
+                   until: float | None) -> list[Interval]:
+        intervals = replica_intervals(self.ledger.events(app, function))
+        if since is None and until is None:
+            return intervals
+        lo, hi = since if since is not None else float("-inf"), until if until is not None else float("inf")
+        return [iv.model_copy(update={"start": max(iv.start, lo), "end": min(iv.end, hi)})
+                for iv in intervals if iv.end > lo and iv.start < hi]
+
     async def bill(self, app: str | None = None, since: float | None = None, until: float | None = None,
-                   by_day: bool = False, min_increment_s: str | None = None) -> list[dict[str, Any]]:
-        intervals = replica_intervals(self.ledger.events(app))
-        if since is not None or until is not None:
-            lo, hi = since if since is not None else float("-inf"), until if until is not None else float("inf")
-            intervals = [iv.model_copy(update={"start": max(iv.start, lo), "end": min(iv.end, hi)})
-                         for iv in intervals if iv.end > lo and iv.start < hi]
-        prices = load_price_table(self.prices_path)
+                   by_day: bool = False, min_increment_s: str | None = None,
+                   function: str | None = None) -> list[dict[str, Any]]:
+        intervals = self._intervals(app, function, since, until)
         minimum = Decimal(min_increment_s) if min_increment_s is not None else None
-        lines = bill(intervals, prices, by_day=by_day, min_increment_s=minimum)
+        lines = bill(intervals, load_price_table(self.prices_path), by_day=by_day, min_increment_s=minimum)
         return [line.model_dump(mode="json") for line in lines]
+
+    async def usage(self, app: str | None = None, function: str | None = None, since: float | None = None,
+                    until: float | None = None) -> dict[str, Any]:
+        """Intervals, bill lines and the request count of a selection (what `raygpu cost` needs)."""
+        intervals = self._intervals(app, function, since, until)
+        lines = bill(intervals, load_price_table(self.prices_path))
+        requests = self.ledger.request_total(app, function, since, until)
+        return {"intervals": [iv.model_dump() for iv in intervals],
+                "bill": [line.model_dump(mode="json") for line in lines], "requests": requests}
 
     async def intervals(self, app: str | None = None, function: str | None = None) -> list[dict[str, Any]]:
         return [iv.model_dump() for iv in replica_intervals(self.ledger.events(app, function))]
@@ -49,11 +78,12 @@ class Meter:
         return self.ledger.request_counts(app)
 
 
-def start_meter(ledger_path: str, prices_path: str | None = None) -> Any:
+def start_meter(ledger_path: str, prices_path: str | None = None, metrics_port: int | None = None,
+                metrics_host: str = "0.0.0.0") -> Any:
     handle = ray.remote(Meter).options(
-        name=METER_ACTOR_NAME, namespace="raygpu", lifetime="detached", get_if_exists=True,
+        name=METER_ACTOR_NAME, namespace=METER_NAMESPACE, lifetime="detached", get_if_exists=True,
         num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=1000,
         resources={"node:__internal_head__": 0.001},
-    ).remote(ledger_path, prices_path)
+    ).remote(ledger_path, prices_path, metrics_port, metrics_host)
     ray.get(handle.ping.remote())
     return handle

@@ -17,6 +17,8 @@ USER_APP_PREFIX = "raygpu-app-"
 
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8000
+# The meter's Prometheus exporter (/metrics) on the head node.
+DEFAULT_METRICS_PORT = 9478
 
 # --- Function spec defaults (Modal's defaults where they exist) -----------------------------
 DEFAULT_CPU = 0.25  # logical cores per replica

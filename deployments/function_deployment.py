@@ -18,11 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import cloudpickle
-import psutil
 from pydantic_core import to_jsonable_python
 from ray import serve
 
-from billing.client import MeterClient
+from billing.client import MeterClient, process_start_time
 from deployments import constants
 from deployments.lifecycle import run_enter_hooks, run_exit_hooks
 from deployments.signature import ArgumentError, arguments_model, validate_arguments
@@ -53,14 +52,15 @@ class FunctionReplica:
     """One replica of a user function or class."""
 
     async def __init__(self, app: str, version: int, spec_json: str, payload: bytes, accelerator: str | None,
-                       *sibling_deployments: Any):
+                       metered: bool, *sibling_deployments: Any):
         self.app = app
         self.version = version
         self.spec = FunctionSpec.model_validate_json(spec_json)
         self.started_at = time.time()
         request = self.spec.gpu_request
-        self.meter = MeterClient(app, self.spec.name, float(request.count) if request else 0.0, accelerator)
-        self.meter.event("started", psutil.Process().create_time())
+        self.meter = MeterClient(app, self.spec.name, float(request.count) if request else 0.0, accelerator,
+                                 enabled=metered)
+        self.meter.event("started", process_start_time())
         self.meter.start()
         self._ongoing = 0
         self._executor = ThreadPoolExecutor(
@@ -233,6 +233,7 @@ def build_app_application(
     units: list[tuple[FunctionSpec, bytes, str | None]],
     store_actor: str,
     store_namespace: str,
+    metered: bool = True,
 ) -> Any:
     """One Serve application holding a deployment per function or class of a user app.
 
@@ -243,7 +244,7 @@ def build_app_application(
     for spec, payload, accelerator in units:
         options = deployment_options(app, spec, accelerator, store_actor, store_namespace)
         deployment = serve.deployment(FunctionReplica).options(**options)
-        bound.append((deployment, (app, version, spec.model_dump_json(), payload, accelerator)))
+        bound.append((deployment, (app, version, spec.model_dump_json(), payload, accelerator, metered)))
     ingress_deployment, ingress_args = bound[0]
     siblings = [deployment.bind(*args) for deployment, args in bound[1:]]
     return ingress_deployment.bind(*ingress_args, *siblings)

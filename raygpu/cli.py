@@ -66,11 +66,16 @@ def main() -> None:
 @click.option("--port", "http_port", default=constants.DEFAULT_HTTP_PORT, show_default=True, help="Gateway HTTP port.")
 @click.option("--serve-port", default=None, type=int,
               help="Port of Serve's own HTTP proxy for plain Serve apps (default: a free port locally, PORT+1 on a cluster).")
+@click.option("--metrics-port", default=None, type=int,
+              help=f"Port of the Prometheus exporter (default: a free port locally, {constants.DEFAULT_METRICS_PORT} on a cluster).")
 @click.option("--host", "http_host", default=None, help="Gateway bind address (local: 127.0.0.1, cluster: 0.0.0.0).")
 @click.option("--db-path", default=None, help="SQLite file of the control-plane store.")
+@click.option("--prices", "prices_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="GPU price table (YAML, see billing/prices.yaml; default: $RAYGPU_PRICES or the shipped one).")
 @address_option
 def up(local: bool, gpus: int, accelerator: str, cpus: int, http_port: int, serve_port: int | None,
-       http_host: str | None, db_path: str | None, address: str | None) -> None:
+       metrics_port: int | None, http_host: str | None, db_path: str | None, prices_path: str | None,
+       address: str | None) -> None:
     """Start a local cluster (--local), or install raygpu on a running Ray cluster (--address)."""
     from raygpu import cluster
 
@@ -79,11 +84,12 @@ def up(local: bool, gpus: int, accelerator: str, cpus: int, http_port: int, serv
             info = _run(lambda: cluster.start_local(
                 gpus=gpus, accelerator=accelerator or None, http_port=http_port,
                 http_host=http_host or constants.DEFAULT_HTTP_HOST, serve_port=serve_port, logical_cpus=cpus,
-                db_path=db_path))
+                db_path=db_path, metrics_port=metrics_port, prices_path=prices_path))
         console.print(f"[green]local cluster up[/green] at {info.address}")
         console.print(f"  gateway    {info.gateway_url}")
         console.print(f"  dashboard  {info.dashboard_url}")
         console.print(f"  serve      {info.serve_url} (Serve's proxy, for plain Serve apps)")
+        console.print(f"  metrics    {info.metrics_url} (Prometheus)")
         console.print(f"  GPUs       {info.gpus} x {info.accelerator or 'unlabelled'} (logical)")
         console.print(f"  state      {info.db_path}")
         return
@@ -94,8 +100,9 @@ def up(local: bool, gpus: int, accelerator: str, cpus: int, http_port: int, serv
     with console.status("installing the raygpu control plane..."):
         out = _run(lambda: cluster.install_control_plane(
             db_path=db_path or str(Path.home() / ".raygpu" / "state.db"),
-            http_host=http_host or "0.0.0.0", http_port=http_port, serve_port=serve_port))
-    console.print(f"[green]raygpu is up[/green]; gateway {out['gateway_url']}")
+            http_host=http_host or "0.0.0.0", http_port=http_port, serve_port=serve_port,
+            metrics_port=metrics_port or constants.DEFAULT_METRICS_PORT, prices_path=prices_path))
+    console.print(f"[green]raygpu is up[/green]; gateway {out['gateway_url']}, metrics {out['metrics_url']}")
 
 
 @main.command()
@@ -337,6 +344,18 @@ def _parse_time(text: str | None) -> float | None:
     return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)).timestamp()
 
 
+def _meter(address: str | None) -> Any:
+    import ray
+
+    from billing.meter import METER_ACTOR_NAME, METER_NAMESPACE
+
+    _connect(address)
+    try:
+        return ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE)
+    except ValueError:
+        _fail("the cluster has no raygpu meter; run `raygpu up` again to install it")
+
+
 @main.command("bill")
 @click.argument("app", required=False)
 @click.option("--since", default=None, help="Start (ISO 8601 UTC or Unix time).")
@@ -352,14 +371,9 @@ def bill_command(app: str | None, since: str | None, until: str | None, by: str,
 
     import ray
 
-    from billing.meter import METER_ACTOR_NAME
     from raygpu.contracts import Bill, BillLineOut
 
-    _connect(address)
-    try:
-        meter = ray.get_actor(METER_ACTOR_NAME, namespace=constants.RAY_NAMESPACE)
-    except ValueError:
-        _fail("the cluster has no raygpu meter; run `raygpu up` again to install it")
+    meter = _meter(address)
     raw = ray.get(meter.bill.remote(app, _parse_time(since), _parse_time(until), by == "day"))
     lines = [BillLineOut(app=r["app"], function=r["function"], day=r["day"], gpu_seconds=r["gpu_seconds"],
                          cost_usd=r["cost_usd"], replica_starts=r["replica_starts"],
@@ -386,6 +400,66 @@ def bill_command(app: str | None, since: str | None, until: str | None, by: str,
                       f"{Decimal(line.total_cost_usd):.4f}")
     console.print(table)
     console.print(f"total: {Decimal(out.total_gpu_seconds):.1f} GPU-s, ${Decimal(out.total_cost_usd):.4f}")
+
+
+@main.command()
+@click.argument("target", required=False, metavar="[APP[/FUNCTION]]")
+@click.option("--since", default=None, help="Start (ISO 8601 UTC or Unix time).")
+@click.option("--until", default=None, help="End (ISO 8601 UTC or Unix time).")
+@click.option("--dedicated", "dedicated", default=None, metavar="LOW-HIGH",
+              help="Dedicated GPU rent, $ per GPU-hour (default 2.00-8.00).")
+@click.option("--per-request", "per_request", default=None, metavar="LOW-HIGH",
+              help="Per-request API price, $ per request (default 0.01-0.10).")
+@click.option("--json", "as_json", is_flag=True)
+@address_option
+def cost(target: str | None, since: str | None, until: str | None, dedicated: str | None, per_request: str | None,
+         as_json: bool, address: str | None) -> None:
+    """Which is cheaper for my traffic: as billed, dedicated GPUs by the hour, or per request."""
+    import ray
+
+    from billing.cost import (DEFAULT_API_USD_PER_REQUEST, DEFAULT_DEDICATED_USD_PER_GPU_HOUR, PriceRange,
+                              compare_costs)
+    from billing.intervals import BillLine, Interval
+
+    try:
+        dedicated_range = PriceRange.parse(dedicated or DEFAULT_DEDICATED_USD_PER_GPU_HOUR)
+        api_range = PriceRange.parse(per_request or DEFAULT_API_USD_PER_REQUEST)
+    except ValueError as exc:
+        _fail(f"{exc} (give $ amounts as LOW-HIGH, e.g. --dedicated 2.00-8.00)")
+    app, _, function = (target or "").partition("/")
+    lo, hi = _parse_time(since), _parse_time(until)
+    meter = _meter(address)
+    usage = ray.get(meter.usage.remote(app or None, function or None, lo, hi))
+    if not usage["intervals"] and not usage["requests"]:
+        _fail(f"no recorded usage for {target or 'any app'}"
+              f"{' in that period' if since or until else ''}; check the name with `raygpu ls`")
+    comparison = compare_costs(
+        [Interval(**iv) for iv in usage["intervals"]], [BillLine(**line) for line in usage["bill"]], usage["requests"],
+        dedicated_usd_per_gpu_hour=dedicated_range, api_usd_per_request=api_range,
+        app=app or None, function=function or None, since=lo, until=hi)
+    if as_json:
+        click.echo(comparison.model_dump_json())
+        return
+    titles = {"serverless": "serverless (as billed)", "dedicated": "dedicated GPUs, hourly", "per_request": "per-request API"}
+    table = Table("option", "cost $", "basis", title=f"{target or 'all apps'}: {comparison.requests} requests over "
+                  f"{float(comparison.period_s) / 3600:.2f} h, peak {comparison.peak_replicas} replicas / "
+                  f"{comparison.peak_gpus} GPUs")
+    for option in comparison.options:
+        price = (f"{option.low_usd:.4f}" if option.low_usd == option.high_usd
+                 else f"{option.low_usd:.4f} - {option.high_usd:.4f}")
+        mark = " [green](cheapest)[/green]" if option.option == comparison.cheapest else ""
+        table.add_row(titles[option.option] + mark, price, option.basis)
+    console.print(table)
+    if comparison.utilisation is not None:
+        console.print(f"utilisation of the rented GPUs: {comparison.utilisation:.2%}")
+    if comparison.break_even_utilisation is not None:
+        low, high = comparison.break_even_utilisation.low, comparison.break_even_utilisation.high
+        console.print(f"dedicated GPUs pay off above {low:.1%} utilisation (at the low price) to "
+                      + (f"{high:.1%} (at the high price)" if high <= 1 else "never (at the high price)"))
+    if comparison.serverless_usd_per_request is not None:
+        console.print(f"serverless cost per request: ${comparison.serverless_usd_per_request}")
+    if comparison.cheapest and not comparison.cheapest_at_any_price:
+        console.print("the ranges overlap: the cheapest option depends on the prices you get")
 
 
 @main.command()

@@ -47,6 +47,7 @@ class LocalCluster(BaseModel):
     http_host: str
     http_port: int
     serve_port: int
+    metrics_port: int
     gpus: int
     accelerator: str | None
     logical_cpus: int
@@ -62,6 +63,11 @@ class LocalCluster(BaseModel):
     def serve_url(self) -> str:
         """Serve's own HTTP proxy, for plain Serve applications beside raygpu."""
         return f"http://{self.http_host}:{self.serve_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The meter's Prometheus exporter."""
+        return f"http://{self.http_host}:{self.metrics_port}/metrics"
 
 
 # Ports raygpu picks for itself: above Ray's worker ports (10002-19999) and below the kernel's
@@ -141,6 +147,8 @@ def start_local(
     http_port: int = constants.DEFAULT_HTTP_PORT,
     http_host: str = constants.DEFAULT_HTTP_HOST,
     serve_port: int | None = None,
+    metrics_port: int | None = None,
+    prices_path: str | None = None,
     logical_cpus: int = constants.DEFAULT_LOCAL_LOGICAL_CPUS,
     db_path: str | None = None,
     include_dashboard: bool = True,
@@ -155,6 +163,8 @@ def start_local(
     ensure_port_free(http_host, http_port, "--port")
     if serve_port is not None:
         ensure_port_free(http_host, serve_port, "--serve-port")
+    if metrics_port is not None:
+        ensure_port_free(http_host, metrics_port, "--metrics-port")
     home = raygpu_home()
     home.mkdir(parents=True, exist_ok=True)
     # Unix socket paths must stay short: keep Ray's temp dir directly under /tmp.
@@ -186,6 +196,7 @@ def start_local(
         http_host=http_host,
         http_port=http_port,
         serve_port=serve_port or free_port(),
+        metrics_port=metrics_port or free_port(),
         gpus=gpus,
         accelerator=accelerator if gpus else None,
         logical_cpus=logical_cpus,
@@ -197,7 +208,8 @@ def start_local(
     try:
         connect(address)
         install_control_plane(db_path=cluster.db_path, http_host=http_host, http_port=http_port,
-                              serve_port=cluster.serve_port)
+                              serve_port=cluster.serve_port, metrics_port=cluster.metrics_port,
+                              prices_path=prices_path)
     except Exception:
         stop_local()
         raise
@@ -286,8 +298,10 @@ def install_control_plane(
     http_host: str = "0.0.0.0",
     http_port: int = constants.DEFAULT_HTTP_PORT,
     serve_port: int | None = None,
+    metrics_port: int = constants.DEFAULT_METRICS_PORT,
+    prices_path: str | None = None,
 ) -> dict[str, Any]:
-    """Start (or find) the store actor, Serve and the gateway on the connected cluster."""
+    """Start (or find) the store actor, the meter, Serve and the gateway on the connected cluster."""
     import ray
     from ray import serve
 
@@ -296,7 +310,11 @@ def install_control_plane(
     from deployments.store import start_store
 
     store = start_store(db_path)
-    start_meter(str(Path(db_path).with_name("ledger.db")))
+    from billing.prices import PRICES_ENV
+
+    prices_path = prices_path or os.environ.get(PRICES_ENV)
+    start_meter(str(Path(db_path).with_name("ledger.db")), str(Path(prices_path).resolve()) if prices_path else None,
+                metrics_port, http_host)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     # Serve's own proxy serves plain Serve apps next to raygpu; raygpu's gateway listens itself.
     serve.start(
@@ -309,7 +327,9 @@ def install_control_plane(
     host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
     gateway_url = f"http://{host}:{http_port}"
     ray.get(store.set_setting.remote("gateway_url", gateway_url))
-    return {"gateway_url": gateway_url, "serve_url": f"http://{host}:{serve_port or http_port + 1}"}
+    ray.get(store.set_setting.remote("metrics_url", f"http://{host}:{metrics_port}/metrics"))
+    return {"gateway_url": gateway_url, "serve_url": f"http://{host}:{serve_port or http_port + 1}",
+            "metrics_url": f"http://{host}:{metrics_port}/metrics"}
 
 
 def forget_apps_serve_lost(store: Any) -> list[str]:

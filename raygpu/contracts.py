@@ -111,3 +111,7 @@ class Bill(BaseModel):
     lines: list[BillLineOut]
     total_gpu_seconds: str
     total_cost_usd: str
+
+
+# `raygpu cost --json` is `billing.cost.CostComparison` (money and ratios as strings).
+from billing.cost import CostComparison, CostOption, PriceRange  # noqa: E402,F401

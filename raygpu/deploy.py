@@ -101,8 +101,11 @@ def routes_of(app: App, name: str, spec: FunctionSpec) -> list[RouteSchema]:
     return routes
 
 
-def deploy_app(app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S) -> DeployResult:
-    """Record a new version and roll it out; the previous version keeps serving until it is live."""
+def deploy_app(app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S, metered: bool = True) -> DeployResult:
+    """Record a new version and roll it out; the previous version keeps serving until it is live.
+
+    `metered=False` (Python API only, for operators measuring metering overhead) keeps the app's
+    replicas out of the ledger: nothing of it is billed."""
     control = store()
     units: list[tuple[FunctionSpec, bytes, str | None]] = []
     deployed: list[DeployedFunction] = []
@@ -121,7 +124,7 @@ def deploy_app(app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S)
     version = ray.get(control.begin_version.remote(app.name, source, [d.model_dump(mode="json") for d in deployed]))
     try:
         application = build_app_application(
-            app.name, version, units, constants.STORE_ACTOR_NAME, constants.RAY_NAMESPACE
+            app.name, version, units, constants.STORE_ACTOR_NAME, constants.RAY_NAMESPACE, metered=metered
         )
         serve.run(application, name=serve_app_name(app.name), route_prefix=None)
     except Exception as exc:

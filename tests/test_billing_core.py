@@ -123,3 +123,71 @@ def test_ledger_applies_each_event_and_request_once(tmp_path):
     assert ledger.apply([event], [request]) == ([], [])  # a resend changes nothing
     assert ledger.request_counts() == {"a/f": {200: 1}}
     assert [e.kind for e in Ledger(tmp_path / "ledger.db").events("a")] == ["started"]
+
+
+def test_metrics_agree_with_the_bill_and_count_cold_starts():
+    from billing.metrics import UsageMetrics
+
+    metrics = UsageMetrics(lost_after_s=1e12)
+    second = [ev("started", T0 + 5, replica="r2"), ev("ready", T0 + 9, replica="r2"),
+              ev("heartbeat", T0 + 30, replica="r2")]  # still alive: billed to its last heartbeat
+    metrics.observe_events(list(reversed(STREAM)) + second)  # order within a batch does not matter
+    metrics.observe_requests([{"app": "a", "function": "f", "status": 200, "latency_s": 0.2}] * 3)
+    families = {f.name: f for f in metrics.registry.collect()}
+    exported = {s.labels["phase"]: s.value for s in families["raygpu_gpu_seconds"].samples}
+    lines = bill(replica_intervals(STREAM + second), table())
+    assert exported == {p: float(v) for p, v in lines[0].gpu_seconds.items()} == {"cold_start": 14.0, "active": 40.0, "idle": 71.0}
+    replicas = {s.labels["state"]: s.value for s in families["raygpu_replicas"].samples}
+    assert replicas == {"starting": 0, "idle": 1, "active": 0}
+    cold = {s.name: s.value for s in families["raygpu_cold_starts"].samples}
+    assert cold["raygpu_cold_starts_total"] == 2
+    durations = {s.name: s.value for s in families["raygpu_cold_start_duration_seconds"].samples if not s.labels.get("le")}
+    assert durations["raygpu_cold_start_duration_seconds_sum"] == 14.0
+    requests = {s.name: s.value for s in families["raygpu_requests"].samples}
+    assert requests["raygpu_requests_total"] == 3
+
+
+def test_a_silent_replica_leaves_the_gauge_but_keeps_its_time():
+    from billing.metrics import UsageMetrics
+
+    metrics = UsageMetrics(lost_after_s=10)
+    metrics.observe_events([ev("started", T0), ev("ready", T0 + 4), ev("heartbeat", T0 + 20)])  # long ago
+    families = {f.name: f for f in metrics.registry.collect()}
+    assert {s.labels["state"]: s.value for s in families["raygpu_replicas"].samples} == {"starting": 0, "idle": 0, "active": 0}
+    assert sum(s.value for s in families["raygpu_gpu_seconds"].samples) == 20.0
+
+
+def test_price_ranges_parse_and_refuse_nonsense():
+    from billing.cost import PriceRange
+
+    assert PriceRange.parse("2.00-8.00") == PriceRange(low=Decimal("2.00"), high=Decimal("8.00"))
+    assert PriceRange.parse("3.5") == PriceRange(low=Decimal("3.5"), high=Decimal("3.5"))
+    with pytest.raises(ValueError, match="LOW-HIGH"):
+        PriceRange.parse("cheap")
+    with pytest.raises(ValueError, match="above the high end"):
+        PriceRange.parse("8-2")
+
+
+def test_cost_comparison_by_hand():
+    from billing.cost import PriceRange, compare_costs
+
+    # two 1-GPU H100 replicas overlapping for 100 s, one hour rented; 50 requests
+    stream = [ev("started", T0), ev("ready", T0 + 10), ev("serving", T0 + 10), ev("idle", T0 + 370),
+              ev("stopped", T0 + 1800),
+              ev("started", T0 + 100, replica="r2"), ev("ready", T0 + 110, replica="r2"),
+              ev("serving", T0 + 110, replica="r2"), ev("idle", T0 + 170, replica="r2"), ev("stopped", T0 + 200, replica="r2")]
+    intervals = replica_intervals(stream)
+    lines = bill(intervals, table())
+    out = compare_costs(intervals, lines, 50, dedicated_usd_per_gpu_hour=PriceRange.parse("2-8"),
+                        api_usd_per_request=PriceRange.parse("0.01-0.10"))
+    # billed: (1800 + 100) GPU-s at $3.60/h = $1.90; active 420 GPU-s
+    assert out.billed_gpu_seconds == Decimal(1900) and out.active_gpu_seconds == Decimal(420)
+    options = {o.option: (o.low_usd, o.high_usd) for o in out.options}
+    assert options == {"serverless": (Decimal("1.90"), Decimal("1.90")), "dedicated": (Decimal(4), Decimal(16)),
+                       "per_request": (Decimal("0.5"), Decimal("5"))}
+    assert (out.peak_replicas, out.peak_gpus, out.rented_gpu_hours) == (2, Decimal(2), 2)
+    assert out.cheapest == "serverless" and not out.cheapest_at_any_price
+    assert out.utilisation == Decimal("0.0583")  # 420 / 7200
+    # break-even: 420 * 2 / 3600 / 1.90 and 420 * 8 / 3600 / 1.90
+    assert (out.break_even_utilisation.low, out.break_even_utilisation.high) == (Decimal("0.1228"), Decimal("0.4912"))
+    assert out.serverless_usd_per_request == Decimal("0.038")
