@@ -73,3 +73,16 @@ READY_TIMEOUT_S = 120.0
 # Beyond the function's own timeout, how long the gateway waits for a replica to start before it
 # answers 504 (covers cold starts, node provisioning and model loads).
 COLD_START_ALLOWANCE_S = 600.0
+
+# --- model deployments ---------------------------------------------------------------------------
+DEFAULT_MAX_MODELS = 2
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.005
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+# Request headers the gateway passes on to replicas (the rest stay at the gateway).
+FORWARDED_HEADER_PREFIX = "x-raygpu-"
+MODEL_HEADER = "x-raygpu-model"
+WEIGHTS_VERSION_HEADER = "x-raygpu-weights-version"
+# How long a replica's weight watch waits on the store per call.
+WEIGHTS_POLL_TIMEOUT_S = 10.0
+WEIGHT_CACHE_ACTOR_PREFIX = "raygpu-weights-"

@@ -93,8 +93,9 @@ class FunctionReplica:
             self.callables[None] = target
         self.models = {name: arguments_model(fn) for name, fn in self.callables.items()}
 
-    async def __call__(self, method: str | None, body: Any, bytes_in: int = 0) -> tuple[int, bytes, int]:
-        """Run one call; answer (HTTP status, JSON body, version)."""
+    async def __call__(self, method: str | None, body: Any, bytes_in: int = 0,
+                       headers: dict[str, str] | None = None) -> tuple[int, bytes, int, dict[str, str]]:
+        """Run one call; answer (HTTP status, JSON body, version, extra response headers)."""
         started = time.perf_counter()
         self.meter.call_started()
         status = 500
@@ -108,7 +109,7 @@ class FunctionReplica:
                 encoded = json.dumps(error_payload(
                     "SerializationError", f"{self.spec.name} returned a value that cannot be sent as JSON: {exc}"
                 )).encode()
-            return status, encoded, self.version
+            return status, encoded, self.version, {}
         finally:
             self.meter.call_finished(status, time.perf_counter() - started, bytes_in, len(encoded))
 
@@ -227,6 +228,19 @@ def deployment_options(
     }
 
 
+def replica_class(kind: str) -> type:
+    """The Serve deployment class that runs a unit of this kind."""
+    if kind == "torch":
+        from deployments.model_deployment import TorchModelReplica
+
+        return TorchModelReplica
+    if kind == "vllm":
+        from deployments.vllm_deployment import VllmReplica
+
+        return VllmReplica
+    return FunctionReplica
+
+
 def build_app_application(
     app: str,
     version: int,
@@ -243,7 +257,7 @@ def build_app_application(
     bound = []
     for spec, payload, accelerator in units:
         options = deployment_options(app, spec, accelerator, store_actor, store_namespace)
-        deployment = serve.deployment(FunctionReplica).options(**options)
+        deployment = serve.deployment(replica_class(spec.kind)).options(**options)
         bound.append((deployment, (app, version, spec.model_dump_json(), payload, accelerator, metered)))
     ingress_deployment, ingress_args = bound[0]
     siblings = [deployment.bind(*args) for deployment, args in bound[1:]]

@@ -307,10 +307,11 @@ class Gateway:
             body = json.loads(raw) if raw.strip() else {}
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return error_response(400, "MalformedJSON", f"request body is not valid JSON: {exc}")
-        return await self._call(app, deployed, method, body, len(raw))
+        forwarded = {k: v for k, v in request.headers.items() if k.startswith(constants.FORWARDED_HEADER_PREFIX)}
+        return await self._call(app, deployed, method, body, len(raw), forwarded)
 
     async def _call(self, app: str, deployed: DeployedFunction, method: str | None, body: Any,
-                    bytes_in: int) -> Response:
+                    bytes_in: int, headers: dict[str, str] | None = None) -> Response:
         spec = deployed.spec
         key = (app, spec.name)
         bound = spec.max_containers * spec.max_inputs + spec.max_queue
@@ -322,9 +323,9 @@ class Gateway:
             handle = self._handle(app, deployed)
             attempts = spec.retries + 1
             for attempt in range(attempts):
-                response = handle.remote(method, body, bytes_in)
+                response = handle.remote(method, body, bytes_in, headers or {})
                 try:
-                    status, payload, version = await asyncio.wait_for(
+                    status, payload, version, extra_headers = await asyncio.wait_for(
                         _await(response), timeout=spec.timeout + constants.COLD_START_ALLOWANCE_S
                     )
                 except BackPressureError:
@@ -342,7 +343,7 @@ class Gateway:
                                           f"call ({type(exc).__name__}) after {attempts} attempt(s); set `retries=` "
                                           "to retry such calls, and see `raygpu logs`")
                 return Response(content=payload, status_code=status, media_type="application/json",
-                                headers={"x-raygpu-version": str(version)})
+                                headers={"x-raygpu-version": str(version), **extra_headers})
             raise AssertionError("unreachable")
         except Exception as exc:
             logger.exception("raygpu gateway: call of %s/%s failed", app, spec.name)

@@ -7,7 +7,8 @@ to the Serve deployment; `Image` describes the replica's Python environment.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -102,13 +103,67 @@ def validate_name(name: str, *, what: Literal["app", "function", "class", "metho
     return name
 
 
+class TorchModelSpec(BaseModel):
+    """A PyTorch model deployment: weights per model id (the first is the default), how many stay
+    loaded per replica, and dynamic batching."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, str] = Field(min_length=1, description="model id -> weights file (safetensors or torch.save)")
+    max_models: int = Field(default=constants.DEFAULT_MAX_MODELS, ge=1, le=1000)
+    max_batch_size: int = Field(default=constants.DEFAULT_MAX_BATCH_SIZE, ge=1, le=4096)
+    batch_wait_timeout_s: float = Field(default=constants.DEFAULT_BATCH_WAIT_TIMEOUT_S, ge=0, le=10)
+
+    @field_validator("weights")
+    @classmethod
+    def _check_weights(cls, weights: dict[str, str]) -> dict[str, str]:
+        for model_id, path in weights.items():
+            if not re.match(constants.MODEL_ID_PATTERN, model_id):
+                raise ValueError(f"model id {model_id!r} must hold only letters, digits, '.', '-' or '_'")
+            if not path:
+                raise ValueError(f"model {model_id!r} needs a weights file")
+        return weights
+
+    @property
+    def default_model(self) -> str:
+        return next(iter(self.weights))
+
+
+@dataclass(frozen=True)
+class TorchModelCode:
+    """The code half of a torch model deployment, shipped to replicas: `factory()` builds the
+    nn.Module (on the meta device; weights are assigned after), `preprocess(items, device)` turns a
+    batch of request items into the module's input, `postprocess(output, items)` into one JSON
+    value per item."""
+
+    factory: Callable[[], Any]
+    preprocess: Callable[..., Any] | None = None
+    postprocess: Callable[..., list[Any]] | None = None
+
+
+class VllmModelSpec(BaseModel):
+    """A vLLM engine deployment behind an OpenAI-compatible API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="a local model directory (or a hub id where the hub is reachable)")
+    served_model_name: str | None = None
+    task: Literal["generate", "embed"] = "generate"
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    sleep_mode: bool = False
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model
+
+
 class FunctionSpec(BaseModel):
     """Everything `@app.function(...)` / `@app.cls(...)` declares about one deployable unit."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     name: str
-    kind: Literal["function", "class"] = "function"
+    kind: Literal["function", "class", "torch", "vllm"] = "function"
     methods: list[str] = Field(default_factory=list)
     gpu: Any = None
     cpu: float = Field(default=constants.DEFAULT_CPU, gt=0, le=512)
@@ -124,6 +179,8 @@ class FunctionSpec(BaseModel):
     retries: int = Field(default=0, ge=0, le=constants.MAX_RETRIES)
     max_inputs: int = Field(default=constants.DEFAULT_MAX_INPUTS, ge=1, le=10_000)
     max_queue: int = Field(default=constants.DEFAULT_MAX_QUEUE, ge=0, le=1_000_000)
+    torch_model: TorchModelSpec | None = None
+    vllm_model: VllmModelSpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -153,6 +210,10 @@ class FunctionSpec(BaseModel):
             )
         if self.kind == "class" and not self.methods:
             raise ValueError("a class needs at least one method marked with @raygpu.method()")
+        if (self.kind == "torch") != (self.torch_model is not None):
+            raise ValueError("a torch model deployment needs torch_model settings, and only it has them")
+        if (self.kind == "vllm") != (self.vllm_model is not None):
+            raise ValueError("a vLLM deployment needs vllm_model settings, and only it has them")
         return self
 
     @property

@@ -63,6 +63,17 @@ CREATE TABLE IF NOT EXISTS settings (
     value TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS scale_events_by_function ON scale_events (app, function, ts);
+CREATE TABLE IF NOT EXISTS weights (
+    app TEXT NOT NULL,
+    function TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (app, function, model, version)
+);
 """
 
 TOKEN_PREFIX = "rgt_"
@@ -295,6 +306,31 @@ class StateDB:
         if row is None:
             return None
         return {"time": row["ts"], "from": row["from_replicas"], "to": row["to_replicas"]}
+
+    # --- model weights -----------------------------------------------------------------------
+    def set_weights(self, app: str, function: str, model: str, path: str, fingerprint: str, source: str,
+                    only_if_changed: bool = False) -> int:
+        """Record weights for a model; return its version (a new one unless `only_if_changed` and
+        the latest version already has this fingerprint)."""
+        with self.conn:
+            latest = self.conn.execute(
+                "SELECT version, fingerprint FROM weights WHERE app = ? AND function = ? AND model = ? "
+                "ORDER BY version DESC LIMIT 1", (app, function, model)).fetchone()
+            if latest is not None and only_if_changed and latest["fingerprint"] == fingerprint:
+                return latest["version"]
+            version = (latest["version"] if latest else 0) + 1
+            self.conn.execute(
+                "INSERT INTO weights (app, function, model, version, path, fingerprint, source, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (app, function, model, version, path, fingerprint, source, time.time()))
+        return version
+
+    def current_weights(self, app: str, function: str) -> dict[str, dict[str, Any]]:
+        """Latest weights of each model of a function: {model: {version, path, fingerprint}}."""
+        rows = self.conn.execute(
+            "SELECT model, version, path, fingerprint, source, created_at FROM weights w WHERE app = ? AND function = ? "
+            "AND version = (SELECT MAX(version) FROM weights WHERE app = w.app AND function = w.function AND model = w.model)",
+            (app, function)).fetchall()
+        return {r["model"]: {k: r[k] for k in ("version", "path", "fingerprint", "source", "created_at")} for r in rows}
 
     # --- settings ----------------------------------------------------------------------------
     def set_setting(self, key: str, value: Any) -> None:

@@ -24,6 +24,7 @@ class ControlPlaneStore:
         self.db_path = db_path
         self.generation = 1
         self._changed = asyncio.Event()
+        self._weights_changed = asyncio.Event()
         self._last_prune = 0.0
         # Latest arrival per "app/function", kept in memory so the autoscaler's once-a-second
         # snapshot never scans the arrivals table.
@@ -123,6 +124,29 @@ class ControlPlaneStore:
 
     async def last_scale_event(self, app: str, function: str) -> dict[str, Any] | None:
         return self.db.last_scale_event(app, function)
+
+    async def set_weights(self, app: str, function: str, model: str, path: str, fingerprint: str, source: str,
+                          only_if_changed: bool = False) -> int:
+        version = self.db.set_weights(app, function, model, path, fingerprint, source, only_if_changed)
+        self._weights_changed.set()
+        self._weights_changed = asyncio.Event()
+        return version
+
+    async def current_weights(self, app: str, function: str, known: dict[str, int] | None = None,
+                              wait_s: float = 0.0) -> dict[str, dict[str, Any]]:
+        """The latest weights per model; with `known` ({model: version}), wait up to `wait_s` for a change."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            current = self.db.current_weights(app, function)
+            if known is None or {m: w["version"] for m, w in current.items()} != known:
+                return current
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return current
+            try:
+                await asyncio.wait_for(self._weights_changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return self.db.current_weights(app, function)
 
     async def set_setting(self, key: str, value: Any) -> None:
         self.db.set_setting(key, value)

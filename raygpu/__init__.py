@@ -8,7 +8,7 @@
 """
 
 from deployments.spec import FunctionSpec, Image
-from raygpu.app import App, Function, enter, exit, method
+from raygpu.app import App, Function, Model, enter, exit, method, torch_model, vllm
 from raygpu.client import lookup
 from raygpu.errors import (
     DeployError,
@@ -22,6 +22,6 @@ from raygpu.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "App", "Function", "FunctionSpec", "Image", "enter", "exit", "method", "lookup",
+    "App", "Function", "FunctionSpec", "Image", "Model", "enter", "exit", "method", "lookup", "torch_model", "vllm",
     "RaygpuError", "InvalidSpecError", "NoClusterError", "DeployError", "NotFoundError", "RemoteCallError",
 ]

@@ -13,7 +13,7 @@ from typing import Any, Callable, TypeVar
 from pydantic import ValidationError
 
 from deployments.lifecycle import ENTER_MARK, EXIT_MARK, METHOD_MARK, method_names, run_enter_hooks
-from deployments.spec import FunctionSpec, Image, validate_name
+from deployments.spec import FunctionSpec, Image, TorchModelCode, TorchModelSpec, VllmModelSpec, validate_name
 from raygpu.errors import InvalidSpecError
 
 T = TypeVar("T")
@@ -97,6 +97,18 @@ class Function:
         return f"<raygpu.Function {self.app.name}/{self.spec.name}>"
 
 
+class Model:
+    """A deployed model (torch or vLLM) of an app; `.remote(inputs)` calls the deployed one."""
+
+    def __init__(self, app: "App", spec: FunctionSpec, code: TorchModelCode | None = None):
+        self.app = app
+        self.spec = spec
+        self.code = code
+
+    def __repr__(self) -> str:
+        return f"<raygpu.Model {self.app.name}/{self.spec.name} ({self.spec.kind})>"
+
+
 class App:
     """A named group of functions and classes deployed, versioned and deleted together."""
 
@@ -107,15 +119,17 @@ class App:
             raise InvalidSpecError(f"App({name!r}): {exc}") from None
         self.functions: dict[str, Function] = {}
         self.classes: dict[str, type] = {}
+        self.models: dict[str, Model] = {}
 
     @property
     def specs(self) -> dict[str, FunctionSpec]:
         out = {name: f.spec for name, f in self.functions.items()}
         out.update({name: cls._raygpu_spec for name, cls in self.classes.items()})  # type: ignore[attr-defined]
+        out.update({name: m.spec for name, m in self.models.items()})
         return out
 
     def _register(self, name: str) -> None:
-        if name in self.functions or name in self.classes:
+        if name in self.functions or name in self.classes or name in self.models:
             raise InvalidSpecError(f"{self.name}/{name}: a function or class of that name is already in this app")
 
     def function(self, _fn: Callable[..., Any] | None = None, **settings: Any) -> Any:
@@ -166,8 +180,72 @@ class App:
 
         return decorate(_cls) if _cls is not None else decorate
 
+    def _model_spec(self, name: str, kind: str, **settings: Any) -> FunctionSpec:
+        try:
+            spec = FunctionSpec(name=name, kind=kind, **settings)
+        except ValidationError as exc:
+            raise _spec_error(f"{self.name}/{name}", exc) from None
+        except TypeError as exc:
+            raise InvalidSpecError(f"{self.name}/{name}: {exc}") from None
+        self._register(spec.name)
+        return spec
+
+    def torch_model(self, name: str, *, factory: Callable[[], Any], weights: str | dict[str, str],
+                    max_models: int | None = None, max_batch_size: int | None = None,
+                    batch_wait_timeout_s: float | None = None, preprocess: Callable[..., Any] | None = None,
+                    postprocess: Callable[..., list[Any]] | None = None, **settings: Any) -> Model:
+        """Deploy an nn.Module at `POST /{app}/{name}` with `{"inputs": [...]}`.
+
+        `factory()` builds the module (on the meta device: no random init); `weights` is a
+        safetensors or torch.save file, or {model_id: file} for several models per replica, picked
+        per request with the `x-raygpu-model` header (the first is the default; `max_models` stay
+        loaded, least recently used evicted). Items of concurrent requests are batched up to
+        `max_batch_size`, waiting at most `batch_wait_timeout_s` for a batch to fill.
+        `raygpu weights push` replaces weights on running replicas without a redeploy."""
+        if not callable(factory):
+            raise InvalidSpecError(f"{self.name}/{name}: factory must be a callable that returns an nn.Module")
+        files = {"default": weights} if isinstance(weights, (str, bytes)) or hasattr(weights, "__fspath__") else weights
+        if not isinstance(files, dict):
+            raise InvalidSpecError(f"{self.name}/{name}: weights must be a file path or a {{model_id: path}} dict")
+        try:
+            model = TorchModelSpec(weights={k: str(v) for k, v in files.items()},
+                                   **{k: v for k, v in {"max_models": max_models, "max_batch_size": max_batch_size,
+                                                        "batch_wait_timeout_s": batch_wait_timeout_s}.items()
+                                      if v is not None})
+        except ValidationError as exc:
+            raise _spec_error(f"{self.name}/{name}", exc) from None
+        spec = self._model_spec(name, "torch", torch_model=model, **settings)
+        self.models[name] = Model(self, spec, TorchModelCode(factory, preprocess, postprocess))
+        return self.models[name]
+
+    def vllm(self, name: str, *, model: str, served_model_name: str | None = None,
+             task: str = "generate", engine_args: dict[str, Any] | None = None, sleep_mode: bool = False,
+             **settings: Any) -> Model:
+        """Deploy a vLLM engine with an OpenAI-compatible API at `/{app}/{name}/v1/...`.
+
+        `engine_args` pass through to vLLM's engine; `task="embed"` serves `/v1/embeddings`."""
+        try:
+            vllm_model = VllmModelSpec(model=str(model), served_model_name=served_model_name, task=task,
+                                       engine_args=dict(engine_args or {}), sleep_mode=sleep_mode)
+        except ValidationError as exc:
+            raise _spec_error(f"{self.name}/{name}", exc) from None
+        settings.setdefault("max_inputs", 64)
+        spec = self._model_spec(name, "vllm", vllm_model=vllm_model, **settings)
+        self.models[name] = Model(self, spec)
+        return self.models[name]
+
     def __repr__(self) -> str:
         return f"<raygpu.App {self.name}: {', '.join(self.specs) or 'empty'}>"
 
 
-__all__ = ["App", "Function", "Image", "enter", "exit", "method"]
+def vllm(app: App, name: str, **kwargs: Any) -> Model:
+    """`raygpu.vllm(app, "chat", model=PATH, gpu="H100", engine_args={...})`: see `App.vllm`."""
+    return app.vllm(name, **kwargs)
+
+
+def torch_model(app: App, name: str, **kwargs: Any) -> Model:
+    """`raygpu.torch_model(app, "net", factory=..., weights=PATH)`: see `App.torch_model`."""
+    return app.torch_model(name, **kwargs)
+
+
+__all__ = ["App", "Function", "Image", "Model", "enter", "exit", "method", "torch_model", "vllm"]

@@ -63,7 +63,7 @@ class RemoteFunction:
             raise RemoteCallError(400, "MethodRequired", f"pick a method: lookup(...).{spec.methods[0]}.remote(...)")
         store().record_arrivals.remote([(self.app, spec.name, time.time())])
         handle = _handle(self.deployed.serve_app, self.deployed.deployment)
-        status, body, _version = handle.remote(self.method, kwargs).result(timeout_s=spec.timeout + 600.0)
+        status, body, _version, _headers = handle.remote(self.method, kwargs).result(timeout_s=spec.timeout + 600.0)
         payload = json.loads(body)
         if status != 200:
             error = payload.get("error", {}) if isinstance(payload, dict) else {}

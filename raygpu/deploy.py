@@ -20,6 +20,7 @@ from deployments.function_deployment import build_app_application
 from deployments.signature import arguments_model, return_schema
 from deployments.spec import DeployedFunction, FunctionSpec, RouteSchema
 from deployments.store import get_store
+from deployments.weight_cache import fingerprint
 from raygpu.app import App
 from raygpu.contracts import (
     AppList, AppStatus, AppSummary, DeployResult, FunctionStatus, ReplicaCounts, ReplicaInfo, ScaleEvent,
@@ -86,6 +87,18 @@ def resolve_accelerator(app: str, spec: FunctionSpec) -> str | None:
 
 
 def routes_of(app: App, name: str, spec: FunctionSpec) -> list[RouteSchema]:
+    if spec.kind == "torch":
+        return [RouteSchema(path=f"/{app.name}/{name}", doc=f"PyTorch model; models: {', '.join(spec.torch_model.weights)} "
+                            f"(header {constants.MODEL_HEADER})",
+                            input_schema={"type": "object", "required": ["inputs"],
+                                          "properties": {"inputs": {"type": "array", "minItems": 1}}},
+                            output_schema={"type": "object", "properties": {
+                                "outputs": {"type": "array"}, "model": {"type": "string"},
+                                "weights_version": {"type": "integer"}}})]
+    if spec.kind == "vllm":
+        return [RouteSchema(path=f"/{app.name}/{name}/v1/{endpoint}", doc=f"OpenAI-compatible {endpoint} (vLLM)")
+                for endpoint in (("embeddings", "models") if spec.vllm_model.task == "embed"
+                                 else ("completions", "chat/completions", "models"))]
     if spec.kind == "function":
         fn = app.functions[name].fn
         return [RouteSchema(path=f"/{app.name}/{name}", doc=inspect.getdoc(fn),
@@ -111,7 +124,17 @@ def deploy_app(app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S,
     deployed: list[DeployedFunction] = []
     for name, spec in app.specs.items():
         accelerator = resolve_accelerator(app.name, spec)
-        target = app.functions[name].fn if spec.kind == "function" else app.classes[name]
+        if spec.kind == "torch":
+            spec = spec.model_copy(update={"torch_model": spec.torch_model.model_copy(update={
+                "weights": {m: str(Path(p).expanduser().resolve()) for m, p in spec.torch_model.weights.items()}})})
+            for model_id, path in spec.torch_model.weights.items():
+                try:
+                    fingerprint(path)
+                except FileNotFoundError as exc:
+                    raise DeployError(f"{app.name}/{name}: model {model_id!r}: {exc}; weights files must be readable "
+                                      "where you deploy and on the GPU nodes (a shared path)") from None
+        target = {"function": lambda: app.functions[name].fn, "class": lambda: app.classes[name],
+                  "torch": lambda: app.models[name].code, "vllm": lambda: None}[spec.kind]()
         try:
             payload = cloudpickle.dumps(target)
         except Exception as exc:
@@ -122,6 +145,11 @@ def deploy_app(app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S,
             accelerator=accelerator, routes=routes_of(app, name, spec),
         ))
     version = ray.get(control.begin_version.remote(app.name, source, [d.model_dump(mode="json") for d in deployed]))
+    for spec, _, _ in units:
+        if spec.kind == "torch":  # the weights a deploy names become current unless they already are
+            for model_id, path in spec.torch_model.weights.items():
+                ray.get(control.set_weights.remote(app.name, spec.name, model_id, path, fingerprint(path), "deploy",
+                                                   only_if_changed=True))
     try:
         application = build_app_application(
             app.name, version, units, constants.STORE_ACTOR_NAME, constants.RAY_NAMESPACE, metered=metered
@@ -231,3 +259,29 @@ def stop_app(app: str) -> None:
 
 def source_label(path: Path, digest: str) -> str:
     return f"{path.resolve()}@{digest}"
+
+
+def push_weights(app: str, function: str, path: str, model: str | None = None) -> dict[str, Any]:
+    """Make `path` the current weights of a model of a running torch deployment; its replicas load
+    them between batches (no redeploy, no dropped call). Returns the new version."""
+    live = {a["name"]: a for a in ray.get(store().live_apps.remote())}
+    if app not in live:
+        raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
+    spec = next((FunctionSpec.model_validate(f["spec"]) for f in live[app]["functions"]
+                 if f["spec"]["name"] == function), None)
+    if spec is None or spec.kind != "torch":
+        raise NotFoundError(f"{app}/{function} is not a torch model deployment (`raygpu status {app}` lists its functions)")
+    model = model or spec.torch_model.default_model
+    if model not in spec.torch_model.weights:
+        raise NotFoundError(f"{app}/{function} has no model {model!r}; models: {', '.join(spec.torch_model.weights)}")
+    resolved = str(Path(path).expanduser().resolve())
+    try:
+        key = fingerprint(resolved)
+    except FileNotFoundError as exc:
+        raise DeployError(str(exc)) from None
+    version = ray.get(store().set_weights.remote(app, function, model, resolved, key, "push"))
+    return {"app": app, "function": function, "model": model, "version": version, "path": resolved}
+
+
+def current_weights(app: str, function: str) -> dict[str, dict[str, Any]]:
+    return ray.get(store().current_weights.remote(app, function))

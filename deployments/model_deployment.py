@@ -1,0 +1,188 @@
+"""The Serve deployment of a PyTorch model: weights through the node's cache onto a module built
+on the meta device, dynamic batching, several models per replica (LRU, picked per request by the
+`x-raygpu-model` header) and weights replaced live when new ones are pushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cloudpickle
+
+from billing.client import MeterClient, process_start_time
+from deployments import constants
+from deployments.function_deployment import error_payload
+from deployments.spec import FunctionSpec
+from deployments.start_phases import StartPhases
+
+logger = logging.getLogger("ray.serve")
+
+
+class TorchModelReplica:
+    """One replica of a `app.torch_model(...)` deployment."""
+
+    async def __init__(self, app: str, version: int, spec_json: str, payload: bytes, accelerator: str | None,
+                       metered: bool, *sibling_deployments: Any):
+        self.phases = StartPhases(process_start=process_start_time(), replica_init=time.time())
+        self.app, self.version = app, version
+        self.spec = FunctionSpec.model_validate_json(spec_json)
+        self.model_spec = self.spec.torch_model
+        request = self.spec.gpu_request
+        self.meter = MeterClient(app, self.spec.name, float(request.count) if request else 0.0, accelerator,
+                                 enabled=metered)
+        self.meter.event("started", self.phases.process_start)
+        self.meter.start()
+        self.startup_error: str | None = None
+        self._ongoing = 0
+        self._watch: asyncio.Task | None = None
+        try:
+            import torch
+
+            from deployments import torch_engine
+
+            self.torch, self.engine = torch, torch_engine
+            self.phases.mark("imports")
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.definition = cloudpickle.loads(payload)
+            from deployments.store import get_store
+
+            self.store = get_store()
+            self.weights: dict[str, dict[str, Any]] = await self.store.current_weights.remote(app, self.spec.name)
+            self._build_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raygpu-weights")
+            self.slots = torch_engine.ModelSlots(self.model_spec.max_models, self._load_model)
+            self.batcher = torch_engine.DynamicBatcher(
+                self._run_batch, self.model_spec.max_batch_size, self.model_spec.batch_wait_timeout_s)
+            await self.slots.get(self.model_spec.default_model)
+            self._watch = asyncio.get_running_loop().create_task(self._watch_weights())
+        except Exception as exc:
+            self.startup_error = f"{type(exc).__name__}: {exc}"
+            logger.error("raygpu: %s/%s failed to start: %s", app, self.spec.name,
+                         "".join(traceback.format_exception(exc)))
+        self.phases.mark("ready")
+        self.meter.event("ready")
+        logger.info("raygpu: %s/%s v%d ready (pid %d, %s)", app, self.spec.name, version, os.getpid(),
+                    self.phases.describe())
+
+    # --- weights ---------------------------------------------------------------------------
+    async def _load_model(self, model_id: str) -> Any:
+        from deployments.weight_cache import load_cached
+
+        entry = self.weights.get(model_id)
+        if entry is None:
+            raise KeyError(model_id)
+        shared, _ = await load_cached(entry["fingerprint"], entry["path"])
+        self.phases.mark("weights")
+        state_dict = self.engine.from_shared(shared)
+        loop = asyncio.get_running_loop()
+        module, report = await loop.run_in_executor(
+            self._build_executor, self.engine.build_module, self.definition.factory, state_dict, self.device)
+        self.phases.mark("engine_init")
+        logger.info("raygpu: %s/%s loaded model %s v%d (meta device: %s)", self.app, self.spec.name, model_id,
+                    entry["version"], report.meta_device)
+        return self.engine.LoadedModel(module, entry["version"])
+
+    async def _watch_weights(self) -> None:
+        """Follow the store's weights: a pushed version replaces a loaded model between batches."""
+        while True:
+            known = {m: w["version"] for m, w in self.weights.items()}
+            try:
+                latest = await self.store.current_weights.remote(self.app, self.spec.name, known,
+                                                                 constants.WEIGHTS_POLL_TIMEOUT_S)
+            except Exception as exc:
+                logger.warning("raygpu: weights watch of %s/%s failed (%s); retrying", self.app, self.spec.name, exc)
+                await asyncio.sleep(1.0)
+                continue
+            changed = [m for m, w in latest.items() if known.get(m) != w["version"]]
+            self.weights = latest
+            for model_id in changed:
+                if model_id not in self.slots.loaded():
+                    continue  # loads the new weights when next asked for
+                try:
+                    self.slots.replace(model_id, await self._load_model(model_id))
+                except Exception:
+                    logger.exception("raygpu: could not load weights v%s of %s; still serving the previous ones",
+                                     latest[model_id]["version"], model_id)
+
+    # --- calls -----------------------------------------------------------------------------
+    def _run_batch(self, model_id: str, items: list[tuple[Any, Any]]) -> list[tuple[Any, int]]:
+        current = self.slots.peek(model_id) or items[0][0]  # the newest weights once they are in
+        outputs = self.engine.run_inference(current.module, [item for _, item in items], self.device,
+                                            self.definition.preprocess, self.definition.postprocess)
+        return [(output, current.weights_version) for output in outputs]
+
+    async def __call__(self, method: str | None, body: Any, bytes_in: int = 0,
+                       headers: dict[str, str] | None = None) -> tuple[int, bytes, int, dict[str, str]]:
+        started = time.perf_counter()
+        self.meter.call_started()
+        self._ongoing += 1
+        status, payload, extra = 500, {}, {}
+        try:
+            status, payload, extra = await self._infer(body, (headers or {}).get(constants.MODEL_HEADER))
+        except Exception as exc:
+            logger.warning("raygpu: %s failed: %s", self.spec.name, "".join(traceback.format_exception(exc)))
+            status, payload = 500, error_payload(type(exc).__name__, str(exc))
+        finally:
+            self._ongoing -= 1
+        encoded = json.dumps(payload, separators=(",", ":")).encode()
+        self.meter.call_finished(status, time.perf_counter() - started, bytes_in, len(encoded))
+        self.phases.first_response()
+        return status, encoded, self.version, extra
+
+    async def _infer(self, body: Any, model_id: str | None) -> tuple[int, Any, dict[str, str]]:
+        if self.startup_error is not None:
+            return 500, error_payload("StartupError", f"{self.spec.name} could not start on its replica: "
+                                      f"{self.startup_error} (`raygpu logs {self.app}/{self.spec.name}` has the "
+                                      "traceback)"), {}
+        model_id = model_id or self.model_spec.default_model
+        if model_id not in self.weights:
+            return 404, error_payload("UnknownModel", f"{self.spec.name} has no model {model_id!r}; models: "
+                                      f"{', '.join(self.weights)} (pick one with the {constants.MODEL_HEADER} header)"), {}
+        if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
+            return 422, error_payload("ValidationError", 'send {"inputs": [item, ...]}: a non-empty list of inputs, '
+                                      "each run through the model as one row of a batch"), {}
+        loaded = await self.slots.get(model_id)
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(self.batcher.submit(model_id, (loaded, item)) for item in body["inputs"])),
+                timeout=self.spec.timeout)
+        except asyncio.TimeoutError:
+            return 504, error_payload("Timeout", f"{self.spec.name} did not answer within {self.spec.timeout:g} s"), {}
+        except (ValueError, TypeError, RuntimeError) as exc:
+            return 422, error_payload("InvalidInput", f"the model could not run these inputs: {exc}"), {}
+        version = results[-1][1]
+        payload = {"outputs": [output for output, _ in results], "model": model_id, "weights_version": version}
+        return 200, payload, {constants.WEIGHTS_VERSION_HEADER: str(version), constants.MODEL_HEADER: model_id}
+
+    async def model_stats(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "device": getattr(self, "device", None),
+            "loaded": self.slots.loaded() if hasattr(self, "slots") else [],
+            "loads": dict(self.slots.loads) if hasattr(self, "slots") else {},
+            "evictions": dict(self.slots.evictions) if hasattr(self, "slots") else {},
+            "batch_sizes": dict(self.batcher.batch_sizes) if hasattr(self, "batcher") else {},
+            "weights": {m: w["version"] for m, w in getattr(self, "weights", {}).items()},
+            "start_phases": self.phases.durations(),
+        }
+
+    async def replica_info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": self.version, "ongoing": self._ongoing}
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return {"raygpu_ongoing": float(self._ongoing)}
+
+    def __del__(self) -> None:
+        meter = getattr(self, "meter", None)
+        if meter is not None:
+            meter.stop()
+        if getattr(self, "_watch", None) is not None:
+            self._watch.cancel()
+        if hasattr(self, "batcher"):
+            self.batcher.close()

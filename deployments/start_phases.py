@@ -1,0 +1,40 @@
+"""A replica start broken into phases, from its process start to its first response. No Ray."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+# In order; a replica marks those it passes (a plain function has no weights or engine).
+PHASES = ("process", "imports", "weights", "engine_init", "ready", "first_response")
+
+
+@dataclass
+class StartPhases:
+    """Timestamps of one replica start. `process` runs from the worker process start to the
+    replica's constructor (interpreter, Ray, Serve); each later phase ends at its mark."""
+
+    process_start: float
+    replica_init: float
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, phase: str, at: float | None = None) -> None:
+        if phase not in PHASES:
+            raise ValueError(f"unknown start phase {phase!r}")
+        self.marks.setdefault(phase, time.time() if at is None else at)
+
+    def first_response(self) -> None:
+        self.mark("first_response")
+
+    def durations(self) -> dict[str, float]:
+        """Seconds per phase passed so far, each from the end of the phase before it."""
+        out = {"process": max(self.replica_init - self.process_start, 0.0)}
+        previous = self.replica_init
+        for phase in PHASES[1:]:
+            if phase in self.marks:
+                out[phase] = max(self.marks[phase] - previous, 0.0)
+                previous = self.marks[phase]
+        return out
+
+    def describe(self) -> str:
+        return ", ".join(f"{p} {s * 1000:.0f} ms" for p, s in self.durations().items())
