@@ -22,7 +22,7 @@ import uvicorn
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from autoscaling.serve_adapter import GATEWAY_INFLIGHT_METRIC, gateway_autoscaling_config
 from deployments import constants
@@ -279,6 +279,9 @@ class Gateway:
             if request.method != "GET":
                 return error_response(405, "MethodNotAllowed", "use GET for /docs", headers={"Allow": "GET"})
             return json_response(200, self.table.openapi(app))
+        engine = self.table.functions.get((app, parts[1])) if len(parts) >= 2 else None
+        if engine is not None and engine.spec.kind == "vllm":
+            return await self._call_engine(app, engine, request, parts[2:])
         if len(parts) not in (2, 3):
             return error_response(404, "NotFound", f"no route {request.url.path!r}; routes are "
                                   f"POST /{app}/{{function}} and POST /{app}/{{Class}}/{{method}}")
@@ -350,6 +353,70 @@ class Gateway:
             return error_response(500, "InternalError", f"raygpu could not run the call: {type(exc).__name__}: {exc}")
         finally:
             self.inflight[key] -= 1
+
+    async def _call_engine(self, app: str, deployed: DeployedFunction, request: Request, rest: list[str]) -> Response:
+        """Forward `/{app}/{name}/v1/...` to a model engine's own HTTP API and stream its answer back."""
+        spec = deployed.spec
+        if not rest or rest[0] != "v1":
+            return error_response(404, "NotFound", f"{spec.name!r} serves an OpenAI-compatible API: use "
+                                  f"/{app}/{spec.name}/v1/... (e.g. POST /{app}/{spec.name}/v1/chat/completions)")
+        if request.method not in ("GET", "POST"):
+            return error_response(405, "MethodNotAllowed", "use GET or POST", headers={"Allow": "GET, POST"})
+        raw = await self._read_body(request)
+        if raw is None:
+            return error_response(413, "PayloadTooLarge",
+                                  f"request body exceeds the gateway limit of {self.max_body_bytes} bytes")
+        key = (app, spec.name)
+        if self.inflight.get(key, 0) >= spec.max_containers * spec.max_inputs + spec.max_queue:
+            return self._queue_full(spec.name)
+        self.pending_arrivals.append((app, spec.name, time.time()))
+        self.inflight[key] = self.inflight.get(key, 0) + 1
+        released = streaming = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.inflight[key] -= 1
+
+        try:
+            handle = self._handle(app, deployed).options(stream=True)
+            path = "/" + "/".join(rest)
+            headers = {k: v for k, v in request.headers.items() if k in ("content-type", "accept")}
+            for attempt in range(spec.retries + 1):
+                stream = handle.http.remote(request.method, path, request.url.query.encode(), headers, raw, len(raw))
+                try:
+                    start = await asyncio.wait_for(stream.__anext__(), timeout=spec.timeout + constants.COLD_START_ALLOWANCE_S)
+                except BackPressureError:
+                    return self._queue_full(spec.name)
+                except asyncio.TimeoutError:
+                    stream.cancel()
+                    return error_response(504, "Timeout", f"no replica of {spec.name!r} answered within "
+                                          f"{spec.timeout + constants.COLD_START_ALLOWANCE_S:g} s")
+                except REPLICA_GONE_ERRORS as exc:
+                    if attempt < spec.retries:
+                        continue
+                    return error_response(500, "ReplicaDied", f"the replica running {spec.name!r} exited during the "
+                                          f"call ({type(exc).__name__}); see `raygpu logs {app}/{spec.name}`")
+                break
+
+            async def body() -> Any:
+                try:
+                    async for chunk in stream:
+                        yield chunk
+                finally:
+                    release()
+
+            response_headers = {k: v for k, v in start["headers"]}
+            response_headers["x-raygpu-version"] = str(self.table.apps[app]["version"])
+            streaming = True  # the body iterator releases the slot when the stream ends
+            return StreamingResponse(body(), status_code=start["status"], headers=response_headers)
+        except Exception as exc:
+            logger.exception("raygpu gateway: call of %s/%s failed", app, spec.name)
+            return error_response(500, "InternalError", f"raygpu could not run the call: {type(exc).__name__}: {exc}")
+        finally:
+            if not streaming:
+                release()
 
     @staticmethod
     def _queue_full(name: str) -> Response:
