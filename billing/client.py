@@ -47,6 +47,7 @@ class MeterClient:
         self.replica = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.events: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
+        self.phases: list[dict[str, Any]] = []
         self._seq = 0
         self._meter: Any = None
         self._task: asyncio.Task | None = None
@@ -62,6 +63,12 @@ class MeterClient:
         self.events.append({"id": self._id(), "app": self.app, "function": self.function, "replica": self.replica,
                             "kind": kind, "ts": time.time() if ts is None else ts, "gpus": self.gpus,
                             "accelerator": self.accelerator})
+
+    def start_phases(self, phases: dict[str, float]) -> None:
+        """This replica's start, by phase (recorded once per replica and phase)."""
+        if self.enabled:
+            self.phases.append({"app": self.app, "function": self.function, "replica": self.replica,
+                                "phases": dict(phases), "ts": time.time()})
 
     def call_started(self) -> None:
         if not self.enabled:
@@ -98,10 +105,10 @@ class MeterClient:
             await self.flush()
 
     async def flush(self) -> None:
-        if not self.events and not self.requests:
+        if not self.events and not self.requests and not self.phases:
             return
-        batch = {"events": self.events, "requests": self.requests}
-        self.events, self.requests = [], []
+        batch = {"events": self.events, "requests": self.requests, "start_phases": self.phases}
+        self.events, self.requests, self.phases = [], [], []
         try:
             if self._meter is None:
                 self._meter = ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE)
@@ -110,6 +117,7 @@ class MeterClient:
             self._meter = None
             self.events = batch["events"] + self.events
             self.requests = batch["requests"] + self.requests
+            self.phases = batch["start_phases"] + self.phases
             logger.warning("raygpu: meter unreachable (%s); %d events buffered", exc, len(self.events))
 
     def stop(self) -> None:
@@ -121,6 +129,6 @@ class MeterClient:
             self._task.cancel()
         try:
             meter = self._meter or ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE)
-            meter.record.remote({"events": self.events, "requests": self.requests})
+            meter.record.remote({"events": self.events, "requests": self.requests, "start_phases": self.phases})
         except Exception:
             pass  # closed at the last heartbeat instead

@@ -35,9 +35,19 @@ CREATE TABLE IF NOT EXISTS requests (
     ts REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS requests_by_function ON requests (app, function, ts);
+CREATE TABLE IF NOT EXISTS start_phases (
+    replica TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    app TEXT NOT NULL,
+    function TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (replica, phase)
+);
 """
 
 EVENT_FIELDS = ("id", "app", "function", "replica", "kind", "ts", "gpus", "accelerator")
+PHASE_FIELDS = ("replica", "phase", "app", "function", "seconds", "ts")
 REQUEST_FIELDS = ("id", "app", "function", "replica", "status", "latency_s", "bytes_in", "bytes_out", "ts")
 
 
@@ -59,6 +69,20 @@ class Ledger:
     def _insert_new(self, table: str, fields: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> list[dict]:
         sql = f"INSERT OR IGNORE INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})"
         return [row for row in rows if self.conn.execute(sql, tuple(row.get(f) for f in fields)).rowcount]
+
+    def apply_start_phases(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Insert each replica's start phases once; return the rows that were new."""
+        rows = [{"replica": r["replica"], "phase": phase, "app": r["app"], "function": r["function"],
+                 "seconds": seconds, "ts": r["ts"]} for r in records for phase, seconds in r["phases"].items()]
+        with self.conn:
+            return self._insert_new("start_phases", PHASE_FIELDS, rows)
+
+    def start_phases(self, app: str | None = None) -> list[dict[str, Any]]:
+        query, params = "SELECT * FROM start_phases", []
+        if app:
+            query += " WHERE app = ?"
+            params.append(app)
+        return [{k: r[k] for k in PHASE_FIELDS} for r in self.conn.execute(query + " ORDER BY ts", params)]
 
     def events(self, app: str | None = None, function: str | None = None) -> list[LifecycleEvent]:
         query, params = "SELECT * FROM events WHERE 1=1", []

@@ -33,6 +33,7 @@ class Meter:
         # A restarted meter exports the totals of the whole ledger again, not only what came after.
         self.metrics.observe_events(self.ledger.events())
         self.metrics.observe_requests(self.ledger.requests())
+        self.metrics.observe_start_phases(self.ledger.start_phases())
         self.metrics_port = metrics_port
         self._server = self.metrics.serve(metrics_port, metrics_host) if metrics_port else None
 
@@ -43,7 +44,9 @@ class Meter:
         events, requests = self.ledger.apply(batch.get("events", []), batch.get("requests", []))
         self.metrics.observe_events(LifecycleEvent(**e) for e in events)
         self.metrics.observe_requests(requests)
-        return len(events) + len(requests)
+        phases = self.ledger.apply_start_phases(batch.get("start_phases", []))
+        self.metrics.observe_start_phases(phases)
+        return len(events) + len(requests) + len(phases)
 
     def _intervals(self, app: str | None, function: str | None, since: float | None,
                    until: float | None) -> list[Interval]:
@@ -70,6 +73,18 @@ class Meter:
         requests = self.ledger.request_total(app, function, since, until)
         return {"intervals": [iv.model_dump() for iv in intervals],
                 "bill": [line.model_dump(mode="json") for line in lines], "requests": requests}
+
+    async def start_phases(self, app: str | None = None) -> dict[str, dict[str, Any]]:
+        """The latest replica start of each function, by phase: {"app/function": {replica, ts, phases}}."""
+        latest: dict[str, dict[str, Any]] = {}
+        for row in self.ledger.start_phases(app):
+            key = f"{row['app']}/{row['function']}"
+            entry = latest.get(key)
+            if entry is None or (entry["replica"] != row["replica"] and row["ts"] >= entry["ts"]):
+                entry = latest[key] = {"replica": row["replica"], "ts": row["ts"], "phases": {}}
+            if entry["replica"] == row["replica"]:
+                entry["phases"][row["phase"]] = row["seconds"]
+        return latest
 
     async def intervals(self, app: str | None = None, function: str | None = None) -> list[dict[str, Any]]:
         return [iv.model_dump() for iv in replica_intervals(self.ledger.events(app, function))]

@@ -23,7 +23,7 @@ from billing.intervals import PHASES, Interval, LifecycleEvent, ReplicaTimeline,
 # gauge and its time is closed at its last heartbeat, as the bill does.
 LOST_AFTER_S = 10.0
 REQUEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-COLD_START_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+COLD_START_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 REPLICA_STATES = {"cold_start": "starting", "idle": "idle", "active": "active"}
 
 
@@ -47,6 +47,10 @@ class UsageMetrics(Collector):
         self.cold_start_duration = Histogram("raygpu_cold_start_duration_seconds",
                                              "Replica start: process start to ready.", ["app", "function"],
                                              buckets=COLD_START_BUCKETS_S, registry=self.registry)
+        self.start_phase_duration = Histogram("raygpu_cold_start_phase_seconds",
+                                              "Replica start by phase (process, imports, weights, engine_init, "
+                                              "ready, first_response).", ["app", "function", "phase"],
+                                              buckets=COLD_START_BUCKETS_S, registry=self.registry)
         self.registry.register(self)
 
     def observe_events(self, events: Iterable[LifecycleEvent]) -> None:
@@ -66,6 +70,10 @@ class UsageMetrics(Collector):
         for r in requests:
             self.requests.labels(r["app"], r["function"], str(r["status"])).inc()
             self.request_duration.labels(r["app"], r["function"]).observe(max(float(r["latency_s"]), 0.0))
+
+    def observe_start_phases(self, rows: Iterable[dict[str, Any]]) -> None:
+        for r in rows:
+            self.start_phase_duration.labels(r["app"], r["function"], r["phase"]).observe(max(float(r["seconds"]), 0.0))
 
     def _close(self, interval: Interval) -> None:
         key = (interval.app, interval.function, interval.accelerator or "", interval.phase)

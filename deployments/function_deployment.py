@@ -26,6 +26,7 @@ from deployments import constants
 from deployments.lifecycle import run_enter_hooks, run_exit_hooks
 from deployments.signature import ArgumentError, arguments_model, validate_arguments
 from deployments.spec import FunctionSpec
+from deployments.start_phases import StartPhases
 
 logger = logging.getLogger("ray.serve")
 
@@ -53,6 +54,7 @@ class FunctionReplica:
 
     async def __init__(self, app: str, version: int, spec_json: str, payload: bytes, accelerator: str | None,
                        metered: bool, *sibling_deployments: Any):
+        self.phases = StartPhases(process_start=process_start_time(), replica_init=time.time())
         self.app = app
         self.version = version
         self.spec = FunctionSpec.model_validate_json(spec_json)
@@ -60,8 +62,9 @@ class FunctionReplica:
         request = self.spec.gpu_request
         self.meter = MeterClient(app, self.spec.name, float(request.count) if request else 0.0, accelerator,
                                  enabled=metered)
-        self.meter.event("started", process_start_time())
+        self.meter.event("started", self.phases.process_start)
         self.meter.start()
+        self.phases.report = self.meter.start_phases
         self._ongoing = 0
         self._executor = ThreadPoolExecutor(
             max_workers=self.spec.max_inputs, thread_name_prefix=f"raygpu-{self.spec.name}"
@@ -78,8 +81,10 @@ class FunctionReplica:
             self.startup_error = f"{type(exc).__name__}: {exc}"
             logger.error("raygpu: %s/%s failed to start: %s", app, self.spec.name,
                          "".join(traceback.format_exception(exc)))
-        else:
-            logger.info("raygpu: %s/%s v%d ready (pid %d)", app, self.spec.name, version, os.getpid())
+        self.phases.mark("engine_init")
+        self.phases.mark("ready")
+        logger.info("raygpu: %s/%s v%d ready (pid %d, %s)", app, self.spec.name, version, os.getpid(),
+                    self.phases.describe())
         self.meter.event("ready")
 
     def _load_user_code(self, payload: bytes) -> None:
@@ -112,6 +117,7 @@ class FunctionReplica:
             return status, encoded, self.version, {}
         finally:
             self.meter.call_finished(status, time.perf_counter() - started, bytes_in, len(encoded))
+            self.phases.first_response()
 
     async def _invoke(self, method: str | None, body: Any) -> tuple[int, Any]:
         if self.startup_error is not None:

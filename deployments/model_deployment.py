@@ -39,6 +39,7 @@ class TorchModelReplica:
                                  enabled=metered)
         self.meter.event("started", self.phases.process_start)
         self.meter.start()
+        self.phases.report = self.meter.start_phases
         self.startup_error: str | None = None
         self._ongoing = 0
         self._watch: asyncio.Task | None = None

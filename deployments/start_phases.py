@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 # In order; a replica marks those it passes (a plain function has no weights or engine).
 PHASES = ("process", "imports", "weights", "engine_init", "ready", "first_response")
@@ -17,14 +18,20 @@ class StartPhases:
     process_start: float
     replica_init: float
     marks: dict[str, float] = field(default_factory=dict)
+    report: Callable[[dict[str, float]], None] | None = None
 
     def mark(self, phase: str, at: float | None = None) -> None:
         if phase not in PHASES:
             raise ValueError(f"unknown start phase {phase!r}")
-        self.marks.setdefault(phase, time.time() if at is None else at)
+        if phase in self.marks:
+            return
+        self.marks[phase] = time.time() if at is None else at
+        if self.report is not None and phase in ("ready", "first_response"):
+            self.report(self.durations())
 
     def first_response(self) -> None:
-        self.mark("first_response")
+        if "first_response" not in self.marks:
+            self.mark("first_response")
 
     def durations(self) -> dict[str, float]:
         """Seconds per phase passed so far, each from the end of the phase before it."""

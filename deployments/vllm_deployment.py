@@ -37,6 +37,7 @@ class VllmReplica:
                                  enabled=metered)
         self.meter.event("started", self.phases.process_start)
         self.meter.start()
+        self.phases.report = self.meter.start_phases
         self.server: Any = None
         self.startup_error: str | None = None
         self._ongoing = 0

@@ -178,6 +178,11 @@ def status(app: str, as_json: bool, address: str | None) -> None:
         table.add_row(f.name, f.route, f.gpu or "-", str(f.replicas.running), str(f.replicas.starting),
                       str(f.replicas.stopping), str(f.target), scale, f.status)
     console.print(table)
+    for f in info.functions:
+        if f.last_start_phases:
+            total = sum(f.last_start_phases.values())
+            console.print(f"last start of {f.name}: {total:.2f} s = " + ", ".join(
+                f"{phase} {seconds * 1000:.0f} ms" for phase, seconds in f.last_start_phases.items()))
 
 
 @main.command()

@@ -44,6 +44,9 @@ class FunctionStatus(BaseModel):
     status: str = "UNKNOWN"
     message: str = ""
     replica_details: list[ReplicaInfo] = Field(default_factory=list)
+    last_start_phases: dict[str, float] = Field(
+        default_factory=dict, description="the latest replica start, seconds per phase (process, imports, "
+                                          "weights, engine_init, ready, first_response)")
 
 
 class AppStatus(BaseModel):

@@ -211,6 +211,14 @@ def app_status(app: str) -> AppStatus:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
     entry = live[app]
     serve_app = _serve_details().get("applications", {}).get(serve_app_name(app), {})
+    start_phases: dict[str, Any] = {}
+    try:
+        from billing.meter import METER_ACTOR_NAME, METER_NAMESPACE
+
+        start_phases = ray.get(ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE).start_phases.remote(app),
+                               timeout=10)
+    except Exception:
+        pass  # the meter is restarting: status without start phases
     functions = []
     for raw in entry["functions"]:
         deployed = DeployedFunction.model_validate(raw)
@@ -224,7 +232,9 @@ def app_status(app: str) -> AppStatus:
         event = ray.get(control.last_scale_event.remote(app, deployed.spec.name))
         functions.append(FunctionStatus(
             name=deployed.spec.name, kind=deployed.spec.kind,
-            route=deployed.routes[0].path if deployed.spec.kind == "function" else f"/{app}/{deployed.spec.name}/{{method}}",
+            route=(f"/{app}/{deployed.spec.name}/{{method}}" if deployed.spec.kind == "class"
+                   else f"/{app}/{deployed.spec.name}/v1/..." if deployed.spec.kind == "vllm"
+                   else deployed.routes[0].path),
             gpu=deployed.spec.gpu_label, accelerator=deployed.accelerator, replicas=counts,
             target=int(details.get("target_num_replicas", counts.running)),
             last_scale_event=ScaleEvent.model_validate(event) if event else None,
@@ -234,6 +244,7 @@ def app_status(app: str) -> AppStatus:
                             node_id=r.get("node_id"), start_time=r.get("start_time_s"))
                 for r in replicas
             ],
+            last_start_phases=start_phases.get(f"{app}/{deployed.spec.name}", {}).get("phases", {}),
         ))
     url = None
     try:

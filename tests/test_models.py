@@ -160,3 +160,27 @@ def test_a_second_replica_starts_from_the_node_cache_without_the_file(cluster, m
     cache = ray.get(node_weight_cache().stats.remote())
     (entry,) = [e for key, e in cache["entries"].items() if "cached.safetensors" in key]
     assert entry["hits"] >= 1 and entry["bytes"] == 16
+
+
+def test_replica_starts_are_broken_into_phases(cluster, models_app):
+    import json
+
+    def reported_phases():
+        out = cluster.cli("status", "models", "--json")
+        assert out.returncode == 0, out.stderr
+        (scaler,) = [f for f in json.loads(out.stdout)["functions"] if f["name"] == "scaler"]
+        return "first_response" in scaler["last_start_phases"] and scaler["last_start_phases"]
+
+    phases = cluster.wait_for(reported_phases, timeout=30, what="start phases in raygpu status")
+    assert list(phases) == ["process", "imports", "weights", "engine_init", "ready", "first_response"]
+    assert all(seconds >= 0 for seconds in phases.values()) and phases["process"] > 0
+    text = cluster.cli("status", "models").stdout
+    assert "last start of scaler" in text and "weights" in text
+    exported = requests.get(f"http://127.0.0.1:{_metrics_port()}/metrics", timeout=10).text
+    assert 'raygpu_cold_start_phase_seconds_count{app="models",function="scaler",phase="weights"}' in exported
+
+
+def _metrics_port() -> int:
+    from raygpu.cluster import read_local_cluster
+
+    return read_local_cluster().metrics_port
