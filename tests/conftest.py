@@ -64,7 +64,7 @@ def cluster():
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ.pop("RAYGPU_ADDRESS", None)
     up = subprocess.run(
-        [str(Path(sys.executable).parent / "raygpu"), "up", "--local", "--gpus", "2", "--accelerator", "H100",
+        [str(Path(sys.executable).parent / "raygpu"), "up", "--local", "--gpus", "8", "--accelerator", "H100",
          "--port", str(port)],
         env=env, capture_output=True, text=True, timeout=300,
     )

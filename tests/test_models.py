@@ -33,7 +33,8 @@ def models_app(cluster, tmp_path_factory):
         write_weights(folder / name, value)
     os.environ["RAYGPU_TEST_WEIGHTS"] = str(folder)
     cluster.deploy(APPS / "models.py")
-    return folder
+    yield folder
+    cluster.cli("stop", "models")
 
 
 def stats(function: str) -> dict:

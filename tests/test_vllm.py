@@ -18,7 +18,8 @@ def llm(cluster, tmp_path_factory):
     cluster.deploy(APPS / "llm.py")
     import openai
 
-    return openai.OpenAI(base_url=f"{cluster.url}/llm/chat/v1", api_key="unused", max_retries=0, timeout=120)
+    yield openai.OpenAI(base_url=f"{cluster.url}/llm/chat/v1", api_key="unused", max_retries=0, timeout=120)
+    cluster.cli("stop", "llm")
 
 
 def test_models_lists_the_served_model(llm):
