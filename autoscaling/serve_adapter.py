@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 POLICY_IMPORT_PATH = "autoscaling.serve_adapter:RaygpuServePolicy"
 GATEWAY_POLICY_IMPORT_PATH = "autoscaling.serve_adapter:GatewayPolicy"
 GATEWAY_INFLIGHT_METRIC = "raygpu_gateway_inflight"
-ARRIVAL_POLL_INTERVAL_S = 0.5  # how often new arrivals are fetched from the store
+ARRIVAL_WAIT_S = 2.0  # each arrivals fetch waits up to this long for a new arrival (long poll)
 STATE_SAVE_INTERVAL_S = 10.0  # how often a policy's learned state is saved
 
 
@@ -36,7 +36,6 @@ class _StoreLink:
         self.cursor = -1
         self.pending: dict[str, list[float]] = {}
         self._inflight: "ray.ObjectRef | None" = None
-        self._polled_at = float("-inf")
 
     def actor(self) -> Any:
         if self._actor is None:
@@ -52,7 +51,7 @@ class _StoreLink:
             return None
 
     def poll(self) -> None:
-        """Collect arrivals fetched since the last call and start the next fetch when due."""
+        """Collect arrivals fetched since the last call and keep one long-poll fetch open."""
         if self._inflight is not None:
             ready, _ = ray.wait([self._inflight], timeout=0)
             if not ready:
@@ -64,10 +63,8 @@ class _StoreLink:
             except Exception as exc:
                 logger.warning("raygpu: fetching arrivals failed (%s)", exc)
             self._inflight = None
-        now = time.monotonic()
-        if now - self._polled_at >= ARRIVAL_POLL_INTERVAL_S:
-            self._polled_at = now
-            self._inflight = self._call("arrivals_after", self.cursor)
+        if self._inflight is None:
+            self._inflight = self._call("arrivals_after", self.cursor, ARRIVAL_WAIT_S)
 
     def take(self, key: str) -> list[float]:
         return self.pending.pop(key, [])

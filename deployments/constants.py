@@ -86,3 +86,8 @@ WEIGHTS_VERSION_HEADER = "x-raygpu-weights-version"
 # How long a replica's weight watch waits on the store per call.
 WEIGHTS_POLL_TIMEOUT_S = 10.0
 WEIGHT_CACHE_ACTOR_PREFIX = "raygpu-weights-"
+WARM_POOL_ACTOR_PREFIX = "raygpu-warm-pool-"
+# Idle warm workers kept per GPU node (each ~300-400 MB of RAM: a Python process with torch imported).
+DEFAULT_WARM_POOL_SIZE = 1
+# Serve's control loop period; shorter reacts faster to a call at zero replicas, at a few % of a core.
+DEFAULT_CONTROL_LOOP_INTERVAL_S = 0.05

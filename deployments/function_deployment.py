@@ -21,12 +21,13 @@ import cloudpickle
 from pydantic_core import to_jsonable_python
 from ray import serve
 
-from billing.client import MeterClient, process_start_time
+from billing.client import MeterClient
 from deployments import constants
 from deployments.lifecycle import run_enter_hooks, run_exit_hooks
 from deployments.signature import ArgumentError, arguments_model, validate_arguments
 from deployments.spec import FunctionSpec
 from deployments.start_phases import StartPhases
+from deployments.warm_pool import replica_start_time
 
 logger = logging.getLogger("ray.serve")
 
@@ -54,7 +55,8 @@ class FunctionReplica:
 
     async def __init__(self, app: str, version: int, spec_json: str, payload: bytes, accelerator: str | None,
                        metered: bool, *sibling_deployments: Any):
-        self.phases = StartPhases(process_start=process_start_time(), replica_init=time.time())
+        init_at = time.time()
+        self.phases = StartPhases(process_start=replica_start_time(init_at), replica_init=init_at)
         self.app = app
         self.version = version
         self.spec = FunctionSpec.model_validate_json(spec_json)
@@ -205,7 +207,9 @@ def deployment_options(
             actor_options["accelerator_type"] = accelerator
     if spec.memory:
         actor_options["memory"] = spec.memory * 1024 * 1024
-    runtime_env = spec.image.to_runtime_env()
+    from deployments.warm_pool import runtime_env_for
+
+    runtime_env = spec.image.to_runtime_env() or runtime_env_for(spec.image.to_runtime_env())
     if runtime_env:
         actor_options["runtime_env"] = runtime_env
     return {

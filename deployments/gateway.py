@@ -223,6 +223,19 @@ class Gateway:
                 logger.warning("raygpu gateway: could not record %d arrivals (%s); will retry", len(batch), exc)
                 self.pending_arrivals = batch + self.pending_arrivals
 
+    def _arrival(self, app: str, function: str, key: tuple[str, str]) -> None:
+        """Record an accepted call for the autoscaler. The first call in flight may be a call at
+        zero replicas: it goes to the store at once, which wakes the autoscaler's open long poll,
+        instead of waiting for the next batch and the next metrics push."""
+        arrival = (app, function, time.time())
+        if self.inflight.get(key, 0) == 0:
+            try:
+                self.store.record_arrivals.remote([arrival])
+                return
+            except Exception:
+                pass
+        self.pending_arrivals.append(arrival)
+
     async def refresh(self) -> int:
         """Fetch the routing table now (used by the CLI right after a change)."""
         self.table = RoutingTable(await self.store.routing_table.remote())
@@ -320,7 +333,7 @@ class Gateway:
         bound = spec.max_containers * spec.max_inputs + spec.max_queue
         if self.inflight.get(key, 0) >= bound:
             return self._queue_full(spec.name)
-        self.pending_arrivals.append((app, spec.name, time.time()))
+        self._arrival(app, spec.name, key)
         self.inflight[key] = self.inflight.get(key, 0) + 1
         try:
             handle = self._handle(app, deployed)
@@ -369,7 +382,7 @@ class Gateway:
         key = (app, spec.name)
         if self.inflight.get(key, 0) >= spec.max_containers * spec.max_inputs + spec.max_queue:
             return self._queue_full(spec.name)
-        self.pending_arrivals.append((app, spec.name, time.time()))
+        self._arrival(app, spec.name, key)
         self.inflight[key] = self.inflight.get(key, 0) + 1
         released = streaming = False
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import cloudpickle
 
-from billing.client import MeterClient, process_start_time
+from billing.client import MeterClient
 from deployments import constants
 from deployments.function_deployment import error_payload
 from deployments.spec import FunctionSpec
 from deployments.start_phases import StartPhases
+from deployments.warm_pool import replica_start_time
 
 logger = logging.getLogger("ray.serve")
 
@@ -30,7 +31,8 @@ class TorchModelReplica:
 
     async def __init__(self, app: str, version: int, spec_json: str, payload: bytes, accelerator: str | None,
                        metered: bool, *sibling_deployments: Any):
-        self.phases = StartPhases(process_start=process_start_time(), replica_init=time.time())
+        init_at = time.time()
+        self.phases = StartPhases(process_start=replica_start_time(init_at), replica_init=init_at)
         self.app, self.version = app, version
         self.spec = FunctionSpec.model_validate_json(spec_json)
         self.model_spec = self.spec.torch_model

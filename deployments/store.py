@@ -25,6 +25,7 @@ class ControlPlaneStore:
         self.generation = 1
         self._changed = asyncio.Event()
         self._weights_changed = asyncio.Event()
+        self._arrived = asyncio.Event()
         self._last_prune = 0.0
         # Latest arrival per "app/function", kept in memory so the autoscaler's once-a-second
         # snapshot never scans the arrivals table.
@@ -88,6 +89,8 @@ class ControlPlaneStore:
     # --- arrivals and scale events -------------------------------------------------------------
     async def record_arrivals(self, arrivals: list[tuple[str, str, float]]) -> int:
         count = self.db.record_arrivals(arrivals)
+        self._arrived.set()
+        self._arrived = asyncio.Event()
         for app, function, ts in arrivals:
             key = f"{app}/{function}"
             if ts > self._last_arrival.get(key, 0.0):
@@ -107,7 +110,17 @@ class ControlPlaneStore:
     async def last_arrivals(self, since: float) -> dict[str, float]:
         return {key: ts for key, ts in self._last_arrival.items() if ts >= since}
 
-    async def arrivals_after(self, cursor: int) -> tuple[int, dict[str, list[float]]]:
+    async def arrivals_after(self, cursor: int, wait_s: float = 0.0) -> tuple[int, dict[str, list[float]]]:
+        """Arrivals recorded after `cursor`; with `wait_s`, wait that long for the first new one
+        (the autoscaler keeps one such call open, so a call at zero replicas reaches it at once)."""
+        arrived = self._arrived
+        last, new = self.db.arrivals_after(cursor)
+        if new or wait_s <= 0 or cursor < 0:
+            return last, new
+        try:
+            await asyncio.wait_for(arrived.wait(), wait_s)
+        except asyncio.TimeoutError:
+            return last, new
         return self.db.arrivals_after(cursor)
 
     async def save_policy_state(self, app: str, function: str, state: dict[str, Any]) -> None:

@@ -72,10 +72,15 @@ def main() -> None:
 @click.option("--db-path", default=None, help="SQLite file of the control-plane store.")
 @click.option("--prices", "prices_path", default=None, type=click.Path(exists=True, dir_okay=False),
               help="GPU price table (YAML, see billing/prices.yaml; default: $RAYGPU_PRICES or the shipped one).")
+@click.option("--warm-pool", default=constants.DEFAULT_WARM_POOL_SIZE, show_default=True, type=click.IntRange(0, 64),
+              help="Idle warm worker processes (torch imported) kept per GPU node for replica starts; 0 disables.")
+@click.option("--control-loop-interval", default=constants.DEFAULT_CONTROL_LOOP_INTERVAL_S, show_default=True,
+              type=click.FloatRange(0.005, 5.0), help="Serve controller tick, seconds (--local; on a cluster set "
+              "RAY_SERVE_CONTROL_LOOP_INTERVAL_S in cluster.yaml).")
 @address_option
 def up(local: bool, gpus: int, accelerator: str, cpus: int, http_port: int, serve_port: int | None,
        metrics_port: int | None, http_host: str | None, db_path: str | None, prices_path: str | None,
-       address: str | None) -> None:
+       warm_pool: int, control_loop_interval: float, address: str | None) -> None:
     """Start a local cluster (--local), or install raygpu on a running Ray cluster (--address)."""
     from raygpu import cluster
 
@@ -84,7 +89,8 @@ def up(local: bool, gpus: int, accelerator: str, cpus: int, http_port: int, serv
             info = _run(lambda: cluster.start_local(
                 gpus=gpus, accelerator=accelerator or None, http_port=http_port,
                 http_host=http_host or constants.DEFAULT_HTTP_HOST, serve_port=serve_port, logical_cpus=cpus,
-                db_path=db_path, metrics_port=metrics_port, prices_path=prices_path))
+                db_path=db_path, metrics_port=metrics_port, prices_path=prices_path, warm_pool=warm_pool,
+                control_loop_interval_s=control_loop_interval))
         console.print(f"[green]local cluster up[/green] at {info.address}")
         console.print(f"  gateway    {info.gateway_url}")
         console.print(f"  dashboard  {info.dashboard_url}")
@@ -101,7 +107,8 @@ def up(local: bool, gpus: int, accelerator: str, cpus: int, http_port: int, serv
         out = _run(lambda: cluster.install_control_plane(
             db_path=db_path or str(Path.home() / ".raygpu" / "state.db"),
             http_host=http_host or "0.0.0.0", http_port=http_port, serve_port=serve_port,
-            metrics_port=metrics_port or constants.DEFAULT_METRICS_PORT, prices_path=prices_path))
+            metrics_port=metrics_port or constants.DEFAULT_METRICS_PORT, prices_path=prices_path,
+            warm_pool=warm_pool))
     console.print(f"[green]raygpu is up[/green]; gateway {out['gateway_url']}, metrics {out['metrics_url']}")
 
 
@@ -266,6 +273,28 @@ def stop(app: str, address: str | None) -> None:
     with console.status(f"stopping {app}..."):
         _run(lambda: stop_app(app))
     console.print(f"[green]stopped[/green] {app}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@address_option
+def pool(as_json: bool, address: str | None) -> None:
+    """The warm worker pool of each node: idle pre-started workers and their memory."""
+    from deployments.warm_pool import pool_stats
+
+    _connect(address)
+    stats = pool_stats()
+    if as_json:
+        click.echo(json.dumps(stats))
+        return
+    if not stats:
+        _fail("no warm pool runs on this cluster; `raygpu up` starts one per GPU node (--warm-pool N)")
+    table = Table("node", "size", "idle", "starting", "memory", "started", "state")
+    for s in stats:
+        state = "ok" if s["available"] and not s["errors"] else (s["reason"] or s["last_error"] or "errors")
+        table.add_row(s["node_id"][:12], str(s["size"]), ", ".join(str(w["pid"]) for w in s["idle"]) or "-",
+                      str(s["pending"]), f"{s['idle_rss_bytes'] / 2**20:.0f} MiB", str(s["started"]), state)
+    console.print(table)
 
 
 @main.group()

@@ -1,0 +1,29 @@
+"""Imported by every new Ray worker process of a raygpu cluster (Ray's `preload_python_modules`).
+
+Workers whose runtime env sets RAYGPU_WARM_WORKER (the warm pool's, and replicas' that may take a
+warm worker) import the heavy modules a replica needs in a background thread, so a worker that
+idles in the pool has them ready, and one started on demand for a replica that needs none of them
+(a plain function) is not held up. Every other worker returns at once.
+"""
+
+import os
+import threading
+import time
+
+PRELOADED_AT: float | None = None
+
+
+def _preload() -> None:
+    global PRELOADED_AT
+    try:
+        import torch  # noqa: F401  (the largest import of a model replica)
+        from ray.serve._private import replica  # noqa: F401
+
+        from deployments import function_deployment, model_deployment, torch_engine  # noqa: F401
+    except Exception:  # a replica imports what it needs itself
+        return
+    PRELOADED_AT = time.time()
+
+
+if os.environ.get("RAYGPU_WARM_WORKER") == "1":
+    threading.Thread(target=_preload, name="raygpu-preload", daemon=True).start()

@@ -1,0 +1,47 @@
+"""The control-plane driver of a local cluster: a long-lived Ray driver that installs raygpu's
+control plane (store, meter, Serve, gateway, warm pools) and stays connected.
+
+Serve's controller, and so every replica it creates, belongs to the job of the driver that
+started Serve. Ray keeps pre-started (warm) workers only for a live job, so the driver that starts
+Serve must outlive `raygpu up`: this process does, until `raygpu down` stops it.
+
+    python -m raygpu.control_driver --address HOST:PORT --ready-file F --temp-dir D --config JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--ready-file", required=True)
+    parser.add_argument("--temp-dir", required=True, help="the cluster's temp dir (how `raygpu down` finds us)")
+    parser.add_argument("--config", required=True, help="install_control_plane keyword arguments, as JSON")
+    args = parser.parse_args()
+    ready = Path(args.ready_file)
+    try:
+        from raygpu.cluster import connect, install_control_plane
+
+        connect(args.address)
+        out = install_control_plane(**json.loads(args.config))
+        ready.write_text(json.dumps({"ok": True, **out}))
+    except BaseException as exc:  # report why, then exit: `raygpu up` prints it
+        ready.write_text(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                                     "traceback": traceback.format_exc()}))
+        sys.exit(1)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+
+
+if __name__ == "__main__":
+    main()
