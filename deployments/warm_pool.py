@@ -91,20 +91,40 @@ def _serve_controller_job() -> tuple[str | None, bool]:
 
 
 def _idle_warm_workers(session_dir: str) -> list[Any]:
+    """Idle warm workers whose preload has finished (a worker still importing is not warm yet)."""
     import psutil
 
+    from deployments.warm_preload import READY_DIR
+
+    try:
+        ready = set(os.listdir(READY_DIR))
+    except OSError:
+        ready = set()
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
             cmdline = proc.info["cmdline"] or []
             if not cmdline or not cmdline[0].startswith(IDLE_TITLE):
                 continue
-            if proc.environ().get(WARM_ENV_VAR) != "1":
+            if proc.environ().get(WARM_ENV_VAR) != "1" or str(proc.pid) not in ready:
                 continue
             found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+def _forget_exited_markers() -> None:
+    import psutil
+
+    from deployments.warm_preload import READY_DIR
+
+    try:
+        for name in os.listdir(READY_DIR):
+            if name.isdigit() and not psutil.pid_exists(int(name)):
+                os.unlink(os.path.join(READY_DIR, name))
+    except OSError:
+        pass
 
 
 class WarmPool:
@@ -141,6 +161,7 @@ class WarmPool:
     async def refill(self) -> int:
         loop = asyncio.get_running_loop()
         idle = await loop.run_in_executor(None, _idle_warm_workers, self.session_dir)
+        await loop.run_in_executor(None, _forget_exited_markers)
         now = time.time()
         if len(idle) < len(self._idle):
             self.taken_at = now

@@ -7,10 +7,13 @@ idles in the pool has them ready, and one started on demand for a replica that n
 """
 
 import os
+import tempfile
 import threading
 import time
 
 PRELOADED_AT: float | None = None
+# One empty file per worker whose preload finished, named by pid: the pool hands out only those.
+READY_DIR = os.path.join(tempfile.gettempdir(), "raygpu-warm-workers")
 
 
 def _preload() -> None:
@@ -23,6 +26,12 @@ def _preload() -> None:
     except Exception:  # a replica imports what it needs itself
         return
     PRELOADED_AT = time.time()
+    try:
+        os.makedirs(READY_DIR, exist_ok=True)
+        with open(os.path.join(READY_DIR, str(os.getpid())), "w"):
+            pass
+    except OSError:
+        pass
 
 
 if os.environ.get("RAYGPU_WARM_WORKER") == "1":

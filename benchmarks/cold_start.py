@@ -1,0 +1,268 @@
+"""Cold start from zero replicas: time from the first request to its response, raygpu vs the
+baselines, all in one Ray session with the same Serve settings (metrics_interval_s, delays, the
+control-loop interval). Five interleaved repetitions, medians.
+
+Cases:
+  trivial      a function returning a constant: raygpu function vs a plain `@serve.deployment`
+  torch_500mb  30 x Linear(2048, 2048) fp32 (504 MB): raygpu torch_model (meta device, node weight
+               cache, warm pool) vs a plain deployment that builds the module and `torch.load`s it
+  vllm_tiny    the tiny local Llama: raygpu vLLM deployment vs starting vLLM's own OpenAI server
+
+    python benchmarks/cold_start.py --json benchmarks/results/cold_start.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# benchmarks/autoscaling.py would shadow the `autoscaling` package: keep this folder off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
+
+import requests  # noqa: E402
+
+from benchmarks.harness import median, print_table, private_cluster, write_json  # noqa: E402
+
+LAYERS, WIDTH = 30, 2048
+VLLM_ENGINE_ARGS = {"enforce_eager": True, "distributed_executor_backend": "uni", "max_model_len": 256,
+                    "kv_cache_memory_bytes": 64 << 20, "seed": 0}
+VLLM_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+
+APP_SOURCE = '''
+import torch
+
+import raygpu
+
+app = raygpu.App("coldbench")
+
+
+@app.function(gpu=1, scaledown_window=2)
+def trivial() -> str:
+    return "ok"
+
+
+def make_net():
+    return torch.nn.Sequential(*[torch.nn.Linear({width}, {width}) for _ in range({layers})])
+
+
+app.torch_model("big", factory=make_net, weights={weights!r}, gpu=1, scaledown_window=2, max_batch_size=1)
+'''
+
+VLLM_SOURCE = '''
+import raygpu
+
+app = raygpu.App("coldllm")
+raygpu.vllm(app, "tiny", model={model!r}, served_model_name="tiny", engine_args={engine_args!r}, gpu=1,
+            scaledown_window=2, timeout=300, image=raygpu.Image(env={env!r}))
+'''
+
+
+def make_net():
+    import torch
+
+    return torch.nn.Sequential(*[torch.nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
+
+
+def serve_baselines(weights_pt: str, metrics_interval_s: float):
+    """Plain Serve deployments with the same autoscaling settings raygpu's replicas get from Serve."""
+    from ray import serve
+
+    autoscaling = {"min_replicas": 0, "max_replicas": 1, "initial_replicas": 0, "target_ongoing_requests": 1,
+                   "metrics_interval_s": metrics_interval_s, "look_back_period_s": 2.0, "upscale_delay_s": 0.0,
+                   "downscale_delay_s": 0.0, "downscale_to_zero_delay_s": 2.0}
+    options = {"autoscaling_config": autoscaling, "ray_actor_options": {"num_gpus": 1}}
+
+    @serve.deployment(**options)
+    class Trivial:
+        def __call__(self, request) -> str:
+            return "ok"
+
+    @serve.deployment(**options)
+    class Big:
+        def __init__(self, path: str):
+            import torch
+
+            self.module = make_net()
+            self.module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self.module.eval()
+
+        def __call__(self, request) -> list:
+            import torch
+
+            with torch.inference_mode():
+                return self.module(torch.ones(1, WIDTH))[0, :2].tolist()
+
+    serve.run(Trivial.bind(), name="plain-trivial", route_prefix="/plain-trivial")
+    serve.run(Big.bind(weights_pt), name="plain-big", route_prefix="/plain-big")
+
+
+def running(app_name: str, deployment: str) -> int:
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    replicas = details.get("applications", {}).get(app_name, {}).get("deployments", {}).get(deployment, {}).get("replicas", [])
+    return len(replicas)
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def timed_post(url: str, body, headers=None, timeout: float = 600) -> float:
+    started = time.perf_counter()
+    response = requests.post(url, json=body, headers=headers or {}, timeout=timeout)
+    elapsed = time.perf_counter() - started
+    response.raise_for_status()
+    return elapsed
+
+
+def vllm_server_cold_start(model_dir: str, port: int) -> float:
+    """Seconds from starting vLLM's OpenAI server to its first completion."""
+    args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--served-model-name",
+            "tiny", "--port", str(port), "--host", "127.0.0.1", "--enforce-eager", "--max-model-len", "256",
+            "--kv-cache-memory-bytes", str(VLLM_ENGINE_ARGS["kv_cache_memory_bytes"]),
+            "--distributed-executor-backend", "uni", "--seed", "0"]
+    env = dict(os.environ, **VLLM_ENV, VLLM_NO_USAGE_STATS="1", HF_HUB_OFFLINE="1")
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM's server exited with {proc.returncode}")
+            try:
+                r = requests.post(f"http://127.0.0.1:{port}/v1/completions", timeout=60,
+                                  json={"model": "tiny", "prompt": "hello", "max_tokens": 4})
+                if r.status_code == 200:
+                    return time.perf_counter() - started
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", dest="json_path", default=None)
+    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--cases", default="trivial,torch_500mb,vllm_tiny")
+    args = parser.parse_args()
+    cases = set(args.cases.split(","))
+    work = Path(tempfile.mkdtemp(prefix="raygpu-coldbench-"))
+
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    reference = make_net()
+    weights_st, weights_pt = work / "big.safetensors", work / "big.pt"
+    save_file(reference.state_dict(), str(weights_st))
+    torch.save(reference.state_dict(), weights_pt)
+    del reference
+
+    from deployments import constants
+
+    runs: dict[str, dict[str, list[float]]] = {}
+    result_phases: dict[str, dict[str, float]] = {}
+    with private_cluster() as info:
+        from deployments.warm_pool import pool_stats
+        from raygpu.deploy import deploy_app, source_label
+        from raygpu.loader import load_app
+
+        serve_baselines(str(weights_pt), constants.METRICS_INTERVAL_S)
+        app_file = work / "coldbench.py"
+        app_file.write_text(APP_SOURCE.format(width=WIDTH, layers=LAYERS, weights=str(weights_st)))
+        app, path, digest = load_app(str(app_file))
+        deploy_app(app, source_label(path, digest))
+
+        targets = {}
+        if "trivial" in cases:
+            targets["trivial"] = {
+                "raygpu_s": (lambda: timed_post(f"{info.gateway_url}/coldbench/trivial", {}),
+                             ("raygpu-app-coldbench", "trivial")),
+                "plain_serve_s": (lambda: timed_post(f"{info.serve_url}/plain-trivial", {}), ("plain-trivial", "Trivial")),
+            }
+        if "torch_500mb" in cases:
+            targets["torch_500mb"] = {
+                "raygpu_s": (lambda: timed_post(f"{info.gateway_url}/coldbench/big", {"inputs": [[1.0] * WIDTH]}),
+                             ("raygpu-app-coldbench", "big")),
+                "plain_serve_s": (lambda: timed_post(f"{info.serve_url}/plain-big", {}), ("plain-big", "Big")),
+            }
+        if "vllm_tiny" in cases:
+            from raygpu.testing import build_tiny_llama
+
+            model_dir = str(build_tiny_llama(work / "tiny-llama"))
+            llm_file = work / "coldllm.py"
+            llm_file.write_text(VLLM_SOURCE.format(model=model_dir, engine_args=VLLM_ENGINE_ARGS, env=VLLM_ENV))
+            llm, path, digest = load_app(str(llm_file))
+            deploy_app(llm, source_label(path, digest))
+            from raygpu.cluster import free_port
+
+            targets["vllm_tiny"] = {
+                "raygpu_s": (lambda: timed_post(f"{info.gateway_url}/coldllm/tiny/v1/completions",
+                                                {"model": "tiny", "prompt": "hello", "max_tokens": 4}),
+                             ("raygpu-app-coldllm", "tiny")),
+                "vllm_server_s": (lambda: vllm_server_cold_start(model_dir, free_port()), None),
+            }
+        for case, sides in targets.items():
+            runs[case] = {side: [] for side in sides}
+            # one untimed round: one-time costs (the node weight cache's first read of the file, the
+            # first worker processes of the session) are not what a cold start costs afterwards
+            for rep in range(-1, args.repetitions):
+                order = list(sides) if rep % 2 == 0 else list(reversed(list(sides)))
+                for side in order:
+                    call, deployment = sides[side]
+                    if deployment is not None:
+                        wait_until(lambda: running(*deployment) == 0, 180, f"{deployment} at zero replicas")
+                    if side == "raygpu_s" and case != "vllm_tiny":
+                        # the steady state the pool is sized for: an idle warm worker on the node
+                        wait_until(lambda: any(s["idle"] for s in pool_stats()), 60, "an idle warm worker")
+                    seconds = call()
+                    if rep >= 0:
+                        runs[case][side].append(seconds)
+                    print(f"{case} rep {rep + 1}/{args.repetitions} {side}: {seconds:.3f} s", file=sys.stderr)
+            if "raygpu_s" in sides:
+                from raygpu.deploy import app_status
+
+                app_name, deployment = sides["raygpu_s"][1]
+                status = app_status(app_name.removeprefix("raygpu-app-"))
+                phases = next(f.last_start_phases for f in status.functions if f.name == deployment)
+                result_phases[case] = {k: round(v, 3) for k, v in phases.items()}
+                print(f"{case}: raygpu's last replica start by phase: {result_phases[case]}", file=sys.stderr)
+
+    result: dict = {"cases": {}, "repetitions": args.repetitions, "raw": runs, "raygpu_start_phases": result_phases,
+                    "settings": {"metrics_interval_s": constants.METRICS_INTERVAL_S,
+                                 "control_loop_interval_s": constants.DEFAULT_CONTROL_LOOP_INTERVAL_S,
+                                 "warm_pool": constants.DEFAULT_WARM_POOL_SIZE,
+                                 "torch_model_mb": round(LAYERS * (WIDTH * WIDTH + WIDTH) * 4 / 1e6)}}
+    rows = []
+    for case, sides in runs.items():
+        medians = {side: round(median(values), 3) for side, values in sides.items()}
+        baseline = "vllm_server_s" if case == "vllm_tiny" else "plain_serve_s"
+        medians["ratio"] = round(medians["raygpu_s"] / medians[baseline], 3)
+        result["cases"][case] = medians
+        rows.append((case, f"{medians['raygpu_s']:.3f}", f"{medians[baseline]:.3f} ({baseline[:-2]})",
+                     f"{medians['ratio']:.2f}x"))
+    print_table("cold start from zero: first request to response, medians of interleaved repetitions", rows,
+                ("case", "raygpu s", "baseline s", "raygpu / baseline"))
+    write_json(args.json_path, result)
+
+
+if __name__ == "__main__":
+    main()
