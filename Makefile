@@ -38,6 +38,8 @@ test-fast: install
 bench: install
 	$(BIN)/python benchmarks/serving.py --json benchmarks/results/serving.json
 	$(BIN)/python benchmarks/metering.py --json benchmarks/results/metering.json
+	$(BIN)/python benchmarks/cold_start.py --json benchmarks/results/cold_start.json
+	$(BIN)/python benchmarks/vllm_throughput.py --json benchmarks/results/vllm_throughput.json
 	$(BIN)/python benchmarks/autoscaling.py --format azure2019 \
 	  --trace ../shared/traces/azure_functions_2019_sample500/invocations.csv \
 	  --json benchmarks/results/autoscaling-azure2019.json

@@ -102,14 +102,20 @@ def up(local: bool, gpus: int, accelerator: str, cpus: int, http_port: int, serv
     if not address:
         _fail("say where: `raygpu up --local` for this machine, or `raygpu up --address HOST:PORT` "
               "for a cluster started with `ray up cluster.yaml`")
-    _connect(address)
+    # The control plane is installed by a driver that keeps running here (run this on the head node:
+    # `ray exec cluster.yaml "raygpu up --address auto"`): Serve's controller belongs to its job,
+    # and the warm pools need that job alive.
+    resolved = "auto" if address == "auto" else address
+    config = {"db_path": db_path or str(Path.home() / ".raygpu" / "state.db"), "http_host": http_host or "0.0.0.0",
+              "http_port": http_port, "serve_port": serve_port,
+              "metrics_port": metrics_port or constants.DEFAULT_METRICS_PORT,
+              "prices_path": str(Path(prices_path).resolve()) if prices_path else None, "warm_pool": warm_pool}
     with console.status("installing the raygpu control plane..."):
-        out = _run(lambda: cluster.install_control_plane(
-            db_path=db_path or str(Path.home() / ".raygpu" / "state.db"),
-            http_host=http_host or "0.0.0.0", http_port=http_port, serve_port=serve_port,
-            metrics_port=metrics_port or constants.DEFAULT_METRICS_PORT, prices_path=prices_path,
-            warm_pool=warm_pool))
-    console.print(f"[green]raygpu is up[/green]; gateway {out['gateway_url']}, metrics {out['metrics_url']}")
+        pid = _run(lambda: cluster.start_control_driver(resolved, Path.home() / ".raygpu", "cluster", config,
+                                                        local=False))
+    host = "127.0.0.1" if config["http_host"] in ("0.0.0.0", "::") else config["http_host"]
+    console.print(f"[green]raygpu is up[/green]; gateway http://{host}:{http_port}, metrics "
+                  f"http://{host}:{config['metrics_port']}/metrics (control-plane driver pid {pid})")
 
 
 @main.command()

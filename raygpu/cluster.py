@@ -217,7 +217,7 @@ def start_local(
     )
     local_state_path().write_text(cluster.model_dump_json(indent=2))
     try:
-        driver = start_control_driver(cluster, {
+        driver = start_control_driver(cluster.address, Path(cluster.temp_dir), cluster.temp_dir, {
             "db_path": cluster.db_path, "http_host": http_host, "http_port": http_port,
             "serve_port": cluster.serve_port, "metrics_port": cluster.metrics_port,
             "prices_path": str(Path(prices_path).resolve()) if prices_path else None, "warm_pool": warm_pool})
@@ -232,15 +232,19 @@ def start_local(
     return cluster
 
 
-def start_control_driver(cluster: LocalCluster, config: dict[str, Any], timeout_s: float = 180.0) -> int:
+def start_control_driver(address: str, workdir: Path, tag: str, config: dict[str, Any],
+                         timeout_s: float = 180.0, local: bool = True) -> int:
     """Start the long-lived driver that installs the control plane (see raygpu.control_driver);
-    return its pid once the control plane is up, or raise with the reason it is not."""
-    ready = Path(cluster.temp_dir) / "raygpu-control-driver.json"
-    log = Path(cluster.temp_dir) / "raygpu-control-driver.log"
-    cmd = [sys.executable, "-m", "raygpu.control_driver", "--address", cluster.address, "--ready-file", str(ready),
-           "--temp-dir", cluster.temp_dir, "--config", json.dumps(config)]
+    return its pid once the control plane is up, or raise with the reason it is not. `tag` goes on
+    its command line (a local cluster's temp dir, so `raygpu down` finds it)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ready = workdir / "raygpu-control-driver.json"
+    ready.unlink(missing_ok=True)
+    log = workdir / "raygpu-control-driver.log"
+    cmd = [sys.executable, "-m", "raygpu.control_driver", "--address", address, "--ready-file", str(ready),
+           "--temp-dir", tag, "--config", json.dumps(config)]
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, env=ray_env(local=True), stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, env=ray_env(local=local), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
