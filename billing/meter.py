@@ -86,6 +86,14 @@ class Meter:
                 entry["phases"][row["phase"]] = row["seconds"]
         return latest
 
+    async def replica_start_phases(self, app: str, function: str) -> dict[str, dict[str, float]]:
+        """Every recorded replica start of a function: {replica: {phase: seconds}}."""
+        out: dict[str, dict[str, float]] = {}
+        for row in self.ledger.start_phases(app):
+            if row["function"] == function:
+                out.setdefault(row["replica"], {})[row["phase"]] = row["seconds"]
+        return out
+
     async def intervals(self, app: str | None = None, function: str | None = None) -> list[dict[str, Any]]:
         return [iv.model_dump() for iv in replica_intervals(self.ledger.events(app, function))]
 

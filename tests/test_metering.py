@@ -37,6 +37,8 @@ def audit_against_ray(cluster, app: str, function: str, killed_pids: frozenset[i
         by_replica.setdefault(iv["replica"], []).append(iv)
     assert by_replica and set(int(r.split("-")[0]) for r in by_replica) == set(actors)
     workers = {w.pid: w for w in list_workers(filters=[("worker_type", "=", "WORKER")], detail=True, limit=10000)}
+    warm_pids = {int(r.split("-")[0]) for r, phases in ray.get(meter().replica_start_phases.remote(app, function)).items()
+                 if phases.get("process") == 0.0}
     for replica, ivs in by_replica.items():
         pid = int(replica.split("-")[0])
         if pid in killed_pids:
@@ -46,11 +48,16 @@ def audit_against_ray(cluster, app: str, function: str, killed_pids: frozenset[i
         # ready + active + idle time
         billed = phases["active"] + phases["idle"]
         lifetime = (actors[pid]["EndTime"] - actors[pid]["StartTime"]) / 1000
-        assert abs(billed - lifetime) <= 0.01 * lifetime, (billed, lifetime, phases)
-        # the cold start runs from the replica worker's launch (Ray's own timestamp) to ready
+        # within 1%; a replica the autoscaler kept only a second or two is held to 0.15 s instead
+        # (Ray's own timestamps and the stop event's are ~0.1 s apart, which 1% of that cannot hold)
+        assert abs(billed - lifetime) <= max(0.01 * lifetime, 0.15), (billed, lifetime, phases)
+        # the cold start runs from the replica worker's launch (Ray's own timestamp) to ready; a
+        # replica that took an idle warm worker from the pool starts at its own construction
         cold = next(iv for iv in ivs if iv["phase"] == "cold_start")
         launched = workers[pid].worker_launch_time_ms / 1000
-        assert abs(cold["start"] - launched) < 0.25, (cold, launched, workers[pid])
+        assert cold["start"] >= launched - 0.25, (cold, launched, workers[pid])
+        if cold["start"] - launched > 0.25:
+            assert pid in warm_pids, (cold, launched, "started late in a worker that was not a warm one")
         assert cold["end"] <= actors[pid]["StartTime"] / 1000 + 0.25
     return by_replica
 

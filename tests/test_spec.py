@@ -113,3 +113,36 @@ def test_spec_round_trips_as_json():
     spec = FunctionSpec(name="f", gpu=["H100", "A100"], max_queue=3)
     again = FunctionSpec.model_validate_json(spec.model_dump_json())
     assert again == spec and again.gpu_request.types == ["H100", "A100"]
+
+
+def test_model_specs_validate_at_declaration(tmp_path):
+    import raygpu
+    from raygpu.errors import InvalidSpecError
+
+    app = raygpu.App("models-spec")
+    model = app.torch_model("net", factory=lambda: None, weights={"a": tmp_path / "a.pt", "b-2": tmp_path / "b.pt"},
+                            max_models=1, gpu="H100")
+    assert model.spec.kind == "torch" and model.spec.torch_model.default_model == "a"
+    with pytest.raises(InvalidSpecError, match="model id 'bad id'"):
+        app.torch_model("net2", factory=lambda: None, weights={"bad id": "x.pt"})
+    with pytest.raises(InvalidSpecError, match="max_batch_size"):
+        app.torch_model("net3", factory=lambda: None, weights="x.pt", max_batch_size=0)
+    with pytest.raises(InvalidSpecError, match="factory must be a callable"):
+        app.torch_model("net4", factory=None, weights="x.pt")
+    chat = raygpu.vllm(app, "chat", model="/models/llama", engine_args={"max_model_len": 512})
+    assert chat.spec.kind == "vllm" and chat.spec.max_inputs == 64 and chat.spec.vllm_model.model_name == "/models/llama"
+    with pytest.raises(InvalidSpecError, match="task"):
+        raygpu.vllm(app, "emb", model="/m", task="classify")
+    with pytest.raises(InvalidSpecError, match="already in this app"):
+        raygpu.vllm(app, "net", model="/m")
+
+
+def test_vllm_sleep_mode_is_refused_without_cuda():
+    import torch
+
+    from deployments.vllm_engine import sleep_mode_supported
+
+    supported, reason = sleep_mode_supported()
+    assert supported == torch.cuda.is_available()
+    if not supported:
+        assert "needs a CUDA GPU" in reason

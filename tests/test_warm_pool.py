@@ -40,8 +40,18 @@ def test_after_scale_to_zero_the_next_replica_takes_a_pool_worker(cluster):
     pids = {w["pid"] for w in idle}
     response = cluster.post("/warm/whoami", {})
     assert response.status_code == 200 and response.json() in pids
-    phases = cluster.wait_for(lambda: cluster.status("warm").functions[0].last_start_phases or None, timeout=30,
-                              what="start phases")
+    import ray
+
+    from billing.meter import METER_ACTOR_NAME, METER_NAMESPACE
+
+    meter = ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE)
+    pid = response.json()
+
+    def phases_of_that_replica():
+        starts = ray.get(meter.replica_start_phases.remote("warm", "whoami"))
+        return next((p for r, p in starts.items() if r.startswith(f"{pid}-") and "first_response" in p), None)
+
+    phases = cluster.wait_for(phases_of_that_replica, timeout=30, what="the replica's start phases")
     assert phases["process"] == 0.0  # the pool's idle time is not part of the replica's start (nor billed)
     text = cluster.cli("pool").stdout
     assert "MiB" in text
