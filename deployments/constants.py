@@ -47,6 +47,8 @@ MAX_GRACEFUL_SHUTDOWN_S = 600.0  # a replica being removed gets this long to fin
 # --- Gateway --------------------------------------------------------------------------------
 MAX_BODY_BYTES = 16 * 1024 * 1024  # 413 beyond this
 RETRY_AFTER_S = 1  # Retry-After of a 503 while a function's queue is full
+# A call to a function idle this long goes to the store at once (it may be at zero replicas).
+IMMEDIATE_ARRIVAL_AFTER_IDLE_S = 1.0
 ARRIVAL_FLUSH_INTERVAL_S = 0.2  # how often a gateway replica ships recorded arrivals to the store
 CONFIG_POLL_TIMEOUT_S = 30.0  # long-poll timeout for routing-table changes
 GATEWAY_TARGET_INFLIGHT = 200.0  # in-flight calls per gateway replica before another one starts

@@ -156,6 +156,7 @@ class Gateway:
         self.handles: dict[tuple[str, str], Any] = {}
         self.inflight: dict[tuple[str, str], int] = {}
         self.pending_arrivals: list[tuple[str, str, float]] = []
+        self.last_arrival: dict[tuple[str, str], float] = {}
         loop = asyncio.get_running_loop()
         self._background = [
             loop.create_task(self._watch_routing_table()),
@@ -226,9 +227,13 @@ class Gateway:
     def _arrival(self, app: str, function: str, key: tuple[str, str]) -> None:
         """Record an accepted call for the autoscaler. The first call in flight may be a call at
         zero replicas: it goes to the store at once, which wakes the autoscaler's open long poll,
-        instead of waiting for the next batch and the next metrics push."""
-        arrival = (app, function, time.time())
-        if self.inflight.get(key, 0) == 0:
+        instead of waiting for the next batch and the next metrics push. Calls to a function that
+        was called within the last second are batched: it cannot be at zero."""
+        now = time.time()
+        arrival = (app, function, now)
+        previous = self.last_arrival.get(key, 0.0)
+        self.last_arrival[key] = now
+        if self.inflight.get(key, 0) == 0 and now - previous > constants.IMMEDIATE_ARRIVAL_AFTER_IDLE_S:
             try:
                 self.store.record_arrivals.remote([arrival])
                 return
