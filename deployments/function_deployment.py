@@ -67,6 +67,7 @@ class FunctionReplica:
         self.meter.event("started", self.phases.process_start)
         self.meter.start()
         self.phases.report = self.meter.start_phases
+        self._trigger = asyncio.get_running_loop().create_task(self._find_trigger())
         self._ongoing = 0
         self._executor = ThreadPoolExecutor(
             max_workers=self.spec.max_inputs, thread_name_prefix=f"raygpu-{self.spec.name}"
@@ -172,6 +173,17 @@ class FunctionReplica:
             "started_at": self.started_at,
             "ongoing": self._ongoing,
         }
+
+    async def _find_trigger(self) -> None:
+        """What started this replica (a call at zero, a pre-warm): reported with its first response."""
+        from deployments.store import start_trigger
+
+        try:
+            self.phases.set_trigger(*await start_trigger(self.app, self.spec.name, self.phases.process_start))
+            if "first_response" in self.phases.marks:  # answered before the lookup: report the rest now
+                self.meter.start_phases(self.phases.durations())
+        except Exception as exc:
+            logger.debug("raygpu: no scale event for this start (%s)", exc)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         return {"raygpu_ongoing": float(self._ongoing)}

@@ -1,4 +1,4 @@
-"""A replica start broken into phases, from its process start to its first response. No Ray."""
+"""A replica start broken into phases, from the demand that caused it to its first response. No Ray."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from typing import Callable
 
 # In order; a replica marks those it passes (a plain function has no weights or engine).
 PHASES = ("process", "imports", "weights", "engine_init", "ready", "first_response")
+# Before the replica exists: the call that found no replica → the autoscaler's scale-up decision
+# (detection) → the replica's process start or its landing on a warm worker (scheduling).
+TRIGGER_PHASES = ("detection", "scheduling")
 
 
 @dataclass
@@ -19,6 +22,12 @@ class StartPhases:
     replica_init: float
     marks: dict[str, float] = field(default_factory=dict)
     report: Callable[[dict[str, float]], None] | None = None
+    demand_at: float | None = None
+    decided_at: float | None = None
+
+    def set_trigger(self, demand_at: float | None, decided_at: float | None) -> None:
+        """When the demand that started this replica arrived, and when the scale-up was decided."""
+        self.demand_at, self.decided_at = demand_at, decided_at
 
     def mark(self, phase: str, at: float | None = None) -> None:
         if phase not in PHASES:
@@ -35,7 +44,12 @@ class StartPhases:
 
     def durations(self) -> dict[str, float]:
         """Seconds per phase passed so far, each from the end of the phase before it."""
-        out = {"process": max(self.replica_init - self.process_start, 0.0)}
+        out: dict[str, float] = {}
+        if self.decided_at is not None:
+            if self.demand_at is not None:
+                out["detection"] = max(self.decided_at - self.demand_at, 0.0)
+            out["scheduling"] = max(self.process_start - self.decided_at, 0.0)
+        out["process"] = max(self.replica_init - self.process_start, 0.0)
         previous = self.replica_init
         for phase in PHASES[1:]:
             if phase in self.marks:

@@ -190,3 +190,16 @@ def get_store() -> Any:
     """The running store actor; raises ValueError when it does not exist."""
     return ray.get_actor(constants.STORE_ACTOR_NAME, namespace=constants.RAY_NAMESPACE)
 
+
+
+async def start_trigger(app: str, function: str, started_at: float, window_s: float = 30.0) -> tuple[float | None, float | None]:
+    """(demand, decision) behind a replica start at `started_at`: the autoscaler's last scale-up
+    before it, and the last call recorded before that decision (None where there is none, e.g. a
+    pre-warm start has a decision but no call)."""
+    store = await asyncio.get_running_loop().run_in_executor(None, get_store)
+    event = await store.last_scale_event.remote(app, function)
+    if not event or event["to"] <= event["from"] or not started_at - window_s <= event["time"] <= started_at + 1.0:
+        return None, None
+    decided = event["time"]
+    arrivals = [t for t in await store.arrivals.remote(app, function, decided - window_s) if t <= decided]
+    return (max(arrivals) if arrivals else None), decided

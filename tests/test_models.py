@@ -173,7 +173,8 @@ def test_replica_starts_are_broken_into_phases(cluster, models_app):
         return "first_response" in scaler["last_start_phases"] and scaler["last_start_phases"]
 
     phases = cluster.wait_for(reported_phases, timeout=30, what="start phases in raygpu status")
-    assert list(phases) == ["process", "imports", "weights", "engine_init", "ready", "first_response"]
+    assert [p for p in phases if p not in ("detection", "scheduling")] == [
+        "process", "imports", "weights", "engine_init", "ready", "first_response"]
     assert all(seconds >= 0 for seconds in phases.values())  # process is 0 on a warm pool worker
     text = cluster.cli("status", "models").stdout
     assert "last start of scaler" in text and "weights" in text

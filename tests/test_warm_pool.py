@@ -53,6 +53,8 @@ def test_after_scale_to_zero_the_next_replica_takes_a_pool_worker(cluster):
 
     phases = cluster.wait_for(phases_of_that_replica, timeout=30, what="the replica's start phases")
     assert phases["process"] == 0.0  # the pool's idle time is not part of the replica's start (nor billed)
+    # the call at zero → the autoscaler's decision → the replica on its worker
+    assert 0 <= phases["detection"] < 5 and 0 <= phases["scheduling"] < 5, phases
     text = cluster.cli("pool").stdout
     assert "MiB" in text
     cluster.cli("stop", "warm")
