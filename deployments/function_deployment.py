@@ -21,13 +21,11 @@ import cloudpickle
 from pydantic_core import to_jsonable_python
 from ray import serve
 
-from billing.client import MeterClient
 from deployments import constants
 from deployments.lifecycle import run_enter_hooks, run_exit_hooks
 from deployments.signature import ArgumentError, arguments_model, validate_arguments
 from deployments.spec import FunctionSpec
-from deployments.start_phases import StartPhases
-from deployments.warm_pool import replica_start_time
+from deployments.replica_base import ReplicaBase
 
 logger = logging.getLogger("ray.serve")
 
@@ -50,25 +48,13 @@ def unwrap_target(target: Any) -> Any:
     return getattr(target, "fn", target) if not inspect.isclass(target) else target
 
 
-class FunctionReplica:
+class FunctionReplica(ReplicaBase):
     """One replica of a user function or class."""
 
     async def __init__(self, app: str, version: int, spec_json: str, payload: bytes, accelerator: str | None,
                        metered: bool, *sibling_deployments: Any):
-        init_at = time.time()
-        self.phases = StartPhases(process_start=replica_start_time(init_at), replica_init=init_at)
-        self.app = app
-        self.version = version
-        self.spec = FunctionSpec.model_validate_json(spec_json)
-        self.started_at = time.time()
-        request = self.spec.gpu_request
-        self.meter = MeterClient(app, self.spec.name, float(request.count) if request else 0.0, accelerator,
-                                 enabled=metered)
-        self.meter.event("started", self.phases.process_start)
-        self.meter.start()
-        self.phases.report = self.meter.start_phases
-        self._trigger = asyncio.get_running_loop().create_task(self._find_trigger())
-        self._ongoing = 0
+        self._begin_start(app, version, spec_json, accelerator, metered)
+        self.started_at = self.phases.replica_init
         self._executor = ThreadPoolExecutor(
             max_workers=self.spec.max_inputs, thread_name_prefix=f"raygpu-{self.spec.name}"
         )
@@ -174,24 +160,8 @@ class FunctionReplica:
             "ongoing": self._ongoing,
         }
 
-    async def _find_trigger(self) -> None:
-        """What started this replica (a call at zero, a pre-warm): reported with its first response."""
-        from deployments.store import start_trigger
-
-        try:
-            self.phases.set_trigger(*await start_trigger(self.app, self.spec.name, self.phases.process_start))
-            if "first_response" in self.phases.marks:  # answered before the lookup: report the rest now
-                self.meter.start_phases(self.phases.durations())
-        except Exception as exc:
-            logger.debug("raygpu: no scale event for this start (%s)", exc)
-
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        return {"raygpu_ongoing": float(self._ongoing)}
-
     def __del__(self) -> None:
-        meter = getattr(self, "meter", None)
-        if meter is not None:
-            meter.stop()
+        self._stop_metering()
         if getattr(self, "instance", None) is not None:
             try:
                 run_exit_hooks(self.instance)

@@ -224,6 +224,17 @@ class Gateway:
                 logger.warning("raygpu gateway: could not record %d arrivals (%s); will retry", len(batch), exc)
                 self.pending_arrivals = batch + self.pending_arrivals
 
+    def _admit(self, app: str, deployed: DeployedFunction) -> bool:
+        """Take a call in flight unless the function's replicas and queue are full; the caller
+        decrements `inflight` when the call ends."""
+        spec = deployed.spec
+        key = (app, spec.name)
+        if self.inflight.get(key, 0) >= spec.max_containers * spec.max_inputs + spec.max_queue:
+            return False
+        self._arrival(app, spec.name, key)
+        self.inflight[key] = self.inflight.get(key, 0) + 1
+        return True
+
     def _arrival(self, app: str, function: str, key: tuple[str, str]) -> None:
         """Record an accepted call for the autoscaler. The first call in flight may be a call at
         zero replicas: it goes to the store at once, which wakes the autoscaler's open long poll,
@@ -335,11 +346,8 @@ class Gateway:
                     bytes_in: int, headers: dict[str, str] | None = None) -> Response:
         spec = deployed.spec
         key = (app, spec.name)
-        bound = spec.max_containers * spec.max_inputs + spec.max_queue
-        if self.inflight.get(key, 0) >= bound:
+        if not self._admit(app, deployed):
             return self._queue_full(spec.name)
-        self._arrival(app, spec.name, key)
-        self.inflight[key] = self.inflight.get(key, 0) + 1
         try:
             handle = self._handle(app, deployed)
             attempts = spec.retries + 1
@@ -385,10 +393,8 @@ class Gateway:
             return error_response(413, "PayloadTooLarge",
                                   f"request body exceeds the gateway limit of {self.max_body_bytes} bytes")
         key = (app, spec.name)
-        if self.inflight.get(key, 0) >= spec.max_containers * spec.max_inputs + spec.max_queue:
+        if not self._admit(app, deployed):
             return self._queue_full(spec.name)
-        self._arrival(app, spec.name, key)
-        self.inflight[key] = self.inflight.get(key, 0) + 1
         released = streaming = False
 
         def release() -> None:

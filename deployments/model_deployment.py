@@ -16,35 +16,21 @@ from typing import Any
 
 import cloudpickle
 
-from billing.client import MeterClient
 from deployments import constants
 from deployments.function_deployment import error_payload
-from deployments.spec import FunctionSpec
-from deployments.start_phases import StartPhases
-from deployments.warm_pool import replica_start_time
+from deployments.replica_base import ReplicaBase
 
 logger = logging.getLogger("ray.serve")
 
 
-class TorchModelReplica:
+class TorchModelReplica(ReplicaBase):
     """One replica of a `app.torch_model(...)` deployment."""
 
     async def __init__(self, app: str, version: int, spec_json: str, payload: bytes, accelerator: str | None,
                        metered: bool, *sibling_deployments: Any):
-        init_at = time.time()
-        self.phases = StartPhases(process_start=replica_start_time(init_at), replica_init=init_at)
-        self.app, self.version = app, version
-        self.spec = FunctionSpec.model_validate_json(spec_json)
+        self._begin_start(app, version, spec_json, accelerator, metered)
         self.model_spec = self.spec.torch_model
-        request = self.spec.gpu_request
-        self.meter = MeterClient(app, self.spec.name, float(request.count) if request else 0.0, accelerator,
-                                 enabled=metered)
-        self.meter.event("started", self.phases.process_start)
-        self.meter.start()
-        self.phases.report = self.meter.start_phases
-        self._trigger = asyncio.get_running_loop().create_task(self._find_trigger())
         self.startup_error: str | None = None
-        self._ongoing = 0
         self._watch: asyncio.Task | None = None
         try:
             import torch
@@ -176,27 +162,8 @@ class TorchModelReplica:
             "start_phases": self.phases.durations(),
         }
 
-    async def replica_info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "version": self.version, "ongoing": self._ongoing}
-
-    async def _find_trigger(self) -> None:
-        """What started this replica (a call at zero, a pre-warm): reported with its first response."""
-        from deployments.store import start_trigger
-
-        try:
-            self.phases.set_trigger(*await start_trigger(self.app, self.spec.name, self.phases.process_start))
-            if "first_response" in self.phases.marks:  # answered before the lookup: report the rest now
-                self.meter.start_phases(self.phases.durations())
-        except Exception as exc:
-            logger.debug("raygpu: no scale event for this start (%s)", exc)
-
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        return {"raygpu_ongoing": float(self._ongoing)}
-
     def __del__(self) -> None:
-        meter = getattr(self, "meter", None)
-        if meter is not None:
-            meter.stop()
+        self._stop_metering()
         if getattr(self, "_watch", None) is not None:
             self._watch.cancel()
         if hasattr(self, "batcher"):
