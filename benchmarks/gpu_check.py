@@ -189,7 +189,10 @@ def main() -> None:
         checks["vllm_engine"], timings["vllm_engine_start"], report["vllm_sample"] = check_vllm(work, cuda)
 
     failed = [name for name, ok in checks.items() if not ok]
-    torch_skipped = cuda and any(k in skipped for k in ("cuda",))
+    # with CUDA present every torch path must have run on the GPU
+    required = {"weights_torch.save_on_gpu", "weights_torch.save_meta_device_cuda", "batches_formed",
+                "live_update_switched_once"} if cuda else set()
+    torch_skipped = sorted(required - set(checks)) + (["cuda_init"] if cuda and "cuda_init" not in timings else [])
     report["ok"] = not failed and not torch_skipped
     print(json.dumps(report, indent=2))
     if args.json_path:
@@ -198,7 +201,7 @@ def main() -> None:
     if failed:
         sys.exit(f"gpu_check: failed: {', '.join(failed)}")
     if torch_skipped:
-        sys.exit("gpu_check: CUDA is present but a torch path was skipped")
+        sys.exit(f"gpu_check: CUDA is present but these torch paths did not run: {', '.join(torch_skipped)}")
 
 
 if __name__ == "__main__":
