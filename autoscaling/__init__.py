@@ -1,1 +1,2 @@
-"""The scaling decision: a pure policy core, its Ray Serve adapter, and (later) the trace simulator."""
+"""The scaling decision: a pure policy core, its per-tick decision for Serve, the Ray Serve adapter,
+baselines, trace loaders and the trace simulator."""

@@ -103,9 +103,14 @@ class ArrivalHistory:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "burst_gap_s": self.burst_gap_s, "last_arrival": self.last_arrival, "counts": self.counts,
-            "total": self.total, "out_of_bounds": self.out_of_bounds, "recent_gaps": self.recent_gaps,
-            "rate_ewma": self.rate_ewma, "weight": self.weight,
+            "burst_gap_s": self.burst_gap_s,
+            "last_arrival": self.last_arrival,
+            "counts": self.counts,
+            "total": self.total,
+            "out_of_bounds": self.out_of_bounds,
+            "recent_gaps": self.recent_gaps,
+            "rate_ewma": self.rate_ewma,
+            "weight": self.weight,
         }
 
     @classmethod

@@ -113,14 +113,22 @@ class RaygpuPolicy:
                 if period <= lead + cfg.linger:
                     plan = WarmPlan(keep_until=last + period + tolerance, basis="period")
                 else:
-                    plan = WarmPlan(keep_until=last + cfg.linger, prewarm_from=last + period - lead,
-                                    prewarm_until=last + period + tolerance, basis="period")
+                    plan = WarmPlan(
+                        keep_until=last + cfg.linger,
+                        prewarm_from=last + period - lead,
+                        prewarm_until=last + period + tolerance,
+                        basis="period",
+                    )
             elif self.history.representative():
                 low = self.history.percentile(cfg.prewarm_percentile, lower_edge=True)
                 high = min(self.history.percentile(cfg.keep_alive_percentile), cfg.max_keep_alive_s)
                 if low - lead > cfg.linger and high > low:
-                    plan = WarmPlan(keep_until=last + cfg.linger, prewarm_from=last + low - lead,
-                                    prewarm_until=last + high, basis="histogram")
+                    plan = WarmPlan(
+                        keep_until=last + cfg.linger,
+                        prewarm_from=last + low - lead,
+                        prewarm_until=last + high,
+                        basis="histogram",
+                    )
                 else:
                     plan = WarmPlan(keep_until=last + max(high, cfg.linger), basis="histogram")
         self.plan = plan
@@ -220,8 +228,7 @@ class RaygpuPolicy:
 
     # --- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"history": self.history.to_dict(), "last_busy": self.last_busy,
-                "release_delay_s": self.release_delay_s}
+        return {"history": self.history.to_dict(), "last_busy": self.last_busy, "release_delay_s": self.release_delay_s}
 
     @classmethod
     def from_dict(cls, config: ScalingConfig, data: dict[str, Any] | None) -> "RaygpuPolicy":
@@ -232,8 +239,11 @@ class RaygpuPolicy:
         return policy
 
     def describe(self) -> dict[str, Any]:
-        return {"plan": asdict(self.plan), "period": self.history.period(),
-                "representative": self.history.representative()}
+        return {
+            "plan": asdict(self.plan),
+            "period": self.history.period(),
+            "representative": self.history.representative(),
+        }
 
 
 def gateway_replicas(inflight_per_replica: list[float], target_inflight: float, max_replicas: int) -> int:

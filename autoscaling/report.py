@@ -19,8 +19,9 @@ COLUMNS = (
 
 
 def table_rows(result: dict[str, Any]) -> list[list[str]]:
-    return [[name] + [fmt.format(metrics[key]) for key, _, fmt in COLUMNS]
-            for name, metrics in result["policies"].items()]
+    return [
+        [name] + [fmt.format(metrics[key]) for key, _, fmt in COLUMNS] for name, metrics in result["policies"].items()
+    ]
 
 
 def default_timeline_function(trace: Trace) -> str:
@@ -62,8 +63,13 @@ def plot(result: dict[str, Any], trace: Trace, function: str, path: str | Path) 
     top.set_title(f"function {function}: traffic and replicas")
     for name, metrics in result["policies"].items():
         bottom.scatter(metrics["idle_gpu_seconds"], metrics["cold_start_rate"] * 100, s=60)
-        bottom.annotate(name, (metrics["idle_gpu_seconds"], metrics["cold_start_rate"] * 100),
-                        textcoords="offset points", xytext=(6, 4), fontsize=9)
+        bottom.annotate(
+            name,
+            (metrics["idle_gpu_seconds"], metrics["cold_start_rate"] * 100),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=9,
+        )
     bottom.set_xlabel("idle GPU-seconds")
     bottom.set_ylabel("cold-start rate (%)")
     bottom.set_title("cold starts vs idle GPU time, one point per policy (lower left is better)")

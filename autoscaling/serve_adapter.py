@@ -3,7 +3,7 @@
 Serve's own delays and factors are neutralised in the deployment config (see
 `serve_autoscaling_config`), so `RaygpuPolicy` alone decides. Arrivals recorded by the gateway
 reach the policy from the control-plane store through a shared, incremental, non-blocking reader:
-this code runs ~9 times a second inside the Serve controller and never waits on a remote call.
+this code runs on every tick of the Serve controller's loop and never waits on a remote call.
 The learned state is saved to the store, so a redeploy or a controller restart resumes it.
 """
 
@@ -15,9 +15,10 @@ from typing import Any
 
 import ray
 
+from autoscaling.decision import ServeObservation, decide
 from autoscaling.policy import RaygpuPolicy, ScalingConfig, gateway_replicas
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(f"ray.serve.{__name__}")
 
 POLICY_IMPORT_PATH = "autoscaling.serve_adapter:RaygpuServePolicy"
 GATEWAY_POLICY_IMPORT_PATH = "autoscaling.serve_adapter:GatewayPolicy"
@@ -125,21 +126,19 @@ class RaygpuServePolicy:
         self._resume_learned_state()
         for t in self.store.take(self.key):
             self.policy.observe_arrival(t)
-        inflight = float(ctx.total_num_requests or 0.0)
-        running = ctx.current_num_replicas
-        # Replicas Serve is still starting toward the last target count as starting.
-        starting = max(0, ctx.target_num_replicas - running)
-        replicas, _next_check = self.policy.decide(time.time(), running, starting, inflight)
-        seen_target = ctx.policy_state.get("raygpu_seen_target")
-        if seen_target is not None and seen_target != ctx.target_num_replicas:
-            # Serve's own 0→1 fast path changes the target without calling us: record it here.
-            self.store.record_scale_event(self.app, self.function, seen_target, ctx.target_num_replicas)
-        if replicas != ctx.target_num_replicas:
-            self.store.record_scale_event(self.app, self.function, ctx.target_num_replicas, replicas)
+        observation = ServeObservation(
+            running=ctx.current_num_replicas,
+            target=ctx.target_num_replicas,
+            inflight=float(ctx.total_num_requests or 0.0),
+            policy_state=dict(ctx.policy_state or {}),
+        )
+        decision = decide(self.policy, observation, time.time())
+        for before, after in decision.scale_events:
+            self.store.record_scale_event(self.app, self.function, before, after)
         if time.monotonic() - self._saved_at >= STATE_SAVE_INTERVAL_S and self._loading is None:
             self._saved_at = time.monotonic()
             self.store.save_state(self.app, self.function, self.policy.to_dict())
-        return replicas, {"raygpu_seen_target": replicas, "raygpu_plan": self.policy.plan.basis}
+        return decision.replicas, decision.policy_state
 
 
 class GatewayPolicy:
@@ -197,7 +196,12 @@ def serve_autoscaling_config(
         "downscale_to_zero_delay_s": 0.0,
         "policy": {
             "policy_function": POLICY_IMPORT_PATH,
-            "policy_kwargs": {"app": app, "function": function, "store_actor": store_actor,
-                              "store_namespace": store_namespace, **scaling},
+            "policy_kwargs": {
+                "app": app,
+                "function": function,
+                "store_actor": store_actor,
+                "store_namespace": store_namespace,
+                **scaling,
+            },
         },
     }

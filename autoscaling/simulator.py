@@ -12,8 +12,9 @@ import heapq
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from autoscaling.baselines import FixedKeepAlive, HybridHistogram, KnativeKPA, RayServeDefault
 from autoscaling.policy import NEVER, RaygpuPolicy, ScalingConfig
@@ -58,8 +59,9 @@ def policy_factories() -> dict[str, PolicyFactory]:
     }
 
 
-def simulate_function(fn: FunctionTrace, policy: Any, params: SimulationParams, end_s: float,
-                      record_timeline: bool = False) -> FunctionResult:
+def simulate_function(
+    fn: FunctionTrace, policy: Any, params: SimulationParams, end_s: float, record_timeline: bool = False
+) -> FunctionResult:
     result = FunctionResult(requests=len(fn.arrivals))
     arrivals, services = fn.arrivals, fn.service_s
     n = len(arrivals)
@@ -221,12 +223,21 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def scaling_config(params: SimulationParams) -> ScalingConfig:
-    return ScalingConfig(min_replicas=0, max_replicas=params.max_replicas, inputs_per_replica=params.inputs_per_replica,
-                         idle_window_s=params.idle_window_s, start_time_s=params.start_time_s)
+    return ScalingConfig(
+        min_replicas=0,
+        max_replicas=params.max_replicas,
+        inputs_per_replica=params.inputs_per_replica,
+        idle_window_s=params.idle_window_s,
+        start_time_s=params.start_time_s,
+    )
 
 
-def simulate(trace: Trace, policies: list[str] | None = None, params: SimulationParams | None = None,
-             timeline_function: str | None = None) -> dict[str, Any]:
+def simulate(
+    trace: Trace,
+    policies: list[str] | None = None,
+    params: SimulationParams | None = None,
+    timeline_function: str | None = None,
+) -> dict[str, Any]:
     """Replay every function of `trace` under each policy; metrics per policy plus the params."""
     params = params or SimulationParams()
     factories = policy_factories()
@@ -234,14 +245,23 @@ def simulate(trace: Trace, policies: list[str] | None = None, params: Simulation
     unknown = [p for p in names if p not in factories]
     if unknown:
         raise ValueError(f"unknown policies {unknown}; known: {', '.join(factories)}")
-    out: dict[str, Any] = {"params": {
-        "trace": trace.path, "format": trace.format, "functions": len(trace.functions),
-        "invocations": trace.invocations, "duration_s": trace.duration_s,
-        "start_time_s": params.start_time_s, "gpus_per_replica": params.gpus_per_replica,
-        "inputs_per_replica": params.inputs_per_replica, "usd_per_gpu_hour": params.usd_per_gpu_hour,
-        "raygpu_idle_window_s": params.idle_window_s,
-        "arrivals_within_minute": "uniform random, seed %d" % params.seed if trace.format == "azure2019" else "exact",
-    }, "policies": {}, "timelines": {}}
+    out: dict[str, Any] = {
+        "params": {
+            "trace": trace.path,
+            "format": trace.format,
+            "functions": len(trace.functions),
+            "invocations": trace.invocations,
+            "duration_s": trace.duration_s,
+            "start_time_s": params.start_time_s,
+            "gpus_per_replica": params.gpus_per_replica,
+            "inputs_per_replica": params.inputs_per_replica,
+            "usd_per_gpu_hour": params.usd_per_gpu_hour,
+            "raygpu_idle_window_s": params.idle_window_s,
+            "arrivals_within_minute": f"uniform random, seed {params.seed}" if trace.format == "azure2019" else "exact",
+        },
+        "policies": {},
+        "timelines": {},
+    }
     config = scaling_config(params)
     for name in names:
         started = time.perf_counter()

@@ -79,8 +79,9 @@ def _load_azure2019(path: Path, seed: int) -> Trace:
                     start = 60.0 * (int(column) - first_minute)
                     arrivals.extend(start + 60.0 * rng.random() for _ in range(count))
             arrivals.sort()
-            trace.functions.append(FunctionTrace(name=row[2][:12], arrivals=arrivals,
-                                                 service_s=[service] * len(arrivals), trigger=row[3]))
+            trace.functions.append(
+                FunctionTrace(name=row[2][:12], arrivals=arrivals, service_s=[service] * len(arrivals), trigger=row[3])
+            )
     return trace
 
 
@@ -96,8 +97,9 @@ def _load_azure2021(path: Path, seed: int) -> Trace:
     end = max((a + d for rows in per_function.values() for a, d in rows), default=0.0)
     for name, rows in per_function.items():
         rows.sort()
-        trace.functions.append(FunctionTrace(name=name, arrivals=[a - start for a, _ in rows],
-                                             service_s=[d for _, d in rows]))
+        trace.functions.append(
+            FunctionTrace(name=name, arrivals=[a - start for a, _ in rows], service_s=[d for _, d in rows])
+        )
     trace.duration_s = end - start
     return trace
 
@@ -113,13 +115,15 @@ def _load_llm2023(path: Path, seed: int) -> Trace:
     rows = []
     with path.open() as f:
         for row in csv.DictReader(f):
-            service = (LLM_S_PER_GENERATED_TOKEN * int(row["GeneratedTokens"])
-                       + LLM_S_PER_CONTEXT_TOKEN * int(row["ContextTokens"]))
+            service = LLM_S_PER_GENERATED_TOKEN * int(row["GeneratedTokens"]) + LLM_S_PER_CONTEXT_TOKEN * int(
+                row["ContextTokens"]
+            )
             rows.append((_parse_timestamp(row["TIMESTAMP"]), service))
     rows.sort()
     start = rows[0][0] if rows else 0.0
     trace = Trace(format="azurellm2023", path=str(path))
-    trace.functions.append(FunctionTrace(name="llm", arrivals=[t - start for t, _ in rows],
-                                         service_s=[s for _, s in rows]))
+    trace.functions.append(
+        FunctionTrace(name="llm", arrivals=[t - start for t, _ in rows], service_s=[s for _, s in rows])
+    )
     trace.duration_s = (rows[-1][0] - start + rows[-1][1]) if rows else 0.0
     return trace

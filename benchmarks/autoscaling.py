@@ -1,6 +1,6 @@
 """raygpu's scaling policy against the baselines on a real trace, same replay, same run.
 
-    python benchmarks/autoscaling.py --trace ../shared/traces/azure_functions_2019_sample500/invocations.csv \
+    python -m benchmarks.autoscaling --trace ../shared/traces/azure_functions_2019_sample500/invocations.csv \
         --format azure2019 --json benchmarks/results/autoscaling.json
 
 Replays are deterministic (seed 0), so one repetition is exact; `replay_s` is each policy's wall time.
@@ -9,18 +9,11 @@ Replays are deterministic (seed 0), so one repetition is exact; `replay_s` is ea
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# This file's name equals the `autoscaling` package's: keep its folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
-
-from autoscaling.report import COLUMNS, table_rows  # noqa: E402
-from autoscaling.simulator import SimulationParams, simulate  # noqa: E402
-from autoscaling.traces import load_trace  # noqa: E402
-from benchmarks.harness import print_table, write_json  # noqa: E402
+from autoscaling.report import COLUMNS, table_rows
+from autoscaling.simulator import SimulationParams, simulate
+from autoscaling.traces import load_trace
+from benchmarks.harness import print_table, write_json
 
 
 def ratios(policies: dict) -> dict:
@@ -31,7 +24,9 @@ def ratios(policies: dict) -> dict:
             continue
         out[name] = {
             "cold_start_rate": me["cold_start_rate"] / other["cold_start_rate"] if other["cold_start_rate"] else None,
-            "idle_gpu_seconds": me["idle_gpu_seconds"] / other["idle_gpu_seconds"] if other["idle_gpu_seconds"] else None,
+            "idle_gpu_seconds": me["idle_gpu_seconds"] / other["idle_gpu_seconds"]
+            if other["idle_gpu_seconds"]
+            else None,
         }
     return out
 
@@ -62,13 +57,24 @@ def main() -> None:
     result.pop("timelines", None)
     result["ratios_raygpu_over"] = ratios(result["policies"])
     result["targets_met"] = targets(result["policies"])
-    print_table(f"{args.format}: {trace.invocations:,} calls, {len(trace.functions)} functions, "
-                f"start time {args.start_time:g} s",
-                [tuple(row) for row in table_rows(result)], ("policy", *(title for _, title, _ in COLUMNS)))
-    print_table("raygpu / baseline", [
-        (name, f"{r['cold_start_rate']:.2f}x" if r["cold_start_rate"] is not None else "-",
-         f"{r['idle_gpu_seconds']:.2f}x" if r["idle_gpu_seconds"] is not None else "-")
-        for name, r in result["ratios_raygpu_over"].items()], ("baseline", "cold-start rate", "idle GPU-s"))
+    print_table(
+        f"{args.format}: {trace.invocations:,} calls, {len(trace.functions)} functions, "
+        f"start time {args.start_time:g} s",
+        [tuple(row) for row in table_rows(result)],
+        ("policy", *(title for _, title, _ in COLUMNS)),
+    )
+    print_table(
+        "raygpu / baseline",
+        [
+            (
+                name,
+                f"{r['cold_start_rate']:.2f}x" if r["cold_start_rate"] is not None else "-",
+                f"{r['idle_gpu_seconds']:.2f}x" if r["idle_gpu_seconds"] is not None else "-",
+            )
+            for name, r in result["ratios_raygpu_over"].items()
+        ],
+        ("baseline", "cold-start rate", "idle GPU-s"),
+    )
     for target, met in result["targets_met"].items():
         print(f"  {'met ' if met else 'MISS'}  {target}")
     write_json(args.json_path, result)

@@ -8,7 +8,7 @@ Cases:
                cache, warm pool) vs a plain deployment that builds the module and `torch.load`s it
   vllm_tiny    the tiny local Llama: raygpu vLLM deployment vs starting vLLM's own OpenAI server
 
-    python benchmarks/cold_start.py --json benchmarks/results/cold_start.json
+    python -m benchmarks.cold_start --json benchmarks/results/cold_start.json
 """
 
 from __future__ import annotations
@@ -21,21 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# benchmarks/autoscaling.py would shadow the `autoscaling` package: keep this folder off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
+import requests
 
-import requests  # noqa: E402
-
-from benchmarks.harness import median, print_table, private_cluster, write_json  # noqa: E402
+from benchmarks.harness import median, print_table, private_cluster, write_json
 
 LAYERS, WIDTH = 30, 2048
-VLLM_ENGINE_ARGS = {"enforce_eager": True, "distributed_executor_backend": "uni", "max_model_len": 256,
-                    "kv_cache_memory_bytes": 64 << 20, "seed": 0}
+VLLM_ENGINE_ARGS = {
+    "enforce_eager": True,
+    "distributed_executor_backend": "uni",
+    "max_model_len": 256,
+    "kv_cache_memory_bytes": 64 << 20,
+    "seed": 0,
+}
 VLLM_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
 
-APP_SOURCE = '''
+APP_SOURCE = """
 import torch
 
 import raygpu
@@ -53,15 +53,15 @@ def make_net():
 
 
 app.torch_model("big", factory=make_net, weights={weights!r}, gpu=1, scaledown_window=2, max_batch_size=1)
-'''
+"""
 
-VLLM_SOURCE = '''
+VLLM_SOURCE = """
 import raygpu
 
 app = raygpu.App("coldllm")
 raygpu.vllm(app, "tiny", model={model!r}, served_model_name="tiny", engine_args={engine_args!r}, gpu=1,
             scaledown_window=2, timeout=300, image=raygpu.Image(env={env!r}))
-'''
+"""
 
 
 def make_net():
@@ -74,9 +74,17 @@ def serve_baselines(weights_pt: str, metrics_interval_s: float):
     """Plain Serve deployments with the same autoscaling settings raygpu's replicas get from Serve."""
     from ray import serve
 
-    autoscaling = {"min_replicas": 0, "max_replicas": 1, "initial_replicas": 0, "target_ongoing_requests": 1,
-                   "metrics_interval_s": metrics_interval_s, "look_back_period_s": 2.0, "upscale_delay_s": 0.0,
-                   "downscale_delay_s": 0.0, "downscale_to_zero_delay_s": 2.0}
+    autoscaling = {
+        "min_replicas": 0,
+        "max_replicas": 1,
+        "initial_replicas": 0,
+        "target_ongoing_requests": 1,
+        "metrics_interval_s": metrics_interval_s,
+        "look_back_period_s": 2.0,
+        "upscale_delay_s": 0.0,
+        "downscale_delay_s": 0.0,
+        "downscale_to_zero_delay_s": 2.0,
+    }
     options = {"autoscaling_config": autoscaling, "ray_actor_options": {"num_gpus": 1}}
 
     @serve.deployment(**options)
@@ -107,7 +115,9 @@ def running(app_name: str, deployment: str) -> int:
     from ray.serve.context import _get_global_client
 
     details = _get_global_client().get_serve_details()
-    replicas = details.get("applications", {}).get(app_name, {}).get("deployments", {}).get(deployment, {}).get("replicas", [])
+    replicas = (
+        details.get("applications", {}).get(app_name, {}).get("deployments", {}).get(deployment, {}).get("replicas", [])
+    )
     return len(replicas)
 
 
@@ -130,10 +140,28 @@ def timed_post(url: str, body, headers=None, timeout: float = 600) -> float:
 
 def vllm_server_cold_start(model_dir: str, port: int) -> float:
     """Seconds from starting vLLM's OpenAI server to its first completion."""
-    args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--served-model-name",
-            "tiny", "--port", str(port), "--host", "127.0.0.1", "--enforce-eager", "--max-model-len", "256",
-            "--kv-cache-memory-bytes", str(VLLM_ENGINE_ARGS["kv_cache_memory_bytes"]),
-            "--distributed-executor-backend", "uni", "--seed", "0"]
+    args = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_dir,
+        "--served-model-name",
+        "tiny",
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--enforce-eager",
+        "--max-model-len",
+        "256",
+        "--kv-cache-memory-bytes",
+        str(VLLM_ENGINE_ARGS["kv_cache_memory_bytes"]),
+        "--distributed-executor-backend",
+        "uni",
+        "--seed",
+        "0",
+    ]
     env = dict(os.environ, **VLLM_ENV, VLLM_NO_USAGE_STATS="1", HF_HUB_OFFLINE="1")
     started = time.perf_counter()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -142,8 +170,11 @@ def vllm_server_cold_start(model_dir: str, port: int) -> float:
             if proc.poll() is not None:
                 raise RuntimeError(f"vLLM's server exited with {proc.returncode}")
             try:
-                r = requests.post(f"http://127.0.0.1:{port}/v1/completions", timeout=60,
-                                  json={"model": "tiny", "prompt": "hello", "max_tokens": 4})
+                r = requests.post(
+                    f"http://127.0.0.1:{port}/v1/completions",
+                    timeout=60,
+                    json={"model": "tiny", "prompt": "hello", "max_tokens": 4},
+                )
                 if r.status_code == 200:
                     return time.perf_counter() - started
             except requests.ConnectionError:
@@ -181,7 +212,7 @@ def main() -> None:
     runs: dict[str, dict[str, list[float]]] = {}
     result_phases: dict[str, dict[str, float]] = {}
     with private_cluster() as info:
-        from deployments.warm_pool import pool_stats
+        from deployments.node.warm_pool import pool_stats
         from raygpu.deploy import deploy_app, source_label
         from raygpu.loader import load_app
 
@@ -194,14 +225,21 @@ def main() -> None:
         targets = {}
         if "trivial" in cases:
             targets["trivial"] = {
-                "raygpu_s": (lambda: timed_post(f"{info.gateway_url}/coldbench/trivial", {}),
-                             ("raygpu-app-coldbench", "trivial")),
-                "plain_serve_s": (lambda: timed_post(f"{info.serve_url}/plain-trivial", {}), ("plain-trivial", "Trivial")),
+                "raygpu_s": (
+                    lambda: timed_post(f"{info.gateway_url}/coldbench/trivial", {}),
+                    ("raygpu-app-coldbench", "trivial"),
+                ),
+                "plain_serve_s": (
+                    lambda: timed_post(f"{info.serve_url}/plain-trivial", {}),
+                    ("plain-trivial", "Trivial"),
+                ),
             }
         if "torch_500mb" in cases:
             targets["torch_500mb"] = {
-                "raygpu_s": (lambda: timed_post(f"{info.gateway_url}/coldbench/big", {"inputs": [[1.0] * WIDTH]}),
-                             ("raygpu-app-coldbench", "big")),
+                "raygpu_s": (
+                    lambda: timed_post(f"{info.gateway_url}/coldbench/big", {"inputs": [[1.0] * WIDTH]}),
+                    ("raygpu-app-coldbench", "big"),
+                ),
                 "plain_serve_s": (lambda: timed_post(f"{info.serve_url}/plain-big", {}), ("plain-big", "Big")),
             }
         if "vllm_tiny" in cases:
@@ -212,12 +250,16 @@ def main() -> None:
             llm_file.write_text(VLLM_SOURCE.format(model=model_dir, engine_args=VLLM_ENGINE_ARGS, env=VLLM_ENV))
             llm, path, digest = load_app(str(llm_file))
             deploy_app(llm, source_label(path, digest))
-            from raygpu.cluster import free_port
+            from raygpu.local_cluster import free_port
 
             targets["vllm_tiny"] = {
-                "raygpu_s": (lambda: timed_post(f"{info.gateway_url}/coldllm/tiny/v1/completions",
-                                                {"model": "tiny", "prompt": "hello", "max_tokens": 4}),
-                             ("raygpu-app-coldllm", "tiny")),
+                "raygpu_s": (
+                    lambda: timed_post(
+                        f"{info.gateway_url}/coldllm/tiny/v1/completions",
+                        {"model": "tiny", "prompt": "hello", "max_tokens": 4},
+                    ),
+                    ("raygpu-app-coldllm", "tiny"),
+                ),
                 "vllm_server_s": (lambda: vllm_server_cold_start(model_dir, free_port()), None),
             }
         for case, sides in targets.items():
@@ -246,21 +288,37 @@ def main() -> None:
                 result_phases[case] = {k: round(v, 3) for k, v in phases.items()}
                 print(f"{case}: raygpu's last replica start by phase: {result_phases[case]}", file=sys.stderr)
 
-    result: dict = {"cases": {}, "repetitions": args.repetitions, "raw": runs, "raygpu_start_phases": result_phases,
-                    "settings": {"metrics_interval_s": constants.METRICS_INTERVAL_S,
-                                 "control_loop_interval_s": constants.DEFAULT_CONTROL_LOOP_INTERVAL_S,
-                                 "warm_pool": constants.DEFAULT_WARM_POOL_SIZE,
-                                 "torch_model_mb": round(LAYERS * (WIDTH * WIDTH + WIDTH) * 4 / 1e6)}}
+    result: dict = {
+        "cases": {},
+        "repetitions": args.repetitions,
+        "raw": runs,
+        "raygpu_start_phases": result_phases,
+        "settings": {
+            "metrics_interval_s": constants.METRICS_INTERVAL_S,
+            "control_loop_interval_s": constants.DEFAULT_CONTROL_LOOP_INTERVAL_S,
+            "warm_pool": constants.DEFAULT_WARM_POOL_SIZE,
+            "torch_model_mb": round(LAYERS * (WIDTH * WIDTH + WIDTH) * 4 / 1e6),
+        },
+    }
     rows = []
     for case, sides in runs.items():
         medians = {side: round(median(values), 3) for side, values in sides.items()}
         baseline = "vllm_server_s" if case == "vllm_tiny" else "plain_serve_s"
         medians["ratio"] = round(medians["raygpu_s"] / medians[baseline], 3)
         result["cases"][case] = medians
-        rows.append((case, f"{medians['raygpu_s']:.3f}", f"{medians[baseline]:.3f} ({baseline[:-2]})",
-                     f"{medians['ratio']:.2f}x"))
-    print_table("cold start from zero: first request to response, medians of interleaved repetitions", rows,
-                ("case", "raygpu s", "baseline s", "raygpu / baseline"))
+        rows.append(
+            (
+                case,
+                f"{medians['raygpu_s']:.3f}",
+                f"{medians[baseline]:.3f} ({baseline[:-2]})",
+                f"{medians['ratio']:.2f}x",
+            )
+        )
+    print_table(
+        "cold start from zero: first request to response, medians of interleaved repetitions",
+        rows,
+        ("case", "raygpu s", "baseline s", "raygpu / baseline"),
+    )
     write_json(args.json_path, result)
 
 

@@ -7,7 +7,7 @@ calls, a live weight update between batches, and the vLLM engine wrapper when vl
 Prints timings (cache load vs `torch.load`, CUDA init, each phase). Exits non-zero if CUDA is present
 and a torch path was skipped or failed; what is not installed is reported as skipped.
 
-    python benchmarks/gpu_check.py [--json OUT]
+    python -m benchmarks.gpu_check [--json OUT]
 """
 
 from __future__ import annotations
@@ -20,14 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
+import torch
 
-import torch  # noqa: E402
-
-from deployments.torch_engine import (  # noqa: E402
-    DynamicBatcher, LoadedModel, ModelSlots, build_module, from_shared, read_weights, run_inference, to_shared,
+from deployments.engines.torch_engine import (
+    DynamicBatcher,
+    LoadedModel,
+    ModelSlots,
+    build_module,
+    from_shared,
+    read_weights,
+    run_inference,
+    to_shared,
 )
 
 LAYERS, WIDTH = 24, 2048  # ~400 MB fp32
@@ -53,7 +56,7 @@ def check_vllm(work: Path, cuda: bool) -> tuple[bool, float, str]:
     import os
 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from deployments.vllm_engine import ResponseStart, VllmServer
+    from deployments.engines.vllm_engine import ResponseStart, VllmServer
     from raygpu.testing import build_tiny_llama
 
     model = str(build_tiny_llama(work / "tiny-llama"))
@@ -65,23 +68,35 @@ def check_vllm(work: Path, cuda: bool) -> tuple[bool, float, str]:
         server = await VllmServer.start(model, "tiny", engine_args=engine_args)
         start_s = time.perf_counter() - started
         try:
+
             async def call(body: dict) -> tuple[int, bytes]:
                 status, chunks = 0, []
-                async for item in server.request("POST", "/v1/chat/completions", headers=[("content-type", "application/json")],
-                                                 body=json.dumps(body).encode()):
+                async for item in server.request(
+                    "POST",
+                    "/v1/chat/completions",
+                    headers=[("content-type", "application/json")],
+                    body=json.dumps(body).encode(),
+                ):
                     if isinstance(item, ResponseStart):
                         status = item.status
                     else:
                         chunks.append(item)
                 return status, b"".join(chunks)
 
-            body = {"model": "tiny", "messages": [{"role": "user", "content": "import os"}], "max_tokens": 12, "temperature": 0}
+            body = {
+                "model": "tiny",
+                "messages": [{"role": "user", "content": "import os"}],
+                "max_tokens": 12,
+                "temperature": 0,
+            }
             status, whole = await call(body)
             text = json.loads(whole)["choices"][0]["message"]["content"]
             status_s, streamed = await call({**body, "stream": True})
-            pieces = [json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-                      for line in streamed.decode().splitlines()
-                      if line.startswith("data: {") and json.loads(line[6:])["choices"]]
+            pieces = [
+                json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                for line in streamed.decode().splitlines()
+                if line.startswith("data: {") and json.loads(line[6:])["choices"]
+            ]
             return status == status_s == 200 and "".join(pieces) == text, start_s, text
         finally:
             await server.close()
@@ -99,7 +114,9 @@ def main() -> None:
     device = "cuda" if cuda else "cpu"
     report["device"] = torch.cuda.get_device_name(0) if cuda else "cpu"
     if cuda:
-        _, timings["cuda_init"] = timed(lambda: (torch.cuda.init(), torch.zeros(1, device="cuda"), torch.cuda.synchronize()))
+        _, timings["cuda_init"] = timed(
+            lambda: (torch.cuda.init(), torch.zeros(1, device="cuda"), torch.cuda.synchronize())
+        )
     else:
         skipped["cuda"] = "no CUDA device: GPU paths run on the CPU"
 
@@ -138,15 +155,26 @@ def main() -> None:
         (module, build), total = timed(lambda: build_module(make_net, state_dict, device))
         sync(device)
         timings[f"cached_meta_build_to_device_{name}"] = total
-        timings.update({f"phase_{k}": round(v, 4) for k, v in
-                        {"meta_build": build.build_s, "assign": build.load_s, "to_device": build.to_device_s}.items()})
+        timings.update(
+            {
+                f"phase_{k}": round(v, 4)
+                for k, v in {
+                    "meta_build": build.build_s,
+                    "assign": build.load_s,
+                    "to_device": build.to_device_s,
+                }.items()
+            }
+        )
         with torch.inference_mode():
             got = module(x.to(device)).cpu()
-        checks[f"weights_{name}_meta_device_{device}"] = bool(build.meta_device and torch.allclose(got, expected, atol=1e-4))
+        checks[f"weights_{name}_meta_device_{device}"] = bool(
+            build.meta_device and torch.allclose(got, expected, atol=1e-4)
+        )
         if cuda:
             checks[f"weights_{name}_on_gpu"] = all(p.is_cuda for p in module.parameters())
     report["speedup_cached_vs_plain"] = round(
-        timings["plain_build_torch_load_to_device"] / timings["cached_meta_build_to_device_torch.save"], 1)
+        timings["plain_build_torch_load_to_device"] / timings["cached_meta_build_to_device_torch.save"], 1
+    )
 
     # batching and a live weight update on the device
     async def serve_batches() -> dict:
@@ -175,8 +203,9 @@ def main() -> None:
 
     served, timings["batched_64_calls"] = timed(lambda: asyncio.run(serve_batches()))
     checks["batches_formed"] = max(served["sizes"]) > 1
-    checks["live_update_switched_once"] = ({v for _, v in served["first"]} == {1}
-                                           and {v for _, v in served["second"]} == {2})
+    checks["live_update_switched_once"] = {v for _, v in served["first"]} == {1} and {
+        v for _, v in served["second"]
+    } == {2}
     report["batch_sizes"] = served["sizes"]
 
     try:
@@ -190,8 +219,16 @@ def main() -> None:
 
     failed = [name for name, ok in checks.items() if not ok]
     # with CUDA present every torch path must have run on the GPU
-    required = {"weights_torch.save_on_gpu", "weights_torch.save_meta_device_cuda", "batches_formed",
-                "live_update_switched_once"} if cuda else set()
+    required = (
+        {
+            "weights_torch.save_on_gpu",
+            "weights_torch.save_meta_device_cuda",
+            "batches_formed",
+            "live_update_switched_once",
+        }
+        if cuda
+        else set()
+    )
     torch_skipped = sorted(required - set(checks)) + (["cuda_init"] if cuda and "cuda_init" not in timings else [])
     report["ok"] = not failed and not torch_skipped
     print(json.dumps(report, indent=2))

@@ -3,7 +3,7 @@ once metered (every call a ledger record, lifecycle events, heartbeats) and once
 interleaved repetitions of 300 sequential requests (p50) and 8 concurrent clients for 8 s
 (throughput); medians over repetitions.
 
-    python benchmarks/metering.py --json benchmarks/results/metering.json
+    python -m benchmarks.metering --json benchmarks/results/metering.json
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# benchmarks/autoscaling.py would shadow the `autoscaling` package: keep this folder off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
-
-from benchmarks.harness import (  # noqa: E402
-    concurrent_rps, median, percentile, print_table, private_cluster, sequential_latencies_ms, write_json,
+from benchmarks.harness import (
+    concurrent_rps,
+    median,
+    percentile,
+    print_table,
+    private_cluster,
+    sequential_latencies_ms,
+    write_json,
 )
 
-APP_SOURCE = '''
+APP_SOURCE = """
 import raygpu
 
 app = raygpu.App("{name}")
@@ -31,7 +32,7 @@ app = raygpu.App("{name}")
 @app.function(gpu=1, min_containers=1, max_containers=1, max_inputs=64, max_queue=1000, scaledown_window=600)
 def ping(text: str = "") -> str:
     return "pong"
-'''
+"""
 
 
 def main() -> None:
@@ -58,7 +59,9 @@ def main() -> None:
             deploy_app(app, source_label(path, digest), metered=metered)
 
         targets = {
-            name: (lambda s, name=name: s.post(f"{info.gateway_url}/{name}/ping", json={"text": "x"}).raise_for_status())
+            name: (
+                lambda s, name=name: s.post(f"{info.gateway_url}/{name}/ping", json={"text": "x"}).raise_for_status()
+            )
             for name in ("metered", "unmetered")
         }
         for call in targets.values():
@@ -70,14 +73,17 @@ def main() -> None:
                 runs[name]["p50_ms"].append(percentile(sequential_latencies_ms(targets[name], args.sequential), 50))
             for name in order:
                 runs[name]["rps"].append(concurrent_rps(targets[name], args.clients, args.duration))
-            print(f"repetition {rep + 1}/{args.repetitions}: "
-                  + ", ".join(f"{n} p50 {runs[n]['p50_ms'][-1]:.2f} ms rps {runs[n]['rps'][-1]:.0f}" for n in targets),
-                  file=sys.stderr)
+            print(
+                f"repetition {rep + 1}/{args.repetitions}: "
+                + ", ".join(f"{n} p50 {runs[n]['p50_ms'][-1]:.2f} ms rps {runs[n]['rps'][-1]:.0f}" for n in targets),
+                file=sys.stderr,
+            )
         meter = ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE)
         recorded = {fn: sum(c.values()) for fn, c in ray.get(meter.request_counts.remote()).items()}
 
-    result = {name: {metric: round(median(values), 3) for metric, values in metrics.items()}
-              for name, metrics in runs.items()}
+    result = {
+        name: {metric: round(median(values), 3) for metric, values in metrics.items()} for name, metrics in runs.items()
+    }
     result["ratios"] = {
         "rps": round(result["metered"]["rps"] / result["unmetered"]["rps"], 3),
         "p50": round(result["metered"]["p50_ms"] / result["unmetered"]["p50_ms"], 3),

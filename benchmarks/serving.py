@@ -4,7 +4,7 @@ The same trivial handler is served (a) as a raygpu function behind the gateway a
 `@serve.deployment` with its own route. Five interleaved repetitions of 500 sequential requests
 (p50/p99) and 8 concurrent clients for 10 s (throughput); medians over repetitions.
 
-    python benchmarks/serving.py --json benchmarks/results/serving.json
+    python -m benchmarks.serving --json benchmarks/results/serving.json
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# benchmarks/autoscaling.py would shadow the `autoscaling` package: keep this folder off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
-
-from benchmarks.harness import (  # noqa: E402
-    concurrent_rps, median, percentile, print_table, private_cluster, sequential_latencies_ms, write_json,
+from benchmarks.harness import (
+    concurrent_rps,
+    median,
+    percentile,
+    print_table,
+    private_cluster,
+    sequential_latencies_ms,
+    write_json,
 )
 
-APP_SOURCE = '''
+APP_SOURCE = """
 import raygpu
 
 app = raygpu.App("bench")
@@ -32,7 +33,7 @@ app = raygpu.App("bench")
 @app.function(min_containers=1, max_containers=1, max_inputs=64, max_queue=1000, scaledown_window=600)
 def ping() -> str:
     return "pong"
-'''
+"""
 
 
 def main() -> None:
@@ -76,13 +77,14 @@ def main() -> None:
                 runs[name]["p99_ms"].append(percentile(latencies, 99))
             for name in order:
                 runs[name]["rps"].append(concurrent_rps(targets[name], args.clients, args.duration))
-            print(f"repetition {rep + 1}/{args.repetitions}: "
-                  + ", ".join(f"{n} p50 {runs[n]['p50_ms'][-1]:.2f} ms rps {runs[n]['rps'][-1]:.0f}" for n in targets),
-                  file=sys.stderr)
+            print(
+                f"repetition {rep + 1}/{args.repetitions}: "
+                + ", ".join(f"{n} p50 {runs[n]['p50_ms'][-1]:.2f} ms rps {runs[n]['rps'][-1]:.0f}" for n in targets),
+                file=sys.stderr,
+            )
 
     result = {
-        name: {metric: round(median(values), 3) for metric, values in metrics.items()}
-        for name, metrics in runs.items()
+        name: {metric: round(median(values), 3) for metric, values in metrics.items()} for name, metrics in runs.items()
     }
     result["ratios"] = {
         "p50": round(result["raygpu"]["p50_ms"] / result["plain_serve"]["p50_ms"], 3),
@@ -95,7 +97,14 @@ def main() -> None:
     print_table(
         "warm serving: raygpu (gateway) vs plain Ray Serve, medians of interleaved repetitions",
         [(n, f"{result[n]['p50_ms']:.2f}", f"{result[n]['p99_ms']:.2f}", f"{result[n]['rps']:.0f}") for n in targets]
-        + [("ratio", f"{result['ratios']['p50']:.2f}x", f"{result['ratios']['p99']:.2f}x", f"{result['ratios']['rps']:.2f}x")],
+        + [
+            (
+                "ratio",
+                f"{result['ratios']['p50']:.2f}x",
+                f"{result['ratios']['p99']:.2f}x",
+                f"{result['ratios']['rps']:.2f}x",
+            )
+        ],
         ("path", "p50 ms", "p99 ms", "rps"),
     )
     write_json(args.json_path, result)

@@ -2,7 +2,7 @@
 gateway) vs vLLM's own OpenAI server on the same model and engine settings, same machine, five
 interleaved repetitions, medians.
 
-    python benchmarks/vllm_throughput.py --json benchmarks/results/vllm_throughput.json
+    python -m benchmarks.vllm_throughput --json benchmarks/results/vllm_throughput.json
 """
 
 from __future__ import annotations
@@ -16,14 +16,10 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
+import requests
 
-import requests  # noqa: E402
-
-from benchmarks.cold_start import VLLM_ENGINE_ARGS, VLLM_ENV, VLLM_SOURCE  # noqa: E402
-from benchmarks.harness import median, print_table, private_cluster, write_json  # noqa: E402
+from benchmarks.cold_start import VLLM_ENGINE_ARGS, VLLM_ENV, VLLM_SOURCE
+from benchmarks.harness import median, print_table, private_cluster, write_json
 
 
 def burst(url: str, clients: int, max_tokens: int) -> float:
@@ -32,8 +28,17 @@ def burst(url: str, clients: int, max_tokens: int) -> float:
     errors: list[str] = []
 
     def one(i: int) -> None:
-        r = requests.post(url, timeout=300, json={"model": "tiny", "prompt": f"def f{i}(", "max_tokens": max_tokens,
-                                                  "temperature": 0, "ignore_eos": True})
+        r = requests.post(
+            url,
+            timeout=300,
+            json={
+                "model": "tiny",
+                "prompt": f"def f{i}(",
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+            },
+        )
         if r.status_code != 200:
             errors.append(r.text[:200])
             return
@@ -52,10 +57,29 @@ def burst(url: str, clients: int, max_tokens: int) -> float:
 
 
 def start_vllm_server(model_dir: str, port: int) -> subprocess.Popen:
-    args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--served-model-name",
-            "tiny", "--port", str(port), "--host", "127.0.0.1", "--enforce-eager", "--max-model-len", "256",
-            "--kv-cache-memory-bytes", str(VLLM_ENGINE_ARGS["kv_cache_memory_bytes"]),
-            "--distributed-executor-backend", "uni", "--seed", "0", "--disable-log-stats"]
+    args = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_dir,
+        "--served-model-name",
+        "tiny",
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--enforce-eager",
+        "--max-model-len",
+        "256",
+        "--kv-cache-memory-bytes",
+        str(VLLM_ENGINE_ARGS["kv_cache_memory_bytes"]),
+        "--distributed-executor-backend",
+        "uni",
+        "--seed",
+        "0",
+        "--disable-log-stats",
+    ]
     env = dict(os.environ, **VLLM_ENV, VLLM_NO_USAGE_STATS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -85,20 +109,25 @@ def main() -> None:
     model_dir = str(build_tiny_llama(work / "tiny-llama"))
     runs: dict[str, list[float]] = {"raygpu": [], "vllm_server": []}
     with private_cluster() as info:
-        from raygpu.cluster import free_port
         from raygpu.deploy import deploy_app, source_label
         from raygpu.loader import load_app
+        from raygpu.local_cluster import free_port
 
         app_file = work / "coldllm.py"
-        app_file.write_text(VLLM_SOURCE.replace("scaledown_window=2", "scaledown_window=600").format(
-            model=model_dir, engine_args=VLLM_ENGINE_ARGS, env=VLLM_ENV))
+        app_file.write_text(
+            VLLM_SOURCE.replace("scaledown_window=2", "scaledown_window=600").format(
+                model=model_dir, engine_args=VLLM_ENGINE_ARGS, env=VLLM_ENV
+            )
+        )
         app, path, digest = load_app(str(app_file))
         deploy_app(app, source_label(path, digest))
         port = free_port()
         server = start_vllm_server(model_dir, port)
         try:
-            urls = {"raygpu": f"{info.gateway_url}/coldllm/tiny/v1/completions",
-                    "vllm_server": f"http://127.0.0.1:{port}/v1/completions"}
+            urls = {
+                "raygpu": f"{info.gateway_url}/coldllm/tiny/v1/completions",
+                "vllm_server": f"http://127.0.0.1:{port}/v1/completions",
+            }
             for url in urls.values():  # warm both at full size (the raygpu replica starts here)
                 burst(url, 2, 4)
                 burst(url, args.clients, args.max_tokens)
@@ -114,9 +143,11 @@ def main() -> None:
     result = {name: {"tokens_per_s": round(median(values), 1)} for name, values in runs.items()}
     result["ratio"] = round(result["raygpu"]["tokens_per_s"] / result["vllm_server"]["tokens_per_s"], 3)
     result.update(repetitions=args.repetitions, clients=args.clients, max_tokens=args.max_tokens, raw=runs)
-    print_table(f"{args.clients} concurrent completions of {args.max_tokens} tokens, medians",
-                [(n, f"{result[n]['tokens_per_s']:.0f}") for n in runs] + [("raygpu / vllm_server", f"{result['ratio']:.2f}x")],
-                ("server", "tokens/s"))
+    print_table(
+        f"{args.clients} concurrent completions of {args.max_tokens} tokens, medians",
+        [(n, f"{result[n]['tokens_per_s']:.0f}") for n in runs] + [("raygpu / vllm_server", f"{result['ratio']:.2f}x")],
+        ("server", "tokens/s"),
+    )
     write_json(args.json_path, result)
 
 

@@ -14,7 +14,7 @@ import ray
 
 from billing.meter import METER_ACTOR_NAME, METER_NAMESPACE
 
-logger = logging.getLogger("ray.serve")
+logger = logging.getLogger(f"ray.serve.{__name__}")
 HEARTBEAT_S = 2.0
 FLUSH_S = 1.0
 MAX_BUFFERED = 200_000  # beyond this the oldest request records are dropped (events never are)
@@ -60,15 +60,31 @@ class MeterClient:
     def event(self, kind: str, ts: float | None = None) -> None:
         if not self.enabled:
             return
-        self.events.append({"id": self._id(), "app": self.app, "function": self.function, "replica": self.replica,
-                            "kind": kind, "ts": time.time() if ts is None else ts, "gpus": self.gpus,
-                            "accelerator": self.accelerator})
+        self.events.append(
+            {
+                "id": self._id(),
+                "app": self.app,
+                "function": self.function,
+                "replica": self.replica,
+                "kind": kind,
+                "ts": time.time() if ts is None else ts,
+                "gpus": self.gpus,
+                "accelerator": self.accelerator,
+            }
+        )
 
     def start_phases(self, phases: dict[str, float]) -> None:
         """This replica's start, by phase (recorded once per replica and phase)."""
         if self.enabled:
-            self.phases.append({"app": self.app, "function": self.function, "replica": self.replica,
-                                "phases": dict(phases), "ts": time.time()})
+            self.phases.append(
+                {
+                    "app": self.app,
+                    "function": self.function,
+                    "replica": self.replica,
+                    "phases": dict(phases),
+                    "ts": time.time(),
+                }
+            )
 
     def call_started(self) -> None:
         if not self.enabled:
@@ -82,9 +98,19 @@ class MeterClient:
             return
         self.ongoing -= 1
         now = time.time()
-        self.requests.append({"id": self._id(), "app": self.app, "function": self.function, "replica": self.replica,
-                              "status": status, "latency_s": latency_s, "bytes_in": bytes_in,
-                              "bytes_out": bytes_out, "ts": now})
+        self.requests.append(
+            {
+                "id": self._id(),
+                "app": self.app,
+                "function": self.function,
+                "replica": self.replica,
+                "status": status,
+                "latency_s": latency_s,
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+                "ts": now,
+            }
+        )
         if len(self.requests) > MAX_BUFFERED:
             del self.requests[: len(self.requests) - MAX_BUFFERED]
         if self.ongoing == 0:

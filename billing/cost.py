@@ -6,8 +6,9 @@ No Ray: the meter supplies intervals, the bill and the request count.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Iterable, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
@@ -77,7 +78,8 @@ class CostComparison(BaseModel):
     break_even_utilisation: PriceRange | None = Field(
         default=None,
         description="utilisation of the dedicated GPUs above which renting them beats the serverless bill "
-                    "(low: at the low dedicated price); above 1 means never")
+        "(low: at the low dedicated price); above 1 means never",
+    )
     serverless_usd_per_request: Decimal | None
 
 
@@ -91,8 +93,10 @@ def peak_concurrency(intervals: Iterable[Interval]) -> tuple[int, Decimal]:
         span[0], span[1] = min(span[0], iv.start), max(span[1], iv.end)
         gpus[key] = max(gpus.get(key, 0.0), iv.gpus)
     # ends sort before starts at the same instant: a replacement is not a second replica
-    changes = sorted([(s, 1, key) for key, (s, _) in lifetimes.items()] + [(e, -1, key) for key, (_, e) in lifetimes.items()],
-                     key=lambda c: (c[0], c[1]))
+    changes = sorted(
+        [(s, 1, key) for key, (s, _) in lifetimes.items()] + [(e, -1, key) for key, (_, e) in lifetimes.items()],
+        key=lambda c: (c[0], c[1]),
+    )
     replicas, held, peak_replicas, peak_gpus = 0, Decimal(0), 0, Decimal(0)
     for _, step, key in changes:
         replicas += step
@@ -117,7 +121,11 @@ def compare_costs(
     ends = [iv.end for iv in intervals]
     period_start = since if since is not None else (min(starts) if starts else None)
     period_end = until if until is not None else (max(ends) if ends else None)
-    period_s = to_decimal_seconds(period_end - period_start) if period_start is not None and period_end is not None else Decimal(0)
+    period_s = (
+        to_decimal_seconds(period_end - period_start)
+        if period_start is not None and period_end is not None
+        else Decimal(0)
+    )
     peak_replicas, peak_gpus = peak_concurrency(intervals)
     rented_gpus = math.ceil(peak_gpus)
     hours = math.ceil(period_s / 3600) if period_s > 0 else 0
@@ -129,15 +137,25 @@ def compare_costs(
         return value.quantize(MICRO, rounding=ROUND_HALF_UP)
 
     options = [
-        CostOption(option="serverless", low_usd=billed_usd, high_usd=billed_usd,
-                   basis=f"{billed_gpu_s} GPU-s billed per second (cold start, active and idle)"),
-        CostOption(option="dedicated", low_usd=money(rented_gpus * hours * dedicated_usd_per_gpu_hour.low),
-                   high_usd=money(rented_gpus * hours * dedicated_usd_per_gpu_hour.high),
-                   basis=f"{rented_gpus} GPUs (the peak) rented for {hours} h at "
-                         f"${dedicated_usd_per_gpu_hour.low}-{dedicated_usd_per_gpu_hour.high}/GPU-h"),
-        CostOption(option="per_request", low_usd=money(requests * api_usd_per_request.low),
-                   high_usd=money(requests * api_usd_per_request.high),
-                   basis=f"{requests} requests at ${api_usd_per_request.low}-{api_usd_per_request.high} each"),
+        CostOption(
+            option="serverless",
+            low_usd=billed_usd,
+            high_usd=billed_usd,
+            basis=f"{billed_gpu_s} GPU-s billed per second (cold start, active and idle)",
+        ),
+        CostOption(
+            option="dedicated",
+            low_usd=money(rented_gpus * hours * dedicated_usd_per_gpu_hour.low),
+            high_usd=money(rented_gpus * hours * dedicated_usd_per_gpu_hour.high),
+            basis=f"{rented_gpus} GPUs (the peak) rented for {hours} h at "
+            f"${dedicated_usd_per_gpu_hour.low}-{dedicated_usd_per_gpu_hour.high}/GPU-h",
+        ),
+        CostOption(
+            option="per_request",
+            low_usd=money(requests * api_usd_per_request.low),
+            high_usd=money(requests * api_usd_per_request.high),
+            basis=f"{requests} requests at ${api_usd_per_request.low}-{api_usd_per_request.high} each",
+        ),
     ]
     cheapest, certain = None, False
     if requests or billed_usd:
@@ -156,9 +174,21 @@ def compare_costs(
 
         break_even = PriceRange(low=at(dedicated_usd_per_gpu_hour.low), high=at(dedicated_usd_per_gpu_hour.high))
     return CostComparison(
-        app=app, function=function, period_start=period_start, period_end=period_end, period_s=period_s,
-        requests=requests, peak_replicas=peak_replicas, peak_gpus=peak_gpus, rented_gpu_hours=rented_gpus * hours,
-        active_gpu_seconds=active_gpu_s, billed_gpu_seconds=billed_gpu_s, utilisation=utilisation, options=options,
-        cheapest=cheapest, cheapest_at_any_price=certain, break_even_utilisation=break_even,
+        app=app,
+        function=function,
+        period_start=period_start,
+        period_end=period_end,
+        period_s=period_s,
+        requests=requests,
+        peak_replicas=peak_replicas,
+        peak_gpus=peak_gpus,
+        rented_gpu_hours=rented_gpus * hours,
+        active_gpu_seconds=active_gpu_s,
+        billed_gpu_seconds=billed_gpu_s,
+        utilisation=utilisation,
+        options=options,
+        cheapest=cheapest,
+        cheapest_at_any_price=certain,
+        break_even_utilisation=break_even,
         serverless_usd_per_request=money(billed_usd / requests) if requests else None,
     )

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Iterable, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -53,9 +54,9 @@ class Interval(BaseModel):
 
 def day_boundaries(start: float, end: float) -> list[float]:
     out = []
-    day = dt.datetime.fromtimestamp(start, dt.timezone.utc).date() + dt.timedelta(days=1)
+    day = dt.datetime.fromtimestamp(start, dt.UTC).date() + dt.timedelta(days=1)
     while True:
-        boundary = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp()
+        boundary = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
         if boundary >= end:
             return out
         out.append(boundary)
@@ -79,8 +80,16 @@ class ReplicaTimeline:
     def _interval(self, end: float) -> Interval | None:
         if self.phase is None or end <= self.since:
             return None
-        return Interval(app=self.app, function=self.function, replica=self.replica, phase=self.phase,
-                        start=self.since, end=end, gpus=self.gpus, accelerator=self.accelerator)
+        return Interval(
+            app=self.app,
+            function=self.function,
+            replica=self.replica,
+            phase=self.phase,
+            start=self.since,
+            end=end,
+            gpus=self.gpus,
+            accelerator=self.accelerator,
+        )
 
     def _move(self, at: float, phase: Phase | None) -> list[Interval]:
         closed = self._interval(at)
@@ -146,8 +155,7 @@ def split_intervals(intervals: Iterable[Interval], prices: PriceTable) -> list[I
         cuts = sorted(set(day_boundaries(iv.start, iv.end) + prices.boundaries(iv.start, iv.end)))
         edges = [iv.start, *cuts, iv.end]
         for a, b in zip(edges, edges[1:]):
-            pieces.append(iv.model_copy(update={"start": a, "end": b,
-                                                "price_version": prices.version_at(a).version}))
+            pieces.append(iv.model_copy(update={"start": a, "end": b, "price_version": prices.version_at(a).version}))
     return pieces
 
 
@@ -170,8 +178,9 @@ class BillLine(BaseModel):
         return sum(self.cost_usd.values(), Decimal(0))
 
 
-def bill(intervals: Iterable[Interval], prices: PriceTable, *, by_day: bool = False,
-         min_increment_s: Decimal | None = None) -> list[BillLine]:
+def bill(
+    intervals: Iterable[Interval], prices: PriceTable, *, by_day: bool = False, min_increment_s: Decimal | None = None
+) -> list[BillLine]:
     """Per-second bill. A replica start shorter than the minimum increment is charged the minimum
     (the difference counts as idle time at the replica's first price)."""
     minimum = prices.min_increment_s if min_increment_s is None else min_increment_s
@@ -181,8 +190,10 @@ def bill(intervals: Iterable[Interval], prices: PriceTable, *, by_day: bool = Fa
     first_piece: dict[tuple[str, str, str], Interval] = {}
     versions = {v.version: v for v in prices.versions}
     for piece in sorted(pieces, key=lambda p: p.start):
-        day = dt.datetime.fromtimestamp(piece.start, dt.timezone.utc).date().isoformat() if by_day else None
-        line = lines.setdefault((piece.app, piece.function, day), BillLine(app=piece.app, function=piece.function, day=day))
+        day = dt.datetime.fromtimestamp(piece.start, dt.UTC).date().isoformat() if by_day else None
+        line = lines.setdefault(
+            (piece.app, piece.function, day), BillLine(app=piece.app, function=piece.function, day=day)
+        )
         gpu_s = to_decimal_seconds(piece.seconds) * Decimal(repr(piece.gpus))
         rate = prices.rate(versions[piece.price_version], piece.accelerator)
         line.gpu_seconds[piece.phase] += gpu_s
@@ -192,7 +203,7 @@ def bill(intervals: Iterable[Interval], prices: PriceTable, *, by_day: bool = Fa
         first_piece.setdefault(key, piece)
     for key, seconds in per_replica.items():
         piece = first_piece[key]
-        day = dt.datetime.fromtimestamp(piece.start, dt.timezone.utc).date().isoformat() if by_day else None
+        day = dt.datetime.fromtimestamp(piece.start, dt.UTC).date().isoformat() if by_day else None
         line = lines[(piece.app, piece.function, day)]
         line.replica_starts += 1
         if seconds < minimum:

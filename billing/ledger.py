@@ -6,8 +6,9 @@ No Ray: the meter actor owns the one writing connection; `raygpu bill` reads thr
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from billing.intervals import LifecycleEvent
 
@@ -61,10 +62,14 @@ class Ledger:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
 
-    def apply(self, events: Iterable[dict[str, Any]], requests: Iterable[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    def apply(
+        self, events: Iterable[dict[str, Any]], requests: Iterable[dict[str, Any]]
+    ) -> tuple[list[dict], list[dict]]:
         """Insert what is new; return the events and requests that were not already recorded."""
         with self.conn:
-            return self._insert_new("events", EVENT_FIELDS, events), self._insert_new("requests", REQUEST_FIELDS, requests)
+            return self._insert_new("events", EVENT_FIELDS, events), self._insert_new(
+                "requests", REQUEST_FIELDS, requests
+            )
 
     def _insert_new(self, table: str, fields: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> list[dict]:
         sql = f"INSERT OR IGNORE INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})"
@@ -72,8 +77,18 @@ class Ledger:
 
     def apply_start_phases(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Insert each replica's start phases once; return the rows that were new."""
-        rows = [{"replica": r["replica"], "phase": phase, "app": r["app"], "function": r["function"],
-                 "seconds": seconds, "ts": r["ts"]} for r in records for phase, seconds in r["phases"].items()]
+        rows = [
+            {
+                "replica": r["replica"],
+                "phase": phase,
+                "app": r["app"],
+                "function": r["function"],
+                "seconds": seconds,
+                "ts": r["ts"],
+            }
+            for r in records
+            for phase, seconds in r["phases"].items()
+        ]
         with self.conn:
             return self._insert_new("start_phases", PHASE_FIELDS, rows)
 
@@ -97,20 +112,35 @@ class Ledger:
     @staticmethod
     def _where(app: str | None, function: str | None, since: float | None, until: float | None) -> tuple[str, list]:
         clause, params = " WHERE 1=1", []
-        for column, op, value in (("app", "=", app), ("function", "=", function), ("ts", ">=", since), ("ts", "<", until)):
+        for column, op, value in (
+            ("app", "=", app),
+            ("function", "=", function),
+            ("ts", ">=", since),
+            ("ts", "<", until),
+        ):
             if value is not None and value != "":
                 clause += f" AND {column} {op} ?"
                 params.append(value)
         return clause, params
 
-    def requests(self, app: str | None = None, function: str | None = None,
-                 since: float | None = None, until: float | None = None) -> Iterator[dict[str, Any]]:
+    def requests(
+        self,
+        app: str | None = None,
+        function: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> Iterator[dict[str, Any]]:
         clause, params = self._where(app, function, since, until)
         for r in self.conn.execute("SELECT * FROM requests" + clause + " ORDER BY ts", params):
             yield {k: r[k] for k in REQUEST_FIELDS}
 
-    def request_total(self, app: str | None = None, function: str | None = None,
-                      since: float | None = None, until: float | None = None) -> int:
+    def request_total(
+        self,
+        app: str | None = None,
+        function: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> int:
         clause, params = self._where(app, function, since, until)
         return self.conn.execute("SELECT COUNT(*) FROM requests" + clause, params).fetchone()[0]
 

@@ -20,12 +20,17 @@ from billing.prices import load_price_table
 
 METER_ACTOR_NAME = "raygpu-meter"
 METER_NAMESPACE = "raygpu"
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(f"ray.serve.{__name__}")
 
 
 class Meter:
-    def __init__(self, ledger_path: str, prices_path: str | None = None, metrics_port: int | None = None,
-                 metrics_host: str = "0.0.0.0"):
+    def __init__(
+        self,
+        ledger_path: str,
+        prices_path: str | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "0.0.0.0",
+    ):
         self.ledger = Ledger(ledger_path)
         self.prices_path = prices_path
         load_price_table(prices_path)  # a broken price table fails here, at `raygpu up`, not at billing time
@@ -48,31 +53,49 @@ class Meter:
         self.metrics.observe_start_phases(phases)
         return len(events) + len(requests) + len(phases)
 
-    def _intervals(self, app: str | None, function: str | None, since: float | None,
-                   until: float | None) -> list[Interval]:
+    def _intervals(
+        self, app: str | None, function: str | None, since: float | None, until: float | None
+    ) -> list[Interval]:
         intervals = replica_intervals(self.ledger.events(app, function))
         if since is None and until is None:
             return intervals
         lo, hi = since if since is not None else float("-inf"), until if until is not None else float("inf")
-        return [iv.model_copy(update={"start": max(iv.start, lo), "end": min(iv.end, hi)})
-                for iv in intervals if iv.end > lo and iv.start < hi]
+        return [
+            iv.model_copy(update={"start": max(iv.start, lo), "end": min(iv.end, hi)})
+            for iv in intervals
+            if iv.end > lo and iv.start < hi
+        ]
 
-    async def bill(self, app: str | None = None, since: float | None = None, until: float | None = None,
-                   by_day: bool = False, min_increment_s: str | None = None,
-                   function: str | None = None) -> list[dict[str, Any]]:
+    async def bill(
+        self,
+        app: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        by_day: bool = False,
+        min_increment_s: str | None = None,
+        function: str | None = None,
+    ) -> list[dict[str, Any]]:
         intervals = self._intervals(app, function, since, until)
         minimum = Decimal(min_increment_s) if min_increment_s is not None else None
         lines = bill(intervals, load_price_table(self.prices_path), by_day=by_day, min_increment_s=minimum)
         return [line.model_dump(mode="json") for line in lines]
 
-    async def usage(self, app: str | None = None, function: str | None = None, since: float | None = None,
-                    until: float | None = None) -> dict[str, Any]:
+    async def usage(
+        self,
+        app: str | None = None,
+        function: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> dict[str, Any]:
         """Intervals, bill lines and the request count of a selection (what `raygpu cost` needs)."""
         intervals = self._intervals(app, function, since, until)
         lines = bill(intervals, load_price_table(self.prices_path))
         requests = self.ledger.request_total(app, function, since, until)
-        return {"intervals": [iv.model_dump() for iv in intervals],
-                "bill": [line.model_dump(mode="json") for line in lines], "requests": requests}
+        return {
+            "intervals": [iv.model_dump() for iv in intervals],
+            "bill": [line.model_dump(mode="json") for line in lines],
+            "requests": requests,
+        }
 
     async def start_phases(self, app: str | None = None) -> dict[str, dict[str, Any]]:
         """The latest replica start of each function, by phase: {"app/function": {replica, ts, phases}}."""
@@ -101,12 +124,23 @@ class Meter:
         return self.ledger.request_counts(app)
 
 
-def start_meter(ledger_path: str, prices_path: str | None = None, metrics_port: int | None = None,
-                metrics_host: str = "0.0.0.0") -> Any:
-    handle = ray.remote(Meter).options(
-        name=METER_ACTOR_NAME, namespace=METER_NAMESPACE, lifetime="detached", get_if_exists=True,
-        num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=1000,
-        resources={"node:__internal_head__": 0.001},
-    ).remote(ledger_path, prices_path, metrics_port, metrics_host)
+def start_meter(
+    ledger_path: str, prices_path: str | None = None, metrics_port: int | None = None, metrics_host: str = "0.0.0.0"
+) -> Any:
+    handle = (
+        ray.remote(Meter)
+        .options(
+            name=METER_ACTOR_NAME,
+            namespace=METER_NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=0,
+            max_restarts=-1,
+            max_task_retries=-1,
+            max_concurrency=1000,
+            resources={"node:__internal_head__": 0.001},
+        )
+        .remote(ledger_path, prices_path, metrics_port, metrics_host)
+    )
     ray.get(handle.ping.remote())
     return handle

@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -23,7 +24,25 @@ from billing.intervals import PHASES, Interval, LifecycleEvent, ReplicaTimeline,
 # gauge and its time is closed at its last heartbeat, as the bill does.
 LOST_AFTER_S = 10.0
 REQUEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-COLD_START_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+COLD_START_BUCKETS_S = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
 REPLICA_STATES = {"cold_start": "starting", "idle": "idle", "active": "active"}
 
 
@@ -37,20 +56,36 @@ class UsageMetrics(Collector):
         self._live: dict[tuple[str, str, str], ReplicaTimeline] = {}
         self._closed_gpu_s: dict[tuple[str, str, str, str], float] = defaultdict(float)
         self._functions: set[tuple[str, str]] = set()
-        self.requests = Counter("raygpu_requests", "Calls answered by raygpu replicas.",
-                                ["app", "function", "status"], registry=self.registry)
-        self.request_duration = Histogram("raygpu_request_duration_seconds",
-                                          "Time a replica spent on a call.", ["app", "function"],
-                                          buckets=REQUEST_BUCKETS_S, registry=self.registry)
-        self.cold_starts = Counter("raygpu_cold_starts", "Replica starts that reached ready.",
-                                   ["app", "function"], registry=self.registry)
-        self.cold_start_duration = Histogram("raygpu_cold_start_duration_seconds",
-                                             "Replica start: process start to ready.", ["app", "function"],
-                                             buckets=COLD_START_BUCKETS_S, registry=self.registry)
-        self.start_phase_duration = Histogram("raygpu_cold_start_phase_seconds",
-                                              "Replica start by phase (process, imports, weights, engine_init, "
-                                              "ready, first_response).", ["app", "function", "phase"],
-                                              buckets=COLD_START_BUCKETS_S, registry=self.registry)
+        self.requests = Counter(
+            "raygpu_requests",
+            "Calls answered by raygpu replicas.",
+            ["app", "function", "status"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "raygpu_request_duration_seconds",
+            "Time a replica spent on a call.",
+            ["app", "function"],
+            buckets=REQUEST_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.cold_starts = Counter(
+            "raygpu_cold_starts", "Replica starts that reached ready.", ["app", "function"], registry=self.registry
+        )
+        self.cold_start_duration = Histogram(
+            "raygpu_cold_start_duration_seconds",
+            "Replica start: process start to ready.",
+            ["app", "function"],
+            buckets=COLD_START_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.start_phase_duration = Histogram(
+            "raygpu_cold_start_phase_seconds",
+            "Replica start by phase (process, imports, weights, engine_init, ready, first_response).",
+            ["app", "function", "phase"],
+            buckets=COLD_START_BUCKETS_S,
+            registry=self.registry,
+        )
         self.registry.register(self)
 
     def observe_events(self, events: Iterable[LifecycleEvent]) -> None:
@@ -91,15 +126,18 @@ class UsageMetrics(Collector):
                 del self._live[key]
 
     def collect(self) -> Iterator[Any]:
-        gpu_seconds = CounterMetricFamily("raygpu_gpu_seconds", "GPU-seconds held by replicas, by phase.",
-                                          labels=["app", "function", "accelerator", "phase"])
-        replicas = GaugeMetricFamily("raygpu_replicas", "Live replicas by state.",
-                                     labels=["app", "function", "state"])
+        gpu_seconds = CounterMetricFamily(
+            "raygpu_gpu_seconds",
+            "GPU-seconds held by replicas, by phase.",
+            labels=["app", "function", "accelerator", "phase"],
+        )
+        replicas = GaugeMetricFamily("raygpu_replicas", "Live replicas by state.", labels=["app", "function", "state"])
         with self._lock:
             self._forget_lost(time.time())
             totals = dict(self._closed_gpu_s)
-            counts = {(app, function, state): 0 for app, function in self._functions
-                      for state in REPLICA_STATES.values()}
+            counts = {
+                (app, function, state): 0 for app, function in self._functions for state in REPLICA_STATES.values()
+            }
             for (app, function, _), timeline in self._live.items():
                 if timeline.phase is not None:
                     counts[(app, function, REPLICA_STATES[timeline.phase])] += 1

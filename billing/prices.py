@@ -26,7 +26,7 @@ class PriceVersion(BaseModel):
     @field_validator("effective_from")
     @classmethod
     def _utc(cls, value: dt.datetime) -> dt.datetime:
-        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
     @field_validator("usd_per_gpu_hour")
     @classmethod

@@ -5,6 +5,9 @@ Other modules import these names; changing a default here changes it everywhere.
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 # --- Ray namespace and named actors -------------------------------------------------------
 RAY_NAMESPACE = "raygpu"
 STORE_ACTOR_NAME = "raygpu-control-plane-store"
@@ -38,8 +41,20 @@ NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
 
 # Accelerator types raygpu knows; a cluster labels its GPU nodes with one of these.
 KNOWN_GPU_TYPES = (
-    "T4", "L4", "A10G", "A10", "A100", "A100-40GB", "A100-80GB", "L40S",
-    "H100", "H200", "B200", "GB200", "V100", "MI300X",
+    "T4",
+    "L4",
+    "A10G",
+    "A10",
+    "A100",
+    "A100-40GB",
+    "A100-80GB",
+    "L40S",
+    "H100",
+    "H200",
+    "B200",
+    "GB200",
+    "V100",
+    "MI300X",
 )
 
 MAX_GRACEFUL_SHUTDOWN_S = 600.0  # a replica being removed gets this long to finish in-flight calls
@@ -70,6 +85,8 @@ DEFAULT_LOCAL_ACCELERATOR = "H100"
 # Logical CPUs declared on the local head so several replicas fit on a small machine.
 DEFAULT_LOCAL_LOGICAL_CPUS = 16
 READY_TIMEOUT_S = 120.0
+# How long a token or app change waits for every gateway replica to pick up the new routing table.
+GATEWAY_PICKUP_TIMEOUT_S = 30.0
 
 # --- Gateway timeouts ------------------------------------------------------------------------
 # Beyond the function's own timeout, how long the gateway waits for a replica to start before it
@@ -89,6 +106,8 @@ WEIGHTS_VERSION_HEADER = "x-raygpu-weights-version"
 WEIGHTS_POLL_TIMEOUT_S = 10.0
 WEIGHT_CACHE_ACTOR_PREFIX = "raygpu-weights-"
 WARM_POOL_ACTOR_PREFIX = "raygpu-warm-pool-"
+# One empty file per warm worker whose preload finished, named by pid: the pool hands out only those.
+WARM_READY_DIR = os.path.join(tempfile.gettempdir(), "raygpu-warm-workers")
 # Idle warm workers kept per GPU node (each ~300-400 MB of RAM: a Python process with torch imported).
 DEFAULT_WARM_POOL_SIZE = 1
 # Serve's control loop period; shorter reacts faster to a call at zero replicas, at a few % of a core.

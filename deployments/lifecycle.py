@@ -6,7 +6,8 @@ Shared by the SDK (plain local calls) and the replica, so both run hooks the sam
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 ENTER_MARK = "_raygpu_enter"
 EXIT_MARK = "_raygpu_exit"

@@ -6,7 +6,8 @@ Only keyword arguments travel over HTTP: the request body is a JSON object of th
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
@@ -59,8 +60,13 @@ def validate_arguments(model: type[BaseModel], body: Any) -> dict[str, Any]:
         body = {}
     if not isinstance(body, dict):
         raise ArgumentError(
-            [{"field": "(body)", "message": "the request body must be a JSON object of keyword arguments",
-              "type": "dict_type"}]
+            [
+                {
+                    "field": "(body)",
+                    "message": "the request body must be a JSON object of keyword arguments",
+                    "type": "dict_type",
+                }
+            ]
         )
     try:
         validated = model.model_validate(body)

@@ -7,8 +7,9 @@ to the Serve deployment; `Image` describes the replica's Python environment.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -49,9 +50,7 @@ def _canonical_gpu_type(name: str) -> str:
     for known in constants.KNOWN_GPU_TYPES:
         if known.lower() == name.strip().lower():
             return known
-    raise ValueError(
-        f"unknown GPU type {name!r}; use one of {', '.join(constants.KNOWN_GPU_TYPES)}"
-    )
+    raise ValueError(f"unknown GPU type {name!r}; use one of {', '.join(constants.KNOWN_GPU_TYPES)}")
 
 
 def parse_gpu(value: Any) -> GpuRequest | None:
@@ -163,7 +162,8 @@ class FunctionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     name: str
-    kind: Literal["function", "class", "torch", "vllm"] = "function"
+    # The kind of unit (deployments/kinds): which rules, routes and replica class apply.
+    kind: str = Field(default="function", pattern=r"^[a-z][a-z_]*$")
     methods: list[str] = Field(default_factory=list)
     gpu: Any = None
     cpu: float = Field(default=constants.DEFAULT_CPU, gt=0, le=512)
@@ -208,12 +208,6 @@ class FunctionSpec(BaseModel):
             raise ValueError(
                 f"min_containers ({self.min_containers}) must not exceed max_containers ({self.max_containers})"
             )
-        if self.kind == "class" and not self.methods:
-            raise ValueError("a class needs at least one method marked with @raygpu.method()")
-        if (self.kind == "torch") != (self.torch_model is not None):
-            raise ValueError("a torch model deployment needs torch_model settings, and only it has them")
-        if (self.kind == "vllm") != (self.vllm_model is not None):
-            raise ValueError("a vLLM deployment needs vllm_model settings, and only it has them")
         return self
 
     @property

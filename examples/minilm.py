@@ -23,8 +23,11 @@ def make_encoder():
 
     class MeanPooledBert(BertModel):
         def forward(self, input_ids, attention_mask, token_type_ids):
-            hidden = super().forward(input_ids=input_ids, attention_mask=attention_mask,
-                                     token_type_ids=token_type_ids).last_hidden_state
+            hidden = (
+                super()
+                .forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+                .last_hidden_state
+            )
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=-1)
@@ -49,14 +52,38 @@ def tokenize(sentences, device):
     def tensor(field):
         return torch.tensor([getattr(e, field) for e in encoded], dtype=torch.long, device=device)
 
-    return {"input_ids": tensor("ids"), "attention_mask": tensor("attention_mask"), "token_type_ids": tensor("type_ids")}
+    return {
+        "input_ids": tensor("ids"),
+        "attention_mask": tensor("attention_mask"),
+        "token_type_ids": tensor("type_ids"),
+    }
 
 
-app.torch_model("encoder", factory=make_encoder, weights=MODEL_DIR / "model.safetensors", preprocess=tokenize,
-                max_batch_size=32, batch_wait_timeout_s=0.01, gpu=1, scaledown_window=120, max_inputs=64)
+app.torch_model(
+    "encoder",
+    factory=make_encoder,
+    weights=MODEL_DIR / "model.safetensors",
+    preprocess=tokenize,
+    max_batch_size=32,
+    batch_wait_timeout_s=0.01,
+    gpu=1,
+    scaledown_window=120,
+    max_inputs=64,
+)
 
-raygpu.vllm(app, "engine", model=str(MODEL_DIR), served_model_name="minilm", task="embed",
-            engine_args={"enforce_eager": True, "distributed_executor_backend": "uni", "max_model_len": 256,
-                         "kv_cache_memory_bytes": 64 << 20},
-            gpu=1, scaledown_window=120,
-            image=raygpu.Image(env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}))
+raygpu.vllm(
+    app,
+    "engine",
+    model=str(MODEL_DIR),
+    served_model_name="minilm",
+    task="embed",
+    engine_args={
+        "enforce_eager": True,
+        "distributed_executor_backend": "uni",
+        "max_model_len": 256,
+        "kv_cache_memory_bytes": 64 << 20,
+    },
+    gpu=1,
+    scaledown_window=120,
+    image=raygpu.Image(env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}),
+)

@@ -1,10 +1,10 @@
 """raygpu: self-hosted serverless GPU functions on Ray Serve.
 
-    app = raygpu.App("demo")
+app = raygpu.App("demo")
 
-    @app.function(gpu="H100", scaledown_window=30)
-    def hello(name: str) -> str:
-        return f"hello {name}"
+@app.function(gpu="H100", scaledown_window=30)
+def hello(name: str) -> str:
+    return f"hello {name}"
 """
 
 from deployments.spec import FunctionSpec, Image
@@ -22,6 +22,21 @@ from raygpu.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "App", "Function", "FunctionSpec", "Image", "Model", "enter", "exit", "method", "lookup", "torch_model", "vllm",
-    "RaygpuError", "InvalidSpecError", "NoClusterError", "DeployError", "NotFoundError", "RemoteCallError",
+    "App",
+    "Function",
+    "FunctionSpec",
+    "Image",
+    "Model",
+    "enter",
+    "exit",
+    "method",
+    "lookup",
+    "torch_model",
+    "vllm",
+    "RaygpuError",
+    "InvalidSpecError",
+    "NoClusterError",
+    "DeployError",
+    "NotFoundError",
+    "RemoteCallError",
 ]

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from deployments.kinds import checked
 from deployments.lifecycle import ENTER_MARK, EXIT_MARK, METHOD_MARK, method_names, run_enter_hooks
 from deployments.spec import FunctionSpec, Image, TorchModelCode, TorchModelSpec, VllmModelSpec, validate_name
+from raygpu.client import lookup
 from raygpu.errors import InvalidSpecError
 
 T = TypeVar("T")
+
 
 def _spec_error(target: str, exc: ValidationError) -> InvalidSpecError:
     lines = []
@@ -89,8 +93,6 @@ class Function:
         return self.fn(*args, **kwargs)
 
     def remote(self, **kwargs: Any) -> Any:
-        from raygpu.client import lookup
-
         return lookup(self.app.name, self.spec.name).remote(**kwargs)
 
     def __repr__(self) -> str:
@@ -123,10 +125,27 @@ class App:
 
     @property
     def specs(self) -> dict[str, FunctionSpec]:
-        out = {name: f.spec for name, f in self.functions.items()}
-        out.update({name: cls._raygpu_spec for name, cls in self.classes.items()})  # type: ignore[attr-defined]
-        out.update({name: m.spec for name, m in self.models.items()})
+        return {name: spec for name, (spec, _) in self.units.items()}
+
+    @property
+    def units(self) -> dict[str, tuple[FunctionSpec, Any]]:
+        """Each unit's spec and the code its replicas run: the function, the class, the torch
+        model's factory and processing (nothing for vLLM)."""
+        out: dict[str, tuple[FunctionSpec, Any]] = {name: (f.spec, f.fn) for name, f in self.functions.items()}
+        out.update({name: (cls._raygpu_spec, cls) for name, cls in self.classes.items()})  # type: ignore[attr-defined]
+        out.update({name: (m.spec, m.code) for name, m in self.models.items()})
         return out
+
+    def _new_spec(self, name: str, kind: str, **settings: Any) -> FunctionSpec:
+        """A validated spec of a new unit of this app (InvalidSpecError naming the field otherwise)."""
+        try:
+            spec = checked(FunctionSpec(name=name, kind=kind, **settings))
+        except ValidationError as exc:
+            raise _spec_error(f"{self.name}/{name}", exc) from None
+        except (TypeError, ValueError) as exc:
+            raise InvalidSpecError(f"{self.name}/{name}: {exc}") from None
+        self._register(spec.name)
+        return spec
 
     def _register(self, name: str) -> None:
         if name in self.functions or name in self.classes or name in self.models:
@@ -138,14 +157,7 @@ class App:
         def decorate(fn: Callable[..., Any]) -> Function:
             if inspect.isclass(fn) or not callable(fn):
                 raise InvalidSpecError(f"@{self.name}.function must decorate a function; use @app.cls for classes")
-            name = settings.pop("name", fn.__name__)
-            try:
-                spec = FunctionSpec(name=name, kind="function", **settings)
-            except ValidationError as exc:
-                raise _spec_error(f"{self.name}/{name}", exc) from None
-            except TypeError as exc:
-                raise InvalidSpecError(f"{self.name}/{name}: {exc}") from None
-            self._register(spec.name)
+            spec = self._new_spec(settings.pop("name", fn.__name__), "function", **settings)
             function = Function(self, fn, spec)
             self.functions[spec.name] = function
             return function
@@ -158,15 +170,8 @@ class App:
         def decorate(cls: type) -> type:
             if not inspect.isclass(cls):
                 raise InvalidSpecError(f"@{self.name}.cls must decorate a class; use @app.function for functions")
-            name = settings.pop("name", cls.__name__)
             methods = method_names(cls)
-            try:
-                spec = FunctionSpec(name=name, kind="class", methods=methods, **settings)
-            except ValidationError as exc:
-                raise _spec_error(f"{self.name}/{name}", exc) from None
-            except TypeError as exc:
-                raise InvalidSpecError(f"{self.name}/{name}: {exc}") from None
-            self._register(spec.name)
+            spec = self._new_spec(settings.pop("name", cls.__name__), "class", methods=methods, **settings)
             for method_name in methods:
                 original = cls.__dict__.get(method_name)
                 if original is not None:
@@ -180,20 +185,19 @@ class App:
 
         return decorate(_cls) if _cls is not None else decorate
 
-    def _model_spec(self, name: str, kind: str, **settings: Any) -> FunctionSpec:
-        try:
-            spec = FunctionSpec(name=name, kind=kind, **settings)
-        except ValidationError as exc:
-            raise _spec_error(f"{self.name}/{name}", exc) from None
-        except TypeError as exc:
-            raise InvalidSpecError(f"{self.name}/{name}: {exc}") from None
-        self._register(spec.name)
-        return spec
-
-    def torch_model(self, name: str, *, factory: Callable[[], Any], weights: str | dict[str, str],
-                    max_models: int | None = None, max_batch_size: int | None = None,
-                    batch_wait_timeout_s: float | None = None, preprocess: Callable[..., Any] | None = None,
-                    postprocess: Callable[..., list[Any]] | None = None, **settings: Any) -> Model:
+    def torch_model(
+        self,
+        name: str,
+        *,
+        factory: Callable[[], Any],
+        weights: str | dict[str, str],
+        max_models: int | None = None,
+        max_batch_size: int | None = None,
+        batch_wait_timeout_s: float | None = None,
+        preprocess: Callable[..., Any] | None = None,
+        postprocess: Callable[..., list[Any]] | None = None,
+        **settings: Any,
+    ) -> Model:
         """Deploy an nn.Module at `POST /{app}/{name}` with `{"inputs": [...]}`.
 
         `factory()` builds the module (on the meta device: no random init); `weights` is a
@@ -208,29 +212,50 @@ class App:
         if not isinstance(files, dict):
             raise InvalidSpecError(f"{self.name}/{name}: weights must be a file path or a {{model_id: path}} dict")
         try:
-            model = TorchModelSpec(weights={k: str(v) for k, v in files.items()},
-                                   **{k: v for k, v in {"max_models": max_models, "max_batch_size": max_batch_size,
-                                                        "batch_wait_timeout_s": batch_wait_timeout_s}.items()
-                                      if v is not None})
+            model = TorchModelSpec(
+                weights={k: str(v) for k, v in files.items()},
+                **{
+                    k: v
+                    for k, v in {
+                        "max_models": max_models,
+                        "max_batch_size": max_batch_size,
+                        "batch_wait_timeout_s": batch_wait_timeout_s,
+                    }.items()
+                    if v is not None
+                },
+            )
         except ValidationError as exc:
             raise _spec_error(f"{self.name}/{name}", exc) from None
-        spec = self._model_spec(name, "torch", torch_model=model, **settings)
+        spec = self._new_spec(name, "torch", torch_model=model, **settings)
         self.models[name] = Model(self, spec, TorchModelCode(factory, preprocess, postprocess))
         return self.models[name]
 
-    def vllm(self, name: str, *, model: str, served_model_name: str | None = None,
-             task: str = "generate", engine_args: dict[str, Any] | None = None, sleep_mode: bool = False,
-             **settings: Any) -> Model:
+    def vllm(
+        self,
+        name: str,
+        *,
+        model: str,
+        served_model_name: str | None = None,
+        task: str = "generate",
+        engine_args: dict[str, Any] | None = None,
+        sleep_mode: bool = False,
+        **settings: Any,
+    ) -> Model:
         """Deploy a vLLM engine with an OpenAI-compatible API at `/{app}/{name}/v1/...`.
 
         `engine_args` pass through to vLLM's engine; `task="embed"` serves `/v1/embeddings`."""
         try:
-            vllm_model = VllmModelSpec(model=str(model), served_model_name=served_model_name, task=task,
-                                       engine_args=dict(engine_args or {}), sleep_mode=sleep_mode)
+            vllm_model = VllmModelSpec(
+                model=str(model),
+                served_model_name=served_model_name,
+                task=task,
+                engine_args=dict(engine_args or {}),
+                sleep_mode=sleep_mode,
+            )
         except ValidationError as exc:
             raise _spec_error(f"{self.name}/{name}", exc) from None
         settings.setdefault("max_inputs", 64)
-        spec = self._model_spec(name, "vllm", vllm_model=vllm_model, **settings)
+        spec = self._new_spec(name, "vllm", vllm_model=vllm_model, **settings)
         self.models[name] = Model(self, spec)
         return self.models[name]
 

@@ -8,34 +8,17 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import ray
 
+from deployments import constants
 from deployments.spec import DeployedFunction
-from raygpu.errors import NotFoundError, RemoteCallError
-
-
-_handles: dict[tuple[str, str], Any] = {}
-
-
-def _handle(serve_app: str, deployment: str) -> Any:
-    from ray import serve
-
-    key = (serve_app, deployment)
-    if key not in _handles:
-        _handles[key] = serve.get_deployment_handle(deployment, app_name=serve_app)
-    return _handles[key]
-
-
-def close_handles() -> None:
-    """Stop the routers of this process's handles (before disconnecting from the cluster)."""
-    while _handles:
-        _, handle = _handles.popitem()
-        try:
-            handle.shutdown()
-        except Exception:
-            pass
+from raygpu.connection import connect, serve_handle
+from raygpu.control import store
+from raygpu.errors import NoClusterError, NotFoundError, RemoteCallError
 
 
 class RemoteFunction:
@@ -48,7 +31,7 @@ class RemoteFunction:
 
     def __getattr__(self, name: str) -> "RemoteFunction":
         spec = self.deployed.spec
-        if spec.kind != "class" or self.method is not None or name.startswith("_"):
+        if not spec.methods or self.method is not None or name.startswith("_"):
             raise AttributeError(name)
         if name not in spec.methods:
             raise NotFoundError(f"class {spec.name!r} has no method {name!r}; methods: {', '.join(spec.methods)}")
@@ -56,19 +39,20 @@ class RemoteFunction:
 
     def remote(self, **kwargs: Any) -> Any:
         """Call the deployed function and return its result; raise RemoteCallError on failure."""
-        from raygpu.deploy import store
-
         spec = self.deployed.spec
-        if spec.kind == "class" and self.method is None:
+        if spec.methods and self.method is None:
             raise RemoteCallError(400, "MethodRequired", f"pick a method: lookup(...).{spec.methods[0]}.remote(...)")
         store().record_arrivals.remote([(self.app, spec.name, time.time())])
-        handle = _handle(self.deployed.serve_app, self.deployed.deployment)
-        status, body, _version, _headers = handle.remote(self.method, kwargs).result(timeout_s=spec.timeout + 600.0)
+        handle = serve_handle(self.deployed.serve_app, self.deployed.deployment)
+        status, body, _version, _headers = handle.remote(self.method, kwargs).result(
+            timeout_s=spec.timeout + constants.COLD_START_ALLOWANCE_S
+        )
         payload = json.loads(body)
         if status != 200:
             error = payload.get("error", {}) if isinstance(payload, dict) else {}
-            raise RemoteCallError(status, error.get("type", "Error"), error.get("message", str(payload)),
-                                  error.get("details"))
+            raise RemoteCallError(
+                status, error.get("type", "Error"), error.get("message", str(payload)), error.get("details")
+            )
         return payload
 
     def __repr__(self) -> str:
@@ -78,9 +62,6 @@ class RemoteFunction:
 
 def lookup(app: str, name: str, *, address: str | None = None) -> RemoteFunction:
     """Find a deployed function or class by app and name (connecting to the cluster if needed)."""
-    from raygpu.cluster import connect
-    from raygpu.deploy import store
-
     connect(address)
     apps = {a["name"]: a for a in ray.get(store().live_apps.remote())}
     if app not in apps:
@@ -91,3 +72,32 @@ def lookup(app: str, name: str, *, address: str | None = None) -> RemoteFunction
             return RemoteFunction(app, deployed)
     known = ", ".join(f["spec"]["name"] for f in apps[app]["functions"])
     raise NotFoundError(f"app {app!r} has no function or class {name!r}; it has: {known}")
+
+
+def call_over_http(url: str, target: str, data: str, token: str | None = None, timeout_s: float = 3600) -> str:
+    """POST a JSON body to APP/FN (or APP/Class/method) through the gateway at `url`; the answer's
+    body, or RemoteCallError with the gateway's status and error."""
+    path = target.strip("/")
+    if path.count("/") not in (1, 2):
+        raise ValueError("name the target as APP/FUNCTION or APP/Class/method")
+    try:
+        json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--data is not valid JSON: {exc}") from None
+    request = urllib.request.Request(
+        f"{url.rstrip('/')}/{path}", data=data.encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.read().decode()
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode()
+        try:
+            error = json.loads(body)["error"]
+            raise RemoteCallError(exc.code, error["type"], error["message"], error.get("details")) from None
+        except (ValueError, KeyError, TypeError):
+            raise RemoteCallError(exc.code, "HTTPError", body) from None
+    except urllib.error.URLError as exc:
+        raise NoClusterError(f"cannot reach the gateway at {url}: {exc.reason}") from None

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# `raygpu cost --json` is `billing.cost.CostComparison` (money and ratios as strings).
+from billing.cost import CostComparison, CostOption, PriceRange
+
+__all__ = ["CostComparison", "CostOption", "PriceRange"]
+
 
 class ReplicaCounts(BaseModel):
     running: int = 0
@@ -45,8 +50,10 @@ class FunctionStatus(BaseModel):
     message: str = ""
     replica_details: list[ReplicaInfo] = Field(default_factory=list)
     last_start_phases: dict[str, float] = Field(
-        default_factory=dict, description="the latest replica start, seconds per phase (process, imports, "
-                                          "weights, engine_init, ready, first_response)")
+        default_factory=dict,
+        description="the latest replica start, seconds per phase (process, imports, "
+        "weights, engine_init, ready, first_response)",
+    )
 
 
 class AppStatus(BaseModel):
@@ -114,7 +121,3 @@ class Bill(BaseModel):
     lines: list[BillLineOut]
     total_gpu_seconds: str
     total_cost_usd: str
-
-
-# `raygpu cost --json` is `billing.cost.CostComparison` (money and ratios as strings).
-from billing.cost import CostComparison, CostOption, PriceRange  # noqa: E402,F401

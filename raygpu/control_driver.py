@@ -28,14 +28,16 @@ def main() -> None:
     args = parser.parse_args()
     ready = Path(args.ready_file)
     try:
-        from raygpu.cluster import connect, install_control_plane
+        from raygpu.connection import connect
+        from raygpu.control_plane import install_control_plane
 
         connect(args.address)
         out = install_control_plane(**json.loads(args.config))
         ready.write_text(json.dumps({"ok": True, **out}))
     except BaseException as exc:  # report why, then exit: `raygpu up` prints it
-        ready.write_text(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                                     "traceback": traceback.format_exc()}))
+        ready.write_text(
+            json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+        )
         sys.exit(1)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-import time
-import urllib.error
-import urllib.request
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,41 +10,27 @@ import ray
 from ray import serve
 
 from deployments import constants
-from deployments.function_deployment import build_app_application
-from deployments.signature import arguments_model, return_schema
-from deployments.spec import DeployedFunction, FunctionSpec, RouteSchema
-from deployments.store import get_store
-from deployments.weight_cache import fingerprint
+from deployments.kinds import kind_of
+from deployments.node.weight_cache import fingerprint
+from deployments.replicas.application import build_app_application
+from deployments.spec import DeployedFunction, FunctionSpec
 from raygpu.app import App
 from raygpu.contracts import (
-    AppList, AppStatus, AppSummary, DeployResult, FunctionStatus, ReplicaCounts, ReplicaInfo, ScaleEvent,
+    AppList,
+    AppStatus,
+    AppSummary,
+    DeployResult,
+    FunctionStatus,
+    ReplicaCounts,
+    ReplicaInfo,
+    ScaleEvent,
 )
+from raygpu.control import gateway_url, meter, store, wait_for_gateway
 from raygpu.errors import DeployError, NoClusterError, NotFoundError
-
-GATEWAY_URL_ENV = "RAYGPU_GATEWAY_URL"
-
-
-def store() -> Any:
-    try:
-        return get_store()
-    except ValueError:
-        raise NoClusterError(
-            "the cluster has no raygpu control plane; run `raygpu up --local` (or `raygpu up --address ...` "
-            "on a cluster started with `ray up cluster.yaml`)"
-        ) from None
 
 
 def serve_app_name(app: str) -> str:
     return f"{constants.USER_APP_PREFIX}{app}"
-
-
-def gateway_url() -> str:
-    if os.environ.get(GATEWAY_URL_ENV):
-        return os.environ[GATEWAY_URL_ENV].rstrip("/")
-    url = ray.get(store().get_setting.remote("gateway_url"))
-    if not url:
-        raise NoClusterError("the gateway URL is unknown; set RAYGPU_GATEWAY_URL or run `raygpu up` again")
-    return url
 
 
 def cluster_accelerators() -> tuple[dict[str, float], float]:
@@ -86,32 +66,20 @@ def resolve_accelerator(app: str, spec: FunctionSpec) -> str | None:
     )
 
 
-def routes_of(app: App, name: str, spec: FunctionSpec) -> list[RouteSchema]:
-    if spec.kind == "torch":
-        return [RouteSchema(path=f"/{app.name}/{name}", doc=f"PyTorch model; models: {', '.join(spec.torch_model.weights)} "
-                            f"(header {constants.MODEL_HEADER})",
-                            input_schema={"type": "object", "required": ["inputs"],
-                                          "properties": {"inputs": {"type": "array", "minItems": 1}}},
-                            output_schema={"type": "object", "properties": {
-                                "outputs": {"type": "array"}, "model": {"type": "string"},
-                                "weights_version": {"type": "integer"}}})]
-    if spec.kind == "vllm":
-        return [RouteSchema(path=f"/{app.name}/{name}/v1/{endpoint}", doc=f"OpenAI-compatible {endpoint} (vLLM)")
-                for endpoint in (("embeddings", "models") if spec.vllm_model.task == "embed"
-                                 else ("completions", "chat/completions", "models"))]
-    if spec.kind == "function":
-        fn = app.functions[name].fn
-        return [RouteSchema(path=f"/{app.name}/{name}", doc=inspect.getdoc(fn),
-                            input_schema=arguments_model(fn).model_json_schema(), output_schema=return_schema(fn))]
-    cls = app.classes[name]
-    routes = []
-    for method_name in spec.methods:
-        fn = inspect.unwrap(getattr(cls, method_name))
-        routes.append(RouteSchema(
-            method=method_name, path=f"/{app.name}/{name}/{method_name}", doc=inspect.getdoc(fn),
-            input_schema=arguments_model(fn, skip_first=True).model_json_schema(), output_schema=return_schema(fn),
-        ))
-    return routes
+def _with_resolved_weights(app: str, spec: FunctionSpec) -> FunctionSpec:
+    """A torch model's weights files as absolute paths, each checked readable here."""
+    if spec.torch_model is None:
+        return spec
+    weights = {m: str(Path(p).expanduser().resolve()) for m, p in spec.torch_model.weights.items()}
+    for model_id, path in weights.items():
+        try:
+            fingerprint(path)
+        except FileNotFoundError as exc:
+            raise DeployError(
+                f"{app}/{spec.name}: model {model_id!r}: {exc}; weights files must be readable "
+                "where you deploy and on the GPU nodes (a shared path)"
+            ) from None
+    return spec.model_copy(update={"torch_model": spec.torch_model.model_copy(update={"weights": weights})})
 
 
 def deploy_app(app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S, metered: bool = True) -> DeployResult:
@@ -122,34 +90,37 @@ def deploy_app(app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S,
     control = store()
     units: list[tuple[FunctionSpec, bytes, str | None]] = []
     deployed: list[DeployedFunction] = []
-    for name, spec in app.specs.items():
-        accelerator = resolve_accelerator(app.name, spec)
-        if spec.kind == "torch":
-            spec = spec.model_copy(update={"torch_model": spec.torch_model.model_copy(update={
-                "weights": {m: str(Path(p).expanduser().resolve()) for m, p in spec.torch_model.weights.items()}})})
-            for model_id, path in spec.torch_model.weights.items():
-                try:
-                    fingerprint(path)
-                except FileNotFoundError as exc:
-                    raise DeployError(f"{app.name}/{name}: model {model_id!r}: {exc}; weights files must be readable "
-                                      "where you deploy and on the GPU nodes (a shared path)") from None
-        target = {"function": lambda: app.functions[name].fn, "class": lambda: app.classes[name],
-                  "torch": lambda: app.models[name].code, "vllm": lambda: None}[spec.kind]()
+    for name, (spec, code) in app.units.items():
         try:
-            payload = cloudpickle.dumps(target)
+            kind = kind_of(spec)
+            kind.check_spec(spec)
+        except ValueError as exc:
+            raise DeployError(f"{app.name}/{name}: {exc}") from None
+        accelerator = resolve_accelerator(app.name, spec)
+        spec = _with_resolved_weights(app.name, spec)
+        try:
+            payload = cloudpickle.dumps(code)
         except Exception as exc:
             raise DeployError(f"{app.name}/{name} cannot be shipped to replicas: {exc}") from None
         units.append((spec, payload, accelerator))
-        deployed.append(DeployedFunction(
-            spec=spec, serve_app=serve_app_name(app.name), deployment=spec.name,
-            accelerator=accelerator, routes=routes_of(app, name, spec),
-        ))
+        deployed.append(
+            DeployedFunction(
+                spec=spec,
+                serve_app=serve_app_name(app.name),
+                deployment=spec.name,
+                accelerator=accelerator,
+                routes=kind.routes(app.name, spec, code),
+            )
+        )
     version = ray.get(control.begin_version.remote(app.name, source, [d.model_dump(mode="json") for d in deployed]))
     for spec, _, _ in units:
-        if spec.kind == "torch":  # the weights a deploy names become current unless they already are
+        if spec.torch_model is not None:  # the weights a deploy names become current unless they already are
             for model_id, path in spec.torch_model.weights.items():
-                ray.get(control.set_weights.remote(app.name, spec.name, model_id, path, fingerprint(path), "deploy",
-                                                   only_if_changed=True))
+                ray.get(
+                    control.set_weights.remote(
+                        app.name, spec.name, model_id, path, fingerprint(path), "deploy", only_if_changed=True
+                    )
+                )
     try:
         application = build_app_application(
             app.name, version, units, constants.STORE_ACTOR_NAME, constants.RAY_NAMESPACE, metered=metered
@@ -166,33 +137,28 @@ def deploy_app(app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S,
     except NoClusterError:
         pass
     return DeployResult(
-        app=app.name, version=version, functions=list(app.specs),
-        routes=[r.path for d in deployed for r in d.routes], gateway_url=url,
+        app=app.name,
+        version=version,
+        functions=list(app.specs),
+        routes=[r.path for d in deployed for r in d.routes],
+        gateway_url=url,
     )
-
-
-def wait_for_gateway(url: str, generation: int, wait_s: float) -> None:
-    """Block until the gateway serves routing-table generation `generation` or later."""
-    deadline = time.monotonic() + wait_s
-    last_error = ""
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
-                if json.loads(response.read())["generation"] >= generation:
-                    return
-        except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
-            last_error = str(exc)
-        time.sleep(0.1)
-    raise DeployError(f"the gateway at {url} did not pick up the change within {wait_s:g} s ({last_error})")
 
 
 def list_apps() -> AppList:
     apps = ray.get(store().live_apps.remote())
-    return AppList(apps=[
-        AppSummary(name=a["name"], version=a["version"], deployed_at=a["live_at"], source=a["source"],
-                   functions=[f["spec"]["name"] for f in a["functions"]])
-        for a in apps
-    ])
+    return AppList(
+        apps=[
+            AppSummary(
+                name=a["name"],
+                version=a["version"],
+                deployed_at=a["live_at"],
+                source=a["source"],
+                functions=[f["spec"]["name"] for f in a["functions"]],
+            )
+            for a in apps
+        ]
+    )
 
 
 def _serve_details() -> dict[str, Any]:
@@ -213,10 +179,7 @@ def app_status(app: str) -> AppStatus:
     serve_app = _serve_details().get("applications", {}).get(serve_app_name(app), {})
     start_phases: dict[str, Any] = {}
     try:
-        from billing.meter import METER_ACTOR_NAME, METER_NAMESPACE
-
-        start_phases = ray.get(ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE).start_phases.remote(app),
-                               timeout=10)
+        start_phases = ray.get(meter().start_phases.remote(app), timeout=10)
     except Exception:
         pass  # the meter is restarting: status without start phases
     functions = []
@@ -226,33 +189,50 @@ def app_status(app: str) -> AppStatus:
         replicas = details.get("replicas", [])
         counts = ReplicaCounts(
             running=sum(1 for r in replicas if r.get("state") == "RUNNING"),
-            starting=sum(1 for r in replicas if r.get("state") in ("STARTING", "PENDING_MIGRATION", "UPDATING", "RECOVERING")),
+            starting=sum(
+                1 for r in replicas if r.get("state") in ("STARTING", "PENDING_MIGRATION", "UPDATING", "RECOVERING")
+            ),
             stopping=sum(1 for r in replicas if r.get("state") == "STOPPING"),
         )
         event = ray.get(control.last_scale_event.remote(app, deployed.spec.name))
-        functions.append(FunctionStatus(
-            name=deployed.spec.name, kind=deployed.spec.kind,
-            route=(f"/{app}/{deployed.spec.name}/{{method}}" if deployed.spec.kind == "class"
-                   else f"/{app}/{deployed.spec.name}/v1/..." if deployed.spec.kind == "vllm"
-                   else deployed.routes[0].path),
-            gpu=deployed.spec.gpu_label, accelerator=deployed.accelerator, replicas=counts,
-            target=int(details.get("target_num_replicas", counts.running)),
-            last_scale_event=ScaleEvent.model_validate(event) if event else None,
-            status=str(getattr(details.get("status"), "value", details.get("status") or "UNKNOWN")), message=details.get("message", "") or "",
-            replica_details=[
-                ReplicaInfo(replica_id=r.get("replica_id", ""), state=str(getattr(r.get("state"), "value", r.get("state"))), pid=r.get("pid"),
-                            node_id=r.get("node_id"), start_time=r.get("start_time_s"))
-                for r in replicas
-            ],
-            last_start_phases=start_phases.get(f"{app}/{deployed.spec.name}", {}).get("phases", {}),
-        ))
+        functions.append(
+            FunctionStatus(
+                name=deployed.spec.name,
+                kind=deployed.spec.kind,
+                route=kind_of(deployed.spec).route_pattern(app, deployed.spec),
+                gpu=deployed.spec.gpu_label,
+                accelerator=deployed.accelerator,
+                replicas=counts,
+                target=int(details.get("target_num_replicas", counts.running)),
+                last_scale_event=ScaleEvent.model_validate(event) if event else None,
+                status=str(getattr(details.get("status"), "value", details.get("status") or "UNKNOWN")),
+                message=details.get("message", "") or "",
+                replica_details=[
+                    ReplicaInfo(
+                        replica_id=r.get("replica_id", ""),
+                        state=str(getattr(r.get("state"), "value", r.get("state"))),
+                        pid=r.get("pid"),
+                        node_id=r.get("node_id"),
+                        start_time=r.get("start_time_s"),
+                    )
+                    for r in replicas
+                ],
+                last_start_phases=start_phases.get(f"{app}/{deployed.spec.name}", {}).get("phases", {}),
+            )
+        )
     url = None
     try:
         url = gateway_url()
     except NoClusterError:
         pass
-    return AppStatus(app=app, version=entry["version"], deployed_at=entry["live_at"], source=entry["source"],
-                     gateway_url=url, functions=functions)
+    return AppStatus(
+        app=app,
+        version=entry["version"],
+        deployed_at=entry["live_at"],
+        source=entry["source"],
+        gateway_url=url,
+        functions=functions,
+    )
 
 
 def stop_app(app: str) -> None:
@@ -262,7 +242,7 @@ def stop_app(app: str) -> None:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
     _, generation = ray.get(control.delete_app.remote(app))
     try:
-        wait_for_gateway(gateway_url(), generation, 30)
+        wait_for_gateway(gateway_url(), generation, constants.GATEWAY_PICKUP_TIMEOUT_S)
     except (NoClusterError, DeployError):
         pass
     serve.delete(serve_app_name(app))
@@ -278,10 +258,13 @@ def push_weights(app: str, function: str, path: str, model: str | None = None) -
     live = {a["name"]: a for a in ray.get(store().live_apps.remote())}
     if app not in live:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
-    spec = next((FunctionSpec.model_validate(f["spec"]) for f in live[app]["functions"]
-                 if f["spec"]["name"] == function), None)
-    if spec is None or spec.kind != "torch":
-        raise NotFoundError(f"{app}/{function} is not a torch model deployment (`raygpu status {app}` lists its functions)")
+    spec = next(
+        (FunctionSpec.model_validate(f["spec"]) for f in live[app]["functions"] if f["spec"]["name"] == function), None
+    )
+    if spec is None or spec.torch_model is None:
+        raise NotFoundError(
+            f"{app}/{function} is not a torch model deployment (`raygpu status {app}` lists its functions)"
+        )
     model = model or spec.torch_model.default_model
     if model not in spec.torch_model.weights:
         raise NotFoundError(f"{app}/{function} has no model {model!r}; models: {', '.join(spec.torch_model.weights)}")

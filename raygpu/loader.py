@@ -62,7 +62,7 @@ def load_app(target: str) -> tuple[App, Path, str]:
     path, app_name = split_target(target)
     apps, digest = load_apps(path)
     if not apps:
-        raise DeployError(f"{path} defines no raygpu.App; add `app = raygpu.App(\"name\")` and decorate functions")
+        raise DeployError(f'{path} defines no raygpu.App; add `app = raygpu.App("name")` and decorate functions')
     if app_name is None:
         if len(apps) > 1:
             raise DeployError(f"{path} defines several apps ({', '.join(sorted(apps))}); pick one with {path}::NAME")

@@ -1,4 +1,5 @@
-"""One real local raygpu cluster per test session, started and stopped through the real CLI."""
+"""Shared by both suites: paths, and the one real local raygpu cluster per test session that live
+tests ask for (started and stopped through the real CLI; unit tests never start it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-APPS = Path(__file__).resolve().parent / "apps"
+APPS = Path(__file__).resolve().parent / "live" / "apps"
 
 
 class Cluster:
@@ -24,8 +25,14 @@ class Cluster:
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """Run the real `raygpu` console script against this cluster."""
-        return subprocess.run([str(Path(sys.executable).parent / "raygpu"), *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "raygpu"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
 
     def post(self, path: str, json_body=None, **kwargs) -> requests.Response:
         return requests.post(f"{self.url}{path}", json=json_body, timeout=kwargs.pop("timeout", 120), **kwargs)
@@ -55,36 +62,48 @@ class Cluster:
 @pytest.fixture(scope="session")
 def cluster():
     home = Path(tempfile.mkdtemp(prefix="raygpu-test-home-"))
-    from raygpu.cluster import free_port
+    from raygpu.local_cluster import free_port
 
     port = free_port()
     env = dict(os.environ, RAYGPU_HOME=str(home), RAY_AUTH_MODE="disabled")
     env.pop("RAYGPU_ADDRESS", None)
-    os.environ["RAYGPU_HOME"] = str(home)
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ.pop("RAYGPU_ADDRESS", None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAYGPU_HOME", str(home))
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        patch.delenv("RAYGPU_ADDRESS", raising=False)
+        yield from _run_cluster(home, port, env)
+
+
+def _run_cluster(home: Path, port: int, env: dict[str, str]):
     up = subprocess.run(
-        [str(Path(sys.executable).parent / "raygpu"), "up", "--local", "--gpus", "8", "--accelerator", "H100",
-         "--port", str(port)],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(Path(sys.executable).parent / "raygpu"),
+            "up",
+            "--local",
+            "--gpus",
+            "8",
+            "--accelerator",
+            "H100",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert up.returncode == 0, f"raygpu up failed:\n{up.stdout}\n{up.stderr}"
-    from raygpu.cluster import connect, read_local_cluster
+    from raygpu.connection import connect, disconnect
+    from raygpu.home import cluster_processes, read_local_cluster
 
     connect()
     info = read_local_cluster()
     assert info is not None
     yield Cluster(home, f"http://127.0.0.1:{port}", env)
-    import ray
-
-    from raygpu.client import close_handles
-
-    close_handles()
-    ray.shutdown()
-    down = subprocess.run([str(Path(sys.executable).parent / "raygpu"), "down"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    disconnect()
+    down = subprocess.run(
+        [str(Path(sys.executable).parent / "raygpu"), "down"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert down.returncode == 0, down.stderr
-    from raygpu.cluster import cluster_processes
-
     leftover = cluster_processes(info.temp_dir)
     assert not leftover, f"`raygpu down` left processes running: {[p.pid for p in leftover]}"

@@ -1,0 +1,172 @@
+"""A vLLM engine with vLLM's own OpenAI-compatible server app, run in-process and driven by ASGI
+calls instead of a socket: raygpu forwards requests to it, so the OpenAI schemas, validation,
+errors and SSE streaming are vLLM's. Imports vllm, never Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+# Quiet, offline, no usage reporting: vLLM must never reach out from a replica.
+for _name, _value in (("VLLM_NO_USAGE_STATS", "1"), ("DO_NOT_TRACK", "1"), ("HF_HUB_OFFLINE", "1")):
+    os.environ.setdefault(_name, _value)
+
+
+def sleep_mode_supported() -> tuple[bool, str]:
+    """vLLM's sleep mode (weights offloaded, KV cache freed, the process kept) needs CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, "vLLM sleep mode needs a CUDA GPU; on CPU a replica is either running or stopped"
+    return True, ""
+
+
+@dataclass
+class ResponseStart:
+    status: int
+    headers: list[tuple[str, str]]
+
+
+class VllmServer:
+    """vLLM's OpenAI server (FastAPI app + AsyncLLM engine) inside this process."""
+
+    def __init__(self, app: Any, engine: Any, exit_stack: contextlib.AsyncExitStack, model_name: str):
+        self.app = app
+        self.engine = engine
+        self._exit_stack = exit_stack
+        self.model_name = model_name
+        self.asleep = False
+
+    @classmethod
+    async def start(
+        cls,
+        model: str,
+        served_model_name: str | None = None,
+        task: str = "generate",
+        engine_args: dict[str, Any] | None = None,
+        sleep_mode: bool = False,
+    ) -> "VllmServer":
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client_from_engine_args
+        from vllm.entrypoints.launchers.app import build_app
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+        argv = ["--model", model]
+        if served_model_name:
+            argv += ["--served-model-name", served_model_name]
+        args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+        for key, value in (engine_args or {}).items():
+            name = key.replace("-", "_")
+            if not hasattr(args, name):
+                raise ValueError(f"unknown vLLM engine argument {key!r} (see `vllm serve --help`)")
+            setattr(args, name, value)
+        if task == "embed":
+            args.runner = "pooling"
+        if sleep_mode:
+            supported, reason = sleep_mode_supported()
+            if not supported:
+                raise ValueError(reason)
+            args.enable_sleep_mode = True
+        args.disable_uvicorn_access_log = True
+        stack = contextlib.AsyncExitStack()
+        try:
+            engine = await stack.enter_async_context(
+                build_async_engine_client_from_engine_args(AsyncEngineArgs.from_cli_args(args))
+            )
+            supported_tasks = await engine.get_supported_tasks()
+            app = build_app(args, supported_tasks, engine.model_config)
+            await init_app_state(engine, app.state, args, supported_tasks)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return cls(app, engine, stack, served_model_name or model)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        query: bytes = b"",
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> AsyncIterator[ResponseStart | bytes]:
+        """Run one HTTP request through vLLM's app: yields a ResponseStart, then body chunks."""
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method.upper(),
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query,
+            "root_path": "",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or [])],
+            "client": ("127.0.0.1", 0),
+            "server": ("raygpu", 80),
+            "app": self.app,
+        }
+        messages: asyncio.Queue = asyncio.Queue()
+        disconnected = asyncio.Event()
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            await messages.put(message)
+
+        async def run() -> None:
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                await messages.put(None)
+
+        task = asyncio.get_running_loop().create_task(run())
+        try:
+            while True:
+                message = await messages.get()
+                if message is None:
+                    break
+                if message["type"] == "http.response.start":
+                    yield ResponseStart(
+                        message["status"], [(k.decode(), v.decode()) for k, v in message.get("headers", [])]
+                    )
+                elif message["type"] == "http.response.body":
+                    if message.get("body"):
+                        yield message["body"]
+                    if not message.get("more_body", False):
+                        break
+        finally:
+            disconnected.set()  # the caller went away or the response ended: let vLLM abort and clean up
+            if not task.done():
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=5.0)
+        await task
+
+    async def sleep(self, level: int = 1) -> float:
+        started = time.perf_counter()
+        await self.engine.sleep(level)
+        self.asleep = True
+        return time.perf_counter() - started
+
+    async def wake_up(self) -> float:
+        started = time.perf_counter()
+        await self.engine.wake_up()
+        self.asleep = False
+        return time.perf_counter() - started
+
+    async def close(self) -> None:
+        await self._exit_stack.aclose()

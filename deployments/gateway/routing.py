@@ -1,0 +1,116 @@
+"""The gateway's routing table: which app and unit a request path names, whether its bearer token
+is accepted, and the app's OpenAPI document. Pure: built from the store's routing-table snapshot."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from deployments.kinds import RouteNotFound, UnitKind, kind_of
+from deployments.spec import DeployedFunction
+
+
+@dataclass
+class RouteError(Exception):
+    """A request the gateway answers itself: 4xx with a type and a message saying what to do."""
+
+    status: int
+    error_type: str
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.error_type}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """A request matched to a unit: `target` is the method of a class, the engine path of a unit
+    that serves raw HTTP, or None."""
+
+    app: str
+    deployed: DeployedFunction
+    kind: UnitKind
+    target: str | None
+
+
+def path_parts(path: str) -> list[str]:
+    return [part for part in path.split("/") if part]
+
+
+class RoutingTable:
+    """The gateway's view of live apps, rebuilt whenever the store's generation moves."""
+
+    def __init__(self, raw: dict[str, Any]):
+        self.generation: int = raw["generation"]
+        self.apps: dict[str, dict[str, Any]] = {}
+        self.functions: dict[tuple[str, str], DeployedFunction] = {}
+        for name, app in raw["apps"].items():
+            self.apps[name] = app
+            for entry in app["functions"]:
+                deployed = DeployedFunction.model_validate(entry)
+                self.functions[(name, deployed.spec.name)] = deployed
+        self.token_hashes: dict[str, set[str]] = {app: set(h) for app, h in raw["token_hashes"].items()}
+
+    def app_of(self, parts: list[str]) -> str:
+        """The deployed app a path starts with (RouteError 404 otherwise)."""
+        if not parts:
+            raise RouteError(
+                404, "NotFound", "no route here; call POST /{app}/{function} (`raygpu ls` lists the deployed apps)"
+            )
+        if parts[0] not in self.apps:
+            raise RouteError(404, "NotFound", f"app {parts[0]!r} is not deployed; `raygpu ls` lists the deployed apps")
+        return parts[0]
+
+    def authorized(self, app: str, authorization: str) -> bool:
+        """Whether an `Authorization` header value lets a caller in (any caller, for an app without tokens)."""
+        hashes = self.token_hashes.get(app)
+        if not hashes:
+            return True
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        return hashlib.sha256(token.strip().encode()).hexdigest() in hashes
+
+    def route(self, app: str, parts: list[str], http_method: str) -> Route:
+        """The unit and method a path of a deployed `app` names (`parts` includes the app)."""
+        if len(parts) < 2:
+            raise RouteError(
+                404,
+                "NotFound",
+                f"no route {'/' + '/'.join(parts)!r}; routes are "
+                f"POST /{app}/{{function}} and POST /{app}/{{Class}}/{{method}}",
+            )
+        deployed = self.functions.get((app, parts[1]))
+        if deployed is None:
+            known = ", ".join(sorted(f for a, f in self.functions if a == app))
+            raise RouteError(404, "NotFound", f"app {app!r} has no function or class {parts[1]!r}; it has: {known}")
+        kind = kind_of(deployed.spec)
+        try:
+            target = kind.match(app, deployed.spec, parts[2:])
+        except RouteNotFound as exc:
+            raise RouteError(404, "NotFound", str(exc)) from None
+        if http_method not in kind.http_methods:
+            allowed = ", ".join(kind.http_methods)
+            raise RouteError(405, "MethodNotAllowed", f"call /{'/'.join(parts)} with {allowed}", {"Allow": allowed})
+        return Route(app, deployed, kind, target)
+
+    def openapi(self, app: str) -> dict[str, Any]:
+        """An OpenAPI 3.1 document of one app, built from its units' routes."""
+        paths: dict[str, Any] = {}
+        for (app_name, _), deployed in sorted(self.functions.items()):
+            if app_name != app:
+                continue
+            kind = kind_of(deployed.spec)
+            for route in deployed.routes:
+                paths[route.path] = kind.openapi_operations(route)
+        doc: dict[str, Any] = {
+            "openapi": "3.1.0",
+            "info": {"title": f"raygpu app {app}", "version": str(self.apps[app]["version"])},
+            "paths": paths,
+            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+        }
+        if self.token_hashes.get(app):
+            doc["security"] = [{"bearerAuth": []}]
+        return doc

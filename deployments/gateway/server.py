@@ -1,0 +1,370 @@
+"""The cluster-wide HTTP gateway: one CPU-only Serve application in front of every user app.
+
+Its replicas serve HTTP themselves on the gateway port (Serve's own proxy listens elsewhere).
+It answers whatever needs no GPU itself (health, docs, auth, size limits, malformed JSON, unknown
+routes, full queues), records each accepted arrival for the autoscaler, and calls the unit's
+deployment through a Serve handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import ray
+import uvicorn
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from autoscaling.serve_adapter import GATEWAY_INFLIGHT_METRIC, gateway_autoscaling_config
+from deployments import constants
+from deployments.gateway.http import EmbeddedServer, error_response, json_response, reuse_port_socket
+from deployments.gateway.routing import Route, RouteError, RoutingTable, path_parts
+from deployments.spec import DeployedFunction
+from deployments.store.actor import get_store
+
+logger = logging.getLogger(f"ray.serve.{__name__}")
+
+REPLICA_GONE_ERRORS: tuple[type[BaseException], ...] = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.ActorUnavailableError,
+)
+
+
+@serve.deployment(
+    name=constants.GATEWAY_DEPLOYMENT_NAME,
+    ray_actor_options={
+        "num_cpus": 0.5,
+        # The gateway port is the head node's: its replicas share it there.
+        "resources": {"node:__internal_head__": 0.001},
+        # The gateway never blocks its event loop, so its code, its HTTP server and its handles'
+        # router share the replica's main loop: no thread hop on the request path.
+        "runtime_env": {
+            "env_vars": {
+                "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+                "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+            }
+        },
+    },
+    max_ongoing_requests=1000,
+    autoscaling_config=gateway_autoscaling_config(
+        target_inflight=constants.GATEWAY_TARGET_INFLIGHT, max_replicas=constants.GATEWAY_MAX_REPLICAS
+    ),
+)
+class Gateway:
+    """Terminates HTTP itself (uvicorn on a shared port) so a call crosses one process boundary,
+    gateway to function replica, as a plain Serve request crosses proxy to replica."""
+
+    async def __init__(self, http_host: str, http_port: int, max_body_bytes: int = constants.MAX_BODY_BYTES):
+        self.max_body_bytes = max_body_bytes
+        self.store = get_store()
+        self.table = RoutingTable(await self.store.routing_table.remote())
+        self.handles: dict[tuple[str, str], Any] = {}
+        self.inflight: dict[tuple[str, str], int] = {}
+        self.pending_arrivals: list[tuple[str, str, float]] = []
+        self.last_arrival: dict[tuple[str, str], float] = {}
+        loop = asyncio.get_running_loop()
+        self._background = [
+            loop.create_task(self._watch_routing_table()),
+            loop.create_task(self._ship_arrivals()),
+        ]
+        self._socket = reuse_port_socket(http_host, http_port)
+        config = uvicorn.Config(
+            self.asgi,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            loop="none",
+            timeout_keep_alive=60,
+            server_header=False,
+            log_config=None,
+            interface="asgi3",
+            proxy_headers=False,
+        )
+        self._server = EmbeddedServer(config)
+        self._server_task = loop.create_task(self._server._serve([self._socket]))
+        while not self._server.started:
+            if self._server_task.done():
+                self._server_task.result()
+                raise RuntimeError(f"the gateway's HTTP server on {http_host}:{http_port} stopped at start")
+            await asyncio.sleep(0.01)
+        logger.info("raygpu gateway listening on %s:%d", http_host, http_port)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return {GATEWAY_INFLIGHT_METRIC: float(sum(self.inflight.values()))}
+
+    async def check_health(self) -> None:
+        if self._server_task.done():
+            raise RuntimeError("the gateway's HTTP server stopped")
+
+    async def asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            response = await self.handle_http(Request(scope, receive))
+        except Exception as exc:
+            logger.exception("raygpu gateway: request failed")
+            response = error_response(500, "InternalError", f"the gateway failed: {type(exc).__name__}: {exc}")
+        await response(scope, receive, send)
+
+    def __del__(self) -> None:
+        server = getattr(self, "_server", None)
+        if server is not None:
+            server.should_exit = True
+        for task in getattr(self, "_background", []):
+            task.cancel()
+
+    # --- background work: routing-table long-poll and arrival shipping ---------------------
+    async def _watch_routing_table(self) -> None:
+        while True:
+            try:
+                raw = await self.store.routing_table.remote(self.table.generation, constants.CONFIG_POLL_TIMEOUT_S)
+                if raw["generation"] != self.table.generation:
+                    self.table = RoutingTable(raw)
+                    self.handles = {k: v for k, v in self.handles.items() if k in self.table.functions}
+            except Exception as exc:
+                logger.warning("raygpu gateway: routing table refresh failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def _ship_arrivals(self) -> None:
+        while True:
+            await asyncio.sleep(constants.ARRIVAL_FLUSH_INTERVAL_S)
+            if not self.pending_arrivals:
+                continue
+            batch, self.pending_arrivals = self.pending_arrivals, []
+            try:
+                await self.store.record_arrivals.remote(batch)
+            except Exception as exc:
+                logger.warning("raygpu gateway: could not record %d arrivals (%s); will retry", len(batch), exc)
+                self.pending_arrivals = batch + self.pending_arrivals
+
+    def _admit(self, app: str, deployed: DeployedFunction) -> bool:
+        """Take a call in flight unless the function's replicas and queue are full; the caller
+        decrements `inflight` when the call ends."""
+        spec = deployed.spec
+        key = (app, spec.name)
+        if self.inflight.get(key, 0) >= spec.max_containers * spec.max_inputs + spec.max_queue:
+            return False
+        self._arrival(app, spec.name, key)
+        self.inflight[key] = self.inflight.get(key, 0) + 1
+        return True
+
+    def _arrival(self, app: str, function: str, key: tuple[str, str]) -> None:
+        """Record an accepted call for the autoscaler. The first call in flight may be a call at
+        zero replicas: it goes to the store at once, which wakes the autoscaler's open long poll,
+        instead of waiting for the next batch and the next metrics push. Calls to a function that
+        was called within the last second are batched: it cannot be at zero."""
+        now = time.time()
+        arrival = (app, function, now)
+        previous = self.last_arrival.get(key, 0.0)
+        self.last_arrival[key] = now
+        if self.inflight.get(key, 0) == 0 and now - previous > constants.IMMEDIATE_ARRIVAL_AFTER_IDLE_S:
+            try:
+                self.store.record_arrivals.remote([arrival])
+                return
+            except Exception:
+                pass
+        self.pending_arrivals.append(arrival)
+
+    # --- request path ----------------------------------------------------------------------
+    def _handle(self, app: str, deployed: DeployedFunction) -> Any:
+        key = (app, deployed.spec.name)
+        handle = self.handles.get(key)
+        if handle is None:
+            handle = serve.get_deployment_handle(deployed.deployment, app_name=deployed.serve_app)
+            self.handles[key] = handle
+        return handle
+
+    async def _read_body(self, request: Request) -> bytes | None:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def handle_http(self, request: Request) -> Response:
+        parts = path_parts(request.url.path)
+        if request.method == "GET" and parts == ["healthz"]:
+            return json_response(
+                200, {"status": "ok", "generation": self.table.generation, "apps": len(self.table.apps)}
+            )
+        table = self.table
+        try:
+            app = table.app_of(parts)
+            if not table.authorized(app, request.headers.get("authorization", "")):
+                raise RouteError(
+                    401,
+                    "Unauthorized",
+                    f"app {app!r} needs a valid 'Authorization: Bearer <token>' "
+                    f"header; create one with `raygpu token create {app}`",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+            if parts[1:] == ["docs"]:
+                if request.method != "GET":
+                    raise RouteError(405, "MethodNotAllowed", "use GET for /docs", {"Allow": "GET"})
+                return json_response(200, table.openapi(app))
+            route = table.route(app, parts, request.method)
+        except RouteError as exc:
+            return error_response(exc.status, exc.error_type, exc.message, headers=exc.headers or None)
+        raw = await self._read_body(request)
+        if raw is None:
+            return error_response(
+                413, "PayloadTooLarge", f"request body exceeds the gateway limit of {self.max_body_bytes} bytes"
+            )
+        if route.kind.forwards_http:
+            return await self._call_engine(route, request, raw)
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return error_response(400, "MalformedJSON", f"request body is not valid JSON: {exc}")
+        forwarded = {k: v for k, v in request.headers.items() if k.startswith(constants.FORWARDED_HEADER_PREFIX)}
+        return await self._call(app, route.deployed, route.target, body, len(raw), forwarded)
+
+    async def _call(
+        self,
+        app: str,
+        deployed: DeployedFunction,
+        method: str | None,
+        body: Any,
+        bytes_in: int,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        spec = deployed.spec
+        key = (app, spec.name)
+        if not self._admit(app, deployed):
+            return self._queue_full(spec.name)
+        try:
+            handle = self._handle(app, deployed)
+            attempts = spec.retries + 1
+            for attempt in range(attempts):
+                response = handle.remote(method, body, bytes_in, headers or {})
+                try:
+                    status, payload, version, extra_headers = await asyncio.wait_for(
+                        _await(response), timeout=spec.timeout + constants.COLD_START_ALLOWANCE_S
+                    )
+                except BackPressureError:
+                    return self._queue_full(spec.name)
+                except TimeoutError:
+                    response.cancel()
+                    return error_response(
+                        504,
+                        "Timeout",
+                        f"no replica of {spec.name!r} answered within "
+                        f"{spec.timeout + constants.COLD_START_ALLOWANCE_S:g} s "
+                        "(timeout plus cold-start allowance); `raygpu status` shows its replicas",
+                    )
+                except REPLICA_GONE_ERRORS as exc:
+                    if attempt + 1 < attempts:
+                        logger.warning("raygpu gateway: replica of %s/%s died; retrying", app, spec.name)
+                        continue
+                    return error_response(
+                        500,
+                        "ReplicaDied",
+                        f"the replica running {spec.name!r} exited during the "
+                        f"call ({type(exc).__name__}) after {attempts} attempt(s); set `retries=` "
+                        "to retry such calls, and see `raygpu logs`",
+                    )
+                return Response(
+                    content=payload,
+                    status_code=status,
+                    media_type="application/json",
+                    headers={"x-raygpu-version": str(version), **extra_headers},
+                )
+            raise AssertionError("unreachable")
+        except Exception as exc:
+            logger.exception("raygpu gateway: call of %s/%s failed", app, spec.name)
+            return error_response(500, "InternalError", f"raygpu could not run the call: {type(exc).__name__}: {exc}")
+        finally:
+            self.inflight[key] -= 1
+
+    async def _call_engine(self, route: Route, request: Request, raw: bytes) -> Response:
+        """Forward `/{app}/{name}/v1/...` to a model engine's own HTTP API and stream its answer back."""
+        app, deployed = route.app, route.deployed
+        spec = deployed.spec
+        key = (app, spec.name)
+        if not self._admit(app, deployed):
+            return self._queue_full(spec.name)
+        released = streaming = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.inflight[key] -= 1
+
+        try:
+            handle = self._handle(app, deployed).options(stream=True)
+            path = route.target
+            headers = {k: v for k, v in request.headers.items() if k in ("content-type", "accept")}
+            for attempt in range(spec.retries + 1):
+                stream = handle.http.remote(request.method, path, request.url.query.encode(), headers, raw, len(raw))
+                try:
+                    start = await asyncio.wait_for(
+                        stream.__anext__(), timeout=spec.timeout + constants.COLD_START_ALLOWANCE_S
+                    )
+                except BackPressureError:
+                    return self._queue_full(spec.name)
+                except TimeoutError:
+                    stream.cancel()
+                    return error_response(
+                        504,
+                        "Timeout",
+                        f"no replica of {spec.name!r} answered within "
+                        f"{spec.timeout + constants.COLD_START_ALLOWANCE_S:g} s",
+                    )
+                except REPLICA_GONE_ERRORS as exc:
+                    if attempt < spec.retries:
+                        continue
+                    return error_response(
+                        500,
+                        "ReplicaDied",
+                        f"the replica running {spec.name!r} exited during the "
+                        f"call ({type(exc).__name__}); see `raygpu logs {app}/{spec.name}`",
+                    )
+                break
+
+            async def body() -> Any:
+                try:
+                    async for chunk in stream:
+                        yield chunk
+                finally:
+                    release()
+
+            response_headers = {k: v for k, v in start["headers"]}
+            response_headers["x-raygpu-version"] = str(self.table.apps[app]["version"])
+            streaming = True  # the body iterator releases the slot when the stream ends
+            return StreamingResponse(body(), status_code=start["status"], headers=response_headers)
+        except Exception as exc:
+            logger.exception("raygpu gateway: call of %s/%s failed", app, spec.name)
+            return error_response(500, "InternalError", f"raygpu could not run the call: {type(exc).__name__}: {exc}")
+        finally:
+            if not streaming:
+                release()
+
+    @staticmethod
+    def _queue_full(name: str) -> Response:
+        return error_response(
+            503,
+            "QueueFull",
+            f"{name!r} has as many queued calls as its max_queue allows; retry after {constants.RETRY_AFTER_S} s",
+            headers={"Retry-After": str(constants.RETRY_AFTER_S)},
+        )
+
+
+async def _await(response: Any) -> Any:
+    return await response
+
+
+def build_gateway_application(http_host: str, http_port: int, max_body_bytes: int = constants.MAX_BODY_BYTES) -> Any:
+    return Gateway.bind(http_host, http_port, max_body_bytes)

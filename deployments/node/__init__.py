@@ -1,0 +1,1 @@
+"""Per-node services: the weight cache and the warm worker pool."""

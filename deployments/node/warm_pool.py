@@ -1,0 +1,294 @@
+"""The warm worker pool: idle Ray worker processes with torch and the replica code already imported,
+kept per node, on which new replicas land instead of starting a fresh Python process.
+
+Everything here that touches Ray internals (the raylet's `PrestartWorkers` gRPC call, the worker
+pool's matching by job and runtime env, `preload_python_modules`, idle workers titled `ray::IDLE`)
+is in this module; `internals_available()` says whether the pinned Ray still has them, and when it
+does not the pool stays empty and replicas start the ordinary way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from deployments import constants
+
+logger = logging.getLogger(f"ray.serve.{__name__}")
+
+WARM_ENV_VAR = "RAYGPU_WARM_WORKER"
+# The runtime env of replicas that may take a warm worker; Ray reuses a worker only for an
+# identical runtime env (and the same job).
+WARM_RUNTIME_ENV = {"env_vars": {WARM_ENV_VAR: "1"}}
+PRELOAD_MODULE = "deployments.node.warm_preload"
+IDLE_TITLE = "ray::IDLE"
+KEEP_ALIVE_S = 3600
+# a prestarted worker needs a few seconds (import torch) before it shows up as idle
+PENDING_GRACE_S = 20.0
+REFILL_INTERVAL_S = 2.0
+# after a worker is taken, wait before starting its replacement so it does not compete for CPU
+# with the replica that just took one
+REFILL_DELAY_S = 5.0
+
+
+def system_config() -> dict[str, Any]:
+    """What `ray start --system-config` needs for warm workers to preload the replica imports."""
+    return {"preload_python_modules": [PRELOAD_MODULE]}
+
+
+def internals_available() -> tuple[bool, str]:
+    """Whether this Ray still has the internal pieces the pool relies on."""
+    try:
+        from ray.core.generated import node_manager_pb2, node_manager_pb2_grpc
+        from ray.core.generated.common_pb2 import Language
+    except ImportError as exc:
+        return False, f"Ray's generated protocol modules moved ({exc})"
+    fields = set(node_manager_pb2.PrestartWorkersRequest.DESCRIPTOR.fields_by_name)
+    wanted = {"language", "job_id", "runtime_env_info", "keep_alive_duration_secs", "num_workers"}
+    if not wanted <= fields:
+        return False, f"PrestartWorkersRequest lacks {sorted(wanted - fields)}"
+    if not hasattr(node_manager_pb2_grpc, "NodeManagerServiceStub") or "PYTHON" not in Language.keys():
+        return False, "the raylet's gRPC stub changed"
+    return True, ""
+
+
+def runtime_env_for(image_runtime_env: dict[str, Any]) -> dict[str, Any]:
+    """The runtime env a replica gets: the image's own when it adds pip packages or env vars (a
+    different environment, which a warm worker cannot serve), else the warm one."""
+    return dict(image_runtime_env) if image_runtime_env else dict(WARM_RUNTIME_ENV)
+
+
+def _prestart(raylet_address: str, job_id_hex: str, count: int) -> None:
+    import grpc
+    from ray._private.utils import get_runtime_env_info
+    from ray.core.generated import node_manager_pb2, node_manager_pb2_grpc
+    from ray.core.generated.common_pb2 import Language
+    from ray.runtime_env import RuntimeEnv
+
+    info = get_runtime_env_info(RuntimeEnv(**WARM_RUNTIME_ENV), is_job_runtime_env=False, serialize=False)
+    request = node_manager_pb2.PrestartWorkersRequest(
+        language=Language.PYTHON,
+        job_id=bytes.fromhex(job_id_hex),
+        runtime_env_info=info,
+        keep_alive_duration_secs=KEEP_ALIVE_S,
+        num_workers=count,
+    )
+    with grpc.insecure_channel(raylet_address) as channel:
+        node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(request, timeout=10)
+
+
+def _serve_controller_job() -> tuple[str | None, bool]:
+    """Serve replicas run in the job of the Serve controller: warm workers must belong to it, and
+    Ray pre-starts workers only for a job that is still running. Returns (job id, alive)."""
+    for actor in ray._private.state.actors().values():
+        if actor["ActorClassName"] == "ServeController" and actor["State"] == "ALIVE":
+            job = actor["JobID"]
+            dead = {j["JobID"] for j in ray._private.state.jobs() if j.get("IsDead")}
+            return job, job not in dead
+    return None, False
+
+
+def _idle_warm_workers(session_dir: str) -> list[Any]:
+    """Idle warm workers whose preload has finished (a worker still importing is not warm yet)."""
+    import psutil
+
+    try:
+        ready = set(os.listdir(constants.WARM_READY_DIR))
+    except OSError:
+        ready = set()
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if not cmdline or not cmdline[0].startswith(IDLE_TITLE):
+                continue
+            if proc.environ().get(WARM_ENV_VAR) != "1" or str(proc.pid) not in ready:
+                continue
+            found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _forget_exited_markers() -> None:
+    import psutil
+
+    try:
+        for name in os.listdir(constants.WARM_READY_DIR):
+            if name.isdigit() and not psutil.pid_exists(int(name)):
+                os.unlink(os.path.join(constants.WARM_READY_DIR, name))
+    except OSError:
+        pass
+
+
+@dataclass(frozen=True)
+class RefillPlan:
+    """What the pool does after one look at its node: how many workers to pre-start now, and
+    the prestarts still worth waiting for (when each was asked for)."""
+
+    start: int
+    pending: list[float]
+
+
+def plan_refill(size: int, idle: int, pending: list[float], taken_at: float, now: float) -> RefillPlan:
+    """Pre-start the workers missing from `size`, counting prestarts asked for within the last
+    PENDING_GRACE_S as on their way, and none within REFILL_DELAY_S after a replica took a
+    worker (a replacement would compete for CPU with the replica that just started)."""
+    waiting = [t for t in pending if now - t < PENDING_GRACE_S][: max(0, size - idle)]
+    missing = size - idle - len(waiting)
+    if missing <= 0 or now - taken_at < REFILL_DELAY_S:
+        return RefillPlan(0, waiting)
+    return RefillPlan(missing, waiting)
+
+
+class WarmPool:
+    """Keeps `size` idle warm workers on its node, refilled after replicas take them."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.node_id = ray.get_runtime_context().get_node_id()
+        node = next(n for n in ray.nodes() if n["NodeID"] == self.node_id)
+        self.raylet = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+        self.session_dir = ray._private.worker._global_node.get_session_dir_path()
+        self.available, self.reason = internals_available()
+        self.pending: list[float] = []  # when each not-yet-idle prestart was asked for
+        self.taken_at = 0.0
+        self.started = 0
+        self.errors = 0
+        self.last_error = ""
+        self._idle: list[Any] = []
+        self._job: str | None = None
+        self._task = asyncio.get_event_loop().create_task(self._keep_filled()) if self.available else None
+        if not self.available:
+            logger.warning("raygpu warm pool disabled: %s", self.reason)
+
+    async def _keep_filled(self) -> None:
+        while True:
+            try:
+                await self.refill()
+            except Exception as exc:
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.warning("raygpu warm pool: refill failed (%s)", self.last_error)
+            await asyncio.sleep(REFILL_INTERVAL_S)
+
+    async def refill(self) -> int:
+        loop = asyncio.get_running_loop()
+        idle = await loop.run_in_executor(None, _idle_warm_workers, self.session_dir)
+        await loop.run_in_executor(None, _forget_exited_markers)
+        now = time.time()
+        if len(idle) < len(self._idle):
+            self.taken_at = now
+        self._idle = idle
+        plan = plan_refill(self.size, len(idle), self.pending, self.taken_at, now)
+        self.pending, missing = plan.pending, plan.start
+        if missing <= 0:
+            return 0
+        if self._job is None:
+            job, alive = await loop.run_in_executor(None, _serve_controller_job)
+            if job is None:
+                return 0  # Serve not up yet
+            if not alive:
+                self.reason = (
+                    f"Serve's controller belongs to job {job}, which has ended: start Serve from a "
+                    "long-lived driver (`raygpu up --local` does) for warm workers"
+                )
+                return 0
+            self._job, self.reason = job, ""
+        try:
+            await loop.run_in_executor(None, _prestart, self.raylet, self._job, missing)
+        except Exception:
+            self._job = None  # Serve may have restarted under a new job
+            raise
+        self.pending.extend([now] * missing)
+        self.started += missing
+        return missing
+
+    async def stats(self) -> dict[str, Any]:
+        idle = []
+        for proc in self._idle:
+            try:
+                idle.append({"pid": proc.pid, "rss_bytes": proc.memory_info().rss})
+            except Exception:
+                continue
+        return {
+            "node_id": self.node_id,
+            "size": self.size,
+            "available": self.available,
+            "reason": self.reason,
+            "idle": idle,
+            "idle_rss_bytes": sum(w["rss_bytes"] for w in idle),
+            "pending": len(self.pending),
+            "started": self.started,
+            "errors": self.errors,
+            "last_error": self.last_error,
+        }
+
+    async def resize(self, size: int) -> int:
+        self.size = max(0, size)
+        return self.size
+
+
+def pool_actor_name(node_id: str) -> str:
+    return f"{constants.WARM_POOL_ACTOR_PREFIX}{node_id}"
+
+
+def start_warm_pools(size: int) -> list[Any]:
+    """A warm pool on every alive node that has GPUs (or on the head, on a machine without any)."""
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    gpu_nodes = [n for n in nodes if n["Resources"].get("GPU", 0) > 0] or nodes[:1]
+    handles = []
+    for node in gpu_nodes:
+        handles.append(
+            ray.remote(WarmPool)
+            .options(
+                name=pool_actor_name(node["NodeID"]),
+                namespace=constants.RAY_NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+                max_restarts=-1,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False),
+            )
+            .remote(size)
+        )
+    for handle in handles:
+        ray.get(handle.resize.remote(size))
+    return handles
+
+
+def pool_stats() -> list[dict[str, Any]]:
+    out = []
+    for node in ray.nodes():
+        if not node["Alive"]:
+            continue
+        try:
+            actor = ray.get_actor(pool_actor_name(node["NodeID"]), namespace=constants.RAY_NAMESPACE)
+        except ValueError:
+            continue
+        out.append(ray.get(actor.stats.remote(), timeout=10))
+    return out
+
+
+def landed_warm(replica_init: float) -> bool:
+    """Whether this replica runs in a warm worker (its imports done before it was assigned)."""
+    import sys
+
+    preload = sys.modules.get(PRELOAD_MODULE)
+    preloaded_at = getattr(preload, "PRELOADED_AT", None)
+    return preloaded_at is not None and preloaded_at < replica_init and os.environ.get(WARM_ENV_VAR) == "1"
+
+
+def replica_start_time(replica_init: float) -> float:
+    """When this replica's start began: its worker process start, or, on a warm worker that idled
+    in the pool before, the replica's own construction (pool time is not the replica's)."""
+    from billing.client import process_start_time
+
+    return replica_init if landed_warm(replica_init) else process_start_time()

@@ -1,0 +1,52 @@
+"""Imported by every new Ray worker process of a raygpu cluster (Ray's `preload_python_modules`).
+
+Workers whose runtime env sets RAYGPU_WARM_WORKER (the warm pool's, and replicas' that may take a
+warm worker) import the heavy modules a replica needs in a background thread, once they have sat
+idle for a moment: a worker idling in the pool gets them ready, while one started on demand for a
+replica is busy by then and imports only what that replica needs itself. Every other worker
+returns at once.
+"""
+
+import os
+import threading
+import time
+
+from deployments.constants import WARM_READY_DIR
+
+PRELOADED_AT: float | None = None
+IDLE_BEFORE_PRELOAD_S = 1.0
+
+
+def _idle() -> bool:
+    """Ray titles a worker process `ray::IDLE` until it runs a task or an actor."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            return f.read().startswith(b"ray::IDLE")
+    except OSError:
+        return False
+
+
+def _preload() -> None:
+    global PRELOADED_AT
+    time.sleep(IDLE_BEFORE_PRELOAD_S)
+    if not _idle():
+        return  # started on demand for a replica: no preload to compete with it
+    try:
+        import torch  # noqa: F401  (the largest import of a model replica)
+        from ray.serve._private import replica  # noqa: F401
+
+        from deployments.engines import torch_engine  # noqa: F401
+        from deployments.replicas import function, torch_model  # noqa: F401
+    except Exception:  # a replica imports what it needs itself
+        return
+    PRELOADED_AT = time.time()
+    try:
+        os.makedirs(WARM_READY_DIR, exist_ok=True)
+        with open(os.path.join(WARM_READY_DIR, str(os.getpid())), "w"):
+            pass
+    except OSError:
+        pass
+
+
+if os.environ.get("RAYGPU_WARM_WORKER") == "1":
+    threading.Thread(target=_preload, name="raygpu-preload", daemon=True).start()

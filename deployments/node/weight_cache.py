@@ -1,0 +1,99 @@
+"""The node-local weight cache: one detached actor per node holds each weights file, read once,
+in Ray's shared-memory object store. Replicas on the node map the arrays without copying them,
+so a second replica (or a replacement after a crash) never reads the file again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from deployments import constants
+
+
+def fingerprint(path: str | Path) -> str:
+    """Which bytes a weights file holds, by path, size and modification time (no read needed)."""
+    resolved = Path(path).expanduser().resolve()
+    try:
+        stat = resolved.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"weights file {resolved} not found") from None
+    if not resolved.is_file():
+        raise FileNotFoundError(f"weights path {resolved} is not a file")
+    return f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+class NodeWeightCache:
+    """Weights files of this node, each a dict of numpy arrays in the object store, owned here so
+    they outlive the replicas that asked for them."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Any] = {}
+        self.sizes: dict[str, int] = {}
+        self.hits: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, key: str, path: str) -> list[Any]:
+        """[ObjectRef] of the weights with this fingerprint, reading `path` only on the first ask."""
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key not in self.entries:
+                shared = await asyncio.get_running_loop().run_in_executor(None, _read_shared, path)
+                self.sizes[key] = sum(array.nbytes for array, _ in shared.values())
+                self.entries[key] = ray.put(shared)
+                del shared
+                self.hits[key] = 0
+            else:
+                self.hits[key] += 1
+        return [self.entries[key]]
+
+    async def drop(self, key: str) -> bool:
+        self.hits.pop(key, None)
+        self.sizes.pop(key, None)
+        return self.entries.pop(key, None) is not None
+
+    async def stats(self) -> dict[str, Any]:
+        return {
+            "entries": {k: {"bytes": self.sizes[k], "hits": self.hits[k]} for k in self.entries},
+            "bytes": sum(self.sizes.values()),
+            "pid": os.getpid(),
+        }
+
+
+def _read_shared(path: str) -> Any:
+    from deployments.engines.torch_engine import read_weights, to_shared
+
+    return to_shared(read_weights(path))
+
+
+def node_weight_cache(node_id: str | None = None) -> Any:
+    """The weight cache actor of a node (this one by default), started on first use."""
+    node_id = node_id or ray.get_runtime_context().get_node_id()
+    return (
+        ray.remote(NodeWeightCache)
+        .options(
+            name=f"{constants.WEIGHT_CACHE_ACTOR_PREFIX}{node_id}",
+            namespace=constants.RAY_NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=0,
+            max_concurrency=64,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+        )
+        .remote()
+    )
+
+
+async def load_cached(key: str, path: str) -> tuple[Any, float]:
+    """The shared weights for `key` through this node's cache, and the seconds it took."""
+    started = time.perf_counter()
+    cache = node_weight_cache()
+    (ref,) = await cache.get.remote(key, path)
+    shared = await ref
+    return shared, time.perf_counter() - started

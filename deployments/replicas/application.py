@@ -1,0 +1,82 @@
+"""A user app as one Serve application: a deployment per unit, each with its resources, queue
+bounds and raygpu's autoscaling policy, run by the replica class of the unit's kind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from autoscaling.serve_adapter import serve_autoscaling_config
+from deployments import constants
+from deployments.kinds import kind_of
+from deployments.node.warm_pool import runtime_env_for
+from deployments.spec import FunctionSpec
+
+
+def deployment_options(
+    app: str,
+    spec: FunctionSpec,
+    accelerator: str | None,
+    store_actor: str,
+    store_namespace: str,
+) -> dict[str, Any]:
+    """Serve options of one unit's deployment: resources, autoscaling, queue bounds."""
+    actor_options: dict[str, Any] = {"num_cpus": spec.cpu}
+    request = spec.gpu_request
+    if request is not None:
+        actor_options["num_gpus"] = request.count
+        if accelerator:
+            actor_options["accelerator_type"] = accelerator
+    if spec.memory:
+        actor_options["memory"] = spec.memory * 1024 * 1024
+    runtime_env = runtime_env_for(spec.image.to_runtime_env())
+    if runtime_env:
+        actor_options["runtime_env"] = runtime_env
+    return {
+        "name": spec.name,
+        "ray_actor_options": actor_options,
+        "max_ongoing_requests": spec.max_inputs,
+        # Serve's router enforces the queue bound in the gateway's process; at least one request
+        # must be able to wait, or a function at zero replicas could never start.
+        "max_queued_requests": max(spec.max_queue, 1),
+        "graceful_shutdown_timeout_s": min(spec.timeout, constants.MAX_GRACEFUL_SHUTDOWN_S),
+        "graceful_shutdown_wait_loop_s": 0.5,
+        "autoscaling_config": serve_autoscaling_config(
+            app=app,
+            function=spec.name,
+            min_replicas=spec.min_containers,
+            max_replicas=spec.max_containers,
+            buffer_replicas=spec.buffer_containers,
+            inputs_per_replica=spec.max_inputs,
+            idle_window_s=spec.scaledown_window,
+            start_time_s=constants.EXPECTED_START_TIME_S,
+            store_actor=store_actor,
+            store_namespace=store_namespace,
+            metrics_interval_s=constants.METRICS_INTERVAL_S,
+            look_back_period_s=constants.LOOK_BACK_PERIOD_S,
+        ),
+    }
+
+
+def build_app_application(
+    app: str,
+    version: int,
+    units: list[tuple[FunctionSpec, bytes, str | None]],
+    store_actor: str,
+    store_namespace: str,
+    metered: bool = True,
+) -> Any:
+    """One Serve application holding a deployment per unit of a user app.
+
+    Serve needs a single ingress: the first deployment takes the others as (unused) constructor
+    arguments, which is how Serve learns to deploy them all in the same application.
+    """
+    bound = []
+    for spec, payload, accelerator in units:
+        options = deployment_options(app, spec, accelerator, store_actor, store_namespace)
+        deployment = serve.deployment(kind_of(spec).replica_class()).options(**options)
+        bound.append((deployment, (app, version, spec.model_dump_json(), payload, accelerator, metered)))
+    ingress_deployment, ingress_args = bound[0]
+    siblings = [deployment.bind(*args) for deployment, args in bound[1:]]
+    return ingress_deployment.bind(*ingress_args, *siblings)

@@ -1,0 +1,147 @@
+"""What every raygpu replica does around its own work: start (timed by phase, a failure kept as
+the answer to every call instead of a crash loop), meter its lifecycle and each call, find what
+triggered its start, and report its load to the autoscaler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from billing.client import MeterClient
+from deployments.node.warm_pool import replica_start_time
+from deployments.replicas.start_phases import StartPhases, start_trigger
+from deployments.spec import FunctionSpec
+from deployments.store.actor import get_store
+
+logger = logging.getLogger(f"ray.serve.{__name__}")
+
+
+def error_payload(error_type: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The JSON body of an error answer: `{"error": {"type", "message"[, "details"]}}`."""
+    error: dict[str, Any] = {"type": error_type, "message": message}
+    if details is not None:
+        error["details"] = details
+    return {"error": error}
+
+
+def encode_json(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+@dataclass
+class CallOutcome:
+    """What a metered call answered: set by the call, read when it ends."""
+
+    status: int = 500
+    bytes_out: int = 0
+
+
+class ReplicaBase:
+    """Base of every replica class. Serve constructs it with the unit's app, version, spec (JSON),
+    code payload (pickled), accelerator and whether it is metered; subclasses load their unit in
+    `_load`."""
+
+    async def __init__(
+        self,
+        app: str,
+        version: int,
+        spec_json: str,
+        payload: bytes,
+        accelerator: str | None,
+        metered: bool,
+        *sibling_deployments: Any,
+    ):
+        init_at = time.time()
+        self.phases = StartPhases(process_start=replica_start_time(init_at), replica_init=init_at)
+        self.app, self.version = app, version
+        self.spec = FunctionSpec.model_validate_json(spec_json)
+        request = self.spec.gpu_request
+        self.meter = MeterClient(
+            app, self.spec.name, float(request.count) if request else 0.0, accelerator, enabled=metered
+        )
+        self.meter.event("started", self.phases.process_start)
+        self.meter.start()
+        self.phases.report = self.meter.start_phases
+        self._ongoing = 0
+        self._trigger = asyncio.get_running_loop().create_task(self._find_trigger())
+        self.startup_error: str | None = None
+        try:
+            await self._load(payload)
+        except Exception as exc:
+            # A replica whose unit cannot start answers every call with the reason (500) rather
+            # than crash-looping while callers wait.
+            self.startup_error = f"{type(exc).__name__}: {exc}"
+            logger.error(
+                "raygpu: %s/%s failed to start: %s", app, self.spec.name, "".join(traceback.format_exception(exc))
+            )
+        self.phases.mark("ready")
+        self.meter.event("ready")
+        logger.info(
+            "raygpu: %s/%s v%d ready (pid %d, %s)", app, self.spec.name, version, os.getpid(), self.phases.describe()
+        )
+
+    async def _load(self, payload: bytes) -> None:
+        """Load the unit's code, weights or engine (marking start phases as it goes)."""
+
+    def startup_error_payload(self) -> dict[str, Any]:
+        return error_payload(
+            "StartupError",
+            f"{self.spec.name} could not start on its replica: {self.startup_error} (fix it and redeploy; "
+            f"`raygpu logs {self.app}/{self.spec.name}` has the traceback)",
+        )
+
+    @contextlib.contextmanager
+    def metered_call(self, bytes_in: int) -> Iterator[CallOutcome]:
+        """One call: counted in flight for the autoscaler, metered with its status and size when
+        it ends, and the first one marks the replica's first response."""
+        started = time.perf_counter()
+        outcome = CallOutcome()
+        self.meter.call_started()
+        self._ongoing += 1
+        try:
+            yield outcome
+        finally:
+            self._ongoing -= 1
+            self.meter.call_finished(outcome.status, time.perf_counter() - started, bytes_in, outcome.bytes_out)
+            self.phases.first_response()
+
+    async def _find_trigger(self) -> None:
+        """What started this replica (a call at zero, a pre-warm): reported with its first response."""
+        try:
+            store = await asyncio.get_running_loop().run_in_executor(None, get_store)
+            self.phases.set_trigger(*await start_trigger(store, self.app, self.spec.name, self.phases.process_start))
+            if "first_response" in self.phases.marks:  # answered before the lookup: report the rest now
+                self.meter.start_phases(self.phases.durations())
+        except Exception as exc:
+            logger.debug("raygpu: no scale event for this start (%s)", exc)
+
+    async def replica_info(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "version": self.version,
+            "ongoing": self._ongoing,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "started_at": self.phases.replica_init,
+        }
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return {"raygpu_ongoing": float(self._ongoing)}
+
+    def __del__(self) -> None:
+        meter = getattr(self, "meter", None)
+        if meter is not None:
+            meter.stop()
+        self._release()
+
+    def _release(self) -> None:
+        """Free what the unit holds when the replica stops (exit hooks, engines, tasks)."""

@@ -1,0 +1,122 @@
+"""Replicas of user functions and classes.
+
+The gateway calls `__call__(method, body)`; the replica validates the keyword arguments against
+the type hints and answers `(status, payload)`: user code never decides an HTTP status and never
+leaves a caller hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cloudpickle
+from pydantic_core import to_jsonable_python
+
+from deployments.lifecycle import run_enter_hooks, run_exit_hooks
+from deployments.replicas.base import ReplicaBase, encode_json, error_payload
+from deployments.signature import ArgumentError, arguments_model, validate_arguments
+
+logger = logging.getLogger(f"ray.serve.{__name__}")
+
+
+def _jsonable_fallback(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy arrays, torch tensors
+        return value.tolist()
+    raise TypeError(f"a value of type {type(value).__name__} is not JSON-serializable")
+
+
+class FunctionReplica(ReplicaBase):
+    """One replica of a user function: its callables by method (None for a plain function)."""
+
+    async def _load(self, payload: bytes) -> None:
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.spec.max_inputs, thread_name_prefix=f"raygpu-{self.spec.name}"
+        )
+        self.callables = self._callables(cloudpickle.loads(payload))
+        self.models = {name: arguments_model(fn) for name, fn in self.callables.items()}
+        self.phases.mark("engine_init")
+
+    def _callables(self, code: Any) -> dict[str | None, Callable[..., Any]]:
+        return {None: getattr(code, "fn", code)}  # the plain function behind an SDK `Function`
+
+    async def __call__(
+        self, method: str | None, body: Any, bytes_in: int = 0, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes, int, dict[str, str]]:
+        """Run one call; answer (HTTP status, JSON body, version, extra response headers)."""
+        with self.metered_call(bytes_in) as outcome:
+            status, payload = await self._invoke(method, body)
+            try:
+                encoded = encode_json(payload)
+            except (TypeError, ValueError) as exc:
+                status, encoded = (
+                    500,
+                    encode_json(
+                        error_payload(
+                            "SerializationError",
+                            f"{self.spec.name} returned a value that cannot be sent as JSON: {exc}",
+                        )
+                    ),
+                )
+            outcome.status, outcome.bytes_out = status, len(encoded)
+            return status, encoded, self.version, {}
+
+    async def _invoke(self, method: str | None, body: Any) -> tuple[int, Any]:
+        if self.startup_error is not None:
+            return 500, self.startup_error_payload()
+        fn = self.callables.get(method)
+        if fn is None:
+            known = ", ".join(m for m in self.callables if m) or "(none)"
+            return 404, error_payload("NotFound", f"{self.spec.name} has no method {method!r}; methods: {known}")
+        try:
+            arguments = validate_arguments(self.models[method], body)
+        except ArgumentError as exc:
+            return 422, error_payload("ValidationError", str(exc), exc.errors)
+        try:
+            if inspect.iscoroutinefunction(fn):
+                result = await asyncio.wait_for(fn(**arguments), timeout=self.spec.timeout)
+            else:
+                loop = asyncio.get_running_loop()
+                future = loop.run_in_executor(self._executor, lambda: fn(**arguments))
+                result = await asyncio.wait_for(future, timeout=self.spec.timeout)
+        except TimeoutError:
+            return 504, error_payload(
+                "Timeout",
+                f"{self.spec.name} did not finish within its timeout of {self.spec.timeout:g} s; "
+                "raise `timeout=` in the decorator if it needs longer",
+            )
+        except Exception as exc:
+            logger.warning("raygpu: %s raised %s", self.spec.name, "".join(traceback.format_exception(exc)))
+            return 500, error_payload(type(exc).__name__, str(exc))
+        try:
+            return 200, to_jsonable_python(result, fallback=_jsonable_fallback)
+        except Exception as exc:
+            return 500, error_payload(
+                "SerializationError", f"{self.spec.name} returned a value that cannot be sent as JSON: {exc}"
+            )
+
+    def _release(self) -> None:
+        if hasattr(self, "_executor"):
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class ClassReplica(FunctionReplica):
+    """One replica of a user class: one instance, its enter hooks run once, its methods the callables."""
+
+    def _callables(self, code: Any) -> dict[str | None, Callable[..., Any]]:
+        self.instance = code()
+        run_enter_hooks(self.instance)
+        return {name: getattr(self.instance, name) for name in self.spec.methods}
+
+    def _release(self) -> None:
+        if getattr(self, "instance", None) is not None:
+            try:
+                run_exit_hooks(self.instance)
+            except Exception:
+                logger.exception("raygpu: exit hook of %s failed", self.spec.name)
+        super()._release()

@@ -1,0 +1,88 @@
+"""The Serve deployment of a vLLM engine: the gateway forwards `/{app}/{name}/v1/...` here and
+streams back what vLLM's own OpenAI server answers. With sleep mode (CUDA only) an idle replica
+offloads its weights and frees its KV cache, a warm tier between running and zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from deployments.replicas.base import ReplicaBase, encode_json
+
+logger = logging.getLogger(f"ray.serve.{__name__}")
+# Request headers vLLM sees; the rest (authorization above all) stay at the gateway.
+FORWARDED_TO_ENGINE = ("content-type", "accept")
+
+
+class VllmReplica(ReplicaBase):
+    """One replica of an `app.vllm(...)` deployment."""
+
+    async def _load(self, payload: bytes) -> None:
+        from deployments.engines.vllm_engine import VllmServer
+
+        model = self.spec.vllm_model
+        self._last_call = time.monotonic()
+        self.phases.mark("imports")
+        self.server = await VllmServer.start(
+            model.model, model.served_model_name, model.task, model.engine_args, model.sleep_mode
+        )
+        self.phases.mark("engine_init")
+        if model.sleep_mode:
+            self._sleeper = asyncio.get_running_loop().create_task(self._sleep_when_idle())
+
+    async def http(
+        self, method: str, path: str, query: bytes, headers: dict[str, str], body: bytes, bytes_in: int = 0
+    ) -> AsyncIterator[Any]:
+        """Stream one request through vLLM: first {"status", "headers"}, then body chunks."""
+        with self.metered_call(bytes_in) as outcome:
+            self._last_call = time.monotonic()
+            try:
+                if self.startup_error is not None:
+                    encoded = encode_json(self.startup_error_payload())
+                    yield {"status": 500, "headers": [("content-type", "application/json")]}
+                    outcome.bytes_out += len(encoded)
+                    yield encoded
+                    return
+                if self.server.asleep:
+                    woke_in = await self.server.wake_up()
+                    logger.info("raygpu: %s/%s woke from sleep in %.2f s", self.app, self.spec.name, woke_in)
+                forwarded = [(k, v) for k, v in headers.items() if k.lower() in FORWARDED_TO_ENGINE]
+                async for item in self.server.request(method, path, query, forwarded, body):
+                    if isinstance(item, bytes):
+                        outcome.bytes_out += len(item)
+                        yield item
+                    else:
+                        outcome.status = item.status
+                        yield {
+                            "status": item.status,
+                            "headers": [(k, v) for k, v in item.headers if k.lower() != "content-length"],
+                        }
+            finally:
+                self._last_call = time.monotonic()
+
+    async def _sleep_when_idle(self) -> None:
+        """Offload the engine after half the scaledown window without calls (CUDA only)."""
+        idle_s = self.spec.scaledown_window / 2
+        while True:
+            await asyncio.sleep(1.0)
+            if self._ongoing == 0 and not self.server.asleep and time.monotonic() - self._last_call >= idle_s:
+                took = await self.server.sleep(level=1)
+                logger.info("raygpu: %s/%s asleep after %.0f s idle (%.2f s)", self.app, self.spec.name, idle_s, took)
+
+    async def engine_info(self) -> dict[str, Any]:
+        server = getattr(self, "server", None)
+        return {
+            "pid": os.getpid(),
+            "asleep": bool(server and server.asleep),
+            "start_phases": self.phases.durations(),
+            "startup_error": self.startup_error,
+        }
+
+    def _release(self) -> None:
+        if getattr(self, "_sleeper", None) is not None:
+            self._sleeper.cancel()

@@ -1,0 +1,194 @@
+"""The control-plane store: one detached actor on the head node that owns the SQLite state.
+
+Writers (CLI, gateway) call it; readers that must never block (the Serve controller's autoscaling
+policy) read a cached snapshot that refreshes in the background (autoscaling/serve_adapter.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import ray
+
+from deployments import constants
+from deployments.store.db import StateDB
+
+
+class ControlPlaneStore:
+    """Async actor over StateDB; every mutation of the routing table bumps `generation`."""
+
+    def __init__(self, db_path: str):
+        self.db = StateDB(db_path)
+        self.db_path = db_path
+        self.generation = 1
+        self._changed = asyncio.Event()
+        self._weights_changed = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self._last_prune = 0.0
+        # Latest arrival per "app/function", kept in memory so the autoscaler's once-a-second
+        # snapshot never scans the arrivals table.
+        self._last_arrival: dict[str, float] = self.db.last_arrivals(time.time() - constants.ARRIVAL_RETENTION_S)
+
+    def _bump(self) -> int:
+        self.generation += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return self.generation
+
+    async def ping(self) -> dict[str, Any]:
+        return {"db_path": self.db_path, "generation": self.generation}
+
+    # --- registry ------------------------------------------------------------------------------
+    async def begin_version(self, app: str, source: str, functions: list[dict[str, Any]]) -> int:
+        return self.db.begin_version(app, source, functions)
+
+    async def mark_live(self, app: str, version: int) -> int:
+        self.db.mark_live(app, version)
+        return self._bump()
+
+    async def mark_failed(self, app: str, version: int) -> None:
+        self.db.mark_failed(app, version)
+
+    async def delete_app(self, app: str) -> tuple[bool, int]:
+        deleted = self.db.delete_app(app)
+        return deleted, self._bump()
+
+    async def live_apps(self) -> list[dict[str, Any]]:
+        return self.db.live_apps()
+
+    async def routing_table(self, known_generation: int = 0, wait_s: float = 0.0) -> dict[str, Any]:
+        """The gateway's view; with `wait_s` > 0 it long-polls until the generation moves past `known`."""
+        if wait_s > 0 and known_generation >= self.generation:
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=wait_s)
+            except TimeoutError:
+                pass
+        return {
+            "generation": self.generation,
+            "apps": {app["name"]: app for app in self.db.live_apps()},
+            "token_hashes": self.db.active_token_hashes(),
+        }
+
+    # --- tokens --------------------------------------------------------------------------------
+    async def create_token(self, app: str) -> dict[str, Any]:
+        token_id, token = self.db.create_token(app)
+        return {"id": token_id, "token": token, "generation": self._bump()}
+
+    async def revoke_token(self, app: str, token_id: str) -> dict[str, Any]:
+        revoked = self.db.revoke_token(app, token_id)
+        return {"revoked": revoked, "generation": self._bump() if revoked else self.generation}
+
+    async def tokens(self, app: str | None = None) -> list[dict[str, Any]]:
+        return self.db.tokens(app)
+
+    # --- arrivals and scale events -------------------------------------------------------------
+    async def record_arrivals(self, arrivals: list[tuple[str, str, float]]) -> int:
+        count = self.db.record_arrivals(arrivals)
+        self._arrived.set()
+        self._arrived = asyncio.Event()
+        for app, function, ts in arrivals:
+            key = f"{app}/{function}"
+            if ts > self._last_arrival.get(key, 0.0):
+                self._last_arrival[key] = ts
+        now = time.time()
+        if now - self._last_prune > 3600:
+            self._last_prune = now
+            self.db.prune_arrivals(now - constants.ARRIVAL_RETENTION_S)
+        return count
+
+    async def arrivals(self, app: str, function: str, since: float = 0.0) -> list[float]:
+        return self.db.arrivals(app, function, since)
+
+    async def last_arrivals(self, since: float) -> dict[str, float]:
+        return {key: ts for key, ts in self._last_arrival.items() if ts >= since}
+
+    async def arrivals_after(self, cursor: int, wait_s: float = 0.0) -> tuple[int, dict[str, list[float]]]:
+        """Arrivals recorded after `cursor`; with `wait_s`, wait that long for the first new one
+        (the autoscaler keeps one such call open, so a call at zero replicas reaches it at once)."""
+        arrived = self._arrived
+        last, new = self.db.arrivals_after(cursor)
+        if new or wait_s <= 0 or cursor < 0:
+            return last, new
+        try:
+            await asyncio.wait_for(arrived.wait(), wait_s)
+        except TimeoutError:
+            return last, new
+        return self.db.arrivals_after(cursor)
+
+    async def save_policy_state(self, app: str, function: str, state: dict[str, Any]) -> None:
+        self.db.save_policy_state(app, function, state)
+
+    async def load_policy_state(self, app: str, function: str) -> dict[str, Any] | None:
+        return self.db.load_policy_state(app, function)
+
+    async def record_scale_events(self, events: list[tuple[str, str, float, int, int]]) -> None:
+        self.db.record_scale_events(events)
+
+    async def scale_events(self, app: str, function: str, since: float = 0.0) -> list[dict[str, Any]]:
+        return self.db.scale_events(app, function, since)
+
+    async def last_scale_event(self, app: str, function: str) -> dict[str, Any] | None:
+        return self.db.last_scale_event(app, function)
+
+    async def set_weights(
+        self,
+        app: str,
+        function: str,
+        model: str,
+        path: str,
+        fingerprint: str,
+        source: str,
+        only_if_changed: bool = False,
+    ) -> int:
+        version = self.db.set_weights(app, function, model, path, fingerprint, source, only_if_changed)
+        self._weights_changed.set()
+        self._weights_changed = asyncio.Event()
+        return version
+
+    async def current_weights(
+        self, app: str, function: str, known: dict[str, int] | None = None, wait_s: float = 0.0
+    ) -> dict[str, dict[str, Any]]:
+        """The latest weights per model; with `known` ({model: version}), wait up to `wait_s` for a change."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            current = self.db.current_weights(app, function)
+            if known is None or {m: w["version"] for m, w in current.items()} != known:
+                return current
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return current
+            try:
+                await asyncio.wait_for(self._weights_changed.wait(), remaining)
+            except TimeoutError:
+                return self.db.current_weights(app, function)
+
+    async def set_setting(self, key: str, value: Any) -> None:
+        self.db.set_setting(key, value)
+
+    async def get_setting(self, key: str, default: Any = None) -> Any:
+        return self.db.get_setting(key, default)
+
+
+def start_store(db_path: str) -> Any:
+    """Create the detached store actor on the head node, or return the running one."""
+    actor_cls = ray.remote(ControlPlaneStore).options(
+        name=constants.STORE_ACTOR_NAME,
+        namespace=constants.RAY_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        num_cpus=0,
+        max_restarts=-1,
+        max_task_retries=-1,
+        max_concurrency=1000,
+        resources={"node:__internal_head__": 0.001},
+    )
+    handle = actor_cls.remote(db_path)
+    ray.get(handle.ping.remote())
+    return handle
+
+
+def get_store() -> Any:
+    """The running store actor; raises ValueError when it does not exist."""
+    return ray.get_actor(constants.STORE_ACTOR_NAME, namespace=constants.RAY_NAMESPACE)

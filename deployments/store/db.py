@@ -1,0 +1,347 @@
+"""The control plane's SQLite database: app registry, versions, token hashes, arrivals, scale events.
+
+Plain SQLite in WAL mode with no Ray import; the store actor (deployments/store.py) owns the one
+connection that writes to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS apps (
+    name TEXT PRIMARY KEY,
+    live_version INTEGER,
+    created_at REAL NOT NULL,
+    deleted_at REAL
+);
+CREATE TABLE IF NOT EXISTS app_versions (
+    app TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    functions TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    live_at REAL,
+    PRIMARY KEY (app, version)
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS arrivals (
+    app TEXT NOT NULL,
+    function TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS arrivals_by_function ON arrivals (app, function, ts);
+CREATE TABLE IF NOT EXISTS scale_events (
+    app TEXT NOT NULL,
+    function TEXT NOT NULL,
+    ts REAL NOT NULL,
+    from_replicas INTEGER NOT NULL,
+    to_replicas INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS policy_state (
+    app TEXT NOT NULL,
+    function TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (app, function)
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scale_events_by_function ON scale_events (app, function, ts);
+CREATE TABLE IF NOT EXISTS weights (
+    app TEXT NOT NULL,
+    function TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (app, function, model, version)
+);
+"""
+
+TOKEN_PREFIX = "rgt_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class StateDB:
+    """Typed access to the control-plane tables. Not thread-safe: one owner per connection."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- apps and versions -------------------------------------------------------------------
+    def begin_version(self, app: str, source: str, functions: list[dict[str, Any]]) -> int:
+        """Record a new version of `app` in state 'deploying' and return its number."""
+        now = time.time()
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute(
+                "INSERT INTO apps (name, live_version, created_at) VALUES (?, NULL, ?) "
+                "ON CONFLICT(name) DO UPDATE SET deleted_at = NULL",
+                (app, now),
+            )
+            row = self.conn.execute(
+                "SELECT COALESCE(MAX(version), 0) AS v FROM app_versions WHERE app = ?", (app,)
+            ).fetchone()
+            version = int(row["v"]) + 1
+            self.conn.execute(
+                "INSERT INTO app_versions (app, version, source, functions, status, created_at) "
+                "VALUES (?, ?, ?, ?, 'deploying', ?)",
+                (app, version, source, json.dumps(functions), now),
+            )
+        return version
+
+    def mark_live(self, app: str, version: int) -> None:
+        now = time.time()
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("UPDATE app_versions SET status = 'superseded' WHERE app = ? AND status = 'live'", (app,))
+            self.conn.execute(
+                "UPDATE app_versions SET status = 'live', live_at = ? WHERE app = ? AND version = ?",
+                (now, app, version),
+            )
+            self.conn.execute("UPDATE apps SET live_version = ? WHERE name = ?", (version, app))
+
+    def mark_failed(self, app: str, version: int) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE app_versions SET status = 'failed' WHERE app = ? AND version = ?", (app, version))
+            self.conn.execute(
+                "UPDATE apps SET deleted_at = ? WHERE name = ? AND live_version IS NULL", (time.time(), app)
+            )
+
+    def delete_app(self, app: str) -> bool:
+        with self.conn:
+            cur = self.conn.execute(
+                "UPDATE apps SET deleted_at = ?, live_version = NULL WHERE name = ? AND deleted_at IS NULL",
+                (time.time(), app),
+            )
+            self.conn.execute(
+                "UPDATE app_versions SET status = 'stopped' WHERE app = ? AND status IN ('live', 'deploying')",
+                (app,),
+            )
+        return cur.rowcount > 0
+
+    def live_apps(self) -> list[dict[str, Any]]:
+        """Every live app with its live version's functions (the gateway's routing table)."""
+        rows = self.conn.execute(
+            "SELECT a.name, a.live_version, v.functions, v.live_at, v.source, a.created_at "
+            "FROM apps a JOIN app_versions v ON v.app = a.name AND v.version = a.live_version "
+            "WHERE a.deleted_at IS NULL ORDER BY a.name"
+        ).fetchall()
+        return [
+            {
+                "name": r["name"],
+                "version": r["live_version"],
+                "functions": json.loads(r["functions"]),
+                "live_at": r["live_at"],
+                "source": r["source"],
+                "created_at": r["created_at"],
+            }
+            for r in rows
+        ]
+
+    def versions(self, app: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT version, status, created_at, live_at, source FROM app_versions WHERE app = ? ORDER BY version",
+            (app,),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    # --- tokens ------------------------------------------------------------------------------
+    def create_token(self, app: str) -> tuple[str, str]:
+        """Create a token for `app`; return (token id, the token). Only its hash is stored."""
+        token_id = secrets.token_hex(4)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO tokens (id, app, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                (token_id, app, hash_token(token), time.time()),
+            )
+        return token_id, token
+
+    def revoke_token(self, app: str, token_id: str) -> bool:
+        with self.conn:
+            cur = self.conn.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE app = ? AND id = ? AND revoked_at IS NULL",
+                (time.time(), app, token_id),
+            )
+        return cur.rowcount > 0
+
+    def tokens(self, app: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT id, app, created_at, revoked_at FROM tokens"
+        params: tuple[Any, ...] = ()
+        if app is not None:
+            query += " WHERE app = ?"
+            params = (app,)
+        return [dict(r) for r in self.conn.execute(query + " ORDER BY created_at", params).fetchall()]
+
+    def active_token_hashes(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for r in self.conn.execute("SELECT app, token_hash FROM tokens WHERE revoked_at IS NULL"):
+            out.setdefault(r["app"], []).append(r["token_hash"])
+        return out
+
+    # --- arrivals ----------------------------------------------------------------------------
+    def record_arrivals(self, arrivals: Iterable[tuple[str, str, float]]) -> int:
+        rows = list(arrivals)
+        if rows:
+            with self.conn:
+                self.conn.executemany("INSERT INTO arrivals (app, function, ts) VALUES (?, ?, ?)", rows)
+        return len(rows)
+
+    def arrivals(self, app: str, function: str, since: float = 0.0) -> list[float]:
+        rows = self.conn.execute(
+            "SELECT ts FROM arrivals WHERE app = ? AND function = ? AND ts >= ? ORDER BY ts",
+            (app, function, since),
+        ).fetchall()
+        return [r["ts"] for r in rows]
+
+    def last_arrivals(self, since: float) -> dict[str, float]:
+        """The latest arrival per function since `since`, keyed "app/function"."""
+        rows = self.conn.execute(
+            "SELECT app, function, MAX(ts) AS last FROM arrivals WHERE ts >= ? GROUP BY app, function", (since,)
+        ).fetchall()
+        return {f"{r['app']}/{r['function']}": r["last"] for r in rows}
+
+    def arrivals_after(self, cursor: int, limit: int = 100_000) -> tuple[int, dict[str, list[float]]]:
+        """Arrivals recorded after row `cursor` (-1: none, only the current cursor), keyed
+        "app/function", and the new cursor. Row ids grow with every insert, so an arrival
+        recorded late (a slow gateway flush) is still seen once."""
+        if cursor < 0:
+            row = self.conn.execute("SELECT COALESCE(MAX(rowid), 0) AS last FROM arrivals").fetchone()
+            return int(row["last"]), {}
+        out: dict[str, list[float]] = {}
+        last = cursor
+        for r in self.conn.execute(
+            "SELECT rowid, app, function, ts FROM arrivals WHERE rowid > ? ORDER BY rowid LIMIT ?", (cursor, limit)
+        ):
+            out.setdefault(f"{r['app']}/{r['function']}", []).append(r["ts"])
+            last = r["rowid"]
+        return last, out
+
+    def save_policy_state(self, app: str, function: str, state: dict[str, Any]) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO policy_state (app, function, state, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(app, function) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                (app, function, json.dumps(state), time.time()),
+            )
+
+    def load_policy_state(self, app: str, function: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT state FROM policy_state WHERE app = ? AND function = ?", (app, function)
+        ).fetchone()
+        return json.loads(row["state"]) if row else None
+
+    def prune_arrivals(self, older_than: float) -> int:
+        with self.conn:
+            cur = self.conn.execute("DELETE FROM arrivals WHERE ts < ?", (older_than,))
+        return cur.rowcount
+
+    # --- scale events ------------------------------------------------------------------------
+    def record_scale_events(self, events: Iterable[tuple[str, str, float, int, int]]) -> None:
+        rows = list(events)
+        if rows:
+            with self.conn:
+                self.conn.executemany(
+                    "INSERT INTO scale_events (app, function, ts, from_replicas, to_replicas) VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+
+    def scale_events(self, app: str, function: str, since: float = 0.0) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT ts, from_replicas, to_replicas FROM scale_events WHERE app = ? AND function = ? AND ts >= ? "
+            "ORDER BY ts, rowid",
+            (app, function, since),
+        ).fetchall()
+        return [{"time": r["ts"], "from": r["from_replicas"], "to": r["to_replicas"]} for r in rows]
+
+    def last_scale_event(self, app: str, function: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT ts, from_replicas, to_replicas FROM scale_events WHERE app = ? AND function = ? "
+            "ORDER BY ts DESC LIMIT 1",
+            (app, function),
+        ).fetchone()
+        if row is None:
+            return None
+        return {"time": row["ts"], "from": row["from_replicas"], "to": row["to_replicas"]}
+
+    # --- model weights -----------------------------------------------------------------------
+    def set_weights(
+        self,
+        app: str,
+        function: str,
+        model: str,
+        path: str,
+        fingerprint: str,
+        source: str,
+        only_if_changed: bool = False,
+    ) -> int:
+        """Record weights for a model; return its version (a new one unless `only_if_changed` and
+        the latest version already has this fingerprint)."""
+        with self.conn:
+            latest = self.conn.execute(
+                "SELECT version, fingerprint FROM weights WHERE app = ? AND function = ? AND model = ? "
+                "ORDER BY version DESC LIMIT 1",
+                (app, function, model),
+            ).fetchone()
+            if latest is not None and only_if_changed and latest["fingerprint"] == fingerprint:
+                return latest["version"]
+            version = (latest["version"] if latest else 0) + 1
+            self.conn.execute(
+                "INSERT INTO weights (app, function, model, version, path, fingerprint, source, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (app, function, model, version, path, fingerprint, source, time.time()),
+            )
+        return version
+
+    def current_weights(self, app: str, function: str) -> dict[str, dict[str, Any]]:
+        """Latest weights of each model of a function: {model: {version, path, fingerprint}}."""
+        rows = self.conn.execute(
+            "SELECT model, version, path, fingerprint, source, created_at FROM weights w WHERE app = ? AND function = ? "
+            "AND version = (SELECT MAX(version) FROM weights WHERE app = w.app AND function = w.function AND model = w.model)",
+            (app, function),
+        ).fetchall()
+        return {r["model"]: {k: r[k] for k in ("version", "path", "fingerprint", "source", "created_at")} for r in rows}
+
+    # --- settings ----------------------------------------------------------------------------
+    def set_setting(self, key: str, value: Any) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return json.loads(row["value"]) if row else default

@@ -1,0 +1,183 @@
+"""`raygpu up`, `raygpu down`, `raygpu pool`: the cluster raygpu runs on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from deployments import constants
+from raygpu.cli.common import address_option, connect, console, echo_json, fail, run
+
+
+@click.command()
+@click.option("--local", "local", is_flag=True, help="Start an embedded Ray cluster on this machine.")
+@click.option("--gpus", default=constants.DEFAULT_LOCAL_GPUS, show_default=True, help="Logical GPUs (--local).")
+@click.option(
+    "--accelerator",
+    default=constants.DEFAULT_LOCAL_ACCELERATOR,
+    show_default=True,
+    help="Accelerator type the logical GPUs are labelled with (--local).",
+)
+@click.option(
+    "--cpus", default=constants.DEFAULT_LOCAL_LOGICAL_CPUS, show_default=True, help="Logical CPUs declared (--local)."
+)
+@click.option("--port", "http_port", default=constants.DEFAULT_HTTP_PORT, show_default=True, help="Gateway HTTP port.")
+@click.option(
+    "--serve-port",
+    default=None,
+    type=int,
+    help="Port of Serve's own HTTP proxy for plain Serve apps (default: a free port locally, PORT+1 on a cluster).",
+)
+@click.option(
+    "--metrics-port",
+    default=None,
+    type=int,
+    help=f"Port of the Prometheus exporter (default: a free port locally, {constants.DEFAULT_METRICS_PORT} "
+    "on a cluster).",
+)
+@click.option("--host", "http_host", default=None, help="Gateway bind address (local: 127.0.0.1, cluster: 0.0.0.0).")
+@click.option("--db-path", default=None, help="SQLite file of the control-plane store.")
+@click.option(
+    "--prices",
+    "prices_path",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="GPU price table (YAML, see billing/prices.yaml; default: $RAYGPU_PRICES or the shipped one).",
+)
+@click.option(
+    "--warm-pool",
+    default=constants.DEFAULT_WARM_POOL_SIZE,
+    show_default=True,
+    type=click.IntRange(0, 64),
+    help="Idle warm worker processes (torch imported) kept per GPU node for replica starts; 0 disables.",
+)
+@click.option(
+    "--control-loop-interval",
+    default=constants.DEFAULT_CONTROL_LOOP_INTERVAL_S,
+    show_default=True,
+    type=click.FloatRange(0.005, 5.0),
+    help="Serve controller tick, seconds (--local; on a cluster set "
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S in cluster.yaml).",
+)
+@address_option
+def up(
+    local: bool,
+    gpus: int,
+    accelerator: str,
+    cpus: int,
+    http_port: int,
+    serve_port: int | None,
+    metrics_port: int | None,
+    http_host: str | None,
+    db_path: str | None,
+    prices_path: str | None,
+    warm_pool: int,
+    control_loop_interval: float,
+    address: str | None,
+) -> None:
+    """Start a local cluster (--local), or install raygpu on a running Ray cluster (--address)."""
+    from raygpu.home import raygpu_home
+    from raygpu.local_cluster import start_local
+
+    if local:
+        with console.status("starting a local Ray cluster and the raygpu gateway..."):
+            info = run(
+                lambda: start_local(
+                    gpus=gpus,
+                    accelerator=accelerator or None,
+                    http_port=http_port,
+                    http_host=http_host or constants.DEFAULT_HTTP_HOST,
+                    serve_port=serve_port,
+                    logical_cpus=cpus,
+                    db_path=db_path,
+                    metrics_port=metrics_port,
+                    prices_path=prices_path,
+                    warm_pool=warm_pool,
+                    control_loop_interval_s=control_loop_interval,
+                )
+            )
+        console.print(f"[green]local cluster up[/green] at {info.address}")
+        console.print(f"  gateway    {info.gateway_url}")
+        console.print(f"  dashboard  {info.dashboard_url}")
+        console.print(f"  serve      {info.serve_url} (Serve's proxy, for plain Serve apps)")
+        console.print(f"  metrics    {info.metrics_url} (Prometheus)")
+        console.print(f"  GPUs       {info.gpus} x {info.accelerator or 'unlabelled'} (logical)")
+        console.print(f"  state      {info.db_path}")
+        return
+    if not address:
+        fail(
+            "say where: `raygpu up --local` for this machine, or `raygpu up --address HOST:PORT` "
+            "for a cluster started with `ray up cluster.yaml`"
+        )
+    from raygpu.control_plane import start_control_driver
+
+    # The control plane is installed by a driver that keeps running here (run this on the head node:
+    # `ray exec cluster.yaml "raygpu up --address auto"`): Serve's controller belongs to its job,
+    # and the warm pools need that job alive.
+    home = raygpu_home()
+    config = {
+        "db_path": db_path or str(home / "state.db"),
+        "http_host": http_host or "0.0.0.0",
+        "http_port": http_port,
+        "serve_port": serve_port,
+        "metrics_port": metrics_port or constants.DEFAULT_METRICS_PORT,
+        "prices_path": str(Path(prices_path).resolve()) if prices_path else None,
+        "warm_pool": warm_pool,
+    }
+    with console.status("installing the raygpu control plane..."):
+        pid = run(lambda: start_control_driver(address, home, "cluster", config, local=False))
+    host = "127.0.0.1" if config["http_host"] in ("0.0.0.0", "::") else config["http_host"]
+    console.print(
+        f"[green]raygpu is up[/green]; gateway http://{host}:{http_port}, metrics "
+        f"http://{host}:{config['metrics_port']}/metrics (control-plane driver pid {pid})"
+    )
+
+
+@click.command()
+def down() -> None:
+    """Stop the local cluster started by `raygpu up --local` (only its own processes)."""
+    from raygpu.home import read_local_cluster
+    from raygpu.local_cluster import stop_local
+
+    if read_local_cluster() is None:
+        console.print("no local raygpu cluster is running")
+        return
+    with console.status("stopping the local cluster..."):
+        pids = stop_local()
+    console.print(f"[green]stopped[/green] {len(pids)} processes")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@address_option
+def pool(as_json: bool, address: str | None) -> None:
+    """The warm worker pool of each node: idle pre-started workers and their memory."""
+    from deployments.node.warm_pool import pool_stats
+
+    connect(address)
+    stats = pool_stats()
+    if as_json:
+        echo_json(stats)
+        return
+    if not stats:
+        fail("no warm pool runs on this cluster; `raygpu up` starts one per GPU node (--warm-pool N)")
+    table = Table("node", "size", "idle", "starting", "memory", "started", "state")
+    for s in stats:
+        state = "ok" if s["available"] and not s["errors"] else (s["reason"] or s["last_error"] or "errors")
+        table.add_row(
+            s["node_id"][:12],
+            str(s["size"]),
+            ", ".join(str(w["pid"]) for w in s["idle"]) or "-",
+            str(s["pending"]),
+            f"{s['idle_rss_bytes'] / 2**20:.0f} MiB",
+            str(s["started"]),
+            state,
+        )
+    console.print(table)
+
+
+def register(root: click.Group) -> None:
+    for command in (up, down, pool):
+        root.add_command(command)

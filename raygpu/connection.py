@@ -1,0 +1,79 @@
+"""Attaching this process to the raygpu cluster (--address, RAYGPU_ADDRESS or the local one),
+and the Serve handles it opens, closed before it detaches."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from deployments import constants
+from raygpu.errors import NoClusterError
+from raygpu.home import local_cluster_alive, read_local_cluster
+
+ADDRESS_ENV = "RAYGPU_ADDRESS"
+
+_handles: dict[tuple[str, str], Any] = {}
+
+
+def resolve_address(address: str | None = None) -> tuple[str, bool]:
+    """(address, is_local): --address, then RAYGPU_ADDRESS, then the local cluster."""
+    address = address or os.environ.get(ADDRESS_ENV)
+    if address:
+        return address, False
+    cluster = read_local_cluster()
+    if cluster and local_cluster_alive(cluster):
+        return cluster.address, True
+    raise NoClusterError(
+        "no raygpu cluster is running: start one with `raygpu up --local`, or point at a cluster with "
+        f"--address / {ADDRESS_ENV}=HOST:PORT"
+    )
+
+
+def connect(address: str | None = None) -> None:
+    """Attach this process to the raygpu cluster (once per process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    resolved, local = resolve_address(address)
+    if local:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        ray.init(
+            address=resolved,
+            namespace=constants.RAY_NAMESPACE,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    except Exception as exc:
+        raise NoClusterError(
+            f"cannot reach the Ray cluster at {resolved}: {exc}; start one with `raygpu up --local` "
+            f"or check --address / {ADDRESS_ENV}"
+        ) from None
+
+
+def serve_handle(serve_app: str, deployment: str) -> Any:
+    """A Serve handle to a deployment, opened once per process."""
+    from ray import serve
+
+    key = (serve_app, deployment)
+    if key not in _handles:
+        _handles[key] = serve.get_deployment_handle(deployment, app_name=serve_app)
+    return _handles[key]
+
+
+def disconnect() -> None:
+    """Stop the routers of this process's handles, then detach from the cluster."""
+    import ray
+
+    while _handles:
+        _, handle = _handles.popitem()
+        try:
+            handle.shutdown()
+        except Exception:
+            pass
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,60 @@
+"""Handles on the running control plane of the connected cluster: the store, the meter, and the
+gateway's URL (with a wait until the gateway serves a routing-table generation)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import ray
+
+from billing.meter import METER_ACTOR_NAME, METER_NAMESPACE
+from deployments.store.actor import get_store
+from raygpu.errors import DeployError, NoClusterError
+
+GATEWAY_URL_ENV = "RAYGPU_GATEWAY_URL"
+
+
+def store() -> Any:
+    try:
+        return get_store()
+    except ValueError:
+        raise NoClusterError(
+            "the cluster has no raygpu control plane; run `raygpu up --local` (or `raygpu up --address ...` "
+            "on a cluster started with `ray up cluster.yaml`)"
+        ) from None
+
+
+def meter() -> Any:
+    try:
+        return ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE)
+    except ValueError:
+        raise NoClusterError("the cluster has no raygpu meter; run `raygpu up` again to install it") from None
+
+
+def gateway_url() -> str:
+    if os.environ.get(GATEWAY_URL_ENV):
+        return os.environ[GATEWAY_URL_ENV].rstrip("/")
+    url = ray.get(store().get_setting.remote("gateway_url"))
+    if not url:
+        raise NoClusterError(f"the gateway URL is unknown; set {GATEWAY_URL_ENV} or run `raygpu up` again")
+    return url
+
+
+def wait_for_gateway(url: str, generation: int, wait_s: float) -> None:
+    """Block until the gateway serves routing-table generation `generation` or later."""
+    deadline = time.monotonic() + wait_s
+    last_error = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+                if json.loads(response.read())["generation"] >= generation:
+                    return
+        except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+            last_error = str(exc)
+        time.sleep(0.1)
+    raise DeployError(f"the gateway at {url} did not pick up the change within {wait_s:g} s ({last_error})")

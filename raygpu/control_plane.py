@@ -1,0 +1,145 @@
+"""Installing raygpu's control plane (store, meter, Serve, gateway, warm pools) on a cluster,
+from a long-lived driver process that `raygpu up` starts and waits for."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+
+from billing.meter import start_meter
+from billing.prices import PRICES_ENV
+from deployments import constants
+from deployments.gateway.server import build_gateway_application
+from deployments.node.warm_pool import start_warm_pools
+from deployments.store.actor import start_store
+from raygpu.errors import NoClusterError
+
+
+def ray_env(local: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    if local:
+        # A loopback-only single-machine cluster: Ray's token auth only gets in the way here.
+        env.setdefault("RAY_AUTH_MODE", "disabled")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Replicas' print() and stdout land in their Serve replica log, where `raygpu logs` reads them.
+    env.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+    # A replica start skips Serve's post-init gc freeze (~0.1 s); the controller ticks faster.
+    env.setdefault("RAY_SERVE_FREEZE_GC_ON_STARTUP", "0")
+    env.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", str(constants.DEFAULT_CONTROL_LOOP_INTERVAL_S))
+    return env
+
+
+def start_control_driver(
+    address: str, workdir: Path, tag: str, config: dict[str, Any], timeout_s: float = 180.0, local: bool = True
+) -> int:
+    """Start the long-lived driver that installs the control plane (see raygpu.control_driver);
+    return its pid once the control plane is up, or raise with the reason it is not. `tag` goes on
+    its command line (a local cluster's temp dir, so `raygpu down` finds it)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ready = workdir / "raygpu-control-driver.json"
+    ready.unlink(missing_ok=True)
+    log = workdir / "raygpu-control-driver.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "raygpu.control_driver",
+        "--address",
+        address,
+        "--ready-file",
+        str(ready),
+        "--temp-dir",
+        tag,
+        "--config",
+        json.dumps(config),
+    ]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            env=ray_env(local=local),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready.exists():
+            try:
+                result = json.loads(ready.read_text())
+            except ValueError:
+                time.sleep(0.05)  # still being written
+                continue
+            if result.get("ok"):
+                return proc.pid
+            raise NoClusterError(
+                f"installing the raygpu control plane failed: {result.get('error')}\n{result.get('traceback', '')}"
+            )
+        if proc.poll() is not None:
+            raise NoClusterError(f"the control-plane driver exited with {proc.returncode}; see {log}")
+        time.sleep(0.1)
+    proc.kill()
+    raise NoClusterError(f"the control plane did not come up within {timeout_s:g} s; see {log}")
+
+
+def install_control_plane(
+    *,
+    db_path: str,
+    http_host: str = "0.0.0.0",
+    http_port: int = constants.DEFAULT_HTTP_PORT,
+    serve_port: int | None = None,
+    metrics_port: int = constants.DEFAULT_METRICS_PORT,
+    prices_path: str | None = None,
+    warm_pool: int = constants.DEFAULT_WARM_POOL_SIZE,
+) -> dict[str, Any]:
+    """Start (or find) the store actor, the meter, Serve and the gateway on the connected cluster."""
+    store = start_store(db_path)
+    prices_path = prices_path or os.environ.get(PRICES_ENV)
+    start_meter(
+        str(Path(db_path).with_name("ledger.db")),
+        str(Path(prices_path).resolve()) if prices_path else None,
+        metrics_port,
+        http_host,
+    )
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    # Serve's own proxy serves plain Serve apps next to raygpu; raygpu's gateway listens itself.
+    serve.start(
+        http_options={"host": http_host, "port": serve_port or http_port + 1},
+        proxy_location="HeadOnly",
+    )
+    forget_apps_serve_lost(store)
+    serve.run(build_gateway_application(http_host, http_port), name=constants.GATEWAY_APP_NAME, route_prefix=None)
+    start_warm_pools(warm_pool)
+
+    host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
+    gateway_url = f"http://{host}:{http_port}"
+    ray.get(store.set_setting.remote("gateway_url", gateway_url))
+    ray.get(store.set_setting.remote("metrics_url", f"http://{host}:{metrics_port}/metrics"))
+    return {
+        "gateway_url": gateway_url,
+        "serve_url": f"http://{host}:{serve_port or http_port + 1}",
+        "metrics_url": f"http://{host}:{metrics_port}/metrics",
+    }
+
+
+def forget_apps_serve_lost(store: Any) -> list[str]:
+    """Mark stopped the registry's live apps that Serve no longer runs (e.g. after `raygpu down`
+    and `up` with the same state file), so the gateway never routes to a missing application."""
+
+    running = set(serve.status().applications)
+    lost = [
+        app["name"]
+        for app in ray.get(store.live_apps.remote())
+        if f"{constants.USER_APP_PREFIX}{app['name']}" not in running
+    ]
+    for name in lost:
+        ray.get(store.delete_app.remote(name))
+    return lost

@@ -1,0 +1,83 @@
+"""Where raygpu keeps its local state ($RAYGPU_HOME, default ~/.raygpu) and what it knows of the
+local cluster started by `raygpu up --local`. No Ray."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel
+
+HOME_ENV = "RAYGPU_HOME"
+
+
+def raygpu_home() -> Path:
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".raygpu").expanduser()
+
+
+def local_state_path() -> Path:
+    return raygpu_home() / "local-cluster.json"
+
+
+class LocalCluster(BaseModel):
+    """What `raygpu up --local` started, kept in $RAYGPU_HOME/local-cluster.json."""
+
+    address: str
+    temp_dir: str
+    dashboard_url: str
+    http_host: str
+    http_port: int
+    serve_port: int
+    metrics_port: int
+    gpus: int
+    accelerator: str | None
+    logical_cpus: int
+    db_path: str
+    pids: list[int]
+    started_at: float
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.http_host}:{self.http_port}"
+
+    @property
+    def serve_url(self) -> str:
+        """Serve's own HTTP proxy, for plain Serve applications beside raygpu."""
+        return f"http://{self.http_host}:{self.serve_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The meter's Prometheus exporter."""
+        return f"http://{self.http_host}:{self.metrics_port}/metrics"
+
+
+def read_local_cluster() -> LocalCluster | None:
+    path = local_state_path()
+    if not path.exists():
+        return None
+    try:
+        return LocalCluster.model_validate_json(path.read_text())
+    except Exception:
+        return None
+
+
+def cluster_processes(temp_dir: str) -> list[psutil.Process]:
+    """Every process of the cluster whose private temp dir is `temp_dir`, with their descendants
+    (agents and workers rename themselves, e.g. `ray::DashboardAgent`, and lose the path)."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if temp_dir in cmdline and proc.pid != os.getpid():
+                found[proc.pid] = proc
+                for child in proc.children(recursive=True):
+                    found.setdefault(child.pid, child)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def local_cluster_alive(cluster: LocalCluster) -> bool:
+    return any(psutil.pid_exists(pid) for pid in cluster.pids) and bool(cluster_processes(cluster.temp_dir))

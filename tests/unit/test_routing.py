@@ -1,0 +1,98 @@
+"""The gateway's routing table on in-process snapshots: paths to units, auth, methods, OpenAPI."""
+
+import hashlib
+
+import pytest
+
+from deployments.gateway.routing import RouteError, RoutingTable, path_parts
+from deployments.kinds import kind_of
+from deployments.spec import DeployedFunction, FunctionSpec, TorchModelSpec, VllmModelSpec
+
+
+def add(a: int, b: int = 1) -> int:
+    """Add two integers."""
+    return a + b
+
+
+class Counter:
+    def incr(self, by: int = 1) -> int:
+        return by
+
+
+def deployed(app: str, spec: FunctionSpec, code=None) -> dict:
+    routes = kind_of(spec).routes(app, spec, code)
+    return DeployedFunction(spec=spec, serve_app=f"raygpu-app-{app}", deployment=spec.name, routes=routes).model_dump(
+        mode="json"
+    )
+
+
+def table(tokens: dict[str, list[str]] | None = None) -> RoutingTable:
+    units = [
+        deployed("shop", FunctionSpec(name="add"), add),
+        deployed("shop", FunctionSpec(name="Counter", kind="class", methods=["incr"]), Counter),
+        deployed("shop", FunctionSpec(name="ranker", kind="torch", torch_model=TorchModelSpec(weights={"a": "/w"}))),
+        deployed("shop", FunctionSpec(name="chat", kind="vllm", vllm_model=VllmModelSpec(model="/m"))),
+    ]
+    hashes = {app: [hashlib.sha256(t.encode()).hexdigest() for t in ts] for app, ts in (tokens or {}).items()}
+    return RoutingTable(
+        {"generation": 7, "apps": {"shop": {"name": "shop", "version": 3, "functions": units}}, "token_hashes": hashes}
+    )
+
+
+def refused(fn, *args) -> RouteError:
+    with pytest.raises(RouteError) as caught:
+        fn(*args)
+    return caught.value
+
+
+def test_paths_name_units_and_methods():
+    t = table()
+    assert t.route("shop", path_parts("/shop/add"), "POST").target is None
+    route = t.route("shop", path_parts("/shop/Counter/incr/"), "POST")
+    assert route.deployed.spec.name == "Counter" and route.target == "incr"
+    chat = t.route("shop", path_parts("/shop/chat/v1/chat/completions"), "POST")
+    assert chat.kind.forwards_http and chat.target == "/v1/chat/completions"
+    assert t.route("shop", path_parts("/shop/chat/v1/models"), "GET").target == "/v1/models"
+
+
+def test_unknown_paths_are_404_naming_what_exists():
+    t = table()
+    assert "not deployed" in refused(t.app_of, ["nope", "add"]).message
+    assert refused(t.app_of, []).status == 404
+    error = refused(t.route, "shop", ["shop", "nope"], "POST")
+    assert error.status == 404 and "add" in error.message and "Counter" in error.message
+    assert "no method 'nope'" in refused(t.route, "shop", ["shop", "Counter", "nope"], "POST").message
+    assert "methods: incr" in refused(t.route, "shop", ["shop", "Counter"], "POST").message
+    assert "is a function" in refused(t.route, "shop", ["shop", "add", "extra"], "POST").message
+    assert "/v1/" in refused(t.route, "shop", ["shop", "chat", "completions"], "POST").message
+    assert refused(t.route, "shop", ["shop"], "POST").status == 404
+
+
+def test_wrong_http_methods_are_405_with_allow():
+    t = table()
+    error = refused(t.route, "shop", ["shop", "add"], "GET")
+    assert error.status == 405 and error.headers == {"Allow": "POST"}
+    error = refused(t.route, "shop", ["shop", "chat", "v1", "models"], "DELETE")
+    assert error.status == 405 and error.headers == {"Allow": "GET, POST"}
+
+
+def test_tokens_guard_an_app_that_has_them():
+    open_table = table()
+    assert open_table.authorized("shop", "")
+    guarded = table({"shop": ["rgt_good"]})
+    assert guarded.authorized("shop", "Bearer rgt_good") and guarded.authorized("shop", "bearer  rgt_good ")
+    for header in ("", "Bearer", "Bearer ", "Bearer rgt_bad", "Basic rgt_good", "rgt_good"):
+        assert not guarded.authorized("shop", header), header
+
+
+def test_openapi_lists_every_route_with_its_schemas():
+    doc = table({"shop": ["t"]}).openapi("shop")
+    assert doc["info"]["version"] == "3" and doc["security"] == [{"bearerAuth": []}]
+    add_op = doc["paths"]["/shop/add"]["post"]
+    schema = add_op["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["a"] and add_op["summary"] == "Add two integers."
+    assert "/shop/Counter/incr" in doc["paths"]
+    assert "404" in doc["paths"]["/shop/ranker"]["post"]["responses"]  # unknown model
+    assert set(doc["paths"]["/shop/chat/v1/models"]) == {"get"}
+    assert set(doc["paths"]["/shop/chat/v1/chat/completions"]) == {"post"}
+    assert "security" not in table().openapi("shop")

@@ -1,0 +1,51 @@
+"""The control-plane SQLite database (real SQLite, WAL)."""
+
+import sqlite3
+
+from deployments.store.db import StateDB, hash_token
+
+
+def test_versions_and_live_apps(tmp_path):
+    db = StateDB(tmp_path / "state.db")
+    assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    v1 = db.begin_version("app", "a.py@1", [{"spec": {"name": "f"}}])
+    assert db.live_apps() == []  # not live until marked
+    db.mark_live("app", v1)
+    v2 = db.begin_version("app", "a.py@2", [{"spec": {"name": "g"}}])
+    assert (v1, v2) == (1, 2)
+    assert db.live_apps()[0]["version"] == 1  # v1 serves while v2 deploys
+    db.mark_live("app", v2)
+    live = db.live_apps()
+    assert live[0]["version"] == 2 and live[0]["functions"] == [{"spec": {"name": "g"}}]
+    assert [v["status"] for v in db.versions("app")] == ["superseded", "live"]
+    v3 = db.begin_version("app", "a.py@3", [])
+    db.mark_failed("app", v3)
+    assert db.live_apps()[0]["version"] == 2  # a failed deploy leaves the live version
+    assert db.delete_app("app") and db.live_apps() == []
+    assert db.begin_version("app", "a.py@4", []) == 4  # versions keep counting after a delete
+
+
+def test_tokens_store_only_hashes(tmp_path):
+    path = tmp_path / "state.db"
+    db = StateDB(path)
+    token_id, token = db.create_token("app")
+    assert db.active_token_hashes() == {"app": [hash_token(token)]}
+    raw = sqlite3.connect(path).execute("SELECT * FROM tokens").fetchall()
+    assert token not in repr(raw)
+    assert not db.revoke_token("other", token_id)
+    assert db.revoke_token("app", token_id)
+    assert db.active_token_hashes() == {}
+
+
+def test_arrivals_and_scale_events(tmp_path):
+    db = StateDB(tmp_path / "state.db")
+    db.record_arrivals([("a", "f", 10.0), ("a", "f", 12.0), ("a", "g", 11.0)])
+    assert db.arrivals("a", "f") == [10.0, 12.0]
+    assert db.last_arrivals(0) == {"a/f": 12.0, "a/g": 11.0}
+    assert db.prune_arrivals(11.5) == 2
+    assert db.arrivals("a", "f") == [12.0] and db.arrivals("a", "g") == []
+    assert db.last_scale_event("a", "f") is None
+    db.record_scale_events([("a", "f", 1.0, 0, 1), ("a", "f", 2.0, 1, 0)])
+    assert db.last_scale_event("a", "f") == {"time": 2.0, "from": 1, "to": 0}
+    db.set_setting("gateway_url", "http://x")
+    assert StateDB(tmp_path / "state.db").get_setting("gateway_url") == "http://x"
