@@ -33,7 +33,6 @@ def _preload() -> None:
         return  # started on demand for a replica: no preload to compete with it
     try:
         import torch  # noqa: F401  (the largest import of a model replica)
-        from ray.serve._private import replica  # noqa: F401
 
         from deployments.engines import torch_engine  # noqa: F401
         from deployments.replicas import function, torch_model  # noqa: F401
@@ -49,4 +48,9 @@ def _preload() -> None:
 
 
 if os.environ.get("RAYGPU_WARM_WORKER") == "1":
+    # Serve's replica module has import cycles inside Ray Serve: imported in a thread while a replica
+    # landing on this worker imports it too, one side sees it half-initialised and the replica fails
+    # to start. Imported here, before the worker takes any work, it is complete for both.
+    from ray.serve._private import replica  # noqa: F401
+
     threading.Thread(target=_preload, name="raygpu-preload", daemon=True).start()
