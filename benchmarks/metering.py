@@ -47,7 +47,7 @@ def main() -> None:
     with private_cluster() as info:
         import ray
 
-        from billing.meter import METER_ACTOR_NAME, METER_NAMESPACE
+        from billing.constants import METER_ACTOR_NAME, METER_NAMESPACE
         from raygpu.deploy import deploy_app, source_label
         from raygpu.loader import load_app
 

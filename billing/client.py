@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from billing.meter import METER_ACTOR_NAME, METER_NAMESPACE
+from billing.constants import METER_ACTOR_NAME, METER_NAMESPACE
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 HEARTBEAT_S = 2.0

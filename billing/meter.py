@@ -13,13 +13,12 @@ from typing import Any
 
 import ray
 
+from billing.constants import METER_ACTOR_NAME, METER_NAMESPACE
 from billing.intervals import Interval, LifecycleEvent, bill, replica_intervals
 from billing.ledger import Ledger
 from billing.metrics import UsageMetrics
 from billing.prices import load_price_table
 
-METER_ACTOR_NAME = "raygpu-meter"
-METER_NAMESPACE = "raygpu"
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
 

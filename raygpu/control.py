@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from billing.meter import METER_ACTOR_NAME, METER_NAMESPACE
+from billing.constants import METER_ACTOR_NAME, METER_NAMESPACE
 from deployments.store.actor import get_store
 from raygpu.errors import DeployError, NoClusterError
 

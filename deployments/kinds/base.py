@@ -53,7 +53,7 @@ class UnitKind(ABC):
         """The method a path under the unit names (`rest`: the segments after the unit's name);
         raise RouteNotFound when the unit serves no such path."""
         if rest:
-            raise RouteNotFound(f"{spec.name!r} is a function: call POST /{app}/{spec.name}")
+            raise RouteNotFound(f"{spec.name!r} ({self.name}) has no routes below it: call POST /{app}/{spec.name}")
         return None
 
     def openapi_operations(self, route: RouteSchema) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -49,6 +50,4 @@ def when(ts: float | None) -> str:
 
 def echo_json(payload: Any) -> None:
     """Print a pydantic model or a JSON-serialisable value as one line of JSON."""
-    import json
-
     click.echo(payload.model_dump_json() if hasattr(payload, "model_dump_json") else json.dumps(payload))

@@ -12,7 +12,7 @@ from conftest import APPS
 def meter():
     import ray
 
-    from billing.meter import METER_ACTOR_NAME
+    from billing.constants import METER_ACTOR_NAME
 
     return ray.get_actor(METER_ACTOR_NAME, namespace="raygpu")
 

@@ -52,7 +52,7 @@ def test_bad_requests_get_openai_errors(llm):
 def test_engine_calls_are_metered(cluster, llm):
     import ray
 
-    from billing.meter import METER_ACTOR_NAME, METER_NAMESPACE
+    from billing.constants import METER_ACTOR_NAME, METER_NAMESPACE
 
     llm.completions.create(model="tiny", prompt="a", max_tokens=2)
     meter = ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE)

@@ -42,7 +42,7 @@ def test_after_scale_to_zero_the_next_replica_takes_a_pool_worker(cluster):
     assert response.status_code == 200 and response.json() in pids
     import ray
 
-    from billing.meter import METER_ACTOR_NAME, METER_NAMESPACE
+    from billing.constants import METER_ACTOR_NAME, METER_NAMESPACE
 
     meter = ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE)
     pid = response.json()

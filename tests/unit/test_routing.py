@@ -63,7 +63,8 @@ def test_unknown_paths_are_404_naming_what_exists():
     assert error.status == 404 and "add" in error.message and "Counter" in error.message
     assert "no method 'nope'" in refused(t.route, "shop", ["shop", "Counter", "nope"], "POST").message
     assert "methods: incr" in refused(t.route, "shop", ["shop", "Counter"], "POST").message
-    assert "is a function" in refused(t.route, "shop", ["shop", "add", "extra"], "POST").message
+    assert "call POST /shop/add" in refused(t.route, "shop", ["shop", "add", "extra"], "POST").message
+    assert "(torch)" in refused(t.route, "shop", ["shop", "ranker", "extra"], "POST").message
     assert "/v1/" in refused(t.route, "shop", ["shop", "chat", "completions"], "POST").message
     assert refused(t.route, "shop", ["shop"], "POST").status == 404
 
