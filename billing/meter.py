@@ -8,6 +8,7 @@ resend harmless. `bill`, `usage` and the exporter answer from the same ledger.
 from __future__ import annotations
 
 import logging
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -22,14 +23,28 @@ from billing.prices import load_price_table
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
 
+# How often, at most, the meter asks the store for its units when a batch names one it does not know.
+KNOWN_UNITS_REFRESH_S = 1.0
+
+
 class Meter:
+    """Writes what replicas report to the ledger. It accepts records only for units the control-plane
+    store knows (a function of a recorded version): a batch naming any other is dropped and logged,
+    and when the store cannot be asked, the batch is refused so the replica keeps it and resends."""
+
     def __init__(
         self,
         ledger_path: str,
         prices_path: str | None = None,
         metrics_port: int | None = None,
         metrics_host: str = "0.0.0.0",
+        store_actor: str = "",
+        store_namespace: str = "",
     ):
+        self.store_actor, self.store_namespace = store_actor, store_namespace
+        self._known_units: set[str] = set()
+        self._known_at = float("-inf")
+        self.rejected = 0
         self.ledger = Ledger(ledger_path)
         self.prices_path = prices_path
         load_price_table(prices_path)  # a broken price table fails here, at `raygpu up`, not at billing time
@@ -42,13 +57,40 @@ class Meter:
         self._server = self.metrics.serve(metrics_port, metrics_host) if metrics_port else None
 
     async def ping(self) -> dict[str, Any]:
-        return {"ledger": str(self.ledger.path), "metrics_port": self.metrics_port}
+        return {"ledger": str(self.ledger.path), "metrics_port": self.metrics_port, "rejected": self.rejected}
+
+    async def _refresh_known_units(self) -> None:
+        store = ray.get_actor(self.store_actor, namespace=self.store_namespace)
+        self._known_units = set(await store.known_units.remote())
+        self._known_at = time.monotonic()
+
+    async def _accepted(self, rows: list[Any]) -> list[dict[str, Any]]:
+        """The rows that name a known unit; the rest are counted and logged."""
+        valid = [r for r in rows if isinstance(r, dict) and isinstance(r.get("app"), str)]
+        unknown = {f"{r['app']}/{r.get('function')}" for r in valid} - self._known_units
+        if unknown and time.monotonic() - self._known_at >= KNOWN_UNITS_REFRESH_S:
+            await self._refresh_known_units()  # raises while the store is away: the sender resends
+            unknown -= self._known_units
+        accepted = [r for r in valid if f"{r['app']}/{r.get('function')}" not in unknown]
+        dropped = len(rows) - len(accepted)
+        if dropped:
+            self.rejected += dropped
+            logger.warning(
+                "raygpu meter: dropped %d record(s) for units the store does not know: %s",
+                dropped,
+                ", ".join(sorted(unknown)) or "(malformed)",
+            )
+        return accepted
 
     async def record(self, batch: dict[str, list[dict[str, Any]]]) -> int:
-        events, requests = self.ledger.apply(batch.get("events", []), batch.get("requests", []))
+        if not isinstance(batch, dict):
+            raise TypeError("a meter batch is a dict of 'events', 'requests' and 'start_phases' lists")
+        events, requests = self.ledger.apply(
+            await self._accepted(list(batch.get("events", []))), await self._accepted(list(batch.get("requests", [])))
+        )
         self.metrics.observe_events(LifecycleEvent(**e) for e in events)
         self.metrics.observe_requests(requests)
-        phases = self.ledger.apply_start_phases(batch.get("start_phases", []))
+        phases = self.ledger.apply_start_phases(await self._accepted(list(batch.get("start_phases", []))))
         self.metrics.observe_start_phases(phases)
         return len(events) + len(requests) + len(phases)
 
@@ -124,7 +166,13 @@ class Meter:
 
 
 def start_meter(
-    ledger_path: str, prices_path: str | None = None, metrics_port: int | None = None, metrics_host: str = "0.0.0.0"
+    ledger_path: str,
+    prices_path: str | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
+    *,
+    store_actor: str,
+    store_namespace: str,
 ) -> Any:
     handle = (
         ray.remote(Meter)
@@ -139,7 +187,7 @@ def start_meter(
             max_concurrency=1000,
             resources={"node:__internal_head__": 0.001},
         )
-        .remote(ledger_path, prices_path, metrics_port, metrics_host)
+        .remote(ledger_path, prices_path, metrics_port, metrics_host, store_actor, store_namespace)
     )
     ray.get(handle.ping.remote())
     return handle

@@ -93,6 +93,14 @@ class TokenCreated(BaseModel):
     token: str
 
 
+class AuthState(BaseModel):
+    """Whether every route of an app needs a bearer token."""
+
+    app: str
+    protected: bool
+    revoked_tokens: int = 0
+
+
 class TokenInfo(BaseModel):
     id: str
     app: str

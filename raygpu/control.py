@@ -14,7 +14,8 @@ import ray
 
 from billing.constants import METER_ACTOR_NAME, METER_NAMESPACE
 from deployments.store.actor import get_store
-from raygpu.errors import DeployError, NoClusterError
+from raygpu.admin import admin_key
+from raygpu.errors import AdminCredentialError, DeployError, NoClusterError
 
 GATEWAY_URL_ENV = "RAYGPU_GATEWAY_URL"
 
@@ -26,6 +27,18 @@ def store() -> Any:
         raise NoClusterError(
             "the cluster has no raygpu control plane; run `raygpu up --local` (or `raygpu up --address ...` "
             "on a cluster started with `ray up cluster.yaml`)"
+        ) from None
+
+
+def admin_call(method: str, *args: Any) -> Any:
+    """Call a store method that changes the control plane, with this machine's admin credential."""
+    credential = admin_key()
+    try:
+        return ray.get(getattr(store(), method).remote(credential, *args))
+    except PermissionError as exc:
+        raise AdminCredentialError(
+            f"the control plane refused the admin credential in $RAYGPU_HOME/admin.key ({exc}); "
+            "use the file of the machine that ran `raygpu up` for this cluster"
         ) from None
 
 

@@ -21,6 +21,7 @@ from deployments import constants
 from deployments.gateway.server import build_gateway_application
 from deployments.node.warm_pool import start_warm_pools
 from deployments.store.actor import start_store
+from raygpu.admin import admin_key_hash, ensure_admin_key
 from raygpu.errors import NoClusterError
 
 
@@ -101,13 +102,18 @@ def install_control_plane(
     warm_pool: int = constants.DEFAULT_WARM_POOL_SIZE,
 ) -> dict[str, Any]:
     """Start (or find) the store actor, the meter, Serve and the gateway on the connected cluster."""
-    store = start_store(db_path)
+    admin = ensure_admin_key()
+    store = start_store(db_path, admin_key_hash(admin))
+    if not ray.get(store.check_admin.remote(admin)):
+        raise NoClusterError("the running control-plane store does not accept this machine's admin credential")
     prices_path = prices_path or os.environ.get(PRICES_ENV)
     start_meter(
         str(Path(db_path).with_name("ledger.db")),
         str(Path(prices_path).resolve()) if prices_path else None,
         metrics_port,
         http_host,
+        store_actor=constants.STORE_ACTOR_NAME,
+        store_namespace=constants.RAY_NAMESPACE,
     )
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     # Serve's own proxy serves plain Serve apps next to raygpu; raygpu's gateway listens itself.
@@ -115,14 +121,14 @@ def install_control_plane(
         http_options={"host": http_host, "port": serve_port or http_port + 1},
         proxy_location="HeadOnly",
     )
-    forget_apps_serve_lost(store)
+    forget_apps_serve_lost(store, admin)
     serve.run(build_gateway_application(http_host, http_port), name=constants.GATEWAY_APP_NAME, route_prefix=None)
     start_warm_pools(warm_pool)
 
     host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
     gateway_url = f"http://{host}:{http_port}"
-    ray.get(store.set_setting.remote("gateway_url", gateway_url))
-    ray.get(store.set_setting.remote("metrics_url", f"http://{host}:{metrics_port}/metrics"))
+    ray.get(store.set_setting.remote(admin, "gateway_url", gateway_url))
+    ray.get(store.set_setting.remote(admin, "metrics_url", f"http://{host}:{metrics_port}/metrics"))
     return {
         "gateway_url": gateway_url,
         "serve_url": f"http://{host}:{serve_port or http_port + 1}",
@@ -130,7 +136,7 @@ def install_control_plane(
     }
 
 
-def forget_apps_serve_lost(store: Any) -> list[str]:
+def forget_apps_serve_lost(store: Any, admin: str) -> list[str]:
     """Mark stopped the registry's live apps that Serve no longer runs (e.g. after `raygpu down`
     and `up` with the same state file), so the gateway never routes to a missing application."""
 
@@ -141,5 +147,5 @@ def forget_apps_serve_lost(store: Any) -> list[str]:
         if f"{constants.USER_APP_PREFIX}{app['name']}" not in running
     ]
     for name in lost:
-        ray.get(store.delete_app.remote(name))
+        ray.get(store.delete_app.remote(admin, name))
     return lost

@@ -25,7 +25,7 @@ from raygpu.contracts import (
     ReplicaInfo,
     ScaleEvent,
 )
-from raygpu.control import gateway_url, meter, store, wait_for_gateway
+from raygpu.control import admin_call, gateway_url, meter, store, wait_for_gateway
 from raygpu.errors import DeployError, NoClusterError, NotFoundError
 
 
@@ -87,7 +87,6 @@ def deploy_app(app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S,
 
     `metered=False` (Python API only, for operators measuring metering overhead) keeps the app's
     replicas out of the ledger: nothing of it is billed."""
-    control = store()
     units: list[tuple[FunctionSpec, bytes, str | None]] = []
     deployed: list[DeployedFunction] = []
     for name, (spec, code) in app.units.items():
@@ -112,24 +111,20 @@ def deploy_app(app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S,
                 routes=kind.routes(app.name, spec, code),
             )
         )
-    version = ray.get(control.begin_version.remote(app.name, source, [d.model_dump(mode="json") for d in deployed]))
+    version = admin_call("begin_version", app.name, source, [d.model_dump(mode="json") for d in deployed])
     for spec, _, _ in units:
         if spec.torch_model is not None:  # the weights a deploy names become current unless they already are
             for model_id, path in spec.torch_model.weights.items():
-                ray.get(
-                    control.set_weights.remote(
-                        app.name, spec.name, model_id, path, fingerprint(path), "deploy", only_if_changed=True
-                    )
-                )
+                admin_call("set_weights", app.name, spec.name, model_id, path, fingerprint(path), "deploy", True)
     try:
         application = build_app_application(
             app.name, version, units, constants.STORE_ACTOR_NAME, constants.RAY_NAMESPACE, metered=metered
         )
         serve.run(application, name=serve_app_name(app.name), route_prefix=None)
     except Exception as exc:
-        ray.get(control.mark_failed.remote(app.name, version))
+        admin_call("mark_failed", app.name, version)
         raise DeployError(f"Serve refused {app.name} v{version}: {exc}") from None
-    generation = ray.get(control.mark_live.remote(app.name, version))
+    generation = admin_call("mark_live", app.name, version)
     url = None
     try:
         url = gateway_url()
@@ -240,7 +235,7 @@ def stop_app(app: str) -> None:
     live = {a["name"] for a in ray.get(control.live_apps.remote())}
     if app not in live:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
-    _, generation = ray.get(control.delete_app.remote(app))
+    _, generation = admin_call("delete_app", app)
     try:
         wait_for_gateway(gateway_url(), generation, constants.GATEWAY_PICKUP_TIMEOUT_S)
     except (NoClusterError, DeployError):
@@ -273,7 +268,7 @@ def push_weights(app: str, function: str, path: str, model: str | None = None) -
         key = fingerprint(resolved)
     except FileNotFoundError as exc:
         raise DeployError(str(exc)) from None
-    version = ray.get(store().set_weights.remote(app, function, model, resolved, key, "push"))
+    version = admin_call("set_weights", app, function, model, resolved, key, "push")
     return {"app": app, "function": function, "model": model, "version": version, "path": resolved}
 
 

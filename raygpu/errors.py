@@ -31,3 +31,7 @@ class RemoteCallError(RaygpuError):
         self.error_type = error_type
         self.details = details
         super().__init__(f"{error_type}: {message}")
+
+
+class AdminCredentialError(RaygpuError):
+    """A call that changes the control plane lacks a valid admin credential."""

@@ -5,24 +5,38 @@ from __future__ import annotations
 import ray
 
 from deployments import constants
-from raygpu.contracts import TokenCreated, TokenInfo
-from raygpu.control import gateway_url, store, wait_for_gateway
+from raygpu.contracts import AuthState, TokenCreated, TokenInfo
+from raygpu.control import admin_call, gateway_url, store, wait_for_gateway
 from raygpu.errors import NotFoundError
 
 
 def create_token(app: str) -> TokenCreated:
-    """A new token for `app`, returned once; the gateway accepts it when this returns."""
-    created = ray.get(store().create_token.remote(app))
+    """A new token for `app`, returned once; from then on every route of the app needs a token
+    (also after every token is revoked, until `raygpu auth off`). The gateway accepts it when this
+    returns."""
+    created = admin_call("create_token", app)
     wait_for_gateway(gateway_url(), created["generation"], constants.GATEWAY_PICKUP_TIMEOUT_S)
     return TokenCreated(app=app, id=created["id"], token=created["token"])
 
 
 def revoke_token(app: str, token_id: str) -> None:
-    """Revoke a token; the gateway refuses it when this returns."""
-    result = ray.get(store().revoke_token.remote(app, token_id))
+    """Revoke a token; the gateway refuses it when this returns. The app stays protected."""
+    result = admin_call("revoke_token", app, token_id)
     if not result["revoked"]:
         raise NotFoundError(f"app {app!r} has no active token {token_id!r}; `raygpu token ls {app}` lists them")
     wait_for_gateway(gateway_url(), result["generation"], constants.GATEWAY_PICKUP_TIMEOUT_S)
+
+
+def set_auth(app: str, protected: bool) -> AuthState:
+    """Switch token protection of `app` on (every route needs a token; with none active, nobody
+    gets in) or off (public; its active tokens are revoked). In force at the gateway on return."""
+    result = admin_call("set_protected", app, protected)
+    wait_for_gateway(gateway_url(), result["generation"], constants.GATEWAY_PICKUP_TIMEOUT_S)
+    return AuthState(app=app, protected=result["protected"], revoked_tokens=result["revoked"])
+
+
+def auth_state(app: str) -> AuthState:
+    return AuthState(app=app, protected=ray.get(store().is_protected.remote(app)))
 
 
 def list_tokens(app: str | None = None) -> list[TokenInfo]:

@@ -52,6 +52,9 @@ class RoutingTable:
                 deployed = DeployedFunction.model_validate(entry)
                 self.functions[(name, deployed.spec.name)] = deployed
         self.token_hashes: dict[str, set[str]] = {app: set(h) for app, h in raw["token_hashes"].items()}
+        # Protection is the app's own state, not "has an active token": revoking the last token
+        # leaves nobody able to call the app, never everybody.
+        self.protected: set[str] = set(raw["protected"]) | set(self.token_hashes)
 
     def app_of(self, parts: list[str]) -> str:
         """The deployed app a path starts with (RouteError 404 otherwise)."""
@@ -64,14 +67,29 @@ class RoutingTable:
         return parts[0]
 
     def authorized(self, app: str, authorization: str) -> bool:
-        """Whether an `Authorization` header value lets a caller in (any caller, for an app without tokens)."""
-        hashes = self.token_hashes.get(app)
-        if not hashes:
+        """Whether an `Authorization` header value lets a caller in (any caller, for a public app;
+        nobody, for a protected app with no active token)."""
+        if app not in self.protected:
             return True
+        hashes = self.token_hashes.get(app, set())
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return False
         return hashlib.sha256(token.strip().encode()).hexdigest() in hashes
+
+    def unauthorized(self, app: str) -> RouteError:
+        """The 401 a caller without a valid token gets, saying how to get one."""
+        if self.token_hashes.get(app):
+            message = (
+                f"app {app!r} needs a valid 'Authorization: Bearer <token>' header; "
+                f"create one with `raygpu token create {app}`"
+            )
+        else:
+            message = (
+                f"app {app!r} needs a token and has no active one; create one with `raygpu token create {app}` "
+                f"(or make the app public with `raygpu auth off {app} --yes`)"
+            )
+        return RouteError(401, "Unauthorized", message, {"WWW-Authenticate": "Bearer"})
 
     def route(self, app: str, parts: list[str], http_method: str) -> Route:
         """The unit and method a path of a deployed `app` names (`parts` includes the app)."""
@@ -111,6 +129,6 @@ class RoutingTable:
             "paths": paths,
             "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
         }
-        if self.token_hashes.get(app):
+        if app in self.protected:
             doc["security"] = [{"bearerAuth": []}]
         return doc

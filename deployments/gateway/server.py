@@ -203,13 +203,7 @@ class Gateway:
         try:
             app = table.app_of(parts)
             if not table.authorized(app, request.headers.get("authorization", "")):
-                raise RouteError(
-                    401,
-                    "Unauthorized",
-                    f"app {app!r} needs a valid 'Authorization: Bearer <token>' "
-                    f"header; create one with `raygpu token create {app}`",
-                    {"WWW-Authenticate": "Bearer"},
-                )
+                raise table.unauthorized(app)
             if parts[1:] == ["docs"]:
                 if request.method != "GET":
                     raise RouteError(405, "MethodNotAllowed", "use GET for /docs", {"Allow": "GET"})

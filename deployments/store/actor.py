@@ -7,6 +7,8 @@ policy) read a cached snapshot that refreshes in the background (autoscaling/ser
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 from typing import Any
 
@@ -15,13 +17,24 @@ import ray
 from deployments import constants
 from deployments.store.db import StateDB
 
+ADMIN_REFUSAL = (
+    "this call changes the control plane and needs raygpu's admin credential, which only the CLI "
+    "holds ($RAYGPU_HOME/admin.key on the machine that ran `raygpu up`); deployed code never has it"
+)
+
 
 class ControlPlaneStore:
-    """Async actor over StateDB; every mutation of the routing table bumps `generation`."""
+    """Async actor over StateDB; every mutation of the routing table bumps `generation`.
 
-    def __init__(self, db_path: str):
+    Calls that change what is deployed or who may call it (versions, app deletion, tokens, auth,
+    weights, settings) take the admin credential first; the store holds only its hash and refuses
+    every such call when it has none. Replicas, the gateway and the autoscaler only read, record
+    arrivals and save the policy's state."""
+
+    def __init__(self, db_path: str, admin_hash: str | None = None):
         self.db = StateDB(db_path)
         self.db_path = db_path
+        self._admin_hash = admin_hash or ""
         self.generation = 1
         self._changed = asyncio.Event()
         self._weights_changed = asyncio.Event()
@@ -37,23 +50,46 @@ class ControlPlaneStore:
         self._changed = asyncio.Event()
         return self.generation
 
+    def _check_admin(self, credential: Any) -> None:
+        """Fail closed: no configured hash, a missing or a wrong credential all refuse the call."""
+        if not self._admin_hash or not isinstance(credential, str) or not credential:
+            raise PermissionError(ADMIN_REFUSAL)
+        offered = hashlib.sha256(credential.encode()).hexdigest()
+        if not hmac.compare_digest(offered, self._admin_hash):
+            raise PermissionError(ADMIN_REFUSAL)
+
     async def ping(self) -> dict[str, Any]:
-        return {"db_path": self.db_path, "generation": self.generation}
+        return {"db_path": self.db_path, "generation": self.generation, "admin": bool(self._admin_hash)}
+
+    async def check_admin(self, credential: str) -> bool:
+        self._check_admin(credential)
+        return True
 
     # --- registry ------------------------------------------------------------------------------
-    async def begin_version(self, app: str, source: str, functions: list[dict[str, Any]]) -> int:
+    async def begin_version(self, credential: str, app: str, source: str, functions: list[dict[str, Any]]) -> int:
+        self._check_admin(credential)
         return self.db.begin_version(app, source, functions)
 
-    async def mark_live(self, app: str, version: int) -> int:
+    async def mark_live(self, credential: str, app: str, version: int) -> int:
+        self._check_admin(credential)
         self.db.mark_live(app, version)
         return self._bump()
 
-    async def mark_failed(self, app: str, version: int) -> None:
+    async def mark_failed(self, credential: str, app: str, version: int) -> None:
+        self._check_admin(credential)
         self.db.mark_failed(app, version)
 
-    async def delete_app(self, app: str) -> tuple[bool, int]:
+    async def delete_app(self, credential: str, app: str) -> tuple[bool, int]:
+        self._check_admin(credential)
         deleted = self.db.delete_app(app)
         return deleted, self._bump()
+
+    async def known_units(self) -> list[str]:
+        """Every "app/function" of any recorded version (the meter bills only these)."""
+        return sorted(self.db.known_units())
+
+    async def versions(self, app: str) -> list[dict[str, Any]]:
+        return self.db.versions(app)
 
     async def live_apps(self) -> list[dict[str, Any]]:
         return self.db.live_apps()
@@ -69,16 +105,27 @@ class ControlPlaneStore:
             "generation": self.generation,
             "apps": {app["name"]: app for app in self.db.live_apps()},
             "token_hashes": self.db.active_token_hashes(),
+            "protected": self.db.protected_apps(),
         }
 
     # --- tokens --------------------------------------------------------------------------------
-    async def create_token(self, app: str) -> dict[str, Any]:
+    async def create_token(self, credential: str, app: str) -> dict[str, Any]:
+        self._check_admin(credential)
         token_id, token = self.db.create_token(app)
         return {"id": token_id, "token": token, "generation": self._bump()}
 
-    async def revoke_token(self, app: str, token_id: str) -> dict[str, Any]:
+    async def revoke_token(self, credential: str, app: str, token_id: str) -> dict[str, Any]:
+        self._check_admin(credential)
         revoked = self.db.revoke_token(app, token_id)
         return {"revoked": revoked, "generation": self._bump() if revoked else self.generation}
+
+    async def set_protected(self, credential: str, app: str, protected: bool) -> dict[str, Any]:
+        self._check_admin(credential)
+        revoked = self.db.set_protected(app, bool(protected))
+        return {"protected": bool(protected), "revoked": revoked, "generation": self._bump()}
+
+    async def is_protected(self, app: str) -> bool:
+        return self.db.is_protected(app)
 
     async def tokens(self, app: str | None = None) -> list[dict[str, Any]]:
         return self.db.tokens(app)
@@ -134,6 +181,7 @@ class ControlPlaneStore:
 
     async def set_weights(
         self,
+        credential: str,
         app: str,
         function: str,
         model: str,
@@ -142,6 +190,7 @@ class ControlPlaneStore:
         source: str,
         only_if_changed: bool = False,
     ) -> int:
+        self._check_admin(credential)
         version = self.db.set_weights(app, function, model, path, fingerprint, source, only_if_changed)
         self._weights_changed.set()
         self._weights_changed = asyncio.Event()
@@ -164,14 +213,15 @@ class ControlPlaneStore:
             except TimeoutError:
                 return self.db.current_weights(app, function)
 
-    async def set_setting(self, key: str, value: Any) -> None:
+    async def set_setting(self, credential: str, key: str, value: Any) -> None:
+        self._check_admin(credential)
         self.db.set_setting(key, value)
 
     async def get_setting(self, key: str, default: Any = None) -> Any:
         return self.db.get_setting(key, default)
 
 
-def start_store(db_path: str) -> Any:
+def start_store(db_path: str, admin_hash: str) -> Any:
     """Create the detached store actor on the head node, or return the running one."""
     actor_cls = ray.remote(ControlPlaneStore).options(
         name=constants.STORE_ACTOR_NAME,
@@ -184,7 +234,7 @@ def start_store(db_path: str) -> Any:
         max_concurrency=1000,
         resources={"node:__internal_head__": 0.001},
     )
-    handle = actor_cls.remote(db_path)
+    handle = actor_cls.remote(db_path, admin_hash)
     ray.get(handle.ping.remote())
     return handle
 

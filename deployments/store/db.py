@@ -59,6 +59,11 @@ CREATE TABLE IF NOT EXISTS policy_state (
     updated_at REAL NOT NULL,
     PRIMARY KEY (app, function)
 );
+CREATE TABLE IF NOT EXISTS app_auth (
+    app TEXT PRIMARY KEY,
+    protected INTEGER NOT NULL,
+    changed_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -95,6 +100,11 @@ class StateDB:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
+        # An app that ever had a token stays protected (databases from before app_auth existed).
+        self.conn.execute(
+            "INSERT OR IGNORE INTO app_auth (app, protected, changed_at) SELECT DISTINCT app, 1, ? FROM tokens",
+            (time.time(),),
+        )
 
     def close(self) -> None:
         self.conn.close()
@@ -170,6 +180,16 @@ class StateDB:
             for r in rows
         ]
 
+    def known_units(self) -> set[str]:
+        """Every "app/function" any recorded version of any app has held."""
+        known: set[str] = set()
+        for r in self.conn.execute("SELECT app, functions FROM app_versions"):
+            for entry in json.loads(r["functions"]):
+                name = entry.get("spec", {}).get("name")
+                if name:
+                    known.add(f"{r['app']}/{name}")
+        return known
+
     def versions(self, app: str) -> list[dict[str, Any]]:
         rows = self.conn.execute(
             "SELECT version, status, created_at, live_at, source FROM app_versions WHERE app = ? ORDER BY version",
@@ -179,15 +199,46 @@ class StateDB:
 
     # --- tokens ------------------------------------------------------------------------------
     def create_token(self, app: str) -> tuple[str, str]:
-        """Create a token for `app`; return (token id, the token). Only its hash is stored."""
+        """Create a token for `app` and protect the app; return (token id, the token). Only its
+        hash is stored."""
         token_id = secrets.token_hex(4)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = time.time()
         with self.conn:
             self.conn.execute(
                 "INSERT INTO tokens (id, app, token_hash, created_at) VALUES (?, ?, ?, ?)",
-                (token_id, app, hash_token(token), time.time()),
+                (token_id, app, hash_token(token), now),
             )
+            self._set_protected(app, True, now)
         return token_id, token
+
+    def _set_protected(self, app: str, protected: bool, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO app_auth (app, protected, changed_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(app) DO UPDATE SET protected = excluded.protected, changed_at = excluded.changed_at",
+            (app, int(protected), now),
+        )
+
+    def set_protected(self, app: str, protected: bool) -> int:
+        """Switch token protection of `app` on or off; off also revokes its active tokens (returned
+        count), so switching it on again never revives an old token."""
+        now = time.time()
+        revoked = 0
+        with self.conn:
+            if not protected:
+                revoked = self.conn.execute(
+                    "UPDATE tokens SET revoked_at = ? WHERE app = ? AND revoked_at IS NULL", (now, app)
+                ).rowcount
+            self._set_protected(app, protected, now)
+        return revoked
+
+    def protected_apps(self) -> list[str]:
+        """Apps every route of which needs a token (even when none is active: then nobody gets in)."""
+        return [r["app"] for r in self.conn.execute("SELECT app FROM app_auth WHERE protected = 1 ORDER BY app")]
+
+    def is_protected(self, app: str) -> bool:
+        row = self.conn.execute("SELECT protected FROM app_auth WHERE app = ?", (app,)).fetchone()
+        return bool(row and row["protected"])
 
     def revoke_token(self, app: str, token_id: str) -> bool:
         with self.conn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from raygpu.cli.common import address_option, connect, console, echo_json, run, when
+from raygpu.cli.common import address_option, connect, console, echo_json, fail, run, when
 
 
 @click.group()
@@ -62,5 +62,54 @@ def token_ls(app: str | None, as_json: bool, address: str | None) -> None:
     console.print(table)
 
 
+@click.group()
+def auth() -> None:
+    """Token protection of an app: on from its first token until `auth off`."""
+
+
+@auth.command("on")
+@click.argument("app")
+@address_option
+def auth_on(app: str, address: str | None) -> None:
+    """Require a token on every route of APP (with no active token, nobody gets in)."""
+    from raygpu.tokens import set_auth
+
+    connect(address)
+    run(lambda: set_auth(app, True))
+    console.print(f"{app} needs a token on every route; create one with `raygpu token create {app}`")
+
+
+@auth.command("off")
+@click.argument("app")
+@click.option("--yes", is_flag=True, help="Confirm: APP becomes callable by anyone who reaches the gateway.")
+@address_option
+def auth_off(app: str, yes: bool, address: str | None) -> None:
+    """Make APP public again: revokes its active tokens and stops asking for one."""
+    from raygpu.tokens import set_auth
+
+    if not yes:
+        fail(f"`raygpu auth off {app}` lets anyone who reaches the gateway call {app}; add --yes to confirm")
+    connect(address)
+    state = run(lambda: set_auth(app, False))
+    console.print(f"{app} is public; {state.revoked_tokens} active token(s) revoked")
+
+
+@auth.command("show")
+@click.argument("app")
+@click.option("--json", "as_json", is_flag=True)
+@address_option
+def auth_show(app: str, as_json: bool, address: str | None) -> None:
+    """Whether APP needs a token."""
+    from raygpu.tokens import auth_state
+
+    connect(address)
+    state = run(lambda: auth_state(app))
+    if as_json:
+        echo_json(state)
+        return
+    console.print(f"{app}: {'token required' if state.protected else 'public'}")
+
+
 def register(root: click.Group) -> None:
     root.add_command(token)
+    root.add_command(auth)

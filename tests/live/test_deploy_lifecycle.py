@@ -128,9 +128,19 @@ def test_tokens_guard_every_route_of_an_app(cluster):
     finally:
         out = cluster.cli("token", "revoke", "guarded", created["id"])
         assert out.returncode == 0, out.stderr
-    assert cluster.post("/guarded/add", {"a": 1}, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    # the last token revoked: the app stays closed, to the old token and to callers without one
+    for headers in ({"Authorization": f"Bearer {token}"}, {}):
+        r = cluster.post("/guarded/add", {"a": 1}, headers=headers)
+        assert r.status_code == 401 and "auth off guarded --yes" in r.json()["error"]["message"]
     out = cluster.cli("token", "revoke", "guarded", created["id"])
     assert out.returncode == 1 and "no active token" in out.stderr
+    assert json.loads(cluster.cli("auth", "show", "guarded", "--json").stdout)["protected"] is True
+    out = cluster.cli("auth", "off", "guarded")
+    assert out.returncode == 1 and "--yes" in out.stderr
+    assert cluster.post("/guarded/add", {"a": 1}).status_code == 401
+    out = cluster.cli("auth", "off", "guarded", "--yes")
+    assert out.returncode == 0, out.stderr
+    assert cluster.post("/guarded/add", {"a": 1}).json() == 2
     from raygpu.home import read_local_cluster
 
     logs = Path(read_local_cluster().temp_dir, "session_latest", "logs")
@@ -191,11 +201,40 @@ def test_apps_serve_no_longer_runs_are_forgotten(cluster):
     import ray
 
     from deployments.store.actor import get_store
+    from raygpu.admin import admin_key
     from raygpu.control_plane import forget_apps_serve_lost
 
     store = get_store()
-    version = ray.get(store.begin_version.remote("ghost", "ghost.py@0", []))
-    ray.get(store.mark_live.remote("ghost", version))
+    admin = admin_key()
+    version = ray.get(store.begin_version.remote(admin, "ghost", "ghost.py@0", []))
+    ray.get(store.mark_live.remote(admin, "ghost", version))
     assert "ghost" in [a["name"] for a in ray.get(store.live_apps.remote())]
-    assert forget_apps_serve_lost(store) == ["ghost"]
+    assert forget_apps_serve_lost(store, admin) == ["ghost"]
     assert "ghost" not in [a["name"] for a in ray.get(store.live_apps.remote())]
+
+
+def test_a_revocation_reaches_every_gateway_replica_within_a_second(cluster):
+    import ray
+
+    from raygpu.admin import admin_key
+    from raygpu.control import store
+    from raygpu.tokens import create_token, set_auth
+
+    cluster.deploy(APPS / "guarded.py")
+    created = create_token("guarded")
+    good = {"Authorization": f"Bearer {created.token}"}
+    try:
+        assert cluster.post("/guarded/add", {"a": 1}, headers=good).status_code == 200
+        # straight at the store: no wait for the gateway to pick it up
+        assert ray.get(store().revoke_token.remote(admin_key(), "guarded", created.id))["revoked"]
+        time.sleep(1.0)
+        # new connections each, so the kernel spreads them over every gateway replica
+        statuses = [
+            requests.post(
+                f"{cluster.url}/guarded/add", json={"a": 1}, headers={**good, "Connection": "close"}, timeout=30
+            ).status_code
+            for _ in range(20)
+        ]
+        assert statuses == [401] * 20
+    finally:
+        set_auth("guarded", False)

@@ -170,6 +170,11 @@ def scripted_requests() -> list[dict]:
 def scripted_usage(cluster):
     import ray
 
+    from raygpu.control import admin_call
+
+    # the meter bills only units the store knows: record a (never started) version naming this one
+    version = admin_call("begin_version", "ledgerbook", "scripted", [{"spec": {"name": "chat"}}])
+    admin_call("mark_failed", "ledgerbook", version)
     events, requests_ = scripted_events(), scripted_requests()
     ray.get(meter().record.remote({"events": events[::-1], "requests": requests_}))
     # a resend of part of it (what a replica does after a lost reply) changes nothing

@@ -26,7 +26,7 @@ def deployed(app: str, spec: FunctionSpec, code=None) -> dict:
     )
 
 
-def table(tokens: dict[str, list[str]] | None = None) -> RoutingTable:
+def table(tokens: dict[str, list[str]] | None = None, protected: list[str] | None = None) -> RoutingTable:
     units = [
         deployed("shop", FunctionSpec(name="add"), add),
         deployed("shop", FunctionSpec(name="Counter", kind="class", methods=["incr"]), Counter),
@@ -35,7 +35,12 @@ def table(tokens: dict[str, list[str]] | None = None) -> RoutingTable:
     ]
     hashes = {app: [hashlib.sha256(t.encode()).hexdigest() for t in ts] for app, ts in (tokens or {}).items()}
     return RoutingTable(
-        {"generation": 7, "apps": {"shop": {"name": "shop", "version": 3, "functions": units}}, "token_hashes": hashes}
+        {
+            "generation": 7,
+            "apps": {"shop": {"name": "shop", "version": 3, "functions": units}},
+            "token_hashes": hashes,
+            "protected": protected if protected is not None else sorted(hashes),
+        }
     )
 
 
@@ -84,6 +89,16 @@ def test_tokens_guard_an_app_that_has_them():
     assert guarded.authorized("shop", "Bearer rgt_good") and guarded.authorized("shop", "bearer  rgt_good ")
     for header in ("", "Bearer", "Bearer ", "Bearer rgt_bad", "Basic rgt_good", "rgt_good"):
         assert not guarded.authorized("shop", header), header
+
+
+def test_a_protected_app_without_active_tokens_lets_nobody_in():
+    revoked = table(protected=["shop"])
+    for header in ("", "Bearer rgt_good", "Bearer rgt_anything"):
+        assert not revoked.authorized("shop", header), header
+    error = revoked.unauthorized("shop")
+    assert error.status == 401 and "auth off shop --yes" in error.message and "token create shop" in error.message
+    assert revoked.openapi("shop")["security"] == [{"bearerAuth": []}]
+    assert "security" not in table().openapi("shop")
 
 
 def test_openapi_lists_every_route_with_its_schemas():

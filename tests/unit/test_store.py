@@ -2,9 +2,15 @@
 autoscaler's arrivals wait and the replicas' weights wait each return at once on a change."""
 
 import asyncio
+import hashlib
 import time
 
+import pytest
+
 from deployments.store.actor import ControlPlaneStore
+
+ADMIN = "rga_test-admin-credential"
+ADMIN_HASH = hashlib.sha256(ADMIN.encode()).hexdigest()
 
 ARRIVAL = time.time()  # recent: the store prunes arrivals older than its retention
 
@@ -15,14 +21,14 @@ def run(coro):
 
 def test_routing_table_long_poll_returns_when_a_version_goes_live(tmp_path):
     async def main():
-        store = ControlPlaneStore(str(tmp_path / "state.db"))
+        store = ControlPlaneStore(str(tmp_path / "state.db"), ADMIN_HASH)
         generation = (await store.routing_table())["generation"]
-        version = await store.begin_version("shop", "shop.py@1", [])
+        version = await store.begin_version(ADMIN, "shop", "shop.py@1", [])
         started = time.monotonic()
         waiting = asyncio.create_task(store.routing_table(generation, 10.0))
         await asyncio.sleep(0.05)
         assert not waiting.done()
-        await store.mark_live("shop", version)
+        await store.mark_live(ADMIN, "shop", version)
         table = await waiting
         return table, time.monotonic() - started, generation
 
@@ -32,7 +38,7 @@ def test_routing_table_long_poll_returns_when_a_version_goes_live(tmp_path):
 
 def test_routing_table_poll_times_out_with_the_same_generation(tmp_path):
     async def main():
-        store = ControlPlaneStore(str(tmp_path / "state.db"))
+        store = ControlPlaneStore(str(tmp_path / "state.db"), ADMIN_HASH)
         generation = (await store.routing_table())["generation"]
         return generation, await store.routing_table(generation, 0.1)
 
@@ -42,11 +48,11 @@ def test_routing_table_poll_times_out_with_the_same_generation(tmp_path):
 
 def test_token_changes_move_the_generation(tmp_path):
     async def main():
-        store = ControlPlaneStore(str(tmp_path / "state.db"))
-        created = await store.create_token("shop")
+        store = ControlPlaneStore(str(tmp_path / "state.db"), ADMIN_HASH)
+        created = await store.create_token(ADMIN, "shop")
         table = await store.routing_table()
-        revoked = await store.revoke_token("shop", created["id"])
-        again = await store.revoke_token("shop", created["id"])
+        revoked = await store.revoke_token(ADMIN, "shop", created["id"])
+        again = await store.revoke_token(ADMIN, "shop", created["id"])
         return created, table, revoked, again
 
     created, table, revoked, again = run(main())
@@ -57,7 +63,7 @@ def test_token_changes_move_the_generation(tmp_path):
 
 def test_arrivals_long_poll_wakes_on_the_first_new_arrival(tmp_path):
     async def main():
-        store = ControlPlaneStore(str(tmp_path / "state.db"))
+        store = ControlPlaneStore(str(tmp_path / "state.db"), ADMIN_HASH)
         cursor, seen = await store.arrivals_after(0)
         waiting = asyncio.create_task(store.arrivals_after(cursor, 10.0))
         await asyncio.sleep(0.05)
@@ -75,15 +81,64 @@ def test_arrivals_long_poll_wakes_on_the_first_new_arrival(tmp_path):
 
 def test_weights_wait_returns_the_pushed_version(tmp_path):
     async def main():
-        store = ControlPlaneStore(str(tmp_path / "state.db"))
-        await store.set_weights("shop", "ranker", "a", "/w1", "fp1", "deploy")
+        store = ControlPlaneStore(str(tmp_path / "state.db"), ADMIN_HASH)
+        await store.set_weights(ADMIN, "shop", "ranker", "a", "/w1", "fp1", "deploy")
         current = await store.current_weights("shop", "ranker")
         known = {m: w["version"] for m, w in current.items()}
         waiting = asyncio.create_task(store.current_weights("shop", "ranker", known, 10.0))
         await asyncio.sleep(0.05)
         assert not waiting.done()
-        await store.set_weights("shop", "ranker", "a", "/w2", "fp2", "push")
+        await store.set_weights(ADMIN, "shop", "ranker", "a", "/w2", "fp2", "push")
         return known, await waiting
 
     known, latest = run(main())
     assert latest["a"]["version"] == known["a"] + 1 and latest["a"]["path"] == "/w2"
+
+
+def test_protection_outlives_the_last_token_until_switched_off(tmp_path):
+    async def main():
+        store = ControlPlaneStore(str(tmp_path / "state.db"), ADMIN_HASH)
+        created = await store.create_token(ADMIN, "shop")
+        await store.revoke_token(ADMIN, "shop", created["id"])
+        after_revoke = await store.routing_table()
+        second = await store.create_token(ADMIN, "shop")
+        off = await store.set_protected(ADMIN, "shop", False)
+        after_off = await store.routing_table()
+        return after_revoke, off, after_off, second
+
+    after_revoke, off, after_off, second = run(main())
+    assert after_revoke["protected"] == ["shop"] and after_revoke["token_hashes"] == {}
+    assert off["revoked"] == 1 and after_off["protected"] == [] and after_off["token_hashes"] == {}
+
+
+@pytest.mark.parametrize("credential", ["", None, "rga_wrong", ADMIN + " "])
+def test_mutations_refuse_a_missing_or_wrong_admin_credential(tmp_path, credential):
+    async def main():
+        store = ControlPlaneStore(str(tmp_path / "state.db"), ADMIN_HASH)
+        calls = [
+            store.begin_version(credential, "shop", "x", []),
+            store.mark_live(credential, "shop", 1),
+            store.mark_failed(credential, "shop", 1),
+            store.delete_app(credential, "shop"),
+            store.create_token(credential, "shop"),
+            store.revoke_token(credential, "shop", "abc"),
+            store.set_protected(credential, "shop", False),
+            store.set_weights(credential, "shop", "r", "a", "/w", "fp", "push"),
+            store.set_setting(credential, "gateway_url", "http://evil"),
+        ]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        return outcomes, await store.routing_table(), await store.get_setting("gateway_url")
+
+    outcomes, table, url = run(main())
+    assert all(isinstance(o, PermissionError) and "admin credential" in str(o) for o in outcomes), outcomes
+    assert table["apps"] == {} and table["protected"] == [] and url is None
+
+
+def test_a_store_without_an_admin_hash_refuses_every_mutation(tmp_path):
+    async def main():
+        store = ControlPlaneStore(str(tmp_path / "state.db"))
+        return await asyncio.gather(
+            store.create_token("", "shop"), store.create_token(ADMIN, "shop"), return_exceptions=True
+        )
+
+    assert all(isinstance(o, PermissionError) for o in run(main()))
