@@ -61,6 +61,14 @@ MAX_GRACEFUL_SHUTDOWN_S = 600.0  # a replica being removed gets this long to fin
 
 # --- Gateway --------------------------------------------------------------------------------
 MAX_BODY_BYTES = 16 * 1024 * 1024  # 413 beyond this
+# An oversized body is read and discarded up to this much before the 413 goes out, so clients that
+# send the whole body before reading the answer (requests, urllib) see the 413, not a reset.
+MAX_DRAIN_BYTES = 128 * 1024 * 1024
+GATEWAY_MAX_CONNECTIONS = 4096  # open connections per gateway replica; more are answered 503 and closed
+HEADER_TIMEOUT_S = 10.0  # a connection that has not sent a request's headers within this is closed
+BODY_TIMEOUT_S = 30.0  # a body not fully received within this answers 408
+KEEP_ALIVE_TIMEOUT_S = 60.0  # an idle keep-alive connection is closed after this
+MAX_PENDING_ARRIVALS = 100_000  # arrivals a gateway replica buffers while the store is away; older ones drop
 RETRY_AFTER_S = 1  # Retry-After of a 503 while a function's queue is full
 # A call to a function idle this long goes to the store at once (it may be at zero replicas).
 IMMEDIATE_ARRIVAL_AFTER_IDLE_S = 1.0

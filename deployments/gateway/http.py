@@ -11,6 +11,13 @@ from typing import Any
 
 import uvicorn
 from starlette.responses import Response
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+_CAP_BODY = b'{"error":{"type":"TooManyConnections","message":"this gateway replica has all the connections it takes"}}'
+CONNECTION_CAP_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+    b"connection: close\r\ncontent-length: " + str(len(_CAP_BODY)).encode() + b"\r\n\r\n" + _CAP_BODY
+)
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
@@ -23,12 +30,65 @@ def json_response(status: int, payload: Any, headers: dict[str, str] | None = No
 
 
 def error_response(
-    status: int, error_type: str, message: str, headers: dict[str, str] | None = None, details: Any = None
+    status: int,
+    error_type: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    details: Any = None,
+    error_id: str | None = None,
 ) -> Response:
     error: dict[str, Any] = {"type": error_type, "message": message}
     if details is not None:
         error["details"] = details
+    if error_id is not None:
+        error["id"] = error_id
     return json_response(status, {"error": error}, headers)
+
+
+def guarded_protocol(max_connections: int, header_timeout_s: float) -> type[HttpToolsProtocol]:
+    """uvicorn's HTTP protocol with a cap on open connections (more are answered 503 and closed) and
+    a deadline for each request's headers (a connection that stalls before them is closed)."""
+
+    class GuardedHttpProtocol(HttpToolsProtocol):
+        _header_deadline: Any = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            if len(self.connections) >= max_connections:
+                transport.write(CONNECTION_CAP_RESPONSE)
+                transport.close()
+                return
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def _arm_header_deadline(self) -> None:
+            self._disarm_header_deadline()
+            self._header_deadline = self.loop.call_later(header_timeout_s, self._headers_overdue)
+
+        def _disarm_header_deadline(self) -> None:
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+
+        def _headers_overdue(self) -> None:
+            self._header_deadline = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._header_deadline is None:
+                self._arm_header_deadline()
+
+        def on_headers_complete(self) -> None:
+            self._disarm_header_deadline()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_deadline()
+            if self in self.connections or getattr(self, "transport", None) is not None:
+                super().connection_lost(exc)
+
+    return GuardedHttpProtocol
 
 
 class EmbeddedServer(uvicorn.Server):

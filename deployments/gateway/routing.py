@@ -35,6 +35,48 @@ class Route:
     target: str | None
 
 
+def _hoist_defs(node: Any, components: dict[str, Any]) -> Any:
+    """`node` (an OpenAPI fragment) with every JSON Schema `$defs` inside it moved into
+    `components` (renamed when another schema already took the name) and each `#/$defs/X`
+    reference pointed at `#/components/schemas/...`, so every `$ref` resolves in the document."""
+    if isinstance(node, list):
+        return [_hoist_defs(item, components) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    defs = node.pop("$defs", None) or {}
+    renamed: dict[str, str] = {}
+    for name, definition in defs.items():
+        target, n = name, 1
+        while target in components and components[target] != definition:
+            n += 1
+            target = f"{name}{n}"
+        renamed[name] = target
+        components.setdefault(target, definition)
+    if renamed:
+        node = _rewrite_refs(node, renamed)
+        for name, target in renamed.items():
+            components[target] = _hoist_defs(_rewrite_refs(defs[name], renamed), components)
+    return {key: _hoist_defs(value, components) for key, value in node.items()}
+
+
+def _rewrite_refs(node: Any, renamed: dict[str, str]) -> Any:
+    if isinstance(node, list):
+        return [_rewrite_refs(item, renamed) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
+            name = value.removeprefix("#/$defs/")
+            out[key] = f"#/components/schemas/{renamed.get(name, name)}"
+        elif key == "$defs":
+            out[key] = value  # a nested scope: hoisted with its own names
+        else:
+            out[key] = _rewrite_refs(value, renamed)
+    return out
+
+
 def path_parts(path: str) -> list[str]:
     return [part for part in path.split("/") if part]
 
@@ -117,17 +159,18 @@ class RoutingTable:
     def openapi(self, app: str) -> dict[str, Any]:
         """An OpenAPI 3.1 document of one app, built from its units' routes."""
         paths: dict[str, Any] = {}
+        schemas: dict[str, Any] = {}
         for (app_name, _), deployed in sorted(self.functions.items()):
             if app_name != app:
                 continue
             kind = kind_of(deployed.spec)
             for route in deployed.routes:
-                paths[route.path] = kind.openapi_operations(route)
+                paths[route.path] = _hoist_defs(kind.openapi_operations(route), schemas)
         doc: dict[str, Any] = {
             "openapi": "3.1.0",
             "info": {"title": f"raygpu app {app}", "version": str(self.apps[app]["version"])},
             "paths": paths,
-            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+            "components": {"schemas": schemas, "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
         }
         if app in self.protected:
             doc["security"] = [{"bearerAuth": []}]

@@ -9,9 +9,10 @@ deployment through a Serve handle.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -23,7 +24,15 @@ from starlette.responses import Response, StreamingResponse
 
 from autoscaling.serve_adapter import GATEWAY_INFLIGHT_METRIC, gateway_autoscaling_config
 from deployments import constants
-from deployments.gateway.http import EmbeddedServer, error_response, json_response, reuse_port_socket
+from deployments.gateway.arrivals import ArrivalBuffer
+from deployments.gateway.body import BodyError, parse_arguments
+from deployments.gateway.http import (
+    EmbeddedServer,
+    error_response,
+    guarded_protocol,
+    json_response,
+    reuse_port_socket,
+)
 from deployments.gateway.routing import Route, RouteError, RoutingTable, path_parts
 from deployments.spec import DeployedFunction
 from deployments.store.actor import get_store
@@ -66,7 +75,8 @@ class Gateway:
         self.table = RoutingTable(await self.store.routing_table.remote())
         self.handles: dict[tuple[str, str], Any] = {}
         self.inflight: dict[tuple[str, str], int] = {}
-        self.pending_arrivals: list[tuple[str, str, float]] = []
+        self.pending_arrivals = ArrivalBuffer(constants.MAX_PENDING_ARRIVALS)
+        self._dropped_logged = 0
         self.last_arrival: dict[tuple[str, str], float] = {}
         loop = asyncio.get_running_loop()
         self._background = [
@@ -80,7 +90,8 @@ class Gateway:
             access_log=False,
             log_level="warning",
             loop="none",
-            timeout_keep_alive=60,
+            timeout_keep_alive=int(constants.KEEP_ALIVE_TIMEOUT_S),
+            http=guarded_protocol(constants.GATEWAY_MAX_CONNECTIONS, constants.HEADER_TIMEOUT_S),
             server_header=False,
             log_config=None,
             interface="asgi3",
@@ -107,9 +118,8 @@ class Gateway:
             return
         try:
             response = await self.handle_http(Request(scope, receive))
-        except Exception as exc:
-            logger.exception("raygpu gateway: request failed")
-            response = error_response(500, "InternalError", f"the gateway failed: {type(exc).__name__}: {exc}")
+        except Exception:
+            response = internal_error(f"{scope.get('method')} {scope.get('path')}")
         await response(scope, receive, send)
 
     def __del__(self) -> None:
@@ -134,14 +144,22 @@ class Gateway:
     async def _ship_arrivals(self) -> None:
         while True:
             await asyncio.sleep(constants.ARRIVAL_FLUSH_INTERVAL_S)
-            if not self.pending_arrivals:
+            if self.pending_arrivals.dropped > self._dropped_logged:
+                logger.warning(
+                    "raygpu gateway: dropped %d arrival record(s) (%d in all) while the store was away; "
+                    "the autoscaler's history misses them",
+                    self.pending_arrivals.dropped - self._dropped_logged,
+                    self.pending_arrivals.dropped,
+                )
+                self._dropped_logged = self.pending_arrivals.dropped
+            if not len(self.pending_arrivals):
                 continue
-            batch, self.pending_arrivals = self.pending_arrivals, []
+            batch = self.pending_arrivals.take()
             try:
                 await self.store.record_arrivals.remote(batch)
             except Exception as exc:
                 logger.warning("raygpu gateway: could not record %d arrivals (%s); will retry", len(batch), exc)
-                self.pending_arrivals = batch + self.pending_arrivals
+                self.pending_arrivals.put_back(batch)
 
     def _admit(self, app: str, deployed: DeployedFunction) -> bool:
         """Take a call in flight unless the function's replicas and queue are full; the caller
@@ -169,7 +187,7 @@ class Gateway:
                 return
             except Exception:
                 pass
-        self.pending_arrivals.append(arrival)
+        self.pending_arrivals.add(arrival)
 
     # --- request path ----------------------------------------------------------------------
     def _handle(self, app: str, deployed: DeployedFunction) -> Any:
@@ -180,18 +198,58 @@ class Gateway:
             self.handles[key] = handle
         return handle
 
-    async def _read_body(self, request: Request) -> bytes | None:
+    async def _read_body(self, request: Request) -> bytes | Response:
+        """The whole body, or the answer refusing it: 413 past the size limit (read before only as
+        far as needed for the client to see it), 408 when it does not arrive in time."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            return None
+            return await self._too_large(request)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            async with asyncio.timeout(constants.BODY_TIMEOUT_S):
+                while True:
+                    message = await request.receive()
+                    if message["type"] == "http.disconnect":
+                        return Response(status_code=499)  # nobody is listening for an answer
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        return await self._too_large(request)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError:
+            return error_response(
+                408,
+                "RequestTimeout",
+                f"the request body did not arrive within {constants.BODY_TIMEOUT_S:g} s",
+                headers={"Connection": "close"},
+            )
+
+    async def _too_large(self, request: Request) -> Response:
+        """413, closing the connection. A client waiting on `Expect: 100-continue` (curl) is answered
+        at once; one that sends the whole body first (requests, urllib) has it read and discarded,
+        up to a bound, so it reads the 413 instead of a reset connection."""
+        if "100-continue" not in request.headers.get("expect", "").lower():
+            drained = 0
+            try:
+                async with asyncio.timeout(constants.BODY_TIMEOUT_S):
+                    while drained <= constants.MAX_DRAIN_BYTES:
+                        message = await request.receive()
+                        if message["type"] == "http.disconnect":
+                            break
+                        drained += len(message.get("body", b""))
+                        if not message.get("more_body", False):
+                            break
+            except TimeoutError:
+                pass
+        return error_response(
+            413,
+            "PayloadTooLarge",
+            f"request body exceeds the gateway limit of {self.max_body_bytes} bytes",
+            headers={"Connection": "close"},
+        )
 
     async def handle_http(self, request: Request) -> Response:
         parts = path_parts(request.url.path)
@@ -211,19 +269,35 @@ class Gateway:
             route = table.route(app, parts, request.method)
         except RouteError as exc:
             return error_response(exc.status, exc.error_type, exc.message, headers=exc.headers or None)
-        raw = await self._read_body(request)
-        if raw is None:
-            return error_response(
-                413, "PayloadTooLarge", f"request body exceeds the gateway limit of {self.max_body_bytes} bytes"
-            )
-        if route.kind.forwards_http:
-            return await self._call_engine(route, request, raw)
+        # Admission comes before the body is read: a full queue costs the caller no upload.
+        if not self._admit(app, route.deployed):
+            return self._queue_full(route.deployed.spec.name)
+        key = (app, route.deployed.spec.name)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.inflight[key] -= 1
+
+        handed_over = False
         try:
-            body = json.loads(raw) if raw.strip() else {}
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return error_response(400, "MalformedJSON", f"request body is not valid JSON: {exc}")
-        forwarded = {k: v for k, v in request.headers.items() if k.startswith(constants.FORWARDED_HEADER_PREFIX)}
-        return await self._call(app, route.deployed, route.target, body, len(raw), forwarded)
+            raw = await self._read_body(request)
+            if isinstance(raw, Response):
+                return raw
+            if route.kind.forwards_http:
+                response, handed_over = await self._call_engine(route, request, raw, release)
+                return response
+            try:
+                body = parse_arguments(raw)
+            except BodyError as exc:
+                return error_response(400, exc.error_type, exc.message)
+            forwarded = {k: v for k, v in request.headers.items() if k.startswith(constants.FORWARDED_HEADER_PREFIX)}
+            return await self._call(app, route.deployed, route.target, body, len(raw), forwarded)
+        finally:
+            if not handed_over:
+                release()
 
     async def _call(
         self,
@@ -235,9 +309,6 @@ class Gateway:
         headers: dict[str, str] | None = None,
     ) -> Response:
         spec = deployed.spec
-        key = (app, spec.name)
-        if not self._admit(app, deployed):
-            return self._queue_full(spec.name)
         try:
             handle = self._handle(app, deployed)
             attempts = spec.retries + 1
@@ -276,27 +347,17 @@ class Gateway:
                     headers={"x-raygpu-version": str(version), **extra_headers},
                 )
             raise AssertionError("unreachable")
-        except Exception as exc:
-            logger.exception("raygpu gateway: call of %s/%s failed", app, spec.name)
-            return error_response(500, "InternalError", f"raygpu could not run the call: {type(exc).__name__}: {exc}")
-        finally:
-            self.inflight[key] -= 1
+        except Exception:
+            return internal_error(f"call of {app}/{spec.name}")
 
-    async def _call_engine(self, route: Route, request: Request, raw: bytes) -> Response:
-        """Forward `/{app}/{name}/v1/...` to a model engine's own HTTP API and stream its answer back."""
+    async def _call_engine(
+        self, route: Route, request: Request, raw: bytes, release: Callable[[], None]
+    ) -> tuple[Response, bool]:
+        """Forward `/{app}/{name}/v1/...` to a model engine's own HTTP API and stream its answer back.
+        Returns the response and whether its body now owns `release` (a stream ends the call when
+        it ends, or when the client goes away: then the engine's generation is cancelled too)."""
         app, deployed = route.app, route.deployed
         spec = deployed.spec
-        key = (app, spec.name)
-        if not self._admit(app, deployed):
-            return self._queue_full(spec.name)
-        released = streaming = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.inflight[key] -= 1
-
         try:
             handle = self._handle(app, deployed).options(stream=True)
             path = route.target
@@ -308,7 +369,7 @@ class Gateway:
                         stream.__anext__(), timeout=spec.timeout + constants.COLD_START_ALLOWANCE_S
                     )
                 except BackPressureError:
-                    return self._queue_full(spec.name)
+                    return self._queue_full(spec.name), False
                 except TimeoutError:
                     stream.cancel()
                     return error_response(
@@ -316,7 +377,7 @@ class Gateway:
                         "Timeout",
                         f"no replica of {spec.name!r} answered within "
                         f"{spec.timeout + constants.COLD_START_ALLOWANCE_S:g} s",
-                    )
+                    ), False
                 except REPLICA_GONE_ERRORS as exc:
                     if attempt < spec.retries:
                         continue
@@ -325,26 +386,25 @@ class Gateway:
                         "ReplicaDied",
                         f"the replica running {spec.name!r} exited during the "
                         f"call ({type(exc).__name__}); see `raygpu logs {app}/{spec.name}`",
-                    )
+                    ), False
                 break
 
             async def body() -> Any:
+                finished = False
                 try:
                     async for chunk in stream:
                         yield chunk
+                    finished = True
                 finally:
+                    if not finished:  # the client went away: stop the generation on the replica
+                        stream.cancel()
                     release()
 
             response_headers = {k: v for k, v in start["headers"]}
             response_headers["x-raygpu-version"] = str(self.table.apps[app]["version"])
-            streaming = True  # the body iterator releases the slot when the stream ends
-            return StreamingResponse(body(), status_code=start["status"], headers=response_headers)
-        except Exception as exc:
-            logger.exception("raygpu gateway: call of %s/%s failed", app, spec.name)
-            return error_response(500, "InternalError", f"raygpu could not run the call: {type(exc).__name__}: {exc}")
-        finally:
-            if not streaming:
-                release()
+            return StreamingResponse(body(), status_code=start["status"], headers=response_headers), True
+        except Exception:
+            return internal_error(f"call of {app}/{spec.name}"), False
 
     @staticmethod
     def _queue_full(name: str) -> Response:
@@ -354,6 +414,19 @@ class Gateway:
             f"{name!r} has as many queued calls as its max_queue allows; retry after {constants.RETRY_AFTER_S} s",
             headers={"Retry-After": str(constants.RETRY_AFTER_S)},
         )
+
+
+def internal_error(what: str) -> Response:
+    """raygpu's own failure: 500 with a short id the gateway log holds next to the traceback; the
+    exception text stays in the log."""
+    error_id = secrets.token_hex(4)
+    logger.exception("raygpu gateway: %s failed [error id %s]", what, error_id)
+    return error_response(
+        500,
+        "InternalError",
+        f"raygpu failed on this request; the gateway log has the details under error id {error_id}",
+        error_id=error_id,
+    )
 
 
 async def _await(response: Any) -> Any:

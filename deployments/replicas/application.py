@@ -37,9 +37,9 @@ def deployment_options(
         "name": spec.name,
         "ray_actor_options": actor_options,
         "max_ongoing_requests": spec.max_inputs,
-        # Serve's router enforces the queue bound in the gateway's process; at least one request
-        # must be able to wait, or a function at zero replicas could never start.
-        "max_queued_requests": max(spec.max_queue, 1),
+        # The gateway admits up to max_containers x max_inputs + max_queue calls per function; at
+        # zero replicas all of them wait in Serve's router, which must not refuse them first.
+        "max_queued_requests": spec.max_containers * spec.max_inputs + max(spec.max_queue, 1),
         "graceful_shutdown_timeout_s": min(spec.timeout, constants.MAX_GRACEFUL_SHUTDOWN_S),
         "graceful_shutdown_wait_loop_s": 0.5,
         "autoscaling_config": serve_autoscaling_config(

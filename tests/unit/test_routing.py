@@ -3,6 +3,7 @@
 import hashlib
 
 import pytest
+from pydantic import BaseModel
 
 from deployments.gateway.routing import RouteError, RoutingTable, path_parts
 from deployments.kinds import kind_of
@@ -12,6 +13,20 @@ from deployments.spec import DeployedFunction, FunctionSpec, TorchModelSpec, Vll
 def add(a: int, b: int = 1) -> int:
     """Add two integers."""
     return a + b
+
+
+class Item(BaseModel):
+    sku: str
+    qty: int = 1
+
+
+class Order(BaseModel):
+    items: list[Item]
+    gift: Item | None = None
+
+
+def place(order: Order, rush: bool = False) -> Order:
+    return order
 
 
 class Counter:
@@ -112,3 +127,31 @@ def test_openapi_lists_every_route_with_its_schemas():
     assert set(doc["paths"]["/shop/chat/v1/models"]) == {"get"}
     assert set(doc["paths"]["/shop/chat/v1/chat/completions"]) == {"post"}
     assert "security" not in table().openapi("shop")
+
+
+def refs_in(node) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "$ref"] + [r for v in node.values() for r in refs_in(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in refs_in(v)]
+    return []
+
+
+def test_every_ref_in_the_openapi_document_resolves():
+    units = [deployed("shop", FunctionSpec(name="place"), place), deployed("shop", FunctionSpec(name="add"), add)]
+    doc = RoutingTable(
+        {
+            "generation": 1,
+            "apps": {"shop": {"name": "shop", "version": 1, "functions": units}},
+            "token_hashes": {},
+            "protected": [],
+        }
+    ).openapi("shop")
+    refs = refs_in(doc)
+    assert refs and "$defs" not in str(doc)
+    for ref in refs:
+        node = doc
+        for part in ref.removeprefix("#/").split("/"):
+            node = node[part]
+        assert isinstance(node, dict) and node.get("type") == "object", ref
+    assert set(doc["components"]["schemas"]) >= {"Item", "Order"}

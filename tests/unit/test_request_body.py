@@ -1,0 +1,74 @@
+"""The gateway's body rules: every malformed body is a BodyError (400) naming the problem, and the
+arrival buffer stays bounded while the store is away."""
+
+import json
+
+import pytest
+
+from deployments.gateway.arrivals import ArrivalBuffer
+from deployments.gateway.body import MAX_JSON_DEPTH, BodyError, json_depth_exceeds, parse_arguments, parse_json_body
+
+
+def refused(raw: bytes) -> BodyError:
+    with pytest.raises(BodyError) as caught:
+        parse_arguments(raw)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "raw, error_type, says",
+    [
+        (b'{"x": ' + b"9" * 5000 + b"}", "NumberTooLarge", "5000 digits"),
+        (b'{"x": 1' + b"0" * 5000 + b".5}", "NumberTooLarge", "limit"),
+        (b'{"x": 1e999}', "NumberTooLarge", "64-bit float"),
+        (b'{"x": NaN}', "MalformedJSON", "NaN"),
+        (b'{"x": -Infinity}', "MalformedJSON", "Infinity"),
+        (b"[" * 100_000 + b"]" * 100_000, "NestingTooDeep", str(MAX_JSON_DEPTH)),
+        (b'{"x": ' + b"[" * 500 + b"]" * 500 + b"}", "NestingTooDeep", str(MAX_JSON_DEPTH)),
+        (b'{"x": "\xff\xfe"}', "InvalidUTF8", "byte 7"),
+        (b"\xef\xbb\xbf" + b"\xc3\x28", "InvalidUTF8", "not UTF-8"),
+        (b'{"x": 1', "MalformedJSON", "not valid JSON"),
+        (b"[1, 2]", "WrongBodyType", "array"),
+        (b'"hello"', "WrongBodyType", "string"),
+        (b"3", "WrongBodyType", "number"),
+        (b"null", "WrongBodyType", "null"),
+        (b"true", "WrongBodyType", "boolean"),
+    ],
+)
+def test_malformed_bodies_are_refused_with_the_reason(raw, error_type, says):
+    error = refused(raw)
+    assert error.error_type == error_type and says in error.message, error.message
+
+
+def test_acceptable_bodies_parse():
+    assert parse_arguments(b"") == {} and parse_arguments(b"  \n") == {}
+    assert parse_arguments(b'{"n": 12345678901234567890, "f": 1.5e300, "s": "\xc3\xa9"}') == {
+        "n": 12345678901234567890,
+        "f": 1.5e300,
+        "s": "é",
+    }
+    nested = json.dumps({"x": json.loads("[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1))}).encode()
+    assert parse_arguments(nested)
+    assert parse_json_body(b"[1]") == [1]
+
+
+def test_depth_is_measured_without_recursion():
+    deep: list = []
+    for _ in range(50_000):
+        deep = [deep]
+    assert json_depth_exceeds(deep, 10) and not json_depth_exceeds([[1], {"a": [2]}], 3)
+
+
+def test_the_arrival_buffer_drops_the_oldest_beyond_its_capacity():
+    buffer = ArrivalBuffer(3)
+    for i in range(5):
+        buffer.add(("app", "f", float(i)))
+    assert len(buffer) == 3 and buffer.dropped == 2
+    batch = buffer.take()
+    assert [a[2] for a in batch] == [2.0, 3.0, 4.0] and len(buffer) == 0
+    buffer.add(("app", "f", 5.0))
+    buffer.add(("app", "f", 6.0))
+    buffer.put_back(batch)  # the store was away: the newest arrivals win
+    assert [a[2] for a in buffer.take()] == [4.0, 5.0, 6.0] and buffer.dropped == 4
+    with pytest.raises(ValueError):
+        ArrivalBuffer(0)
