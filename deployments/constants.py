@@ -68,6 +68,12 @@ GATEWAY_MAX_CONNECTIONS = 4096  # open connections per gateway replica; more are
 HEADER_TIMEOUT_S = 10.0  # a connection that has not sent a request's headers within this is closed
 BODY_TIMEOUT_S = 30.0  # a body not fully received within this answers 408
 KEEP_ALIVE_TIMEOUT_S = 60.0  # an idle keep-alive connection is closed after this
+# A replica whose sync call passed its timeout (its worker thread is still busy) takes no more calls
+# and fails its health check so Serve replaces it; it answers new calls 503 with this header and
+# the gateway sends them again after DRAINING_RETRY_S.
+DRAINING_HEADER = "x-raygpu-draining"
+DRAINING_RETRY_S = 0.2
+REPLICA_HEALTH_CHECK_PERIOD_S = 1.0  # Serve replaces a replica after 3 failed checks in a row
 MAX_PENDING_ARRIVALS = 100_000  # arrivals a gateway replica buffers while the store is away; older ones drop
 RETRY_AFTER_S = 1  # Retry-After of a 503 while a function's queue is full
 # A call to a function idle this long goes to the store at once (it may be at zero replicas).

@@ -44,9 +44,14 @@ class RemoteFunction:
             raise RemoteCallError(400, "MethodRequired", f"pick a method: lookup(...).{spec.methods[0]}.remote(...)")
         store().record_arrivals.remote([(self.app, spec.name, time.time())])
         handle = serve_handle(self.deployed.serve_app, self.deployed.deployment)
-        status, body, _version, _headers = handle.remote(self.method, kwargs).result(
-            timeout_s=spec.timeout + constants.COLD_START_ALLOWANCE_S
-        )
+        deadline = time.monotonic() + spec.timeout + constants.COLD_START_ALLOWANCE_S
+        while True:
+            status, body, _version, headers = handle.remote(self.method, kwargs).result(
+                timeout_s=max(deadline - time.monotonic(), 0.001)
+            )
+            if constants.DRAINING_HEADER not in headers or time.monotonic() >= deadline:
+                break
+            time.sleep(constants.DRAINING_RETRY_S)  # that replica is being replaced: go to another
         payload = json.loads(body)
         if status != 200:
             error = payload.get("error", {}) if isinstance(payload, dict) else {}

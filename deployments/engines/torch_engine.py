@@ -175,6 +175,23 @@ class ModelSlots:
             self._models[model_id] = model
 
 
+class InferenceInputError(ValueError):
+    """An item the model cannot take (preprocess or forward pass failed): the caller's input."""
+
+
+class InferenceOutputError(RuntimeError):
+    """The model ran but its output could not be turned into one result per item (postprocess)."""
+
+
+def _settle(future: asyncio.Future, result: Any = None, exc: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
 class DynamicBatcher:
     """Collects single items into batches: a batch runs when it holds `max_batch_size` items or
     its first item has waited `batch_wait_timeout_s`. Batches of different keys (models) never mix;
@@ -199,6 +216,7 @@ class DynamicBatcher:
         self._workers: dict[Hashable, asyncio.Task] = {}
         self._run_lock = asyncio.Lock()
         self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self.batch_retries = 0  # failed batches rerun item by item
 
     async def submit(self, key: Hashable, item: Any) -> Any:
         future = asyncio.get_running_loop().create_future()
@@ -230,17 +248,32 @@ class DynamicBatcher:
             async with self._run_lock:
                 self.batch_sizes[len(live)] += 1
                 try:
-                    results = await loop.run_in_executor(self.executor, self.run_batch, key, [i for i, _ in live])
-                    if len(results) != len(live):
-                        raise RuntimeError(f"the batch of {len(live)} items gave {len(results)} results")
+                    results = await self._run(key, [i for i, _ in live])
                 except Exception as exc:
-                    for _, fut in live:
-                        if not fut.done():
-                            fut.set_exception(exc)
+                    if len(live) == 1:
+                        _settle(live[0][1], exc=exc)
+                        continue
+                    # One bad item must not fail its batch-mates: run each alone, so every caller
+                    # gets its own item's result or error.
+                    self.batch_retries += 1
+                    for item, fut in live:
+                        if fut.cancelled():
+                            continue
+                        try:
+                            (result,) = await self._run(key, [item])
+                        except Exception as item_exc:
+                            _settle(fut, exc=item_exc)
+                        else:
+                            _settle(fut, result=result)
                     continue
             for (_, fut), result in zip(live, results):
-                if not fut.done():
-                    fut.set_result(result)
+                _settle(fut, result=result)
+
+    async def _run(self, key: Hashable, items: list[Any]) -> list[Any]:
+        results = await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, key, items)
+        if len(results) != len(items):
+            raise InferenceOutputError(f"a batch of {len(items)} item(s) gave {len(results)} result(s)")
+        return results
 
     def close(self) -> None:
         for task in self._workers.values():
@@ -265,8 +298,16 @@ def run_inference(
     preprocess: Callable[..., Any] | None = None,
     postprocess: Callable[..., list[Any]] | None = None,
 ) -> list[Any]:
-    """One batch through a module: preprocess(items, device) → module(...) → postprocess(output, items)."""
-    batch = (preprocess or default_preprocess)(items, device)
-    with torch.inference_mode():
-        output = module(**batch) if isinstance(batch, dict) else module(batch)
-    return (postprocess or default_postprocess)(output, items)
+    """One batch through a module: preprocess(items, device) → module(...) → postprocess(output, items).
+    A failure before the output exists is an InferenceInputError, one after it an InferenceOutputError."""
+    try:
+        batch = (preprocess or default_preprocess)(items, device)
+        with torch.inference_mode():
+            output = module(**batch) if isinstance(batch, dict) else module(batch)
+    except Exception as exc:
+        raise InferenceInputError(f"{type(exc).__name__}: {exc}") from exc
+    try:
+        results = (postprocess or default_postprocess)(output, items)
+        return list(results)
+    except Exception as exc:
+        raise InferenceOutputError(f"postprocess failed: {type(exc).__name__}: {exc}") from exc

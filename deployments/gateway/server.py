@@ -309,14 +309,21 @@ class Gateway:
         headers: dict[str, str] | None = None,
     ) -> Response:
         spec = deployed.spec
+        budget = spec.timeout + constants.COLD_START_ALLOWANCE_S
+        deadline = time.monotonic() + budget
         try:
             handle = self._handle(app, deployed)
             attempts = spec.retries + 1
-            for attempt in range(attempts):
+            attempt = 0
+            # A replica being replaced (a sync call of it passed its timeout) answers at once that it
+            # takes no calls; such a call is sent again, to the replacement, within its own deadline,
+            # and a replica found gone after that is part of the same replacement, not a failure.
+            replacing = False
+            while True:
                 response = handle.remote(method, body, bytes_in, headers or {})
                 try:
                     status, payload, version, extra_headers = await asyncio.wait_for(
-                        _await(response), timeout=spec.timeout + constants.COLD_START_ALLOWANCE_S
+                        _await(response), timeout=max(deadline - time.monotonic(), 0.001)
                     )
                 except BackPressureError:
                     return self._queue_full(spec.name)
@@ -325,12 +332,15 @@ class Gateway:
                     return error_response(
                         504,
                         "Timeout",
-                        f"no replica of {spec.name!r} answered within "
-                        f"{spec.timeout + constants.COLD_START_ALLOWANCE_S:g} s "
+                        f"no replica of {spec.name!r} answered within {budget:g} s "
                         "(timeout plus cold-start allowance); `raygpu status` shows its replicas",
                     )
                 except REPLICA_GONE_ERRORS as exc:
-                    if attempt + 1 < attempts:
+                    if replacing and time.monotonic() < deadline:
+                        await asyncio.sleep(constants.DRAINING_RETRY_S)
+                        continue
+                    attempt += 1
+                    if attempt < attempts:
                         logger.warning("raygpu gateway: replica of %s/%s died; retrying", app, spec.name)
                         continue
                     return error_response(
@@ -340,13 +350,17 @@ class Gateway:
                         f"call ({type(exc).__name__}) after {attempts} attempt(s); set `retries=` "
                         "to retry such calls, and see `raygpu logs`",
                     )
+                if constants.DRAINING_HEADER in extra_headers and time.monotonic() < deadline:
+                    replacing = True
+                    await asyncio.sleep(constants.DRAINING_RETRY_S)
+                    continue
+                extra_headers.pop(constants.DRAINING_HEADER, None)
                 return Response(
                     content=payload,
                     status_code=status,
                     media_type="application/json",
                     headers={"x-raygpu-version": str(version), **extra_headers},
                 )
-            raise AssertionError("unreachable")
         except Exception:
             return internal_error(f"call of {app}/{spec.name}")
 

@@ -42,6 +42,7 @@ def deployment_options(
         "max_queued_requests": spec.max_containers * spec.max_inputs + max(spec.max_queue, 1),
         "graceful_shutdown_timeout_s": min(spec.timeout, constants.MAX_GRACEFUL_SHUTDOWN_S),
         "graceful_shutdown_wait_loop_s": 0.5,
+        "health_check_period_s": constants.REPLICA_HEALTH_CHECK_PERIOD_S,
         "autoscaling_config": serve_autoscaling_config(
             app=app,
             function=spec.name,

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from pydantic_core import to_jsonable_python
 
 from billing.client import MeterClient
+from deployments import constants
 from deployments.node.warm_pool import replica_start_time
 from deployments.replicas.start_phases import StartPhases, start_trigger
 from deployments.spec import FunctionSpec
@@ -34,8 +36,20 @@ def error_payload(error_type: str, message: str, details: Any = None) -> dict[st
     return {"error": error}
 
 
+def _jsonable_fallback(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return value.tolist()
+    raise TypeError(f"a value of type {type(value).__name__} is not JSON-serializable")
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as plain JSON types (pydantic models, dataclasses, numpy and torch values included);
+    TypeError or ValueError when it has no JSON form."""
+    return to_jsonable_python(value, fallback=_jsonable_fallback)
+
+
 def encode_json(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":")).encode()
+    return json.dumps(jsonable(payload), separators=(",", ":"), allow_nan=False).encode()
 
 
 @dataclass
@@ -73,6 +87,7 @@ class ReplicaBase:
         self.meter.start()
         self.phases.report = self.meter.start_phases
         self._ongoing = 0
+        self.draining: str | None = None  # why this replica takes no more calls, once it does not
         self._trigger = asyncio.get_running_loop().create_task(self._find_trigger())
         self.startup_error: str | None = None
         try:
@@ -115,6 +130,24 @@ class ReplicaBase:
             self.meter.call_finished(outcome.status, time.perf_counter() - started, bytes_in, outcome.bytes_out)
             self.phases.first_response()
 
+    def begin_draining(self, reason: str) -> None:
+        """Take no more calls and fail the health check, so Serve lets in-flight calls finish and
+        starts a replacement (what a hung worker thread needs: Python cannot stop it)."""
+        if self.draining is None:
+            self.draining = reason
+            logger.warning("raygpu: %s/%s replica is being replaced: %s", self.app, self.spec.name, reason)
+
+    def draining_answer(self) -> tuple[int, bytes, int, dict[str, str]]:
+        """The answer of a replica being replaced: the gateway sends the call again, to another one."""
+        payload = error_payload(
+            "ReplicaReplaced", f"this replica of {self.spec.name} is being replaced: {self.draining}"
+        )
+        return 503, encode_json(payload), self.version, {constants.DRAINING_HEADER: "1"}
+
+    async def check_health(self) -> None:
+        if self.draining is not None:
+            raise RuntimeError(f"replica is being replaced: {self.draining}")
+
     async def _find_trigger(self) -> None:
         """What started this replica (a call at zero, a pre-warm): reported with its first response."""
         try:
@@ -135,7 +168,9 @@ class ReplicaBase:
         }
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        return {"raygpu_ongoing": float(self._ongoing)}
+        # A replica being replaced counts as full: it takes nothing, and its replacement is needed.
+        busy = self.spec.max_inputs if self.draining is not None else self._ongoing
+        return {"raygpu_ongoing": float(busy)}
 
     def __del__(self) -> None:
         meter = getattr(self, "meter", None)

@@ -16,19 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cloudpickle
-from pydantic_core import to_jsonable_python
 
 from deployments.lifecycle import run_enter_hooks, run_exit_hooks
-from deployments.replicas.base import ReplicaBase, encode_json, error_payload
+from deployments.replicas.base import ReplicaBase, encode_json, error_payload, jsonable
 from deployments.signature import ArgumentError, arguments_model, validate_arguments
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
-
-
-def _jsonable_fallback(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # numpy arrays, torch tensors
-        return value.tolist()
-    raise TypeError(f"a value of type {type(value).__name__} is not JSON-serializable")
 
 
 class FunctionReplica(ReplicaBase):
@@ -49,6 +42,8 @@ class FunctionReplica(ReplicaBase):
         self, method: str | None, body: Any, bytes_in: int = 0, headers: dict[str, str] | None = None
     ) -> tuple[int, bytes, int, dict[str, str]]:
         """Run one call; answer (HTTP status, JSON body, version, extra response headers)."""
+        if self.draining is not None:
+            return self.draining_answer()
         with self.metered_call(bytes_in) as outcome:
             status, payload = await self._invoke(method, body)
             try:
@@ -77,14 +72,17 @@ class FunctionReplica(ReplicaBase):
             arguments = validate_arguments(self.models[method], body)
         except ArgumentError as exc:
             return 422, error_payload("ValidationError", str(exc), exc.errors)
+        is_async = inspect.iscoroutinefunction(fn)
         try:
-            if inspect.iscoroutinefunction(fn):
+            if is_async:
                 result = await asyncio.wait_for(fn(**arguments), timeout=self.spec.timeout)
             else:
                 loop = asyncio.get_running_loop()
                 future = loop.run_in_executor(self._executor, lambda: fn(**arguments))
                 result = await asyncio.wait_for(future, timeout=self.spec.timeout)
         except TimeoutError:
+            if not is_async:  # its thread runs on and holds a worker slot: the replica is replaced
+                self.begin_draining(f"a call of {self.spec.name} passed its timeout of {self.spec.timeout:g} s")
             return 504, error_payload(
                 "Timeout",
                 f"{self.spec.name} did not finish within its timeout of {self.spec.timeout:g} s; "
@@ -94,7 +92,7 @@ class FunctionReplica(ReplicaBase):
             logger.warning("raygpu: %s raised %s", self.spec.name, "".join(traceback.format_exception(exc)))
             return 500, error_payload(type(exc).__name__, str(exc))
         try:
-            return 200, to_jsonable_python(result, fallback=_jsonable_fallback)
+            return 200, jsonable(result)
         except Exception as exc:
             return 500, error_payload(
                 "SerializationError", f"{self.spec.name} returned a value that cannot be sent as JSON: {exc}"

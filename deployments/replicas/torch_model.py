@@ -115,7 +115,16 @@ class TorchModelReplica(ReplicaBase):
             except Exception as exc:
                 logger.warning("raygpu: %s failed: %s", self.spec.name, "".join(traceback.format_exception(exc)))
                 status, payload, extra = 500, error_payload(type(exc).__name__, str(exc)), {}
-            encoded = encode_json(payload)
+            try:
+                encoded = encode_json(payload)
+            except (TypeError, ValueError) as exc:
+                status, extra = 500, {}
+                encoded = encode_json(
+                    error_payload(
+                        "SerializationError",
+                        f"{self.spec.name}'s postprocess returned a value that cannot be sent as JSON: {exc}",
+                    )
+                )
             outcome.status, outcome.bytes_out = status, len(encoded)
             return status, encoded, self.version, extra
 
@@ -151,8 +160,11 @@ class TorchModelReplica(ReplicaBase):
             )
         except TimeoutError:
             return 504, error_payload("Timeout", f"{self.spec.name} did not answer within {self.spec.timeout:g} s"), {}
-        except (ValueError, TypeError, RuntimeError) as exc:
+        except self.engine.InferenceInputError as exc:
             return 422, error_payload("InvalidInput", f"the model could not run these inputs: {exc}"), {}
+        except self.engine.InferenceOutputError as exc:
+            logger.warning("raygpu: %s output failed: %s", self.spec.name, "".join(traceback.format_exception(exc)))
+            return 500, error_payload("OutputError", f"{self.spec.name} ran but its output failed: {exc}"), {}
         version = results[-1][1]
         payload = {"outputs": [output for output, _ in results], "model": model_id, "weights_version": version}
         return 200, payload, {constants.WEIGHTS_VERSION_HEADER: str(version), constants.MODEL_HEADER: model_id}
@@ -165,6 +177,7 @@ class TorchModelReplica(ReplicaBase):
             "loads": dict(self.slots.loads) if hasattr(self, "slots") else {},
             "evictions": dict(self.slots.evictions) if hasattr(self, "slots") else {},
             "batch_sizes": dict(self.batcher.batch_sizes) if hasattr(self, "batcher") else {},
+            "batch_retries": self.batcher.batch_retries if hasattr(self, "batcher") else 0,
             "weights": {m: w["version"] for m, w in getattr(self, "weights", {}).items()},
             "start_phases": self.phases.durations(),
         }

@@ -72,3 +72,40 @@ def test_the_arrival_buffer_drops_the_oldest_beyond_its_capacity():
     assert [a[2] for a in buffer.take()] == [4.0, 5.0, 6.0] and buffer.dropped == 4
     with pytest.raises(ValueError):
         ArrivalBuffer(0)
+
+
+def test_replica_answers_serialise_numpy_and_torch_values():
+    import numpy as np
+    import torch
+
+    from deployments.replicas.base import encode_json
+
+    payload = {"t": torch.tensor([[1.5, 2.0]]), "a": np.arange(3), "s": np.float32(0.5), "i": np.int64(7)}
+    assert json.loads(encode_json(payload)) == {"t": [[1.5, 2.0]], "a": [0, 1, 2], "s": 0.5, "i": 7}
+    with pytest.raises((TypeError, ValueError)):
+        encode_json({"x": object()})
+    with pytest.raises(ValueError):
+        encode_json({"x": float("nan")})  # not JSON: refused, never sent as NaN
+
+
+def test_internal_errors_answer_an_id_that_the_gateway_log_holds():
+    import logging
+
+    from deployments.gateway.server import internal_error, logger
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        try:
+            raise KeyError("secret detail")
+        except KeyError:
+            response = internal_error("call of shop/add")
+    finally:
+        logger.removeHandler(handler)
+    error = json.loads(response.body)["error"]
+    assert response.status_code == 500 and error["type"] == "InternalError"
+    assert "secret" not in response.body.decode() and len(error["id"]) == 8
+    logged = [r.getMessage() for r in records]
+    assert any(error["id"] in m for m in logged) and records[0].exc_info[0] is KeyError

@@ -7,6 +7,8 @@ import torch
 
 from deployments.engines.torch_engine import (
     DynamicBatcher,
+    InferenceInputError,
+    InferenceOutputError,
     LoadedModel,
     ModelSlots,
     build_module,
@@ -100,6 +102,45 @@ def test_a_failing_batch_fails_its_callers_only():
 
     first, second = asyncio.run(main())
     assert isinstance(first[0], ValueError) and second == "good"
+
+
+def test_one_bad_item_fails_only_its_own_caller_in_a_shared_batch():
+    module = torch.nn.Linear(2, 1)
+    runs = []
+
+    def run(key, items):
+        runs.append(len(items))
+        return run_inference(module, items, "cpu")
+
+    async def main():
+        batcher = DynamicBatcher(run, max_batch_size=8, batch_wait_timeout_s=0.05)
+        items = [[1.0, 2.0], [1.0, 2.0, 3.0], [3.0, 4.0], "text", [5.0, 6.0]]  # ragged and wrong type
+        out = await asyncio.gather(*(batcher.submit("k", i) for i in items), return_exceptions=True)
+        batcher.close()
+        return out, batcher.batch_retries
+
+    out, retries = asyncio.run(main())
+    assert [type(o).__name__ for o in out] == ["list", "InferenceInputError", "list", "InferenceInputError", "list"]
+    assert runs[0] == 5 and runs[1:] == [1] * 5 and retries == 1
+
+
+def test_inference_errors_say_whether_the_input_or_the_output_failed():
+    module = torch.nn.Linear(2, 1)
+    with pytest.raises(InferenceInputError, match="mat1 and mat2|shape"):
+        run_inference(module, [[1.0, 2.0, 3.0]], "cpu")
+    with pytest.raises(InferenceOutputError, match="postprocess failed: KeyError"):
+        run_inference(module, [[1.0, 2.0]], "cpu", postprocess=lambda output, items: {}["missing"])
+
+    def run(key, items):
+        return items[:1]  # one result for a batch of two
+
+    async def main():
+        batcher = DynamicBatcher(run, max_batch_size=2, batch_wait_timeout_s=0.05)
+        out = await asyncio.gather(batcher.submit("k", 1), batcher.submit("k", 2), return_exceptions=True)
+        batcher.close()
+        return out
+
+    assert asyncio.run(main()) == [1, 2]  # the item-by-item rerun gives each caller its own result
 
 
 def test_model_slots_evict_least_recently_used_and_load_once():
