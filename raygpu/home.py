@@ -35,7 +35,19 @@ class LocalCluster(BaseModel):
     logical_cpus: int
     db_path: str
     pids: list[int]
+    # pid -> process start time (psutil create_time): `raygpu down` signals a recorded pid only
+    # while it still names the process raygpu started, never a stranger that reused the number.
+    process_starts: dict[int, float] = {}
     started_at: float
+
+    @property
+    def ports(self) -> list[int]:
+        """Every TCP port the cluster listens on that raygpu chose or was given."""
+        ports = [self.http_port, self.serve_port, self.metrics_port, int(self.address.rsplit(":", 1)[1])]
+        dashboard = self.dashboard_url.rsplit(":", 1)[-1]
+        if dashboard.isdigit():
+            ports.append(int(dashboard))
+        return ports
 
     @property
     def gateway_url(self) -> str:
@@ -79,5 +91,27 @@ def cluster_processes(temp_dir: str) -> list[psutil.Process]:
     return list(found.values())
 
 
+def process_start(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def recorded_process(pid: int, started: float | None) -> psutil.Process | None:
+    """The process `pid` if it is still the one recorded (same start time), else None."""
+    if started is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - started) > 0.05:
+            return None
+        return proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
 def local_cluster_alive(cluster: LocalCluster) -> bool:
-    return any(psutil.pid_exists(pid) for pid in cluster.pids) and bool(cluster_processes(cluster.temp_dir))
+    return bool(cluster_processes(cluster.temp_dir)) or any(
+        recorded_process(pid, cluster.process_starts.get(pid)) for pid in cluster.pids
+    )

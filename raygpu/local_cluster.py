@@ -26,8 +26,10 @@ from raygpu.home import (
     cluster_processes,
     local_cluster_alive,
     local_state_path,
+    process_start,
     raygpu_home,
     read_local_cluster,
+    recorded_process,
 )
 
 # Ports raygpu picks for itself: above Ray's worker ports (10002-19999) and below the kernel's
@@ -49,12 +51,22 @@ def free_port() -> int:
     raise NoClusterError(f"no free port in {PICKED_PORT_RANGE[0]}-{PICKED_PORT_RANGE[1]}; pass --port explicitly")
 
 
-def ensure_port_free(host: str, port: int, flag: str) -> None:
-    with socket.socket() as sock:
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on `port` now. SO_REUSEADDR, as every server sets: connections
+    of a stopped server lingering in TIME_WAIT do not count as the port being in use."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
-            raise NoClusterError(f"port {port} on {host} is already in use; pick another with {flag}") from None
+            return False
+    return True
+
+
+def ensure_port_free(host: str, port: int, flag: str) -> None:
+    if not port_free(host, port):
+        raise NoClusterError(f"port {port} on {host} is already in use; pick another with {flag}")
 
 
 def start_local(
@@ -131,6 +143,7 @@ def start_local(
         pids=[p.pid for p in cluster_processes(temp_dir)],
         started_at=time.time(),
     )
+    cluster.process_starts = _starts(cluster.pids)
     local_state_path().write_text(cluster.model_dump_json(indent=2))
     try:
         driver = start_control_driver(
@@ -148,29 +161,36 @@ def start_local(
             },
         )
         cluster.pids.append(driver)
+        cluster.process_starts = _starts(cluster.pids)
         local_state_path().write_text(cluster.model_dump_json(indent=2))
         connect(address)
     except Exception:
         stop_local()
         raise
     cluster.pids = sorted({*cluster.pids, *(p.pid for p in cluster_processes(temp_dir))})
+    cluster.process_starts = _starts(cluster.pids)
     local_state_path().write_text(cluster.model_dump_json(indent=2))
     return cluster
 
 
-def stop_local(timeout_s: float = 15.0) -> list[int]:
-    """Stop the local cluster by its own process ids (never `ray stop`); return the pids stopped."""
+def _starts(pids: list[int]) -> dict[int, float]:
+    return {pid: started for pid in pids if (started := process_start(pid)) is not None}
+
+
+def stop_local(timeout_s: float = 15.0, ports_timeout_s: float = 30.0) -> list[int]:
+    """Stop the local cluster by its own processes (never `ray stop`): those whose command line
+    names its private temp dir, and recorded pids whose start time still matches. Returns the pids
+    stopped once the cluster's ports are free again (a following `raygpu up` can bind them)."""
     cluster = read_local_cluster()
     if cluster is None:
         return []
     disconnect()
     procs = {p.pid: p for p in cluster_processes(cluster.temp_dir)}
     for pid in cluster.pids:
-        if pid not in procs and psutil.pid_exists(pid):
-            try:
-                procs[pid] = psutil.Process(pid)
-            except psutil.NoSuchProcess:
-                pass
+        if pid not in procs:
+            proc = recorded_process(pid, cluster.process_starts.get(pid))
+            if proc is not None:
+                procs[pid] = proc
     for proc in procs.values():
         try:
             proc.send_signal(signal.SIGTERM)
@@ -184,4 +204,20 @@ def stop_local(timeout_s: float = 15.0) -> list[int]:
             pass
     psutil.wait_procs(alive, timeout=5)
     local_state_path().unlink(missing_ok=True)
+    wait_for_ports(cluster.http_host, cluster.ports, ports_timeout_s)
     return sorted(procs)
+
+
+def wait_for_ports(host: str, ports: list[int], timeout_s: float) -> None:
+    """Return once every port can be listened on again; NoClusterError naming those still held."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = [port for port in ports if not port_free(host, port)]
+        if not held:
+            return
+        if time.monotonic() >= deadline:
+            raise NoClusterError(
+                f"the cluster's processes are stopped but port(s) {', '.join(map(str, held))} on {host} are "
+                "still in use by another process"
+            )
+        time.sleep(0.1)
