@@ -45,14 +45,17 @@ def _hoist_defs(node: Any, components: dict[str, Any]) -> Any:
         return node
     node = dict(node)
     defs = node.pop("$defs", None) or {}
+    # Same-named definitions that are the same schema share one component; a different schema
+    # under a taken name gets a numbered one.
+    same = {name: f"#/components/schemas/{name}" for name in defs}
     renamed: dict[str, str] = {}
     for name, definition in defs.items():
+        canonical = _rewrite_refs(definition, {n: n for n in same})
         target, n = name, 1
-        while target in components and components[target] != definition:
+        while target in components and components[target] != canonical:
             n += 1
             target = f"{name}{n}"
         renamed[name] = target
-        components.setdefault(target, definition)
     if renamed:
         node = _rewrite_refs(node, renamed)
         for name, target in renamed.items():
