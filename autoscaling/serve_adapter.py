@@ -177,17 +177,21 @@ def serve_autoscaling_config(
     store_namespace: str,
     metrics_interval_s: float,
     look_back_period_s: float,
+    initial_replicas: int | None = None,
     **scaling: Any,
 ) -> dict[str, Any]:
     """The Serve `autoscaling_config` for one raygpu deployment: raygpu's policy decides alone.
 
     `scaling` holds ScalingConfig fields (min_replicas, max_replicas, buffer_replicas,
-    inputs_per_replica, idle_window_s, start_time_s, ...)."""
+    inputs_per_replica, idle_window_s, start_time_s, ...). `initial_replicas` (default: the
+    minimum) is how many replicas a new version starts with, e.g. as many as the version it
+    replaces runs."""
     config = ScalingConfig(**scaling)
+    initial = config.min_replicas if initial_replicas is None else initial_replicas
     return {
         "min_replicas": config.min_replicas,
         "max_replicas": config.max_replicas,
-        "initial_replicas": config.min_replicas,
+        "initial_replicas": min(max(initial, config.min_replicas), config.max_replicas),
         "target_ongoing_requests": config.inputs_per_replica,
         "metrics_interval_s": metrics_interval_s,
         "look_back_period_s": look_back_period_s,

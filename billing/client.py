@@ -146,6 +146,16 @@ class MeterClient:
             self.phases = batch["start_phases"] + self.phases
             logger.warning("raygpu: meter unreachable (%s); %d events buffered", exc, len(self.events))
 
+    async def aclose(self) -> None:
+        """Stop and wait until the meter has the stop event and everything buffered (best effort)."""
+        if not self.enabled:
+            return
+        self.event("stopped")
+        if self._task is not None:
+            self._task.cancel()
+        await self.flush()
+        self.enabled = False
+
     def stop(self) -> None:
         """Best effort at shutdown: a stop event and whatever is buffered, without waiting."""
         if not self.enabled:

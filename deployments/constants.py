@@ -74,7 +74,17 @@ KEEP_ALIVE_TIMEOUT_S = 60.0  # an idle keep-alive connection is closed after thi
 DRAINING_HEADER = "x-raygpu-draining"
 DRAINING_RETRY_S = 0.2
 REPLICA_HEALTH_CHECK_PERIOD_S = 1.0  # Serve replaces a replica after 3 failed checks in a row
-MAX_PENDING_ARRIVALS = 100_000  # arrivals a gateway replica buffers while the store is away; older ones drop
+MAX_PENDING_ARRIVALS = 100_000
+# A custom resource every non-head node of a raygpu cluster declares (cluster.yaml); user replicas
+# ask for a sliver of it whenever the cluster has it, so they never land on the head node.
+WORKER_RESOURCE = "raygpu_worker"
+WORKER_RESOURCE_SLIVER = 0.001
+# How long a deploy waits for a new version's replicas to be placed before it gives up (keeping
+# the live version) and says what the cluster lacks.
+SCHEDULING_TIMEOUT_S = 60.0
+# After the gateway serves a new version, the old one is deleted this much later (calls routed to
+# it just before the switch still land on running replicas, which finish them).
+RETIRE_DELAY_S = 0.5  # arrivals a gateway replica buffers while the store is away; older ones drop
 RETRY_AFTER_S = 1  # Retry-After of a 503 while a function's queue is full
 # A call to a function idle this long goes to the store at once (it may be at zero replicas).
 IMMEDIATE_ARRIVAL_AFTER_IDLE_S = 1.0

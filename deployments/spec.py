@@ -230,11 +230,25 @@ class RouteSchema(BaseModel):
     doc: str | None = None
 
 
+def version_app_name(app: str, version: int) -> str:
+    """The Serve application running one version of an app: versions run side by side while a new
+    one starts and is checked, and the gateway routes to the live one."""
+    return f"{constants.USER_APP_PREFIX}{app}--v{version}"
+
+
+def version_app_prefix(app: str) -> str:
+    """What the Serve applications of every version of `app` (and only of it) start with."""
+    return f"{constants.USER_APP_PREFIX}{app}--v"
+
+
 class DeployedFunction(BaseModel):
     """What the registry keeps of one function of a deployed app version."""
 
     spec: FunctionSpec
-    serve_app: str
+    # The version's Serve application; left empty by a deploy, filled in when the version is recorded.
+    serve_app: str = ""
     deployment: str
     accelerator: str | None = None
     routes: list[RouteSchema] = Field(default_factory=list)
+    # sha256 of the spec and the pickled code: `raygpu deploy --check` starts the functions whose digest moved.
+    digest: str = ""

@@ -85,6 +85,8 @@ class DeployResult(BaseModel):
     functions: list[str]
     routes: list[str]
     gateway_url: str | None = None
+    # functions whose new replicas were started and found healthy before the version went live
+    checked: list[str] = []
 
 
 class TokenCreated(BaseModel):

@@ -100,6 +100,7 @@ def install_control_plane(
     metrics_port: int = constants.DEFAULT_METRICS_PORT,
     prices_path: str | None = None,
     warm_pool: int = constants.DEFAULT_WARM_POOL_SIZE,
+    replicas_off_head: bool = False,
 ) -> dict[str, Any]:
     """Start (or find) the store actor, the meter, Serve and the gateway on the connected cluster."""
     admin = ensure_admin_key()
@@ -128,6 +129,8 @@ def install_control_plane(
     host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
     gateway_url = f"http://{host}:{http_port}"
     ray.get(store.set_setting.remote(admin, "gateway_url", gateway_url))
+    # On a cluster the head runs the control plane only: user replicas go to worker nodes.
+    ray.get(store.set_setting.remote(admin, "replicas_off_head", replicas_off_head))
     ray.get(store.set_setting.remote(admin, "metrics_url", f"http://{host}:{metrics_port}/metrics"))
     return {
         "gateway_url": gateway_url,
@@ -144,7 +147,7 @@ def forget_apps_serve_lost(store: Any, admin: str) -> list[str]:
     lost = [
         app["name"]
         for app in ray.get(store.live_apps.remote())
-        if f"{constants.USER_APP_PREFIX}{app['name']}" not in running
+        if not app["functions"] or any(f.get("serve_app") not in running for f in app["functions"])
     ]
     for name in lost:
         ray.get(store.delete_app.remote(admin, name))

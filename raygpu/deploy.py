@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from deployments import constants
 from deployments.kinds import kind_of
 from deployments.node.weight_cache import fingerprint
 from deployments.replicas.application import build_app_application
-from deployments.spec import DeployedFunction, FunctionSpec
+from deployments.spec import DeployedFunction, FunctionSpec, version_app_name
 from raygpu.app import App
 from raygpu.contracts import (
     AppList,
@@ -27,10 +28,17 @@ from raygpu.contracts import (
 )
 from raygpu.control import admin_call, gateway_url, meter, store, wait_for_gateway
 from raygpu.errors import DeployError, NoClusterError, NotFoundError
-
-
-def serve_app_name(app: str) -> str:
-    return f"{constants.USER_APP_PREFIX}{app}"
+from raygpu.rollout import (
+    digest_of,
+    functions_to_check,
+    retire_versions,
+    run_start_checks,
+    running_replicas,
+    start,
+    startup_errors_of_running,
+    wait_until_running,
+    warm_handoff,
+)
 
 
 def cluster_accelerators() -> tuple[dict[str, float], float]:
@@ -82,8 +90,30 @@ def _with_resolved_weights(app: str, spec: FunctionSpec) -> FunctionSpec:
     return spec.model_copy(update={"torch_model": spec.torch_model.model_copy(update={"weights": weights})})
 
 
-def deploy_app(app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S, metered: bool = True) -> DeployResult:
-    """Record a new version and roll it out; the previous version keeps serving until it is live.
+def worker_resource() -> str | None:
+    """The resource that keeps user replicas off the head node: asked for when the cluster has
+    non-head nodes that declare it, or was installed as a multi-node cluster."""
+    if ray.cluster_resources().get(constants.WORKER_RESOURCE):
+        return constants.WORKER_RESOURCE
+    if ray.get(store().get_setting.remote("replicas_off_head", False)):
+        return constants.WORKER_RESOURCE
+    return None
+
+
+def _live_entry(app: str) -> dict[str, Any] | None:
+    return next((a for a in ray.get(store().live_apps.remote()) if a["name"] == app), None)
+
+
+def deploy_app(
+    app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S, metered: bool = True, check: bool = False
+) -> DeployResult:
+    """Record a new version and roll it out beside the live one; the live version keeps serving
+    until the new one is live, and keeps serving if the new one cannot start.
+
+    The new version is checked before it takes traffic through the replicas of functions with
+    `min_containers > 0`, and with `check=True` (`raygpu deploy --check`) through a start check of
+    every function that changed since the live version. A failed check removes the new version and
+    raises DeployError with the unit's startup error.
 
     `metered=False` (Python API only, for operators measuring metering overhead) keeps the app's
     replicas out of the ledger: nothing of it is billed."""
@@ -105,25 +135,60 @@ def deploy_app(app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S,
         deployed.append(
             DeployedFunction(
                 spec=spec,
-                serve_app=serve_app_name(app.name),
                 deployment=spec.name,
                 accelerator=accelerator,
                 routes=kind.routes(app.name, spec, code),
+                digest=digest_of(spec, payload),
             )
         )
+    live = _live_entry(app.name)
+    previous = [DeployedFunction.model_validate(f) for f in live["functions"]] if live else []
+    specs = {spec.name: spec for spec, _, _ in units}
+    kept_running, start_checked = functions_to_check(
+        specs, {d.spec.name: d.digest for d in deployed}, {d.spec.name: d.digest for d in previous}, check
+    )
+    off_head = worker_resource()
     version = admin_call("begin_version", app.name, source, [d.model_dump(mode="json") for d in deployed])
+    serve_app = version_app_name(app.name, version)
+    previous_label = f"v{live['version']} keeps serving" if live else "nothing was deployed"
+
+    def refuse(reason: str) -> DeployError:
+        if serve_app in serve.status().applications:
+            serve.delete(serve_app, _blocking=False)
+        admin_call("mark_failed", app.name, version)
+        return DeployError(f"{app.name} v{version} was not deployed ({previous_label}): {reason}")
+
+    if start_checked:
+        errors = run_start_checks(app.name, version, [u for u in units if u[0].name in start_checked], off_head, wait_s)
+        if errors:
+            raise refuse(_startup_failures(app.name, errors))
     for spec, _, _ in units:
         if spec.torch_model is not None:  # the weights a deploy names become current unless they already are
             for model_id, path in spec.torch_model.weights.items():
                 admin_call("set_weights", app.name, spec.name, model_id, path, fingerprint(path), "deploy", True)
+    running = running_replicas(previous[0].serve_app) if previous else {}
+    initial = warm_handoff(running, specs, ray.available_resources().get("GPU", 0.0))
     try:
         application = build_app_application(
-            app.name, version, units, constants.STORE_ACTOR_NAME, constants.RAY_NAMESPACE, metered=metered
+            app.name,
+            version,
+            units,
+            constants.STORE_ACTOR_NAME,
+            constants.RAY_NAMESPACE,
+            metered=metered,
+            initial_replicas=initial,
+            worker_resource=off_head,
         )
-        serve.run(application, name=serve_app_name(app.name), route_prefix=None)
+        start(application, serve_app)
     except Exception as exc:
-        admin_call("mark_failed", app.name, version)
-        raise DeployError(f"Serve refused {app.name} v{version}: {exc}") from None
+        raise refuse(f"Serve refused it: {exc}") from None
+    try:
+        wait_until_running(serve_app, wait_s)
+        errors = startup_errors_of_running(serve_app, kept_running, wait_s)
+    except DeployError as exc:
+        raise refuse(str(exc)) from None
+    if errors:
+        raise refuse(_startup_failures(app.name, errors))
     generation = admin_call("mark_live", app.name, version)
     url = None
     try:
@@ -131,12 +196,22 @@ def deploy_app(app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S,
         wait_for_gateway(url, generation, wait_s)
     except NoClusterError:
         pass
+    time.sleep(constants.RETIRE_DELAY_S)  # calls routed just before the switch reach the old version
+    retire_versions(app.name, keep=serve_app)
     return DeployResult(
         app=app.name,
         version=version,
         functions=list(app.specs),
         routes=[r.path for d in deployed for r in d.routes],
         gateway_url=url,
+        checked=sorted(kept_running | start_checked),
+    )
+
+
+def _startup_failures(app: str, errors: dict[str, str]) -> str:
+    return "; ".join(
+        f"{app}/{name} could not start: {error} (`raygpu logs {app}/{name}` has the traceback)"
+        for name, error in sorted(errors.items())
     )
 
 
@@ -171,7 +246,8 @@ def app_status(app: str) -> AppStatus:
     if app not in live:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
     entry = live[app]
-    serve_app = _serve_details().get("applications", {}).get(serve_app_name(app), {})
+    live_serve_app = entry["functions"][0]["serve_app"] if entry["functions"] else ""
+    serve_app = _serve_details().get("applications", {}).get(live_serve_app, {})
     start_phases: dict[str, Any] = {}
     try:
         start_phases = ray.get(meter().start_phases.remote(app), timeout=10)
@@ -240,7 +316,8 @@ def stop_app(app: str) -> None:
         wait_for_gateway(gateway_url(), generation, constants.GATEWAY_PICKUP_TIMEOUT_S)
     except (NoClusterError, DeployError):
         pass
-    serve.delete(serve_app_name(app))
+    for name in retire_versions(app, keep=""):
+        serve.delete(name)
 
 
 def source_label(path: Path, digest: str) -> str:

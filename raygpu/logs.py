@@ -7,14 +7,14 @@ import glob
 import os
 from pathlib import Path
 
-from raygpu.deploy import serve_app_name
+from deployments.spec import version_app_prefix
 from raygpu.home import read_local_cluster
 
 
 def replica_logs(target: str, lines: int = 100, remote: bool = False) -> list[tuple[str, str]]:
     """(log file name, its last `lines` lines) of each replica log of APP or APP/FN."""
     app, _, function = target.partition("/")
-    pattern = f"replica_{serve_app_name(app)}_{function or ''}*.log"
+    pattern = f"replica_{version_app_prefix(app)}*_{function or ''}*.log"
     local = None if remote else read_local_cluster()
     if local is not None:
         paths = sorted(glob.glob(os.path.join(local.temp_dir, "session_latest", "logs", "serve", pattern)))

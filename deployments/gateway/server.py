@@ -73,6 +73,7 @@ class Gateway:
         self.max_body_bytes = max_body_bytes
         self.store = get_store()
         self.table = RoutingTable(await self.store.routing_table.remote())
+        # Serve handles by (Serve application, deployment): a new version is a new application.
         self.handles: dict[tuple[str, str], Any] = {}
         self.inflight: dict[tuple[str, str], int] = {}
         self.pending_arrivals = ArrivalBuffer(constants.MAX_PENDING_ARRIVALS)
@@ -136,7 +137,8 @@ class Gateway:
                 raw = await self.store.routing_table.remote(self.table.generation, constants.CONFIG_POLL_TIMEOUT_S)
                 if raw["generation"] != self.table.generation:
                     self.table = RoutingTable(raw)
-                    self.handles = {k: v for k, v in self.handles.items() if k in self.table.functions}
+                    live = {(d.serve_app, d.deployment) for d in self.table.functions.values()}
+                    self.handles = {k: v for k, v in self.handles.items() if k in live}
             except Exception as exc:
                 logger.warning("raygpu gateway: routing table refresh failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
@@ -191,7 +193,7 @@ class Gateway:
 
     # --- request path ----------------------------------------------------------------------
     def _handle(self, app: str, deployed: DeployedFunction) -> Any:
-        key = (app, deployed.spec.name)
+        key = (deployed.serve_app, deployed.deployment)
         handle = self.handles.get(key)
         if handle is None:
             handle = serve.get_deployment_handle(deployed.deployment, app_name=deployed.serve_app)

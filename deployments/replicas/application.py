@@ -20,8 +20,12 @@ def deployment_options(
     accelerator: str | None,
     store_actor: str,
     store_namespace: str,
+    initial_replicas: int | None = None,
+    worker_resource: str | None = None,
 ) -> dict[str, Any]:
-    """Serve options of one unit's deployment: resources, autoscaling, queue bounds."""
+    """Serve options of one unit's deployment: resources, autoscaling, queue bounds.
+    `worker_resource`: a custom resource only non-head nodes have; asking for a sliver of it keeps
+    user replicas off the head node (the control plane's) when the cluster has other nodes."""
     actor_options: dict[str, Any] = {"num_cpus": spec.cpu}
     request = spec.gpu_request
     if request is not None:
@@ -30,6 +34,8 @@ def deployment_options(
             actor_options["accelerator_type"] = accelerator
     if spec.memory:
         actor_options["memory"] = spec.memory * 1024 * 1024
+    if worker_resource:
+        actor_options["resources"] = {worker_resource: constants.WORKER_RESOURCE_SLIVER}
     runtime_env = runtime_env_for(spec.image.to_runtime_env())
     if runtime_env:
         actor_options["runtime_env"] = runtime_env
@@ -56,6 +62,7 @@ def deployment_options(
             store_namespace=store_namespace,
             metrics_interval_s=constants.METRICS_INTERVAL_S,
             look_back_period_s=constants.LOOK_BACK_PERIOD_S,
+            initial_replicas=initial_replicas,
         ),
     }
 
@@ -67,6 +74,8 @@ def build_app_application(
     store_actor: str,
     store_namespace: str,
     metered: bool = True,
+    initial_replicas: dict[str, int] | None = None,
+    worker_resource: str | None = None,
 ) -> Any:
     """One Serve application holding a deployment per unit of a user app.
 
@@ -75,7 +84,15 @@ def build_app_application(
     """
     bound = []
     for spec, payload, accelerator in units:
-        options = deployment_options(app, spec, accelerator, store_actor, store_namespace)
+        options = deployment_options(
+            app,
+            spec,
+            accelerator,
+            store_actor,
+            store_namespace,
+            initial_replicas=(initial_replicas or {}).get(spec.name),
+            worker_resource=worker_resource,
+        )
         deployment = serve.deployment(kind_of(spec).replica_class()).options(**options)
         bound.append((deployment, (app, version, spec.model_dump_json(), payload, accelerator, metered)))
     ingress_deployment, ingress_args = bound[0]

@@ -158,6 +158,10 @@ class ReplicaBase:
         except Exception as exc:
             logger.debug("raygpu: no scale event for this start (%s)", exc)
 
+    async def startup_status(self) -> str | None:
+        """Why this replica's unit could not start (None when it did): how a deploy checks a version."""
+        return self.startup_error
+
     async def replica_info(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
@@ -172,7 +176,15 @@ class ReplicaBase:
         busy = self.spec.max_inputs if self.draining is not None else self._ongoing
         return {"raygpu_ongoing": float(busy)}
 
+    async def close(self) -> None:
+        """Stop outside Serve (a deploy's start check): release the unit, then meter the stop."""
+        self._release()
+        self._released = True
+        await self.meter.aclose()
+
     def __del__(self) -> None:
+        if getattr(self, "_released", False):
+            return
         meter = getattr(self, "meter", None)
         if meter is not None:
             meter.stop()

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from deployments.spec import version_app_name
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
     name TEXT PRIMARY KEY,
@@ -111,7 +113,8 @@ class StateDB:
 
     # --- apps and versions -------------------------------------------------------------------
     def begin_version(self, app: str, source: str, functions: list[dict[str, Any]]) -> int:
-        """Record a new version of `app` in state 'deploying' and return its number."""
+        """Record a new version of `app` in state 'deploying' and return its number; functions
+        without a Serve application get the version's own (`version_app_name`)."""
         now = time.time()
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
@@ -124,6 +127,8 @@ class StateDB:
                 "SELECT COALESCE(MAX(version), 0) AS v FROM app_versions WHERE app = ?", (app,)
             ).fetchone()
             version = int(row["v"]) + 1
+            serve_app = version_app_name(app, version)
+            functions = [{**f, "serve_app": f.get("serve_app") or serve_app} for f in functions]
             self.conn.execute(
                 "INSERT INTO app_versions (app, version, source, functions, status, created_at) "
                 "VALUES (?, ?, ?, ?, 'deploying', ?)",

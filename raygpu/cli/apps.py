@@ -12,20 +12,30 @@ from raygpu.contracts import AppStatus
 @click.command()
 @click.argument("target")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Start one replica of each changed function (then let it scale to zero) before the version goes "
+    "live; a function that cannot start keeps the live version serving and fails the deploy.",
+)
 @address_option
-def deploy(target: str, as_json: bool, address: str | None) -> None:
-    """Deploy FILE[::APP]: a new version, rolled out without dropping requests."""
+def deploy(target: str, as_json: bool, check: bool, address: str | None) -> None:
+    """Deploy FILE[::APP]: a new version, rolled out beside the live one without dropping requests.
+    Functions with min_containers > 0 (and, with --check, every changed one) must start before it
+    goes live."""
     from raygpu.deploy import deploy_app, source_label
     from raygpu.loader import load_app
 
     app, path, digest = run(lambda: load_app(target))
     connect(address)
     with console.status(f"deploying {app.name} ({len(app.specs)} functions)..."):
-        result = run(lambda: deploy_app(app, source_label(path, digest)))
+        result = run(lambda: deploy_app(app, source_label(path, digest), check=check))
     if as_json:
         click.echo(result.model_dump_json())
         return
     console.print(f"[green]deployed[/green] {result.app} v{result.version}")
+    if result.checked:
+        console.print(f"  started and checked: {', '.join(result.checked)}")
     for route in result.routes:
         console.print(f"  POST {result.gateway_url or ''}{route}")
 

@@ -125,6 +125,7 @@ def up(
         "metrics_port": metrics_port or constants.DEFAULT_METRICS_PORT,
         "prices_path": str(Path(prices_path).resolve()) if prices_path else None,
         "warm_pool": warm_pool,
+        "replicas_off_head": True,
     }
     with console.status("installing the raygpu control plane..."):
         pid = run(lambda: start_control_driver(address, home, "cluster", config, local=False))

@@ -238,3 +238,49 @@ def test_a_revocation_reaches_every_gateway_replica_within_a_second(cluster):
         assert statuses == [401] * 20
     finally:
         set_auth("guarded", False)
+
+
+def write_gated(tmp_path: Path, answer: str, fail: bool, pinned: bool = True) -> Path:
+    path = tmp_path / f"gated_{answer}.py"
+    text = (APPS / "gated.py").read_text().replace('ANSWER = "v1"', f'ANSWER = "{answer}"')
+    text = text.replace("FAIL = False", f"FAIL = {fail}")
+    if not pinned:
+        text = text.replace("@app.cls(min_containers=1, scaledown_window=60)", "@app.cls(scaledown_window=60)")
+    path.write_text(text)
+    return path
+
+
+def test_a_version_that_cannot_start_never_replaces_the_live_one(cluster, tmp_path):
+    out = cluster.cli("deploy", str(write_gated(tmp_path, "v1", fail=False)), "--json")
+    assert out.returncode == 0, out.stderr
+    first = json.loads(out.stdout)
+    assert first["checked"] == ["Pinned"]
+    assert cluster.post("/gated/Pinned/which").json() == "v1"
+    out = cluster.cli("deploy", str(write_gated(tmp_path, "v2", fail=True)))
+    assert out.returncode == 1
+    assert "weights missing for v2" in out.stderr and f"v{first['version']} keeps serving" in out.stderr, out.stderr
+    r = cluster.post("/gated/Pinned/which")
+    assert r.json() == "v1" and r.headers["x-raygpu-version"] == str(first["version"])
+    assert cluster.post("/gated/OnDemand/which").json() == "v1"
+    status = json.loads(cluster.cli("status", "gated", "--json").stdout)
+    assert status["version"] == first["version"]
+    versions = ray_versions("gated")
+    assert versions[-1]["status"] == "failed"
+
+    # --check: functions that scale to zero are started once before the version goes live
+    out = cluster.cli("deploy", str(write_gated(tmp_path, "v3", fail=True, pinned=False)), "--check")
+    assert out.returncode == 1 and "tokenizer missing for v3" in out.stderr, out.stderr
+    assert cluster.post("/gated/OnDemand/which").json() == "v1"
+    out = cluster.cli("deploy", str(write_gated(tmp_path, "v4", fail=False, pinned=False)), "--check", "--json")
+    assert out.returncode == 0, out.stderr
+    assert set(json.loads(out.stdout)["checked"]) == {"OnDemand", "Pinned"}
+    assert cluster.post("/gated/OnDemand/which").json() == "v4"
+    cluster.cli("stop", "gated")
+
+
+def ray_versions(app: str) -> list[dict]:
+    import ray
+
+    from raygpu.control import store
+
+    return ray.get(store().versions.remote(app))

@@ -109,3 +109,34 @@ def test_internal_errors_answer_an_id_that_the_gateway_log_holds():
     assert "secret" not in response.body.decode() and len(error["id"]) == 8
     logged = [r.getMessage() for r in records]
     assert any(error["id"] in m for m in logged) and records[0].exc_info[0] is KeyError
+
+
+def test_which_functions_a_deploy_checks_before_the_version_goes_live():
+    from deployments.spec import FunctionSpec
+    from raygpu.rollout import functions_to_check
+
+    specs = {
+        "kept": FunctionSpec(name="kept", min_containers=1),
+        "changed": FunctionSpec(name="changed"),
+        "same": FunctionSpec(name="same"),
+        "new": FunctionSpec(name="new"),
+    }
+    digests = {"kept": "k2", "changed": "c2", "same": "s1", "new": "n1"}
+    previous = {"kept": "k1", "changed": "c1", "same": "s1"}
+    assert functions_to_check(specs, digests, previous, check=False) == ({"kept"}, set())
+    assert functions_to_check(specs, digests, previous, check=True) == ({"kept"}, {"changed", "new"})
+
+
+def test_a_new_version_starts_as_warm_as_the_live_one_as_far_as_free_gpus_allow():
+    from deployments.spec import FunctionSpec
+    from raygpu.rollout import warm_handoff
+
+    specs = {
+        "cpu": FunctionSpec(name="cpu", max_containers=3),
+        "gpu": FunctionSpec(name="gpu", gpu=1, max_containers=5),
+        "pinned": FunctionSpec(name="pinned", gpu=1, min_containers=1),
+        "cold": FunctionSpec(name="cold", gpu=1),
+    }
+    running = {"cpu": 5, "gpu": 4, "pinned": 1}
+    assert warm_handoff(running, specs, free_gpus=2) == {"cpu": 3, "gpu": 2, "pinned": 1, "cold": 0}
+    assert warm_handoff(running, specs, free_gpus=0)["gpu"] == 0

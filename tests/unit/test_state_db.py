@@ -16,7 +16,11 @@ def test_versions_and_live_apps(tmp_path):
     assert db.live_apps()[0]["version"] == 1  # v1 serves while v2 deploys
     db.mark_live("app", v2)
     live = db.live_apps()
-    assert live[0]["version"] == 2 and live[0]["functions"] == [{"spec": {"name": "g"}}]
+    # each version runs as its own Serve application
+    assert live[0]["version"] == 2 and live[0]["functions"] == [
+        {"spec": {"name": "g"}, "serve_app": "raygpu-app-app--v2"}
+    ]
+    assert db.known_units() == {"app/f", "app/g"}
     assert [v["status"] for v in db.versions("app")] == ["superseded", "live"]
     v3 = db.begin_version("app", "a.py@3", [])
     db.mark_failed("app", v3)
