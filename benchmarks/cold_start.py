@@ -114,6 +114,10 @@ def serve_baselines(weights_pt: str, metrics_interval_s: float):
 def running(app_name: str, deployment: str) -> int:
     from ray.serve.context import _get_global_client
 
+    from raygpu.deploy import live_serve_app
+
+    if app_name.startswith("raygpu-app-"):  # a raygpu app: its live version's Serve application
+        app_name = live_serve_app(app_name.removeprefix("raygpu-app-"))
     details = _get_global_client().get_serve_details()
     replicas = (
         details.get("applications", {}).get(app_name, {}).get("deployments", {}).get(deployment, {}).get("replicas", [])

@@ -104,6 +104,14 @@ def _live_entry(app: str) -> dict[str, Any] | None:
     return next((a for a in ray.get(store().live_apps.remote()) if a["name"] == app), None)
 
 
+def live_serve_app(app: str) -> str:
+    """The Serve application running the live version of `app`."""
+    entry = _live_entry(app)
+    if entry is None or not entry["functions"]:
+        raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
+    return entry["functions"][0]["serve_app"]
+
+
 def deploy_app(
     app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S, metered: bool = True, check: bool = False
 ) -> DeployResult:

@@ -42,6 +42,7 @@ class VllmServer:
         self._exit_stack = exit_stack
         self.model_name = model_name
         self.asleep = False
+        self.cancelled = 0  # requests whose caller went away before the response ended
 
     @classmethod
     async def start(
@@ -135,10 +136,12 @@ class VllmServer:
                 await messages.put(None)
 
         task = asyncio.get_running_loop().create_task(run())
+        completed = False
         try:
             while True:
                 message = await messages.get()
                 if message is None:
+                    completed = True
                     break
                 if message["type"] == "http.response.start":
                     yield ResponseStart(
@@ -148,13 +151,24 @@ class VllmServer:
                     if message.get("body"):
                         yield message["body"]
                     if not message.get("more_body", False):
+                        completed = True
                         break
         finally:
-            disconnected.set()  # the caller went away or the response ended: let vLLM abort and clean up
+            disconnected.set()  # vLLM's own handlers see the caller gone
+            if not completed and not task.done():
+                # The caller went away mid-response (streaming or not): cancelling the handler makes
+                # the engine abort the request now, instead of generating on for nobody.
+                self.cancelled += 1
+                task.cancel()
             if not task.done():
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(task, timeout=5.0)
-        await task
+        if completed:
+            await task
+
+    def unfinished_requests(self) -> int:
+        """Requests the engine is still generating or has queued."""
+        return int(self.engine.get_num_unfinished_requests())
 
     async def sleep(self, level: int = 1) -> float:
         started = time.perf_counter()

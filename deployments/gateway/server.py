@@ -165,12 +165,12 @@ class Gateway:
 
     def _admit(self, app: str, deployed: DeployedFunction) -> bool:
         """Take a call in flight unless the function's replicas and queue are full; the caller
-        decrements `inflight` when the call ends."""
+        decrements `inflight` when the call ends. The call is an arrival for the autoscaler only
+        once its body is accepted (`_arrival`): a refused body never wakes a replica."""
         spec = deployed.spec
         key = (app, spec.name)
         if self.inflight.get(key, 0) >= spec.max_containers * spec.max_inputs + spec.max_queue:
             return False
-        self._arrival(app, spec.name, key)
         self.inflight[key] = self.inflight.get(key, 0) + 1
         return True
 
@@ -183,7 +183,7 @@ class Gateway:
         arrival = (app, function, now)
         previous = self.last_arrival.get(key, 0.0)
         self.last_arrival[key] = now
-        if self.inflight.get(key, 0) == 0 and now - previous > constants.IMMEDIATE_ARRIVAL_AFTER_IDLE_S:
+        if self.inflight.get(key, 0) <= 1 and now - previous > constants.IMMEDIATE_ARRIVAL_AFTER_IDLE_S:
             try:
                 self.store.record_arrivals.remote([arrival])
                 return
@@ -289,12 +289,14 @@ class Gateway:
             if isinstance(raw, Response):
                 return raw
             if route.kind.forwards_http:
+                self._arrival(app, route.deployed.spec.name, key)
                 response, handed_over = await self._call_engine(route, request, raw, release)
                 return response
             try:
                 body = parse_arguments(raw)
             except BodyError as exc:
                 return error_response(400, exc.error_type, exc.message)
+            self._arrival(app, route.deployed.spec.name, key)
             forwarded = {k: v for k, v in request.headers.items() if k.startswith(constants.FORWARDED_HEADER_PREFIX)}
             return await self._call(app, route.deployed, route.target, body, len(raw), forwarded)
         finally:
@@ -381,9 +383,12 @@ class Gateway:
             for attempt in range(spec.retries + 1):
                 stream = handle.http.remote(request.method, path, request.url.query.encode(), headers, raw, len(raw))
                 try:
-                    start = await asyncio.wait_for(
-                        stream.__anext__(), timeout=spec.timeout + constants.COLD_START_ALLOWANCE_S
+                    start = await _first_unless_disconnected(
+                        stream, request, spec.timeout + constants.COLD_START_ALLOWANCE_S
                     )
+                    if start is None:  # the client went away before the engine answered
+                        stream.cancel()
+                        return Response(status_code=499), False
                 except BackPressureError:
                     return self._queue_full(spec.name), False
                 except TimeoutError:
@@ -443,6 +448,29 @@ def internal_error(what: str) -> Response:
         f"raygpu failed on this request; the gateway log has the details under error id {error_id}",
         error_id=error_id,
     )
+
+
+async def _first_unless_disconnected(stream: Any, request: Request, timeout_s: float) -> Any:
+    """The stream's first item, or None as soon as the client disconnects (its body was read, so
+    the next ASGI message can only be the disconnect). TimeoutError past `timeout_s`."""
+    first = asyncio.ensure_future(stream.__anext__())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({first, gone}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if first in done:
+            return first.result()
+        if gone in done:
+            first.cancel()
+            return None
+        first.cancel()
+        raise TimeoutError
+    finally:
+        gone.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _await(response: Any) -> Any:

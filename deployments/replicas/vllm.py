@@ -79,6 +79,8 @@ class VllmReplica(ReplicaBase):
         return {
             "pid": os.getpid(),
             "asleep": bool(server and server.asleep),
+            "unfinished_requests": server.unfinished_requests() if server else 0,
+            "cancelled_requests": server.cancelled if server else 0,
             "start_phases": self.phases.durations(),
             "startup_error": self.startup_error,
         }

@@ -8,6 +8,8 @@ import pytest
 import requests
 from conftest import APPS
 
+from raygpu.deploy import live_serve_app
+
 
 def meter():
     import ray
@@ -28,7 +30,8 @@ def audit_against_ray(cluster, app: str, function: str, killed_pids: frozenset[i
         found = [
             a
             for a in ray._private.state.actors().values()
-            if a["ActorClassName"] == f"ServeReplica:raygpu-app-{app}:{function}"
+            if a["ActorClassName"].startswith(f"ServeReplica:raygpu-app-{app}--v")
+            and a["ActorClassName"].endswith(f":{function}")
         ]
         return found if found and all(a["State"] == "DEAD" and a["EndTime"] for a in found) else None
 
@@ -173,7 +176,9 @@ def scripted_usage(cluster):
     from raygpu.control import admin_call
 
     # the meter bills only units the store knows: record a (never started) version naming this one
-    version = admin_call("begin_version", "ledgerbook", "scripted", [{"spec": {"name": "chat"}}])
+    version = admin_call(
+        "begin_version", "ledgerbook", "scripted", [{"spec": {"name": "chat"}}, {"spec": {"name": "embed"}}]
+    )
     admin_call("mark_failed", "ledgerbook", version)
     events, requests_ = scripted_events(), scripted_requests()
     ray.get(meter().record.remote({"events": events[::-1], "requests": requests_}))
@@ -324,7 +329,7 @@ def test_a_killed_replica_is_closed_within_one_heartbeat(cluster):
     (replica,) = [
         a
         for a in ray._private.state.actors().values()
-        if a["ActorClassName"] == "ServeReplica:raygpu-app-meterkill:work" and a["State"] == "ALIVE"
+        if a["ActorClassName"] == f"ServeReplica:{live_serve_app('meterkill')}:work" and a["State"] == "ALIVE"
     ]
     time.sleep(HEARTBEAT_S * 2.5)  # a few heartbeats in
     handle = ray.get_actor(replica["Name"], namespace="serve")

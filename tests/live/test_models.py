@@ -39,7 +39,9 @@ def models_app(cluster, tmp_path_factory):
 def stats(function: str) -> dict:
     from ray import serve
 
-    handle = serve.get_deployment_handle(function, app_name="raygpu-app-models")
+    from raygpu.deploy import live_serve_app
+
+    handle = serve.get_deployment_handle(function, app_name=live_serve_app("models"))
     try:
         return handle.model_stats.remote().result(timeout_s=30)
     finally:
@@ -91,6 +93,25 @@ def test_concurrent_requests_form_batches(cluster, models_app):
     after = stats("scaler")["batch_sizes"]
     grown = {int(size): n - before.get(size, 0) for size, n in after.items() if n > before.get(size, 0)}
     assert sum(size * n for size, n in grown.items()) >= 24 and max(grown) > 1, grown
+
+
+def test_a_bad_item_fails_only_its_own_caller_in_a_shared_batch(cluster, models_app):
+    bodies = [ONES] * 6 + [{"inputs": [[1.0, 2.0, 3.0]]}, {"inputs": ["text"]}]  # ragged, wrong type
+    answers: dict[int, requests.Response] = {}
+
+    def call(i: int) -> None:
+        answers[i] = infer(cluster, "a", bodies[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [answers[i].status_code for i in range(6)] == [200] * 6
+    assert all(answers[i].json()["outputs"] == [[4.0]] for i in range(6))
+    for i in (6, 7):
+        assert answers[i].status_code == 422 and answers[i].json()["error"]["type"] == "InvalidInput"
+    assert "batch_retries" in stats("scaler")  # batches the bad items shared were rerun item by item
 
 
 def test_live_weight_update_switches_version_once_without_failures(cluster, models_app):
@@ -145,12 +166,14 @@ def test_a_second_replica_starts_from_the_node_cache_without_the_file(cluster, m
     from deployments.node.weight_cache import node_weight_cache
 
     assert infer(cluster, function="cached").json()["outputs"] == [[4.0]]
+    from raygpu.deploy import live_serve_app
+
     first_pid = stats("cached")["pid"]
     (models_app / "cached.safetensors").rename(models_app / "cached.hidden")  # the file is gone
     (replica,) = [
         a
         for a in ray._private.state.actors().values()
-        if a["ActorClassName"] == "ServeReplica:raygpu-app-models:cached" and a["State"] == "ALIVE"
+        if a["ActorClassName"] == f"ServeReplica:{live_serve_app('models')}:cached" and a["State"] == "ALIVE"
     ]
     ray.kill(ray.get_actor(replica["Name"], namespace="serve"), no_restart=True)
 

@@ -201,6 +201,27 @@ def test_the_gateway_answers_json_errors_for_bad_requests(hardened):
     ) as sock:
         sock.sendall(b"POST /hardened/total HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}")
         sock.settimeout(constants.BODY_TIMEOUT_S + 15)
-        answer = sock.recv(65536)
+        answer = b""
+        while chunk := sock.recv(65536):  # the gateway closes the connection after the 408
+            answer += chunk
     assert answer.startswith(b"HTTP/1.1 408") and b"RequestTimeout" in answer
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["type"] == "RequestTimeout"
+
+
+def test_deployed_code_cannot_change_the_control_plane_or_forge_a_bill(hardened):
+    import ray
+
+    from raygpu.control import meter, store
+
+    hardened.deploy(APPS / "intruder.py")
+    r = hardened.post("/intruder/attempt", {"victim": "hardened"})
+    assert r.status_code == 200, r.text
+    outcomes = r.json()
+    for name in ("create_token", "delete_app", "set_protected", "set_setting"):
+        assert outcomes[name].startswith("refused") and "admin credential" in outcomes[name], outcomes
+    assert outcomes["meter_accepted"] == 0 and outcomes["admin_key_in_env"] is False
+    assert "hardened" in [a["name"] for a in ray.get(store().live_apps.remote())]
+    assert ray.get(store().get_setting.remote("gateway_url")) == hardened.url
+    assert ray.get(meter().intervals.remote("nobody")) == []
+    assert ray.get(meter().ping.remote())["rejected"] >= 1
+    hardened.cli("stop", "intruder")

@@ -69,3 +69,43 @@ def test_routes_outside_v1_and_wrong_methods_are_refused(cluster, llm):
     import requests
 
     assert requests.delete(f"{cluster.url}/llm/chat/v1/models", timeout=30).status_code == 405
+
+
+def engine_info() -> dict:
+    import ray
+    from ray import serve
+
+    from raygpu.control import store
+
+    entry = next(a for a in ray.get(store().live_apps.remote()) if a["name"] == "llm")
+    handle = serve.get_deployment_handle("chat", app_name=entry["functions"][0]["serve_app"])
+    return handle.engine_info.remote().result(timeout_s=30)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_disconnects_stops_its_generation(cluster, llm, stream):
+    import json
+    import socket
+
+    before = engine_info()["cancelled_requests"]
+    body = json.dumps(
+        {"model": "tiny", "prompt": "a", "max_tokens": 240, "ignore_eos": True, "n": 4, "stream": stream}
+    ).encode()
+    host, port = cluster.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        b"POST /llm/chat/v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    if stream:
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")  # tokens are flowing
+    else:
+        cluster.wait_for(lambda: engine_info()["unfinished_requests"] > 0, timeout=30, interval=0.02, what="generation")
+    sock.close()
+    cluster.wait_for(
+        lambda: (info := engine_info())["unfinished_requests"] == 0 and info["cancelled_requests"] > before,
+        timeout=1.0,
+        interval=0.05,
+        what="the generation to stop",
+    )
