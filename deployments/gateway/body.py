@@ -9,7 +9,7 @@ from typing import Any
 
 # Deeper JSON than this is refused before it reaches a replica (pydantic and pickling recurse).
 MAX_JSON_DEPTH = 64
-# Longest number literal accepted (Python refuses int conversions past 4300 digits by default).
+# Python refuses to convert integer literals longer than this (sys.get_int_max_str_digits()).
 MAX_NUMBER_DIGITS = 4300
 
 
@@ -22,44 +22,30 @@ class BodyError(ValueError):
         self.message = message
 
 
-def _parse_int(text: str) -> int:
-    if len(text) > MAX_NUMBER_DIGITS:
-        raise BodyError(
-            "NumberTooLarge", f"a number in the body has {len(text)} digits; the limit is {MAX_NUMBER_DIGITS}"
-        )
-    return int(text)
-
-
-def _parse_float(text: str) -> float:
-    if len(text) > MAX_NUMBER_DIGITS:
-        raise BodyError(
-            "NumberTooLarge", f"a number in the body has {len(text)} characters; the limit is {MAX_NUMBER_DIGITS}"
-        )
-    value = float(text)
-    if not math.isfinite(value):
-        raise BodyError("NumberTooLarge", f"the number {text[:40]} does not fit a 64-bit float")
-    return value
-
-
 def _refuse_constant(name: str) -> Any:
     raise BodyError("MalformedJSON", f"{name} is not JSON; send numbers as finite decimals")
 
 
 def json_depth_exceeds(value: Any, limit: int) -> bool:
     """Whether `value` nests lists and objects deeper than `limit` (iteratively: no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
+    return _scan(value, limit)[0]
+
+
+def _scan(value: Any, limit: int) -> tuple[bool, bool]:
+    """(nested deeper than `limit`, holds a float that is not finite), level by level."""
+    level: list[Any] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if any(type(item) is float and not math.isfinite(item) for item in level):
+            return False, True
+        containers = [item for item in level if isinstance(item, (dict, list))]
+        if not containers:
+            return False, False
         if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
+            return True, False
+        level = [child for item in containers for child in (item.values() if isinstance(item, dict) else item)]
+    return False, False
 
 
 def parse_json_body(raw: bytes) -> Any:
@@ -73,7 +59,7 @@ def parse_json_body(raw: bytes) -> Any:
     if not text.strip():
         return {}
     try:
-        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant)
     except BodyError:
         raise
     except RecursionError:
@@ -82,10 +68,13 @@ def parse_json_body(raw: bytes) -> Any:
         ) from None
     except json.JSONDecodeError as exc:
         raise BodyError("MalformedJSON", f"the request body is not valid JSON: {exc}") from None
-    except ValueError as exc:
-        raise BodyError("MalformedJSON", f"the request body is not valid JSON: {exc}") from None
-    if json_depth_exceeds(value, MAX_JSON_DEPTH):
+    except ValueError as exc:  # an integer past Python's conversion limit
+        raise BodyError("NumberTooLarge", f"a number in the body is too long: {exc}") from None
+    too_deep, not_finite = _scan(value, MAX_JSON_DEPTH)
+    if too_deep:
         raise BodyError("NestingTooDeep", f"the body nests lists or objects deeper than {MAX_JSON_DEPTH} levels")
+    if not_finite:
+        raise BodyError("NumberTooLarge", "a number in the body does not fit a 64-bit float")
     return value
 
 
