@@ -79,7 +79,10 @@ def engine_info() -> dict:
 
     entry = next(a for a in ray.get(store().live_apps.remote()) if a["name"] == "llm")
     handle = serve.get_deployment_handle("chat", app_name=entry["functions"][0]["serve_app"])
-    return handle.engine_info.remote().result(timeout_s=30)
+    try:
+        return handle.engine_info.remote().result(timeout_s=30)
+    finally:
+        handle.shutdown()  # no router left pushing metrics after the session's cluster is gone
 
 
 @pytest.mark.parametrize("stream", [True, False])
