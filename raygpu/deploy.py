@@ -166,14 +166,14 @@ def deploy_app(
         admin_call("mark_failed", app.name, version)
         return DeployError(f"{app.name} v{version} was not deployed ({previous_label}): {reason}")
 
-    if start_checked:
-        errors = run_start_checks(app.name, version, [u for u in units if u[0].name in start_checked], off_head, wait_s)
-        if errors:
-            raise refuse(_startup_failures(app.name, errors))
     for spec, _, _ in units:
         if spec.torch_model is not None:  # the weights a deploy names become current unless they already are
             for model_id, path in spec.torch_model.weights.items():
                 admin_call("set_weights", app.name, spec.name, model_id, path, fingerprint(path), "deploy", True)
+    if start_checked:
+        errors = run_start_checks(app.name, version, [u for u in units if u[0].name in start_checked], off_head, wait_s)
+        if errors:
+            raise refuse(_startup_failures(app.name, errors))
     running = running_replicas(previous[0].serve_app) if previous else {}
     initial = warm_handoff(running, specs, ray.available_resources().get("GPU", 0.0))
     try:
