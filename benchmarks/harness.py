@@ -22,13 +22,13 @@ def private_cluster(gpus: int = 2, include_dashboard: bool = False) -> Iterator[
     os.environ["RAYGPU_HOME"] = tempfile.mkdtemp(prefix="raygpu-bench-")
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ.pop("RAYGPU_ADDRESS", None)
-    from raygpu import cluster as cluster_mod
+    from raygpu.local_cluster import free_port, start_local, stop_local
 
-    info = cluster_mod.start_local(gpus=gpus, http_port=cluster_mod.free_port(), include_dashboard=include_dashboard)
+    info = start_local(gpus=gpus, http_port=free_port(), include_dashboard=include_dashboard)
     try:
         yield info
     finally:
-        cluster_mod.stop_local()
+        stop_local()
 
 
 def sequential_latencies_ms(call: Callable[[requests.Session], None], count: int) -> list[float]:

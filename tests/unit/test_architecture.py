@@ -94,3 +94,28 @@ def test_every_command_has_help():
     for name in names:
         result = runner.invoke(main, [name, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, (name, result.output)
+
+
+def test_every_import_of_raygpu_code_in_the_benchmarks_resolves():
+    """Benchmarks import raygpu inside functions (they start clusters); a renamed module must
+    fail here, not an hour into a benchmark run."""
+    import ast
+    import importlib
+
+    missing = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in (
+                "raygpu",
+                "deployments",
+                "billing",
+                "autoscaling",
+            ):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name):
+                        try:
+                            importlib.import_module(f"{node.module}.{alias.name}")
+                        except ImportError:
+                            missing.append(f"{path.name}: from {node.module} import {alias.name}")
+    assert not missing, missing
