@@ -5,12 +5,20 @@ No Ray: the meter actor owns the one writing connection; `raygpu bill` reads thr
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from billing.intervals import LifecycleEvent
+from billing.records import RequestRecord
+
+logger = logging.getLogger(f"ray.serve.{__name__}")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -36,6 +44,12 @@ CREATE TABLE IF NOT EXISTS requests (
     ts REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS requests_by_function ON requests (app, function, ts);
+CREATE TABLE IF NOT EXISTS quarantine (
+    source TEXT NOT NULL,
+    row TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    quarantined_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS start_phases (
     replica TEXT NOT NULL,
     phase TEXT NOT NULL,
@@ -99,15 +113,49 @@ class Ledger:
             params.append(app)
         return [{k: r[k] for k in PHASE_FIELDS} for r in self.conn.execute(query + " ORDER BY ts", params)]
 
+    def _valid_rows(
+        self, table: str, fields: tuple[str, ...], model: type[BaseModel], sql: str, params: list[Any]
+    ) -> Iterator[Any]:
+        """Rows of `table` as `model`s; a row that is not one (an older version wrote it) is moved
+        to the quarantine table with a warning instead of stopping the reader."""
+        bad: list[tuple[int, dict[str, Any], str]] = []
+        for r in self.conn.execute(sql, params):
+            row = {k: r[k] for k in fields}
+            try:
+                yield model.model_validate(row)
+            except ValidationError as exc:
+                bad.append((r["rowid"], row, str(exc.errors()[0]["msg"])))
+        if bad:
+            self.quarantine(table, bad)
+
+    def quarantine(self, table: str, rows: list[tuple[int, dict[str, Any], str]]) -> None:
+        now = time.time()
+        with self.conn:
+            for rowid, row, reason in rows:
+                self.conn.execute(
+                    "INSERT INTO quarantine (source, row, reason, quarantined_at) VALUES (?, ?, ?, ?)",
+                    (table, json.dumps(row, default=str), reason, now),
+                )
+                self.conn.execute(f"DELETE FROM {table} WHERE rowid = ?", (rowid,))
+        logger.warning(
+            "raygpu ledger: moved %d invalid %s row(s) to the quarantine table (first: %s)",
+            len(rows),
+            table,
+            rows[0][2],
+        )
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute("SELECT source, row, reason, quarantined_at FROM quarantine")]
+
     def events(self, app: str | None = None, function: str | None = None) -> list[LifecycleEvent]:
-        query, params = "SELECT * FROM events WHERE 1=1", []
+        query, params = "SELECT rowid, * FROM events WHERE 1=1", []
         if app:
             query += " AND app = ?"
             params.append(app)
         if function:
             query += " AND function = ?"
             params.append(function)
-        return [LifecycleEvent(**{k: r[k] for k in EVENT_FIELDS}) for r in self.conn.execute(query, params)]
+        return list(self._valid_rows("events", EVENT_FIELDS, LifecycleEvent, query, params))
 
     @staticmethod
     def _where(app: str | None, function: str | None, since: float | None, until: float | None) -> tuple[str, list]:
@@ -131,8 +179,9 @@ class Ledger:
         until: float | None = None,
     ) -> Iterator[dict[str, Any]]:
         clause, params = self._where(app, function, since, until)
-        for r in self.conn.execute("SELECT * FROM requests" + clause + " ORDER BY ts", params):
-            yield {k: r[k] for k in REQUEST_FIELDS}
+        sql = "SELECT rowid, * FROM requests" + clause + " ORDER BY ts"
+        for record in self._valid_rows("requests", REQUEST_FIELDS, RequestRecord, sql, params):
+            yield record.model_dump()
 
     def request_total(
         self,

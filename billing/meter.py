@@ -19,6 +19,7 @@ from billing.intervals import Interval, LifecycleEvent, bill, replica_intervals
 from billing.ledger import Ledger
 from billing.metrics import UsageMetrics
 from billing.prices import load_price_table
+from billing.records import CheckedEvent, RequestRecord, StartPhasesRecord, checked
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
@@ -82,15 +83,28 @@ class Meter:
             )
         return accepted
 
+    def _validated(self, rows: Any, model: type) -> list[dict[str, Any]]:
+        """The rows that are valid records; the others are counted and logged, never written."""
+        accepted, refused = checked(rows, model)
+        if refused:
+            self.rejected += len(refused)
+            logger.warning(
+                "raygpu meter: refused %d invalid %s record(s), e.g. %s", len(refused), model.__name__, refused[0]
+            )
+        return accepted
+
     async def record(self, batch: dict[str, list[dict[str, Any]]]) -> int:
         if not isinstance(batch, dict):
-            raise TypeError("a meter batch is a dict of 'events', 'requests' and 'start_phases' lists")
-        events, requests = self.ledger.apply(
-            await self._accepted(list(batch.get("events", []))), await self._accepted(list(batch.get("requests", [])))
-        )
+            self.rejected += 1
+            logger.warning("raygpu meter: refused a batch that is a %s, not a dict", type(batch).__name__)
+            return 0
+        events = await self._accepted(self._validated(batch.get("events", []), CheckedEvent))
+        requests = await self._accepted(self._validated(batch.get("requests", []), RequestRecord))
+        phase_records = await self._accepted(self._validated(batch.get("start_phases", []), StartPhasesRecord))
+        events, requests = self.ledger.apply(events, requests)
         self.metrics.observe_events(LifecycleEvent(**e) for e in events)
         self.metrics.observe_requests(requests)
-        phases = self.ledger.apply_start_phases(await self._accepted(list(batch.get("start_phases", []))))
+        phases = self.ledger.apply_start_phases(phase_records)
         self.metrics.observe_start_phases(phases)
         return len(events) + len(requests) + len(phases)
 

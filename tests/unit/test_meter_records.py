@@ -1,0 +1,93 @@
+"""The meter on a real SQLite ledger, in-process: invalid records are refused before they are
+written, and invalid rows an older version wrote are quarantined instead of stopping the meter."""
+
+import asyncio
+import sqlite3
+import time
+
+from billing.ledger import Ledger
+from billing.meter import Meter
+
+T0 = 1_767_607_200.0
+
+
+def event(i: int, kind: str = "heartbeat", **over) -> dict:
+    return {
+        "id": f"e{i}",
+        "app": "shop",
+        "function": "add",
+        "replica": "r1",
+        "kind": kind,
+        "ts": T0 + i,
+        "gpus": 1.0,
+        "accelerator": "H100",
+    } | over
+
+
+def request(i: int, **over) -> dict:
+    return {
+        "id": f"q{i}",
+        "app": "shop",
+        "function": "add",
+        "replica": "r1",
+        "status": 200,
+        "latency_s": 0.5,
+        "bytes_in": 1,
+        "bytes_out": 2,
+        "ts": T0 + i,
+    } | over
+
+
+def meter_of(path) -> Meter:
+    meter = Meter(str(path))
+    meter._known_units, meter._known_at = {"shop/add"}, time.monotonic() + 3600  # as if the store said so
+    return meter
+
+
+def test_invalid_records_are_refused_and_the_rest_of_the_batch_is_kept(tmp_path):
+    meter = meter_of(tmp_path / "ledger.db")
+    batch = {
+        "events": [
+            event(1, "started"),
+            event(2, "exploded"),  # unknown kind
+            event(3, ts=float("nan")),
+            event(4, ts=12.0),  # 1970
+            event(5, gpus=-1.0),
+            {"id": "x"},
+            "not a record",
+            event(6, "ready"),
+        ],
+        "requests": [request(1), request(2, status=1000), request(3, latency_s="slow")],
+        "start_phases": [{"app": "shop", "function": "add", "replica": "r1", "phases": {"init": -3.0}, "ts": T0}],
+    }
+    stored = asyncio.run(meter.record(batch))
+    assert stored == 3 and meter.rejected == 9
+    assert [e.kind for e in meter.ledger.events()] == ["started", "ready"]
+    assert [r["id"] for r in meter.ledger.requests()] == ["q1"]
+    assert asyncio.run(meter.record(batch)) == 0  # an idempotent resend
+    assert asyncio.run(meter.record(["not", "a", "batch"])) == 0
+
+
+def test_invalid_rows_already_in_the_ledger_are_quarantined_not_fatal(tmp_path):
+    path = tmp_path / "ledger.db"
+    Ledger(path).apply([event(1, "started"), event(2, "ready")], [request(1)])
+    conn = sqlite3.connect(path)  # what an older meter could write
+    conn.execute(
+        "INSERT INTO events (id, app, function, replica, kind, ts, gpus, accelerator) "
+        "VALUES ('bad', 'shop', 'add', 'r1', 'exploded', ?, 1.0, 'H100')",
+        (T0 + 3,),
+    )
+    conn.execute(
+        "INSERT INTO requests (id, app, function, replica, status, latency_s, bytes_in, bytes_out, ts) "
+        "VALUES ('badq', 'shop', 'add', 'r1', 200, 'slow', 1, 2, ?)",
+        (T0 + 4,),
+    )
+    conn.commit()
+    conn.close()
+    meter = meter_of(path)  # starts: replays the ledger into the metrics
+    assert [e.kind for e in meter.ledger.events()] == ["started", "ready"]
+    assert [r["id"] for r in meter.ledger.requests()] == ["q1"]
+    quarantined = meter.ledger.quarantined()
+    assert sorted(q["source"] for q in quarantined) == ["events", "requests"]
+    assert all(q["reason"] for q in quarantined)
+    assert asyncio.run(meter.bill("shop"))  # billing works on what is left
