@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 
+from autoscaling.clock import SteadyClock
 from autoscaling.decision import ServeObservation, decide
 from autoscaling.policy import RaygpuPolicy, ScalingConfig, gateway_replicas
 
@@ -25,6 +26,7 @@ GATEWAY_POLICY_IMPORT_PATH = "autoscaling.serve_adapter:GatewayPolicy"
 GATEWAY_INFLIGHT_METRIC = "raygpu_gateway_inflight"
 ARRIVAL_WAIT_S = 2.0  # each arrivals fetch waits up to this long for a new arrival (long poll)
 STATE_SAVE_INTERVAL_S = 10.0  # how often a policy's learned state is saved
+POLICY_ERROR_LOG_INTERVAL_S = 60.0  # a failing policy is logged at most this often
 
 
 class _StoreLink:
@@ -102,6 +104,9 @@ class RaygpuServePolicy:
         self.store = _link(store_actor, store_namespace)
         self._loading = self.store.load_state(app, function)
         self._saved_at = time.monotonic()
+        self.clock = SteadyClock()
+        self.failures = 0
+        self._failure_logged_at = float("-inf")
 
     def _resume_learned_state(self) -> None:
         if self._loading is None:
@@ -122,17 +127,34 @@ class RaygpuServePolicy:
         self._loading = None
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
+        """Never raises: Serve runs every deployment's policy in one controller tick, and an
+        exception would stop the others. A failing policy keeps its function where it is."""
+        try:
+            return self._decide(ctx)
+        except Exception:
+            self.failures += 1
+            if time.monotonic() - self._failure_logged_at >= POLICY_ERROR_LOG_INTERVAL_S:
+                self._failure_logged_at = time.monotonic()
+                logger.exception(
+                    "raygpu: the autoscaling policy of %s failed (%d time(s) so far); it stays at %d replica(s)",
+                    self.key,
+                    self.failures,
+                    ctx.target_num_replicas,
+                )
+            return int(ctx.target_num_replicas), dict(ctx.policy_state or {})
+
+    def _decide(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         self.store.poll()
         self._resume_learned_state()
         for t in self.store.take(self.key):
-            self.policy.observe_arrival(t)
+            self.policy.observe_arrival(self.clock.arrival(t))
         observation = ServeObservation(
             running=ctx.current_num_replicas,
             target=ctx.target_num_replicas,
             inflight=float(ctx.total_num_requests or 0.0),
             policy_state=dict(ctx.policy_state or {}),
         )
-        decision = decide(self.policy, observation, time.time())
+        decision = decide(self.policy, observation, self.clock.now())
         for before, after in decision.scale_events:
             self.store.record_scale_event(self.app, self.function, before, after)
         if time.monotonic() - self._saved_at >= STATE_SAVE_INTERVAL_S and self._loading is None:

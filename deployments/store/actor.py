@@ -35,7 +35,10 @@ class ControlPlaneStore:
         self.db = StateDB(db_path)
         self.db_path = db_path
         self._admin_hash = admin_hash or ""
-        self.generation = 1
+        # The routing table's generation never repeats, across restarts too: it continues from the
+        # last one persisted, so a gateway holding a table from before a restart always refreshes.
+        self.generation = int(self.db.get_setting("generation", 0)) + 1
+        self.db.set_setting("generation", self.generation)
         self._changed = asyncio.Event()
         self._weights_changed = asyncio.Event()
         self._arrived = asyncio.Event()
@@ -46,6 +49,7 @@ class ControlPlaneStore:
 
     def _bump(self) -> int:
         self.generation += 1
+        self.db.set_setting("generation", self.generation)
         self._changed.set()
         self._changed = asyncio.Event()
         return self.generation
@@ -96,7 +100,7 @@ class ControlPlaneStore:
 
     async def routing_table(self, known_generation: int = 0, wait_s: float = 0.0) -> dict[str, Any]:
         """The gateway's view; with `wait_s` > 0 it long-polls until the generation moves past `known`."""
-        if wait_s > 0 and known_generation >= self.generation:
+        if wait_s > 0 and known_generation == self.generation:
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=wait_s)
             except TimeoutError:

@@ -142,3 +142,20 @@ def test_a_store_without_an_admin_hash_refuses_every_mutation(tmp_path):
         )
 
     assert all(isinstance(o, PermissionError) for o in run(main()))
+
+
+def test_the_generation_never_repeats_across_store_restarts(tmp_path):
+    async def main():
+        first = ControlPlaneStore(str(tmp_path / "state.db"), ADMIN_HASH)
+        await first.create_token(ADMIN, "shop")
+        before = (await first.routing_table())["generation"]
+        first.db.close()
+        again = ControlPlaneStore(str(tmp_path / "state.db"), ADMIN_HASH)  # the actor restarted
+        after = (await again.routing_table())["generation"]
+        # a gateway still holding `before` is answered at once with the new table, never made to wait
+        started = time.monotonic()
+        table = await again.routing_table(before + 5, 5.0)
+        return before, after, table, time.monotonic() - started
+
+    before, after, table, waited = run(main())
+    assert after > before and table["generation"] == after and waited < 1
