@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from billing.schema_versions import migrate
 from deployments.spec import version_app_name
 
 SCHEMA = """
@@ -84,6 +85,20 @@ CREATE TABLE IF NOT EXISTS weights (
 );
 """
 
+# Version 1: before app_auth (protection was "has an active token"); 2: protection is the app's own.
+SCHEMA_VERSION = 2
+
+
+def _protect_apps_that_had_tokens(conn: sqlite3.Connection) -> None:
+    """1 -> 2: an app that ever had a token stays protected."""
+    conn.execute(
+        "INSERT OR IGNORE INTO app_auth (app, protected, changed_at) SELECT DISTINCT app, 1, ? FROM tokens",
+        (time.time(),),
+    )
+
+
+MIGRATIONS = {2: _protect_apps_that_had_tokens}
+
 TOKEN_PREFIX = "rgt_"
 
 
@@ -101,12 +116,7 @@ class StateDB:
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
-        # An app that ever had a token stays protected (databases from before app_auth existed).
-        self.conn.execute(
-            "INSERT OR IGNORE INTO app_auth (app, protected, changed_at) SELECT DISTINCT app, 1, ? FROM tokens",
-            (time.time(),),
-        )
+        migrate(self.conn, SCHEMA, SCHEMA_VERSION, MIGRATIONS, "control-plane state")
 
     def close(self) -> None:
         self.conn.close()

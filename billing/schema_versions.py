@@ -1,0 +1,54 @@
+"""Schema versions (`PRAGMA user_version`) of raygpu's SQLite files, the control-plane state and
+the billing ledger, and their migrations, run when a file is opened (at `raygpu up`, by the actor
+that owns it). No Ray."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+class SchemaError(RuntimeError):
+    """A database file this raygpu cannot use (written by a newer one)."""
+
+
+def migrate(conn: sqlite3.Connection, schema: str, version: int, migrations: dict[int, Migration], what: str) -> int:
+    """Bring the database to `version`: create what is missing (`schema` is idempotent), then run
+    each migration above the file's version, in order, in one transaction. A file without a
+    version that already has tables is version 1 (written before versions were kept). Returns the
+    version the file had."""
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found == 0:
+        has_tables = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        found = 1 if has_tables else version
+    if found > version:
+        raise SchemaError(
+            f"the {what} database is at schema version {found}, newer than this raygpu's {version}; "
+            "upgrade raygpu (or point it at another file)"
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _statements(schema):
+            conn.execute(statement)
+        for step in range(found + 1, version + 1):
+            if step in migrations:
+                migrations[step](conn)
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return found
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a schema script (executescript would commit the open transaction)."""
+    out, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            out.append(current.strip())
+            current = ""
+    return [statement for statement in out if statement]
