@@ -128,6 +128,7 @@ MODEL_HEADER = "x-raygpu-model"
 WEIGHTS_VERSION_HEADER = "x-raygpu-weights-version"
 # How long a replica's weight watch waits on the store per call.
 WEIGHTS_POLL_TIMEOUT_S = 10.0
+WEIGHT_CACHE_VERSIONS_KEPT = 2  # a node's cache keeps each model's current and previous weights
 WEIGHT_CACHE_ACTOR_PREFIX = "raygpu-weights-"
 WARM_POOL_ACTOR_PREFIX = "raygpu-warm-pool-"
 # One empty file per warm worker whose preload finished, named by pid: the pool hands out only those.

@@ -353,8 +353,33 @@ def push_weights(app: str, function: str, path: str, model: str | None = None) -
         key = fingerprint(resolved)
     except FileNotFoundError as exc:
         raise DeployError(str(exc)) from None
+    check_weights_fit(app, function, model, resolved)
     version = admin_call("set_weights", app, function, model, resolved, key, "push")
     return {"app": app, "function": function, "model": model, "version": version, "path": resolved}
+
+
+def check_weights_fit(app: str, function: str, model: str, path: str) -> None:
+    """Refuse weights that are not a weights file, or whose tensors (names, shapes, dtypes) differ
+    from the ones the model runs now: replicas would fail to load them."""
+    from deployments.engines.torch_engine import signature_mismatches, weights_signature
+
+    try:
+        new = weights_signature(path)
+    except ValueError as exc:
+        raise DeployError(f"refused: {exc}") from None
+    current = ray.get(store().current_weights.remote(app, function)).get(model)
+    if current is None:
+        return
+    try:
+        running = weights_signature(current["path"])
+    except ValueError:
+        return  # the current file is gone from here: nothing to compare against
+    problems = signature_mismatches(running, new)
+    if problems:
+        raise DeployError(
+            f"refused: {path} does not fit {app}/{function} model {model!r} "
+            f"(v{current['version']} keeps serving): " + "; ".join(problems)
+        )
 
 
 def current_weights(app: str, function: str) -> dict[str, dict[str, Any]]:

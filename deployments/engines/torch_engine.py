@@ -57,6 +57,56 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return loaded
 
 
+def weights_signature(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{tensor name: (shape, dtype)} of a weights file, from its header where the format allows
+    (safetensors), without keeping the tensors. ValueError when the file is not a weights file."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return {name: (tuple(f.get_slice(name).get_shape()), _safetensors_dtype(f, name)) for name in f.keys()}
+        return {name: (tuple(t.shape), str(t.dtype)) for name, t in read_weights(path).items()}
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable weights file: {type(exc).__name__}: {exc}") from None
+
+
+def _safetensors_dtype(handle: Any, name: str) -> str:
+    names = {
+        "F32": "torch.float32",
+        "F16": "torch.float16",
+        "BF16": "torch.bfloat16",
+        "F64": "torch.float64",
+        "I64": "torch.int64",
+        "I32": "torch.int32",
+        "I16": "torch.int16",
+        "I8": "torch.int8",
+        "U8": "torch.uint8",
+        "BOOL": "torch.bool",
+        "F8_E4M3": "torch.float8_e4m3fn",
+        "F8_E5M2": "torch.float8_e5m2",
+    }
+    raw = handle.get_slice(name).get_dtype()
+    return names.get(raw, raw)
+
+
+def signature_mismatches(
+    current: dict[str, tuple[tuple[int, ...], str]], new: dict[str, tuple[tuple[int, ...], str]], limit: int = 5
+) -> list[str]:
+    """How new weights differ from the ones a model runs (missing or extra tensors, other shapes or
+    dtypes), at most `limit` of them; empty when they fit the same module."""
+    problems = [f"missing tensor {name!r}" for name in sorted(set(current) - set(new))]
+    problems += [f"unexpected tensor {name!r}" for name in sorted(set(new) - set(current))]
+    for name in sorted(set(current) & set(new)):
+        (shape, dtype), (new_shape, new_dtype) = current[name], new[name]
+        if shape != new_shape:
+            problems.append(f"{name!r} has shape {list(new_shape)}, the model's is {list(shape)}")
+        elif dtype != new_dtype:
+            problems.append(f"{name!r} is {new_dtype}, the model's is {dtype}")
+    return problems[:limit]
+
+
 def to_shared(state_dict: dict[str, torch.Tensor]) -> SharedWeights:
     """numpy views of a state dict, ready for a shared-memory object store."""
     out: SharedWeights = {}

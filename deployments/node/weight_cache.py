@@ -38,8 +38,12 @@ class NodeWeightCache:
         self.sizes: dict[str, int] = {}
         self.hits: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Keys of each model ("app/function/model"), oldest first: a model keeps its current and
+        # previous weights here; older ones are dropped (replicas still mapping them keep them alive).
+        self.versions: dict[str, list[str]] = {}
+        self.evicted = 0
 
-    async def get(self, key: str, path: str) -> list[Any]:
+    async def get(self, key: str, path: str, model: str | None = None) -> list[Any]:
         """[ObjectRef] of the weights with this fingerprint, reading `path` only on the first ask."""
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -51,7 +55,21 @@ class NodeWeightCache:
                 self.hits[key] = 0
             else:
                 self.hits[key] += 1
-        return [self.entries[key]]
+            ref = self.entries[key]
+            if model is not None:
+                await self._keep_latest(model, key)
+        return [ref]
+
+    async def _keep_latest(self, model: str, key: str) -> None:
+        keys = self.versions.setdefault(model, [])
+        if key in keys:
+            keys.remove(key)
+        keys.append(key)
+        while len(keys) > constants.WEIGHT_CACHE_VERSIONS_KEPT:
+            old = keys.pop(0)
+            if not any(old in other for other in self.versions.values()):
+                await self.drop(old)
+                self.evicted += 1
 
     async def drop(self, key: str) -> bool:
         self.hits.pop(key, None)
@@ -62,6 +80,7 @@ class NodeWeightCache:
         return {
             "entries": {k: {"bytes": self.sizes[k], "hits": self.hits[k]} for k in self.entries},
             "bytes": sum(self.sizes.values()),
+            "evicted": self.evicted,
             "pid": os.getpid(),
         }
 
@@ -90,10 +109,11 @@ def node_weight_cache(node_id: str | None = None) -> Any:
     )
 
 
-async def load_cached(key: str, path: str) -> tuple[Any, float]:
-    """The shared weights for `key` through this node's cache, and the seconds it took."""
+async def load_cached(key: str, path: str, model: str | None = None) -> tuple[Any, float]:
+    """The shared weights for `key` through this node's cache, and the seconds it took. `model`
+    ("app/function/model") lets the cache drop that model's superseded weights."""
     started = time.perf_counter()
     cache = node_weight_cache()
-    (ref,) = await cache.get.remote(key, path)
+    (ref,) = await cache.get.remote(key, path, model)
     shared = await ref
     return shared, time.perf_counter() - started

@@ -50,7 +50,7 @@ class TorchModelReplica(ReplicaBase):
         entry = self.weights.get(model_id)
         if entry is None:
             raise KeyError(model_id)
-        shared, _ = await load_cached(entry["fingerprint"], entry["path"])
+        shared, _ = await load_cached(entry["fingerprint"], entry["path"], f"{self.app}/{self.spec.name}/{model_id}")
         self.phases.mark("weights")
         state_dict = self.engine.from_shared(shared)
         loop = asyncio.get_running_loop()

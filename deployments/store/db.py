@@ -373,16 +373,25 @@ class StateDB:
         source: str,
         only_if_changed: bool = False,
     ) -> int:
-        """Record weights for a model; return its version (a new one unless `only_if_changed` and
-        the latest version already has this fingerprint)."""
+        """Record weights for a model; return its version. With `only_if_changed`, nothing new is
+        recorded when the same file is named again: by a deploy, when the last deploy named it (so
+        a redeploy keeps weights pushed since), otherwise when it is the latest version."""
         with self.conn:
             latest = self.conn.execute(
                 "SELECT version, fingerprint FROM weights WHERE app = ? AND function = ? AND model = ? "
                 "ORDER BY version DESC LIMIT 1",
                 (app, function, model),
             ).fetchone()
-            if latest is not None and only_if_changed and latest["fingerprint"] == fingerprint:
-                return latest["version"]
+            if latest is not None and only_if_changed:
+                compared = latest
+                if source == "deploy":
+                    compared = self.conn.execute(
+                        "SELECT version, fingerprint FROM weights WHERE app = ? AND function = ? AND model = ? "
+                        "AND source = 'deploy' ORDER BY version DESC LIMIT 1",
+                        (app, function, model),
+                    ).fetchone()
+                if compared is not None and compared["fingerprint"] == fingerprint:
+                    return latest["version"]
             version = (latest["version"] if latest else 0) + 1
             self.conn.execute(
                 "INSERT INTO weights (app, function, model, version, path, fingerprint, source, created_at) "

@@ -158,6 +158,24 @@ def test_live_weight_update_switches_version_once_without_failures(cluster, mode
     assert bad.returncode == 1 and "has no model 'zzz'" in bad.stderr
     bad = cluster.cli("weights", "push", "models/scaler", str(models_app / "missing.safetensors"))
     assert bad.returncode == 1 and "not found" in bad.stderr
+    # weights that do not fit the model are refused before they go live
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.ones(2, 4)}, str(models_app / "wide.safetensors"))
+    bad = cluster.cli("weights", "push", "models/scaler", str(models_app / "wide.safetensors"), "--model", "a")
+    assert bad.returncode == 1 and "shape [2, 4], the model's is [1, 4]" in bad.stderr, bad.stderr
+    (models_app / "junk.safetensors").write_bytes(b"not weights at all")
+    bad = cluster.cli("weights", "push", "models/scaler", str(models_app / "junk.safetensors"), "--model", "a")
+    assert bad.returncode == 1 and "not a readable weights file" in bad.stderr
+    assert infer(cluster, "a").json()["outputs"] == [[40.0]]  # v2 keeps serving
+    # a plain redeploy (naming the same files as before) keeps the pushed weights
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAYGPU_TEST_WEIGHTS", str(models_app))
+        cluster.deploy(APPS / "models.py")
+    listed = json.loads(cluster.cli("weights", "ls", "models/scaler", "--json").stdout)
+    assert listed["a"]["version"] == 2 and listed["a"]["source"] == "push"
+    assert infer(cluster, "a").json()["outputs"] == [[40.0]]
 
 
 def test_a_second_replica_starts_from_the_node_cache_without_the_file(cluster, models_app):

@@ -53,3 +53,13 @@ def test_arrivals_and_scale_events(tmp_path):
     assert db.last_scale_event("a", "f") == {"time": 2.0, "from": 1, "to": 0}
     db.set_setting("gateway_url", "http://x")
     assert StateDB(tmp_path / "state.db").get_setting("gateway_url") == "http://x"
+
+
+def test_a_redeploy_keeps_pushed_weights_unless_it_names_new_ones(tmp_path):
+    db = StateDB(tmp_path / "state.db")
+    assert db.set_weights("shop", "ranker", "a", "/w1", "fp1", "deploy", only_if_changed=True) == 1
+    assert db.set_weights("shop", "ranker", "a", "/pushed", "fp2", "push") == 2
+    assert db.set_weights("shop", "ranker", "a", "/w1", "fp1", "deploy", only_if_changed=True) == 2  # same file
+    assert db.current_weights("shop", "ranker")["a"]["path"] == "/pushed"
+    assert db.set_weights("shop", "ranker", "a", "/w3", "fp3", "deploy", only_if_changed=True) == 3  # a new file
+    assert db.current_weights("shop", "ranker")["a"]["path"] == "/w3"

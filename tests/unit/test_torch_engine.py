@@ -178,3 +178,44 @@ def test_run_inference_with_default_and_custom_processing():
         postprocess=lambda output, items: [round(v.item()) for v in output],
     )
     assert out == [4, 8]
+
+
+def test_weights_signatures_tell_what_does_not_fit(tmp_path):
+    from safetensors.torch import save_file
+
+    from deployments.engines.torch_engine import signature_mismatches, weights_signature
+
+    save_file({"weight": torch.ones(1, 4), "bias": torch.zeros(1)}, str(tmp_path / "a.safetensors"))
+    torch.save({"weight": torch.ones(1, 4, dtype=torch.float16)}, tmp_path / "b.pt")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    a = weights_signature(tmp_path / "a.safetensors")
+    assert a == {"weight": ((1, 4), "torch.float32"), "bias": ((1,), "torch.float32")}
+    b = weights_signature(tmp_path / "b.pt")
+    assert signature_mismatches(a, a) == []
+    assert signature_mismatches(a, b) == [
+        "missing tensor 'bias'",
+        "'weight' is torch.float16, the model's is torch.float32",
+    ]
+    with pytest.raises(ValueError, match="not a readable weights file"):
+        weights_signature(tmp_path / "junk.safetensors")
+
+
+def test_the_node_cache_keeps_a_models_current_and_previous_weights(tmp_path, monkeypatch):
+    import ray
+    from safetensors.torch import save_file
+
+    from deployments.node.weight_cache import NodeWeightCache
+
+    monkeypatch.setattr(ray, "put", lambda value: value)  # the object store, as far as this test needs
+    for i in range(4):
+        save_file({"weight": torch.full((1, 4), float(i))}, str(tmp_path / f"v{i}.safetensors"))
+
+    async def main():
+        cache = NodeWeightCache()
+        for i in range(4):
+            await cache.get(f"k{i}", str(tmp_path / f"v{i}.safetensors"), "shop/ranker/a")
+        await cache.get("other", str(tmp_path / "v0.safetensors"), "shop/ranker/b")
+        return cache
+
+    cache = asyncio.run(main())
+    assert sorted(cache.entries) == ["k2", "k3", "other"] and cache.evicted == 2
