@@ -94,7 +94,8 @@ GATEWAY_TARGET_INFLIGHT = 200.0  # in-flight calls per gateway replica before an
 GATEWAY_MAX_REPLICAS = 4
 
 # --- Control-plane store --------------------------------------------------------------------
-ARRIVAL_RETENTION_S = 7 * 24 * 3600.0  # arrivals older than this are pruned
+RETENTION_INTERVAL_S = 3600.0  # how often the store deletes what is past retention (deployments/store/db.py)
+RETENTION_BATCH_BUDGET_S = 0.05  # the longest one retention batch may hold the store's loop
 
 # --- Serve autoscaling knobs that make raygpu's idle window decide --------------------------
 METRICS_INTERVAL_S = 0.5  # replica/handle metrics push; Serve's default 10 s delays cold starts

@@ -15,7 +15,7 @@ from typing import Any
 import ray
 
 from deployments import constants
-from deployments.store.db import StateDB
+from deployments.store.db import ARRIVAL_RETENTION_S, RETENTION_TABLES, StateDB
 
 ADMIN_REFUSAL = (
     "this call changes the control plane and needs raygpu's admin credential, which only the CLI "
@@ -43,9 +43,12 @@ class ControlPlaneStore:
         self._weights_changed = asyncio.Event()
         self._arrived = asyncio.Event()
         self._last_prune = 0.0
+        self._retention: asyncio.Task | None = None
+        self._batch_rows = 1000
+        self.longest_retention_batch_s = 0.0
         # Latest arrival per "app/function", kept in memory so the autoscaler's once-a-second
         # snapshot never scans the arrivals table.
-        self._last_arrival: dict[str, float] = self.db.last_arrivals(time.time() - constants.ARRIVAL_RETENTION_S)
+        self._last_arrival: dict[str, float] = self.db.last_arrivals(time.time() - ARRIVAL_RETENTION_S)
 
     def _bump(self) -> int:
         self.generation += 1
@@ -144,10 +147,35 @@ class ControlPlaneStore:
             if ts > self._last_arrival.get(key, 0.0):
                 self._last_arrival[key] = ts
         now = time.time()
-        if now - self._last_prune > 3600:
+        if now - self._last_prune > constants.RETENTION_INTERVAL_S and self._retention is None:
             self._last_prune = now
-            self.db.prune_arrivals(now - constants.ARRIVAL_RETENTION_S)
+            self._retention = asyncio.get_running_loop().create_task(self.apply_retention())
         return count
+
+    async def apply_retention(self) -> dict[str, int]:
+        """Delete what is past retention in every table, in batches sized to hold the actor's loop
+        at most RETENTION_BATCH_BUDGET_S each, yielding between them. Returns rows deleted per table."""
+        deleted: dict[str, int] = {}
+        try:
+            for table in RETENTION_TABLES:
+                deleted[table] = 0
+                while True:
+                    started = time.perf_counter()
+                    n = self.db.retention_batch(table, time.time(), self._batch_rows)
+                    took = time.perf_counter() - started
+                    self.longest_retention_batch_s = max(self.longest_retention_batch_s, took)
+                    deleted[table] += n
+                    # Aim each batch at half the budget: grow while fast, shrink when slow.
+                    if took < constants.RETENTION_BATCH_BUDGET_S / 4:
+                        self._batch_rows = min(self._batch_rows * 2, 100_000)
+                    elif took > constants.RETENTION_BATCH_BUDGET_S / 2:
+                        self._batch_rows = max(self._batch_rows // 2, 100)
+                    if n == 0:
+                        break
+                    await asyncio.sleep(0)
+        finally:
+            self._retention = None
+        return deleted
 
     async def arrivals(self, app: str, function: str, since: float = 0.0) -> list[float]:
         return self.db.arrivals(app, function, since)

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS arrivals (
     ts REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS arrivals_by_function ON arrivals (app, function, ts);
+CREATE INDEX IF NOT EXISTS arrivals_by_ts ON arrivals (ts);
 CREATE TABLE IF NOT EXISTS scale_events (
     app TEXT NOT NULL,
     function TEXT NOT NULL,
@@ -72,6 +73,7 @@ CREATE TABLE IF NOT EXISTS settings (
     value TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS scale_events_by_function ON scale_events (app, function, ts);
+CREATE INDEX IF NOT EXISTS scale_events_by_ts ON scale_events (ts);
 CREATE TABLE IF NOT EXISTS weights (
     app TEXT NOT NULL,
     function TEXT NOT NULL,
@@ -85,8 +87,9 @@ CREATE TABLE IF NOT EXISTS weights (
 );
 """
 
-# Version 1: before app_auth (protection was "has an active token"); 2: protection is the app's own.
-SCHEMA_VERSION = 2
+# Version 1: before app_auth (protection was "has an active token"); 2: protection is the app's own;
+# 3: time indexes for retention (created by the schema script).
+SCHEMA_VERSION = 3
 
 
 def _protect_apps_that_had_tokens(conn: sqlite3.Connection) -> None:
@@ -100,6 +103,13 @@ def _protect_apps_that_had_tokens(conn: sqlite3.Connection) -> None:
 MIGRATIONS = {2: _protect_apps_that_had_tokens}
 
 TOKEN_PREFIX = "rgt_"
+
+# Retention of what the store keeps (applied in small batches by the store actor).
+ARRIVAL_RETENTION_S = 7 * 24 * 3600.0  # what the autoscaler learns daily and weekly periods from
+SCALE_EVENT_RETENTION_S = 30 * 24 * 3600.0
+VERSIONS_KEPT = 20  # per app, besides the live version: its recent history and rollback sources
+WEIGHTS_KEPT = 10  # records per model, the current one included
+RETENTION_TABLES = ("arrivals", "scale_events", "app_versions", "weights")
 
 
 def hash_token(token: str) -> str:
@@ -329,10 +339,36 @@ class StateDB:
         ).fetchone()
         return json.loads(row["state"]) if row else None
 
-    def prune_arrivals(self, older_than: float) -> int:
+    def retention_batch(self, table: str, now: float, limit: int) -> int:
+        """Delete at most `limit` rows of `table` past its retention; return how many went.
+
+        arrivals and scale events: older than their retention; app versions: all but an app's
+        live version and its latest VERSIONS_KEPT; weights: all but a model's latest WEIGHTS_KEPT."""
+        queries = {
+            "arrivals": (
+                "DELETE FROM arrivals WHERE rowid IN (SELECT rowid FROM arrivals WHERE ts < ? LIMIT ?)",
+                (now - ARRIVAL_RETENTION_S, limit),
+            ),
+            "scale_events": (
+                "DELETE FROM scale_events WHERE rowid IN (SELECT rowid FROM scale_events WHERE ts < ? LIMIT ?)",
+                (now - SCALE_EVENT_RETENTION_S, limit),
+            ),
+            "app_versions": (
+                "DELETE FROM app_versions WHERE rowid IN (SELECT v.rowid FROM app_versions v JOIN apps a ON a.name = v.app "
+                "WHERE v.version != COALESCE(a.live_version, -1) AND v.status != 'deploying' "
+                "AND v.version <= (SELECT MAX(version) FROM app_versions WHERE app = v.app) - ? LIMIT ?)",
+                (VERSIONS_KEPT, limit),
+            ),
+            "weights": (
+                "DELETE FROM weights WHERE rowid IN (SELECT w.rowid FROM weights w WHERE w.version <= "
+                "(SELECT MAX(version) FROM weights WHERE app = w.app AND function = w.function AND model = w.model) - ? "
+                "LIMIT ?)",
+                (WEIGHTS_KEPT, limit),
+            ),
+        }
+        sql, params = queries[table]
         with self.conn:
-            cur = self.conn.execute("DELETE FROM arrivals WHERE ts < ?", (older_than,))
-        return cur.rowcount
+            return self.conn.execute(sql, params).rowcount
 
     # --- scale events ------------------------------------------------------------------------
     def record_scale_events(self, events: Iterable[tuple[str, str, float, int, int]]) -> None:

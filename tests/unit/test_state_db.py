@@ -2,7 +2,7 @@
 
 import sqlite3
 
-from deployments.store.db import StateDB, hash_token
+from deployments.store.db import ARRIVAL_RETENTION_S, StateDB, hash_token
 
 
 def test_versions_and_live_apps(tmp_path):
@@ -46,7 +46,9 @@ def test_arrivals_and_scale_events(tmp_path):
     db.record_arrivals([("a", "f", 10.0), ("a", "f", 12.0), ("a", "g", 11.0)])
     assert db.arrivals("a", "f") == [10.0, 12.0]
     assert db.last_arrivals(0) == {"a/f": 12.0, "a/g": 11.0}
-    assert db.prune_arrivals(11.5) == 2
+    now = 11.5 + ARRIVAL_RETENTION_S  # arrivals before 11.5 are past retention
+    assert db.retention_batch("arrivals", now, 1) == 1 and db.retention_batch("arrivals", now, 10) == 1
+    assert db.retention_batch("arrivals", now, 10) == 0
     assert db.arrivals("a", "f") == [12.0] and db.arrivals("a", "g") == []
     assert db.last_scale_event("a", "f") is None
     db.record_scale_events([("a", "f", 1.0, 0, 1), ("a", "f", 2.0, 1, 0)])

@@ -159,3 +159,42 @@ def test_the_generation_never_repeats_across_store_restarts(tmp_path):
 
     before, after, table, waited = run(main())
     assert after > before and table["generation"] == after and waited < 1
+
+
+def test_retention_deletes_in_batches_that_hold_the_loop_briefly(tmp_path):
+    from deployments.store import db as state_db
+
+    now = time.time()
+
+    async def main():
+        store = ControlPlaneStore(str(tmp_path / "state.db"), ADMIN_HASH)
+        old = now - state_db.ARRIVAL_RETENTION_S - 3600
+        store.db.record_arrivals([("shop", "add", old + i * 1e-3) for i in range(200_000)])
+        store.db.record_arrivals([("shop", "add", now - 60)] * 10)
+        store.db.record_scale_events([("shop", "add", now - state_db.SCALE_EVENT_RETENTION_S - 1, 0, 1)] * 5)
+        for i in range(30):
+            version = await store.begin_version(ADMIN, "shop", f"shop.py@{i}", [])
+            await store.mark_live(ADMIN, "shop", version)
+        for i in range(15):
+            await store.set_weights(ADMIN, "shop", "ranker", "a", f"/w{i}", f"fp{i}", "push")
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        beat = asyncio.create_task(ticker())
+        deleted = await store.apply_retention()
+        beat.cancel()
+        return store, deleted, ticks
+
+    store, deleted, ticks = run(main())
+    assert deleted == {"arrivals": 200_000, "scale_events": 5, "app_versions": 10, "weights": 5}
+    assert len(store.db.arrivals("shop", "add")) == 10
+    versions = [v["version"] for v in store.db.versions("shop")]
+    assert versions == list(range(11, 31)) and store.db.live_apps()[0]["version"] == 30
+    assert store.db.current_weights("shop", "ranker")["a"]["path"] == "/w14"
+    # in batches, yielding between them: other calls ran meanwhile, and no batch held the loop long
+    assert ticks > 1 and store.longest_retention_batch_s < 0.05
