@@ -91,3 +91,26 @@ def test_invalid_rows_already_in_the_ledger_are_quarantined_not_fatal(tmp_path):
     assert sorted(q["source"] for q in quarantined) == ["events", "requests"]
     assert all(q["reason"] for q in quarantined)
     assert asyncio.run(meter.bill("shop"))  # billing works on what is left
+
+
+def test_a_bill_whose_since_cuts_an_interval_matches_a_hand_computation(tmp_path):
+    from decimal import Decimal
+
+    meter = meter_of(tmp_path / "ledger.db")
+    timeline = [("started", 0), ("ready", 10), ("serving", 20), ("idle", 50), ("heartbeat", 60), ("stopped", 100)]
+    events = [event(i, kind, ts=T0 + offset, gpus=2.0) for i, (kind, offset) in enumerate(timeline)]
+    assert asyncio.run(meter.record({"events": events})) == len(events)
+    (line,) = asyncio.run(meter.bill("shop", since=T0 + 30, until=T0 + 80))
+    # since = T0+30 cuts the active interval [20, 50): 20 s of it count; idle [50, 100) is cut at 80: 30 s
+    assert Decimal(line["gpu_seconds"]["cold_start"]) == 0
+    assert Decimal(line["gpu_seconds"]["active"]) == Decimal("40.000")  # 20 s x 2 GPUs
+    assert Decimal(line["gpu_seconds"]["idle"]) == Decimal("60.000")  # 30 s x 2 GPUs
+    per_second = Decimal("3.95") / 3600
+    assert Decimal(line["cost_usd"]["active"]) == (40 * per_second).quantize(Decimal("0.000001"))
+    assert Decimal(line["cost_usd"]["idle"]) == (60 * per_second).quantize(Decimal("0.000001"))
+    (whole,) = asyncio.run(meter.bill("shop"))
+    assert {p: Decimal(v) for p, v in whole["gpu_seconds"].items()} == {
+        "cold_start": Decimal("20.000"),
+        "active": Decimal("60.000"),
+        "idle": Decimal("120.000"),
+    }
