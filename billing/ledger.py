@@ -5,6 +5,7 @@ No Ray: the meter actor owns the one writing connection; `raygpu bill` reads thr
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import sqlite3
@@ -15,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from billing.intervals import LifecycleEvent
+from billing.intervals import Interval, LifecycleEvent, replica_intervals
 from billing.records import RequestRecord
 from billing.schema_versions import migrate
 
@@ -45,6 +46,36 @@ CREATE TABLE IF NOT EXISTS requests (
     ts REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS requests_by_function ON requests (app, function, ts);
+CREATE INDEX IF NOT EXISTS events_by_replica ON events (app, function, replica, ts);
+CREATE TABLE IF NOT EXISTS replicas (
+    app TEXT NOT NULL,
+    function TEXT NOT NULL,
+    replica TEXT NOT NULL,
+    first_ts REAL NOT NULL,
+    last_ts REAL NOT NULL,
+    stopped INTEGER NOT NULL DEFAULT 0,
+    rolled INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (app, function, replica)
+);
+CREATE INDEX IF NOT EXISTS replicas_unrolled ON replicas (rolled, last_ts);
+CREATE TABLE IF NOT EXISTS intervals (
+    app TEXT NOT NULL,
+    function TEXT NOT NULL,
+    replica TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    start REAL NOT NULL,
+    end REAL NOT NULL,
+    gpus REAL NOT NULL,
+    accelerator TEXT
+);
+CREATE INDEX IF NOT EXISTS intervals_by_end ON intervals (end);
+CREATE TABLE IF NOT EXISTS totals (
+    metric TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    value REAL NOT NULL,
+    buckets TEXT,
+    PRIMARY KEY (metric, labels)
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     source TEXT NOT NULL,
     row TEXT NOT NULL,
@@ -62,8 +93,37 @@ CREATE TABLE IF NOT EXISTS start_phases (
 );
 """
 
-# Version 1: events, requests, start phases; 2: the quarantine table for invalid rows.
-LEDGER_SCHEMA_VERSION = 2
+# Version 1: events, requests, start phases; 2: the quarantine table for invalid rows; 3: replicas,
+# rolled-up intervals and metric totals (restart and bills cost what recent history costs).
+LEDGER_SCHEMA_VERSION = 3
+# A replica silent this long without a stop event is gone: its events are rolled up too.
+ROLLUP_AFTER_S = 3600.0
+# Histogram bounds of the metrics whose totals the ledger keeps (billing/metrics.py exports them).
+REQUEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+COLD_START_BUCKETS_S = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+HISTOGRAM_BOUNDS = {
+    "request_duration": REQUEST_BUCKETS_S,
+    "cold_start_duration": COLD_START_BUCKETS_S,
+    "start_phase": COLD_START_BUCKETS_S,
+}
 
 EVENT_FIELDS = ("id", "app", "function", "replica", "kind", "ts", "gpus", "accelerator")
 PHASE_FIELDS = ("replica", "phase", "app", "function", "seconds", "ts")
@@ -80,16 +140,156 @@ class Ledger:
         # What is billed must survive a power loss once the meter has acknowledged it: every commit
         # reaches the disk (a batch per replica per second, so the cost is small).
         self.conn.execute("PRAGMA synchronous=FULL")
-        migrate(self.conn, SCHEMA, LEDGER_SCHEMA_VERSION, {}, "billing ledger")
+        migrate(self.conn, SCHEMA, LEDGER_SCHEMA_VERSION, LEDGER_MIGRATIONS, "billing ledger")
 
     def apply(
         self, events: Iterable[dict[str, Any]], requests: Iterable[dict[str, Any]]
     ) -> tuple[list[dict], list[dict]]:
-        """Insert what is new; return the events and requests that were not already recorded."""
+        """Insert what is new; return the events and requests that were not already recorded. An
+        event of a replica already rolled up is a resend of one the ledger had: it is ignored."""
+        events = list(events)
+        rolled = self._rolled({(e["app"], e["function"], e["replica"]) for e in events})
         with self.conn:
-            return self._insert_new("events", EVENT_FIELDS, events), self._insert_new(
-                "requests", REQUEST_FIELDS, requests
+            new_events = self._insert_new(
+                "events", EVENT_FIELDS, (e for e in events if (e["app"], e["function"], e["replica"]) not in rolled)
             )
+            new_requests = self._insert_new("requests", REQUEST_FIELDS, requests)
+            self._track_replicas(new_events)
+            totals = _Totals()
+            for r in new_requests:
+                totals.count("requests", (r["app"], r["function"], str(r["status"])), 1)
+                totals.observe("request_duration", (r["app"], r["function"]), max(float(r["latency_s"]), 0.0))
+            self._add_totals(totals)
+            return new_events, new_requests
+
+    def _rolled(self, keys: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+        return {
+            key
+            for key in keys
+            if self.conn.execute(
+                "SELECT 1 FROM replicas WHERE app = ? AND function = ? AND replica = ? AND rolled = 1", key
+            ).fetchone()
+        }
+
+    def _track_replicas(self, events: list[dict[str, Any]]) -> None:
+        spans: dict[tuple[str, str, str], list[float]] = {}
+        for e in events:
+            key = (e["app"], e["function"], e["replica"])
+            span = spans.setdefault(key, [e["ts"], e["ts"], 0])
+            span[0], span[1] = min(span[0], e["ts"]), max(span[1], e["ts"])
+            span[2] = span[2] or int(e["kind"] == "stopped")
+        self.conn.executemany(
+            "INSERT INTO replicas (app, function, replica, first_ts, last_ts, stopped) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(app, function, replica) DO UPDATE SET first_ts = MIN(first_ts, excluded.first_ts), "
+            "last_ts = MAX(last_ts, excluded.last_ts), stopped = MAX(stopped, excluded.stopped)",
+            [(*key, first, last, stopped) for key, (first, last, stopped) in spans.items()],
+        )
+
+    def _add_totals(self, totals: "_Totals") -> None:
+        for (metric, labels), (value, buckets) in totals.items.items():
+            key = json.dumps(labels)
+            row = self.conn.execute(
+                "SELECT value, buckets FROM totals WHERE metric = ? AND labels = ?", (metric, key)
+            ).fetchone()
+            if row is not None:
+                value += row["value"]
+                if buckets is not None and row["buckets"]:
+                    buckets = [a + b for a, b in zip(buckets, json.loads(row["buckets"]))]
+            self.conn.execute(
+                "INSERT OR REPLACE INTO totals (metric, labels, value, buckets) VALUES (?, ?, ?, ?)",
+                (metric, key, value, json.dumps(buckets) if buckets is not None else None),
+            )
+
+    def totals(self) -> list[tuple[str, tuple[str, ...], float, list[int] | None]]:
+        """(metric, labels, value, per-bucket counts) of everything the metrics count since the start."""
+        return [
+            (
+                r["metric"],
+                tuple(json.loads(r["labels"])),
+                r["value"],
+                json.loads(r["buckets"]) if r["buckets"] else None,
+            )
+            for r in self.conn.execute("SELECT metric, labels, value, buckets FROM totals")
+        ]
+
+    def rollup(self, now: float, limit: int = 50, lost_after_s: float = ROLLUP_AFTER_S) -> int:
+        """Roll up to `limit` finished replicas (stopped, or silent for `lost_after_s`): their events
+        become closed intervals and metric totals, and the events (heartbeats above all) go.
+        Returns how many replicas were rolled up."""
+        finished = self.conn.execute(
+            "SELECT app, function, replica FROM replicas WHERE rolled = 0 AND (stopped = 1 OR last_ts < ?) LIMIT ?",
+            (now - lost_after_s, limit),
+        ).fetchall()
+        for app, function, replica in finished:
+            key = (app, function, replica)
+            events = list(
+                self._valid_rows(
+                    "events",
+                    EVENT_FIELDS,
+                    LifecycleEvent,
+                    "SELECT rowid, * FROM events WHERE app = ? AND function = ? AND replica = ?",
+                    list(key),
+                )
+            )
+            intervals = replica_intervals(events)
+            totals = _Totals()
+            for iv in intervals:
+                totals.count("gpu_seconds", (iv.app, iv.function, iv.accelerator or "", iv.phase), iv.seconds * iv.gpus)
+                if iv.phase == "cold_start":
+                    totals.count("cold_starts", (iv.app, iv.function), 1)
+                    totals.observe("cold_start_duration", (iv.app, iv.function), iv.seconds)
+            with self.conn:
+                self.conn.executemany(
+                    "INSERT INTO intervals (app, function, replica, phase, start, end, gpus, accelerator) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (iv.app, iv.function, iv.replica, iv.phase, iv.start, iv.end, iv.gpus, iv.accelerator)
+                        for iv in intervals
+                    ],
+                )
+                self._add_totals(totals)
+                self.conn.execute("DELETE FROM events WHERE app = ? AND function = ? AND replica = ?", key)
+                self.conn.execute("UPDATE replicas SET rolled = 1 WHERE app = ? AND function = ? AND replica = ?", key)
+        return len(finished)
+
+    def intervals(
+        self,
+        app: str | None = None,
+        function: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[Interval]:
+        """Closed phase intervals overlapping [since, until) (not clipped): rolled-up ones from their
+        table, the rest from the events of replicas not rolled up yet, both filtered in SQL."""
+        lo = since if since is not None else float("-inf")
+        hi = until if until is not None else float("inf")
+        clause, params = " WHERE end > ? AND start < ?", [lo, hi]
+        unrolled, unrolled_params = " WHERE r.rolled = 0 AND r.last_ts >= ? AND r.first_ts < ?", [lo, hi]
+        for column, value in (("app", app), ("function", function)):
+            if value:
+                clause += f" AND {column} = ?"
+                params.append(value)
+                unrolled += f" AND r.{column} = ?"
+                unrolled_params.append(value)
+        rolled = [
+            Interval(
+                **{k: r[k] for k in ("app", "function", "replica", "phase", "start", "end", "gpus", "accelerator")}
+            )
+            for r in self.conn.execute("SELECT * FROM intervals" + clause, params)
+        ]
+        events = self._valid_rows(
+            "events",
+            EVENT_FIELDS,
+            LifecycleEvent,
+            "SELECT e.rowid, e.* FROM replicas r JOIN events e ON e.app = r.app AND e.function = r.function "
+            "AND e.replica = r.replica" + unrolled,
+            unrolled_params,
+        )
+        return rolled + [iv for iv in replica_intervals(events) if iv.end > lo and iv.start < hi]
+
+    def unrolled_events(self) -> list[LifecycleEvent]:
+        """Events of replicas not rolled up yet (what a restarted meter replays)."""
+        return self.events()
 
     def _insert_new(self, table: str, fields: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> list[dict]:
         sql = f"INSERT OR IGNORE INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})"
@@ -110,7 +310,12 @@ class Ledger:
             for phase, seconds in r["phases"].items()
         ]
         with self.conn:
-            return self._insert_new("start_phases", PHASE_FIELDS, rows)
+            new = self._insert_new("start_phases", PHASE_FIELDS, rows)
+            totals = _Totals()
+            for r in new:
+                totals.observe("start_phase", (r["app"], r["function"], r["phase"]), max(float(r["seconds"]), 0.0))
+            self._add_totals(totals)
+            return new
 
     def start_phases(self, app: str | None = None) -> list[dict[str, Any]]:
         query, params = "SELECT * FROM start_phases", []
@@ -208,3 +413,51 @@ class Ledger:
         for r in self.conn.execute(query + " GROUP BY app, function, status", params):
             out.setdefault(f"{r['app']}/{r['function']}", {})[r["status"]] = r["n"]
         return out
+
+
+class _Totals:
+    """Counter and histogram increments gathered for one write."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, tuple[str, ...]], tuple[float, list[int] | None]] = {}
+
+    def count(self, metric: str, labels: tuple[str, ...], value: float) -> None:
+        current, buckets = self.items.get((metric, labels), (0.0, None))
+        self.items[(metric, labels)] = (current + value, buckets)
+
+    def observe(self, metric: str, labels: tuple[str, ...], value: float) -> None:
+        bounds = HISTOGRAM_BOUNDS[metric]
+        current, buckets = self.items.get((metric, labels), (0.0, None))
+        buckets = buckets or [0] * (len(bounds) + 1)
+        buckets[bisect.bisect_left(bounds, value)] += 1
+        self.items[(metric, labels)] = (current + value, buckets)
+
+
+def _migrate_to_totals(conn: sqlite3.Connection) -> None:
+    """2 -> 3: the replicas table and metric totals from what the ledger already holds (once)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO replicas (app, function, replica, first_ts, last_ts, stopped) "
+        "SELECT app, function, replica, MIN(ts), MAX(ts), MAX(kind = 'stopped') FROM events "
+        "GROUP BY app, function, replica"
+    )
+    totals = _Totals()
+    for app, function, status, latency in conn.execute("SELECT app, function, status, latency_s FROM requests"):
+        try:
+            seconds = max(float(latency), 0.0)
+        except (TypeError, ValueError):
+            continue  # an invalid row: quarantined when it is next read
+        totals.count("requests", (app, function, str(status)), 1)
+        totals.observe("request_duration", (app, function), seconds)
+    for app, function, phase, seconds in conn.execute("SELECT app, function, phase, seconds FROM start_phases"):
+        try:
+            totals.observe("start_phase", (app, function, phase), max(float(seconds), 0.0))
+        except (TypeError, ValueError):
+            continue
+    for (metric, labels), (value, buckets) in totals.items.items():
+        conn.execute(
+            "INSERT OR REPLACE INTO totals (metric, labels, value, buckets) VALUES (?, ?, ?, ?)",
+            (metric, json.dumps(labels), value, json.dumps(buckets) if buckets is not None else None),
+        )
+
+
+LEDGER_MIGRATIONS = {3: _migrate_to_totals}

@@ -7,6 +7,7 @@ resend harmless. `bill`, `usage` and the exporter answer from the same ledger.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from decimal import Decimal
@@ -15,7 +16,7 @@ from typing import Any
 import ray
 
 from billing.constants import METER_ACTOR_NAME, METER_NAMESPACE
-from billing.intervals import Interval, LifecycleEvent, bill, replica_intervals
+from billing.intervals import Interval, LifecycleEvent, bill
 from billing.ledger import Ledger
 from billing.metrics import UsageMetrics
 from billing.prices import load_price_table
@@ -26,6 +27,8 @@ logger = logging.getLogger(f"ray.serve.{__name__}")
 
 # How often, at most, the meter asks the store for its units when a batch names one it does not know.
 KNOWN_UNITS_REFRESH_S = 1.0
+ROLLUP_INTERVAL_S = 60.0  # how often finished replicas are rolled up
+ROLLUP_BATCH_REPLICAS = 20  # replicas rolled up between two yields of the actor's loop
 
 
 class Meter:
@@ -46,14 +49,16 @@ class Meter:
         self._known_units: set[str] = set()
         self._known_at = float("-inf")
         self.rejected = 0
+        self._rollup: asyncio.Task | None = None
+        self._rolled_at = float("-inf")
         self.ledger = Ledger(ledger_path)
         self.prices_path = prices_path
         load_price_table(prices_path)  # a broken price table fails here, at `raygpu up`, not at billing time
         self.metrics = UsageMetrics()
-        # A restarted meter exports the totals of the whole ledger again, not only what came after.
-        self.metrics.observe_events(self.ledger.events())
-        self.metrics.observe_requests(self.ledger.requests())
-        self.metrics.observe_start_phases(self.ledger.start_phases())
+        # A restarted meter exports the totals of the whole ledger again, not only what came after:
+        # the ledger's kept totals, plus a replay of the replicas not rolled up yet.
+        self.metrics.restore(self.ledger.totals())
+        self.metrics.observe_events(self.ledger.unrolled_events())
         self.metrics_port = metrics_port
         self._server = self.metrics.serve(metrics_port, metrics_host) if metrics_port else None
 
@@ -103,15 +108,35 @@ class Meter:
         phase_records = await self._accepted(self._validated(batch.get("start_phases", []), StartPhasesRecord))
         events, requests = self.ledger.apply(events, requests)
         self.metrics.observe_events(LifecycleEvent(**e) for e in events)
+        self._maybe_roll_up()
         self.metrics.observe_requests(requests)
         phases = self.ledger.apply_start_phases(phase_records)
         self.metrics.observe_start_phases(phases)
         return len(events) + len(requests) + len(phases)
 
+    def _maybe_roll_up(self) -> None:
+        """Roll finished replicas up in the background, a few at a time, at most once a minute."""
+        if self._rollup is None and time.monotonic() - self._rolled_at >= ROLLUP_INTERVAL_S:
+            self._rolled_at = time.monotonic()
+            self._rollup = asyncio.get_running_loop().create_task(self.roll_up())
+
+    async def roll_up(self) -> int:
+        """Roll up every finished replica, yielding the actor's loop between small batches."""
+        rolled = 0
+        try:
+            while True:
+                n = self.ledger.rollup(time.time(), limit=ROLLUP_BATCH_REPLICAS)
+                rolled += n
+                if n < ROLLUP_BATCH_REPLICAS:
+                    return rolled
+                await asyncio.sleep(0)
+        finally:
+            self._rollup = None
+
     def _intervals(
         self, app: str | None, function: str | None, since: float | None, until: float | None
     ) -> list[Interval]:
-        intervals = replica_intervals(self.ledger.events(app, function))
+        intervals = self.ledger.intervals(app, function, since, until)
         if since is None and until is None:
             return intervals
         lo, hi = since if since is not None else float("-inf"), until if until is not None else float("inf")
@@ -173,7 +198,7 @@ class Meter:
         return out
 
     async def intervals(self, app: str | None = None, function: str | None = None) -> list[dict[str, Any]]:
-        return [iv.model_dump() for iv in replica_intervals(self.ledger.events(app, function))]
+        return [iv.model_dump() for iv in self.ledger.intervals(app, function)]
 
     async def request_counts(self, app: str | None = None) -> dict[str, dict[int, int]]:
         return self.ledger.request_counts(app)

@@ -19,30 +19,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from billing.intervals import PHASES, Interval, LifecycleEvent, ReplicaTimeline, event_order
+from billing.ledger import COLD_START_BUCKETS_S, REQUEST_BUCKETS_S
 
 # A replica silent for this long is gone (it died without a stop event): it leaves the replica
 # gauge and its time is closed at its last heartbeat, as the bill does.
 LOST_AFTER_S = 10.0
-REQUEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-COLD_START_BUCKETS_S = (
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.0,
-    3.0,
-    5.0,
-    10.0,
-    20.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-)
 REPLICA_STATES = {"cold_start": "starting", "idle": "idle", "active": "active"}
 
 
@@ -109,6 +90,29 @@ class UsageMetrics(Collector):
     def observe_start_phases(self, rows: Iterable[dict[str, Any]]) -> None:
         for r in rows:
             self.start_phase_duration.labels(r["app"], r["function"], r["phase"]).observe(max(float(r["seconds"]), 0.0))
+
+    def restore(self, totals: Iterable[tuple[str, tuple[str, ...], float, list[int] | None]]) -> None:
+        """Start from the totals the ledger keeps (what rolled-up replicas and every request and
+        start phase add up to), instead of replaying the history behind them."""
+        histograms = {
+            "request_duration": self.request_duration,
+            "cold_start_duration": self.cold_start_duration,
+            "start_phase": self.start_phase_duration,
+        }
+        counters = {"requests": self.requests, "cold_starts": self.cold_starts}
+        with self._lock:
+            for metric, labels, value, buckets in totals:
+                if metric == "gpu_seconds":
+                    app, function, accelerator, phase = labels
+                    self._closed_gpu_s[(app, function, accelerator, phase)] += value
+                    self._functions.add((app, function))
+                elif metric in counters:
+                    counters[metric].labels(*labels).inc(value)
+                elif metric in histograms and buckets is not None:
+                    child = histograms[metric].labels(*labels)
+                    for bucket, count in zip(child._buckets, buckets):
+                        bucket.inc(count)
+                    child._sum.inc(value)
 
     def _close(self, interval: Interval) -> None:
         key = (interval.app, interval.function, interval.accelerator or "", interval.phase)

@@ -8,7 +8,7 @@ import time
 from billing.ledger import Ledger
 from billing.meter import Meter
 
-T0 = 1_767_607_200.0
+T0 = time.time() - 600  # recent: replicas silent for an hour are rolled up as gone
 
 
 def event(i: int, kind: str = "heartbeat", **over) -> dict:
@@ -41,6 +41,7 @@ def request(i: int, **over) -> dict:
 def meter_of(path) -> Meter:
     meter = Meter(str(path))
     meter._known_units, meter._known_at = {"shop/add"}, time.monotonic() + 3600  # as if the store said so
+    meter._rolled_at = float("inf")  # roll-ups only when a test asks for one
     return meter
 
 
@@ -100,17 +101,55 @@ def test_a_bill_whose_since_cuts_an_interval_matches_a_hand_computation(tmp_path
     timeline = [("started", 0), ("ready", 10), ("serving", 20), ("idle", 50), ("heartbeat", 60), ("stopped", 100)]
     events = [event(i, kind, ts=T0 + offset, gpus=2.0) for i, (kind, offset) in enumerate(timeline)]
     assert asyncio.run(meter.record({"events": events})) == len(events)
-    (line,) = asyncio.run(meter.bill("shop", since=T0 + 30, until=T0 + 80))
-    # since = T0+30 cuts the active interval [20, 50): 20 s of it count; idle [50, 100) is cut at 80: 30 s
-    assert Decimal(line["gpu_seconds"]["cold_start"]) == 0
-    assert Decimal(line["gpu_seconds"]["active"]) == Decimal("40.000")  # 20 s x 2 GPUs
-    assert Decimal(line["gpu_seconds"]["idle"]) == Decimal("60.000")  # 30 s x 2 GPUs
     per_second = Decimal("3.95") / 3600
-    assert Decimal(line["cost_usd"]["active"]) == (40 * per_second).quantize(Decimal("0.000001"))
-    assert Decimal(line["cost_usd"]["idle"]) == (60 * per_second).quantize(Decimal("0.000001"))
-    (whole,) = asyncio.run(meter.bill("shop"))
-    assert {p: Decimal(v) for p, v in whole["gpu_seconds"].items()} == {
-        "cold_start": Decimal("20.000"),
-        "active": Decimal("60.000"),
-        "idle": Decimal("120.000"),
+    for rolled_up in (False, True):  # from the raw events, then from the intervals they were rolled into
+        if rolled_up:
+            assert asyncio.run(meter.roll_up()) == 1 and meter.ledger.events() == []
+        (line,) = asyncio.run(meter.bill("shop", since=T0 + 30, until=T0 + 80))
+        # since = T0+30 cuts the active interval [20, 50): 20 s of it count; idle [50, 100) is cut at 80: 30 s
+        assert Decimal(line["gpu_seconds"]["cold_start"]) == 0
+        assert Decimal(line["gpu_seconds"]["active"]) == Decimal("40.000")  # 20 s x 2 GPUs
+        assert Decimal(line["gpu_seconds"]["idle"]) == Decimal("60.000")  # 30 s x 2 GPUs
+        assert Decimal(line["cost_usd"]["active"]) == (40 * per_second).quantize(Decimal("0.000001"))
+        assert Decimal(line["cost_usd"]["idle"]) == (60 * per_second).quantize(Decimal("0.000001"))
+        (whole,) = asyncio.run(meter.bill("shop"))
+        assert {p: Decimal(v) for p, v in whole["gpu_seconds"].items()} == {
+            "cold_start": Decimal("20.000"),
+            "active": Decimal("60.000"),
+            "idle": Decimal("120.000"),
+        }
+
+
+def test_a_restarted_meter_exports_what_it_did_before_rolling_up_and_after(tmp_path):
+    from prometheus_client import generate_latest
+
+    def exported(meter: Meter) -> dict[str, float]:
+        lines = generate_latest(meter.metrics.registry).decode().splitlines()
+        wanted = (
+            "raygpu_gpu_seconds_total",
+            "raygpu_requests_total",
+            "raygpu_cold_starts_total",
+            "raygpu_request_duration_seconds_count",
+            "raygpu_request_duration_seconds_sum",
+            "raygpu_cold_start_phase_seconds_count",
+        )
+        return {
+            line.rsplit(" ", 1)[0]: round(float(line.rsplit(" ", 1)[1]), 6) for line in lines if line.startswith(wanted)
+        }
+
+    path = tmp_path / "ledger.db"
+    meter = meter_of(path)
+    timeline = [("started", 0), ("ready", 10), ("serving", 20), ("idle", 50), ("stopped", 100)]
+    batch = {
+        "events": [event(i, kind, ts=T0 + offset) for i, (kind, offset) in enumerate(timeline)]
+        + [event(10 + i, kind, ts=T0 + offset, replica="r2") for i, (kind, offset) in enumerate(timeline[:3])],
+        "requests": [request(i, latency_s=0.1 * i) for i in range(5)],
+        "start_phases": [{"app": "shop", "function": "add", "replica": "r1", "phases": {"imports": 1.5}, "ts": T0}],
     }
+    asyncio.run(meter.record(batch))
+    before = exported(meter)
+    restarted = meter_of(path)
+    assert exported(restarted) == before
+    assert asyncio.run(restarted.roll_up()) == 1  # r1 stopped; r2 still runs
+    assert exported(meter_of(path)) == before  # restored from the totals, r2 replayed from its events
+    assert before['raygpu_requests_total{app="shop",function="add",status="200"}'] == 5.0
