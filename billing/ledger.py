@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from billing.intervals import Interval, LifecycleEvent, replica_intervals
 from billing.records import RequestRecord
-from billing.schema_versions import migrate
+from billing.schema_versions import migrate, transaction
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
@@ -149,7 +149,7 @@ class Ledger:
         event of a replica already rolled up is a resend of one the ledger had: it is ignored."""
         events = list(events)
         rolled = self._rolled({(e["app"], e["function"], e["replica"]) for e in events})
-        with self.conn:
+        with transaction(self.conn):
             new_events = self._insert_new(
                 "events", EVENT_FIELDS, (e for e in events if (e["app"], e["function"], e["replica"]) not in rolled)
             )
@@ -238,7 +238,7 @@ class Ledger:
                 if iv.phase == "cold_start":
                     totals.count("cold_starts", (iv.app, iv.function), 1)
                     totals.observe("cold_start_duration", (iv.app, iv.function), iv.seconds)
-            with self.conn:
+            with transaction(self.conn):
                 self.conn.executemany(
                     "INSERT INTO intervals (app, function, replica, phase, start, end, gpus, accelerator) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -293,7 +293,25 @@ class Ledger:
 
     def _insert_new(self, table: str, fields: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> list[dict]:
         sql = f"INSERT OR IGNORE INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})"
-        return [row for row in rows if self.conn.execute(sql, tuple(row.get(f) for f in fields)).rowcount]
+        rows = list(rows)
+        if "id" not in fields:
+            return [row for row in rows if self.conn.execute(sql, tuple(row.get(f) for f in fields)).rowcount]
+        # By id: find the ones already recorded in a few lookups, then insert the rest in one go.
+        known: set[str] = set()
+        ids = list({row["id"] for row in rows})
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            known.update(
+                r[0]
+                for r in self.conn.execute(f"SELECT id FROM {table} WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+            )
+        new: list[dict[str, Any]] = []
+        for row in rows:
+            if row["id"] not in known:
+                known.add(row["id"])  # a duplicate inside the batch counts once
+                new.append(row)
+        self.conn.executemany(sql, [tuple(row.get(f) for f in fields) for row in new])
+        return new
 
     def apply_start_phases(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Insert each replica's start phases once; return the rows that were new."""
@@ -309,7 +327,7 @@ class Ledger:
             for r in records
             for phase, seconds in r["phases"].items()
         ]
-        with self.conn:
+        with transaction(self.conn):
             new = self._insert_new("start_phases", PHASE_FIELDS, rows)
             totals = _Totals()
             for r in new:
@@ -341,7 +359,7 @@ class Ledger:
 
     def quarantine(self, table: str, rows: list[tuple[int, dict[str, Any], str]]) -> None:
         now = time.time()
-        with self.conn:
+        with transaction(self.conn):
             for rowid, row, reason in rows:
                 self.conn.execute(
                     "INSERT INTO quarantine (source, row, reason, quarantined_at) VALUES (?, ?, ?, ?)",

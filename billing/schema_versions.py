@@ -4,8 +4,9 @@ that owns it). No Ray."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -52,3 +53,16 @@ def _statements(script: str) -> list[str]:
             out.append(current.strip())
             current = ""
     return [statement for statement in out if statement]
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on an autocommit connection (isolation_level=None, where `with conn`
+    alone would commit every statement on its own): all of it, or none of it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

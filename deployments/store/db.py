@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from billing.schema_versions import migrate
+from billing.schema_versions import migrate, transaction
 from deployments.spec import version_app_name
 
 SCHEMA = """
@@ -136,8 +136,7 @@ class StateDB:
         """Record a new version of `app` in state 'deploying' and return its number; functions
         without a Serve application get the version's own (`version_app_name`)."""
         now = time.time()
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
+        with transaction(self.conn):
             self.conn.execute(
                 "INSERT INTO apps (name, live_version, created_at) VALUES (?, NULL, ?) "
                 "ON CONFLICT(name) DO UPDATE SET deleted_at = NULL",
@@ -158,8 +157,7 @@ class StateDB:
 
     def mark_live(self, app: str, version: int) -> None:
         now = time.time()
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
+        with transaction(self.conn):
             self.conn.execute("UPDATE app_versions SET status = 'superseded' WHERE app = ? AND status = 'live'", (app,))
             self.conn.execute(
                 "UPDATE app_versions SET status = 'live', live_at = ? WHERE app = ? AND version = ?",
@@ -168,14 +166,14 @@ class StateDB:
             self.conn.execute("UPDATE apps SET live_version = ? WHERE name = ?", (version, app))
 
     def mark_failed(self, app: str, version: int) -> None:
-        with self.conn:
+        with transaction(self.conn):
             self.conn.execute("UPDATE app_versions SET status = 'failed' WHERE app = ? AND version = ?", (app, version))
             self.conn.execute(
                 "UPDATE apps SET deleted_at = ? WHERE name = ? AND live_version IS NULL", (time.time(), app)
             )
 
     def delete_app(self, app: str) -> bool:
-        with self.conn:
+        with transaction(self.conn):
             cur = self.conn.execute(
                 "UPDATE apps SET deleted_at = ?, live_version = NULL WHERE name = ? AND deleted_at IS NULL",
                 (time.time(), app),
@@ -229,7 +227,7 @@ class StateDB:
         token_id = secrets.token_hex(4)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = time.time()
-        with self.conn:
+        with transaction(self.conn):
             self.conn.execute(
                 "INSERT INTO tokens (id, app, token_hash, created_at) VALUES (?, ?, ?, ?)",
                 (token_id, app, hash_token(token), now),
@@ -249,7 +247,7 @@ class StateDB:
         count), so switching it on again never revives an old token."""
         now = time.time()
         revoked = 0
-        with self.conn:
+        with transaction(self.conn):
             if not protected:
                 revoked = self.conn.execute(
                     "UPDATE tokens SET revoked_at = ? WHERE app = ? AND revoked_at IS NULL", (now, app)
@@ -266,7 +264,7 @@ class StateDB:
         return bool(row and row["protected"])
 
     def revoke_token(self, app: str, token_id: str) -> bool:
-        with self.conn:
+        with transaction(self.conn):
             cur = self.conn.execute(
                 "UPDATE tokens SET revoked_at = ? WHERE app = ? AND id = ? AND revoked_at IS NULL",
                 (time.time(), app, token_id),
@@ -291,7 +289,7 @@ class StateDB:
     def record_arrivals(self, arrivals: Iterable[tuple[str, str, float]]) -> int:
         rows = list(arrivals)
         if rows:
-            with self.conn:
+            with transaction(self.conn):
                 self.conn.executemany("INSERT INTO arrivals (app, function, ts) VALUES (?, ?, ?)", rows)
         return len(rows)
 
@@ -326,7 +324,7 @@ class StateDB:
         return last, out
 
     def save_policy_state(self, app: str, function: str, state: dict[str, Any]) -> None:
-        with self.conn:
+        with transaction(self.conn):
             self.conn.execute(
                 "INSERT INTO policy_state (app, function, state, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(app, function) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
@@ -367,14 +365,14 @@ class StateDB:
             ),
         }
         sql, params = queries[table]
-        with self.conn:
+        with transaction(self.conn):
             return self.conn.execute(sql, params).rowcount
 
     # --- scale events ------------------------------------------------------------------------
     def record_scale_events(self, events: Iterable[tuple[str, str, float, int, int]]) -> None:
         rows = list(events)
         if rows:
-            with self.conn:
+            with transaction(self.conn):
                 self.conn.executemany(
                     "INSERT INTO scale_events (app, function, ts, from_replicas, to_replicas) VALUES (?, ?, ?, ?, ?)",
                     rows,
@@ -412,7 +410,7 @@ class StateDB:
         """Record weights for a model; return its version. With `only_if_changed`, nothing new is
         recorded when the same file is named again: by a deploy, when the last deploy named it (so
         a redeploy keeps weights pushed since), otherwise when it is the latest version."""
-        with self.conn:
+        with transaction(self.conn):
             latest = self.conn.execute(
                 "SELECT version, fingerprint FROM weights WHERE app = ? AND function = ? AND model = ? "
                 "ORDER BY version DESC LIMIT 1",
@@ -447,7 +445,7 @@ class StateDB:
 
     # --- settings ----------------------------------------------------------------------------
     def set_setting(self, key: str, value: Any) -> None:
-        with self.conn:
+        with transaction(self.conn):
             self.conn.execute(
                 "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, json.dumps(value)),
