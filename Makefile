@@ -54,6 +54,7 @@ test-live: install prometheus
 bench: install
 	$(BIN)/python -m benchmarks.serving --json benchmarks/results/serving.json
 	$(BIN)/python -m benchmarks.metering --json benchmarks/results/metering.json
+	$(BIN)/python -m benchmarks.ledger --json benchmarks/results/ledger.json
 	$(BIN)/python -m benchmarks.cold_start --json benchmarks/results/cold_start.json
 	$(BIN)/python -m benchmarks.vllm_throughput --json benchmarks/results/vllm_throughput.json
 	$(BIN)/python -m benchmarks.autoscaling --format azure2019 \
