@@ -284,3 +284,48 @@ def ray_versions(app: str) -> list[dict]:
     from raygpu.control import store
 
     return ray.get(store().versions.remote(app))
+
+
+def test_a_killed_store_keeps_what_it_acknowledged_and_the_gateway_follows_it(cluster):
+    import os
+    import signal
+
+    import ray
+
+    from raygpu.control import store
+    from raygpu.tokens import create_token, set_auth
+
+    cluster.deploy(APPS / "guarded.py")
+    created = create_token("guarded")
+    good = {"Authorization": f"Bearer {created.token}"}
+    before = ray.get(store().ping.remote())
+    pid = next(
+        a["Pid"]
+        for a in ray._private.state.actors().values()
+        if a["ActorClassName"] == "ControlPlaneStore" and a["State"] == "ALIVE"
+    )
+    os.kill(pid, signal.SIGKILL)  # Ray restarts the detached store from its SQLite file
+    after = cluster.wait_for(lambda: _ping_or_none(), timeout=60, what="the store to restart")
+    assert after["generation"] > before["generation"]  # never repeats: the gateway cannot mistake tables
+    try:
+        assert "guarded" in [a["name"] for a in ray.get(store().live_apps.remote())]
+        assert cluster.post("/guarded/add", {"a": 1}, headers=good).json() == 2
+        assert cluster.post("/guarded/add", {"a": 1}).status_code == 401
+        cluster.wait_for(
+            lambda: requests.get(f"{cluster.url}/healthz", timeout=5).json()["generation"] >= after["generation"],
+            timeout=30,
+            what="the gateway to follow the restarted store",
+        )
+    finally:
+        set_auth("guarded", False)
+
+
+def _ping_or_none():
+    import ray
+
+    from raygpu.control import store
+
+    try:
+        return ray.get(store().ping.remote(), timeout=5)
+    except Exception:
+        return None
