@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from billing.intervals import Interval, LifecycleEvent, replica_intervals
 from billing.records import RequestRecord
-from billing.schema_versions import migrate, transaction
+from billing.schema_versions import open_database, transaction
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
@@ -133,14 +133,16 @@ REQUEST_FIELDS = ("id", "app", "function", "replica", "status", "latency_s", "by
 class Ledger:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
         # What is billed must survive a power loss once the meter has acknowledged it: every commit
         # reaches the disk (a batch per replica per second, so the cost is small).
-        self.conn.execute("PRAGMA synchronous=FULL")
-        migrate(self.conn, SCHEMA, LEDGER_SCHEMA_VERSION, LEDGER_MIGRATIONS, "billing ledger")
+        self.conn = open_database(
+            self.path,
+            synchronous="FULL",
+            schema=SCHEMA,
+            version=LEDGER_SCHEMA_VERSION,
+            migrations=LEDGER_MIGRATIONS,
+            what="billing ledger",
+        )
 
     def apply(
         self, events: Iterable[dict[str, Any]], requests: Iterable[dict[str, Any]]

@@ -7,12 +7,33 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 Migration = Callable[[sqlite3.Connection], None]
 
 
 class SchemaError(RuntimeError):
     """A database file this raygpu cannot use (written by a newer one)."""
+
+
+def open_database(
+    path: str | Path,
+    *,
+    synchronous: str,
+    schema: str,
+    version: int,
+    migrations: dict[int, Migration],
+    what: str,
+) -> sqlite3.Connection:
+    """An autocommit WAL connection to `path` (created if missing), migrated to `version`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    migrate(conn, schema, version, migrations, what)
+    return conn
 
 
 def migrate(conn: sqlite3.Connection, schema: str, version: int, migrations: dict[int, Migration], what: str) -> int:

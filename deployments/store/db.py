@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from billing.schema_versions import migrate, transaction
+from billing.schema_versions import open_database, transaction
 from deployments.spec import version_app_name
 
 SCHEMA = """
@@ -121,12 +121,16 @@ class StateDB:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        migrate(self.conn, SCHEMA, SCHEMA_VERSION, MIGRATIONS, "control-plane state")
+        # NORMAL: a killed store loses nothing it acknowledged; a power loss can cost the last
+        # second of arrivals and scale events (README, "Durability and upgrades").
+        self.conn = open_database(
+            self.path,
+            synchronous="NORMAL",
+            schema=SCHEMA,
+            version=SCHEMA_VERSION,
+            migrations=MIGRATIONS,
+            what="control-plane state",
+        )
 
     def close(self) -> None:
         self.conn.close()
