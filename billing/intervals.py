@@ -63,12 +63,23 @@ def day_boundaries(start: float, end: float) -> list[float]:
         day += dt.timedelta(days=1)
 
 
+class TimelineState(BaseModel):
+    """Where a replica's timeline stood after the events rolled up so far (a live replica's
+    checkpoint): its open phase and since when, its GPUs, and its last sign of life."""
+
+    phase: Phase | None
+    since: float
+    gpus: float
+    accelerator: str | None
+    last_ts: float | None
+
+
 class ReplicaTimeline:
     """One replica's phase state machine. Feed it events in (ts, lifecycle) order; it returns the
     intervals each event closes, and `open_interval` is what a replica that never sent its stop
     event is billed for: its current phase up to the last sign of life."""
 
-    def __init__(self, app: str, function: str, replica: str):
+    def __init__(self, app: str, function: str, replica: str, state: TimelineState | None = None):
         self.app, self.function, self.replica = app, function, replica
         self.gpus = 0.0
         self.accelerator: str | None = None
@@ -76,6 +87,14 @@ class ReplicaTimeline:
         self.since = 0.0
         self.last_ts: float | None = None
         self.stopped = False
+        if state is not None:
+            self.phase, self.since, self.gpus = state.phase, state.since, state.gpus
+            self.accelerator, self.last_ts = state.accelerator, state.last_ts
+
+    def state(self) -> TimelineState:
+        return TimelineState(
+            phase=self.phase, since=self.since, gpus=self.gpus, accelerator=self.accelerator, last_ts=self.last_ts
+        )
 
     def _interval(self, end: float) -> Interval | None:
         if self.phase is None or end <= self.since:
@@ -127,15 +146,21 @@ class ReplicaTimeline:
         return self._interval(self.last_ts)
 
 
-def replica_intervals(events: Iterable[LifecycleEvent]) -> list[Interval]:
-    """Closed phase intervals of every replica in `events` (duplicates and disorder tolerated)."""
+def replica_intervals(
+    events: Iterable[LifecycleEvent], resumed: dict[tuple[str, str, str], TimelineState] | None = None
+) -> list[Interval]:
+    """Closed phase intervals of every replica in `events` (duplicates and disorder tolerated);
+    a replica in `resumed` continues from that state (its earlier events were rolled up)."""
+    resumed = resumed or {}
     unique = {e.id: e for e in events}
     by_replica: dict[tuple[str, str, str], list[LifecycleEvent]] = defaultdict(list)
     for e in unique.values():
         by_replica[(e.app, e.function, e.replica)].append(e)
+    for key in resumed:
+        by_replica.setdefault(key, [])
     intervals: list[Interval] = []
     for (app, function, replica), evs in by_replica.items():
-        timeline = ReplicaTimeline(app, function, replica)
+        timeline = ReplicaTimeline(app, function, replica, resumed.get((app, function, replica)))
         for e in sorted(evs, key=event_order):
             intervals.extend(timeline.apply(e))
         last = timeline.open_interval()  # died without a stop: bill to the last sign of life

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from billing.intervals import Interval, LifecycleEvent, replica_intervals
+from billing.intervals import Interval, LifecycleEvent, ReplicaTimeline, TimelineState, event_order, replica_intervals
 from billing.records import RequestRecord
 from billing.schema_versions import open_database, transaction
 
@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS replicas (
     last_ts REAL NOT NULL,
     stopped INTEGER NOT NULL DEFAULT 0,
     rolled INTEGER NOT NULL DEFAULT 0,
+    cut_ts REAL,
+    cut_state TEXT,
     PRIMARY KEY (app, function, replica)
 );
 CREATE INDEX IF NOT EXISTS replicas_unrolled ON replicas (rolled, last_ts);
@@ -98,6 +100,9 @@ CREATE TABLE IF NOT EXISTS start_phases (
 LEDGER_SCHEMA_VERSION = 3
 # A replica silent this long without a stop event is gone: its events are rolled up too.
 ROLLUP_AFTER_S = 3600.0
+# A replica running longer than this is checkpointed: its closed intervals are rolled up, its events
+# dropped, its open phase kept as a state the next events continue from.
+CHECKPOINT_AFTER_S = 3600.0
 # Histogram bounds of the metrics whose totals the ledger keeps (billing/metrics.py exports them).
 REQUEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 COLD_START_BUCKETS_S = (
@@ -150,10 +155,12 @@ class Ledger:
         """Insert what is new; return the events and requests that were not already recorded. An
         event of a replica already rolled up is a resend of one the ledger had: it is ignored."""
         events = list(events)
-        rolled = self._rolled({(e["app"], e["function"], e["replica"]) for e in events})
+        cuts = self._cuts({(e["app"], e["function"], e["replica"]) for e in events})
         with transaction(self.conn):
             new_events = self._insert_new(
-                "events", EVENT_FIELDS, (e for e in events if (e["app"], e["function"], e["replica"]) not in rolled)
+                "events",
+                EVENT_FIELDS,
+                (e for e in events if e["ts"] > cuts.get((e["app"], e["function"], e["replica"]), float("-inf"))),
             )
             new_requests = self._insert_new("requests", REQUEST_FIELDS, requests)
             self._track_replicas(new_events)
@@ -164,13 +171,27 @@ class Ledger:
             self._add_totals(totals)
             return new_events, new_requests
 
-    def _rolled(self, keys: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
-        return {
-            key
-            for key in keys
-            if self.conn.execute(
-                "SELECT 1 FROM replicas WHERE app = ? AND function = ? AND replica = ? AND rolled = 1", key
+    def _cuts(self, keys: set[tuple[str, str, str]]) -> dict[tuple[str, str, str], float]:
+        """Per replica, the time up to which its events are already rolled up (infinite once the
+        replica is rolled up whole): an event at or before it is a resend, and is ignored."""
+        cuts: dict[tuple[str, str, str], float] = {}
+        for key in keys:
+            row = self.conn.execute(
+                "SELECT rolled, cut_ts FROM replicas WHERE app = ? AND function = ? AND replica = ?", key
             ).fetchone()
+            if row is not None and (row["rolled"] or row["cut_ts"] is not None):
+                cuts[key] = float("inf") if row["rolled"] else row["cut_ts"]
+        return cuts
+
+    def checkpoints(self, where: str = "", params: tuple[Any, ...] = ()) -> dict[tuple[str, str, str], TimelineState]:
+        """The checkpointed state of replicas not rolled up whole."""
+        return {
+            (r["app"], r["function"], r["replica"]): TimelineState.model_validate_json(r["cut_state"])
+            for r in self.conn.execute(
+                "SELECT app, function, replica, cut_state FROM replicas r WHERE rolled = 0 AND cut_state IS NOT NULL"
+                + where,
+                params,
+            )
         }
 
     def _track_replicas(self, events: list[dict[str, Any]]) -> None:
@@ -233,26 +254,70 @@ class Ledger:
                     list(key),
                 )
             )
-            intervals = replica_intervals(events)
-            totals = _Totals()
-            for iv in intervals:
-                totals.count("gpu_seconds", (iv.app, iv.function, iv.accelerator or "", iv.phase), iv.seconds * iv.gpus)
-                if iv.phase == "cold_start":
-                    totals.count("cold_starts", (iv.app, iv.function), 1)
-                    totals.observe("cold_start_duration", (iv.app, iv.function), iv.seconds)
+            intervals = replica_intervals(
+                events, self.checkpoints(" AND app = ? AND function = ? AND replica = ?", key)
+            )
             with transaction(self.conn):
-                self.conn.executemany(
-                    "INSERT INTO intervals (app, function, replica, phase, start, end, gpus, accelerator) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (iv.app, iv.function, iv.replica, iv.phase, iv.start, iv.end, iv.gpus, iv.accelerator)
-                        for iv in intervals
-                    ],
-                )
-                self._add_totals(totals)
+                self._keep_intervals(intervals)
                 self.conn.execute("DELETE FROM events WHERE app = ? AND function = ? AND replica = ?", key)
                 self.conn.execute("UPDATE replicas SET rolled = 1 WHERE app = ? AND function = ? AND replica = ?", key)
         return len(finished)
+
+    def checkpoint(self, now: float, limit: int = 50, older_than_s: float = CHECKPOINT_AFTER_S) -> int:
+        """Checkpoint up to `limit` replicas still running after `older_than_s` since their start or
+        last checkpoint: their closed intervals are kept, their events dropped, their open phase
+        kept as the state later events continue from. Returns how many were checkpointed."""
+        running = self.conn.execute(
+            "SELECT app, function, replica FROM replicas WHERE rolled = 0 AND stopped = 0 "
+            "AND COALESCE(cut_ts, first_ts) < ? AND last_ts > COALESCE(cut_ts, first_ts) LIMIT ?",
+            (now - older_than_s, limit),
+        ).fetchall()
+        for app, function, replica in running:
+            key = (app, function, replica)
+            events = sorted(
+                self._valid_rows(
+                    "events",
+                    EVENT_FIELDS,
+                    LifecycleEvent,
+                    "SELECT rowid, * FROM events WHERE app = ? AND function = ? AND replica = ?",
+                    list(key),
+                ),
+                key=event_order,
+            )
+            if not events:
+                continue
+            state = self.checkpoints(" AND app = ? AND function = ? AND replica = ?", key).get(key)
+            timeline = ReplicaTimeline(app, function, replica, state)
+            closed = [iv for e in events for iv in timeline.apply(e)]
+            cut = events[-1].ts
+            with transaction(self.conn):
+                self._keep_intervals(closed)
+                self.conn.execute(
+                    "DELETE FROM events WHERE app = ? AND function = ? AND replica = ? AND ts <= ?", (*key, cut)
+                )
+                self.conn.execute(
+                    "UPDATE replicas SET cut_ts = ?, cut_state = ? WHERE app = ? AND function = ? AND replica = ?",
+                    (cut, timeline.state().model_dump_json(), *key),
+                )
+        return len(running)
+
+    def _keep_intervals(self, intervals: list[Interval]) -> None:
+        """Store closed intervals and add them to the metric totals (inside a transaction)."""
+        totals = _Totals()
+        for iv in intervals:
+            totals.count("gpu_seconds", (iv.app, iv.function, iv.accelerator or "", iv.phase), iv.seconds * iv.gpus)
+            if iv.phase == "cold_start":
+                totals.count("cold_starts", (iv.app, iv.function), 1)
+                totals.observe("cold_start_duration", (iv.app, iv.function), iv.seconds)
+        self.conn.executemany(
+            "INSERT INTO intervals (app, function, replica, phase, start, end, gpus, accelerator) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (iv.app, iv.function, iv.replica, iv.phase, iv.start, iv.end, iv.gpus, iv.accelerator)
+                for iv in intervals
+            ],
+        )
+        self._add_totals(totals)
 
     def intervals(
         self,
@@ -287,7 +352,8 @@ class Ledger:
             "AND e.replica = r.replica" + unrolled,
             unrolled_params,
         )
-        return rolled + [iv for iv in replica_intervals(events) if iv.end > lo and iv.start < hi]
+        resumed = self.checkpoints(unrolled.replace(" WHERE r.rolled = 0", ""), tuple(unrolled_params))
+        return rolled + [iv for iv in replica_intervals(events, resumed) if iv.end > lo and iv.start < hi]
 
     def unrolled_events(self) -> list[LifecycleEvent]:
         """Events of replicas not rolled up yet (what a restarted meter replays)."""

@@ -58,6 +58,7 @@ class Meter:
         # A restarted meter exports the totals of the whole ledger again, not only what came after:
         # the ledger's kept totals, plus a replay of the replicas not rolled up yet.
         self.metrics.restore(self.ledger.totals())
+        self.metrics.resume(self.ledger.checkpoints())
         self.metrics.observe_events(self.ledger.unrolled_events())
         self.metrics_port = metrics_port
         self._server = self.metrics.serve(metrics_port, metrics_host) if metrics_port else None
@@ -121,15 +122,18 @@ class Meter:
             self._rollup = asyncio.get_running_loop().create_task(self.roll_up())
 
     async def roll_up(self) -> int:
-        """Roll up every finished replica, yielding the actor's loop between small batches."""
+        """Roll up every finished replica and checkpoint every long-running one, yielding the
+        actor's loop between small batches; returns how many replicas were handled."""
         rolled = 0
         try:
-            while True:
-                n = self.ledger.rollup(time.time(), limit=ROLLUP_BATCH_REPLICAS)
-                rolled += n
-                if n < ROLLUP_BATCH_REPLICAS:
-                    return rolled
-                await asyncio.sleep(0)
+            for step in (self.ledger.rollup, self.ledger.checkpoint):
+                while True:
+                    n = step(time.time(), limit=ROLLUP_BATCH_REPLICAS)
+                    rolled += n
+                    if n < ROLLUP_BATCH_REPLICAS:
+                        break
+                    await asyncio.sleep(0)
+            return rolled
         finally:
             self._rollup = None
 

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from billing.intervals import PHASES, Interval, LifecycleEvent, ReplicaTimeline, event_order
+from billing.intervals import PHASES, Interval, LifecycleEvent, ReplicaTimeline, TimelineState, event_order
 from billing.ledger import COLD_START_BUCKETS_S, REQUEST_BUCKETS_S
 
 # A replica silent for this long is gone (it died without a stop event): it leaves the replica
@@ -68,6 +68,14 @@ class UsageMetrics(Collector):
             registry=self.registry,
         )
         self.registry.register(self)
+
+    def resume(self, states: dict[tuple[str, str, str], TimelineState]) -> None:
+        """Continue live replicas from the state the ledger checkpointed (their earlier events are
+        rolled up into the totals `restore` loaded)."""
+        with self._lock:
+            for key, state in states.items():
+                self._functions.add((key[0], key[1]))
+                self._live[key] = ReplicaTimeline(*key, state)
 
     def observe_events(self, events: Iterable[LifecycleEvent]) -> None:
         with self._lock:

@@ -153,3 +153,48 @@ def test_a_restarted_meter_exports_what_it_did_before_rolling_up_and_after(tmp_p
     assert asyncio.run(restarted.roll_up()) == 1  # r1 stopped; r2 still runs
     assert exported(meter_of(path)) == before  # restored from the totals, r2 replayed from its events
     assert before['raygpu_requests_total{app="shop",function="add",status="200"}'] == 5.0
+
+
+def test_a_long_running_replica_is_checkpointed_and_bills_as_if_it_were_not(tmp_path):
+    from prometheus_client import generate_latest
+
+    start = time.time() - 9000
+
+    def beats(first: int, last: int, replica: str = "pinned") -> list[dict]:
+        return [event(100_000 + t, ts=start + t, replica=replica) for t in range(first, last, 2)]
+
+    def transition(i: int, kind: str, t: int) -> dict:
+        return event(i, kind, ts=start + t, replica="pinned")
+
+    first_part = [transition(1, "started", 0), transition(2, "ready", 10), transition(3, "serving", 20)]
+    first_part += [transition(4, "idle", 50), *beats(60, 3000)]
+    second_part = [transition(5, "serving", 3100), transition(6, "idle", 3200), *beats(3002, 3500)]
+
+    checkpointed, reference = meter_of(tmp_path / "a.db"), meter_of(tmp_path / "b.db")
+    for meter in (checkpointed, reference):
+        asyncio.run(meter.record({"events": first_part}))
+    assert checkpointed.ledger.checkpoint(time.time(), older_than_s=100) == 1
+    assert checkpointed.ledger.events() == []  # its 1,500 events are gone, its open phase kept
+    for meter in (checkpointed, reference):
+        asyncio.run(meter.record({"events": second_part + first_part[:3]}))  # with a resend of old events
+    assert len(checkpointed.ledger.events()) < 260
+    assert checkpointed.ledger.checkpoint(time.time(), older_than_s=100) == 1
+
+    def bills(meter: Meter) -> list:
+        return [
+            asyncio.run(meter.bill("shop", since=since, until=until))
+            for since, until in ((None, None), (start + 30, start + 3150), (start + 3150, None))
+        ]
+
+    assert bills(checkpointed) == bills(reference)
+    metric_lines = [
+        line
+        for line in generate_latest(meter_of(tmp_path / "a.db").metrics.registry).decode().splitlines()
+        if line.startswith(("raygpu_gpu_seconds_total", "raygpu_cold_starts_total"))
+    ]
+    reference_lines = [
+        line
+        for line in generate_latest(meter_of(tmp_path / "b.db").metrics.registry).decode().splitlines()
+        if line.startswith(("raygpu_gpu_seconds_total", "raygpu_cold_starts_total"))
+    ]
+    assert metric_lines == reference_lines and metric_lines
