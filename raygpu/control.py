@@ -59,14 +59,19 @@ def gateway_url() -> str:
 
 
 def wait_for_gateway(url: str, generation: int, wait_s: float) -> None:
-    """Block until the gateway serves routing-table generation `generation` or later."""
+    """Block until the gateway serves routing-table generation `generation`, or a later one that
+    the store really issued (a gateway still holding a table from before a store restart, or from
+    a restored state file, can report a higher number that is not later: it is not accepted)."""
     deadline = time.monotonic() + wait_s
     last_error = ""
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
-                if json.loads(response.read())["generation"] >= generation:
-                    return
+                served = json.loads(response.read())["generation"]
+            if served == generation:
+                return
+            if served > generation and served <= ray.get(store().ping.remote())["generation"]:
+                return  # a change made since ours is served too
         except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
             last_error = str(exc)
         time.sleep(0.1)
