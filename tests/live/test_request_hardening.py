@@ -132,8 +132,13 @@ def fuzz(url: str, app: str, paths: set[str], examples: int) -> list[str]:
 
 def test_fuzzing_from_the_openapi_documents_finds_no_raygpu_5xx(hardened):
     hardened.deploy(ROOT / "examples" / "hello.py")
-    problems = fuzz(hardened.url, "hardened", {"/hardened/total", "/hardened/fail"}, examples=60)
-    problems += fuzz(hardened.url, "hello", {"/hello/greet"}, examples=30)
+    hardened.deploy(ROOT / "examples" / "embeddings.py")
+    try:
+        problems = fuzz(hardened.url, "hardened", {"/hardened/total", "/hardened/fail"}, examples=60)
+        problems += fuzz(hardened.url, "hello", {"/hello/greet"}, examples=30)
+        problems += fuzz(hardened.url, "embeddings", {"/embeddings/Embedder/embed"}, examples=15)
+    finally:
+        hardened.cli("stop", "embeddings")
     assert not problems, "\n".join(problems[:20])
 
 
