@@ -79,9 +79,6 @@ MAX_PENDING_ARRIVALS = 100_000
 # ask for a sliver of it whenever the cluster has it, so they never land on the head node.
 WORKER_RESOURCE = "raygpu_worker"
 WORKER_RESOURCE_SLIVER = 0.001
-# How long a deploy waits for a new version's replicas to be placed before it gives up (keeping
-# the live version) and says what the cluster lacks.
-SCHEDULING_TIMEOUT_S = 60.0
 # After the gateway serves a new version, the old one is deleted this much later (calls routed to
 # it just before the switch still land on running replicas, which finish them).
 RETIRE_DELAY_S = 0.5  # arrivals a gateway replica buffers while the store is away; older ones drop

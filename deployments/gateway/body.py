@@ -9,8 +9,6 @@ from typing import Any
 
 # Deeper JSON than this is refused before it reaches a replica (pydantic and pickling recurse).
 MAX_JSON_DEPTH = 64
-# Python refuses to convert integer literals longer than this (sys.get_int_max_str_digits()).
-MAX_NUMBER_DIGITS = 4300
 
 
 class BodyError(ValueError):
