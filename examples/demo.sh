@@ -18,11 +18,11 @@ raygpu deploy examples/hello.py
 raygpu deploy examples/embeddings.py
 
 echo "== POST $URL/hello/greet"
-curl -sS -X POST "$URL/hello/greet" -H 'Content-Type: application/json' -d '{"name": "raygpu", "excited": true}'; echo
+raygpu call hello/greet --url "$URL" --data '{"name": "raygpu", "excited": true}'
 
 echo "== POST $URL/embeddings/Embedder/embed (first call loads all-MiniLM-L6-v2 on a GPU replica)"
-curl -sS -X POST "$URL/embeddings/Embedder/embed" -H 'Content-Type: application/json' \
-  -d '{"sentences": ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell."]}' |
+raygpu call embeddings/Embedder/embed --url "$URL" \
+  --data '{"sentences": ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell."]}' |
   python -c '
 import json, sys
 v = json.load(sys.stdin)
