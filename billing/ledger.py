@@ -245,18 +245,8 @@ class Ledger:
         ).fetchall()
         for app, function, replica in finished:
             key = (app, function, replica)
-            events = list(
-                self._valid_rows(
-                    "events",
-                    EVENT_FIELDS,
-                    LifecycleEvent,
-                    "SELECT rowid, * FROM events WHERE app = ? AND function = ? AND replica = ?",
-                    list(key),
-                )
-            )
-            intervals = replica_intervals(
-                events, self.checkpoints(" AND app = ? AND function = ? AND replica = ?", key)
-            )
+            events, state = self._replica_events(key)
+            intervals = replica_intervals(events, {key: state} if state is not None else None)
             with transaction(self.conn):
                 self._keep_intervals(intervals)
                 self.conn.execute("DELETE FROM events WHERE app = ? AND function = ? AND replica = ?", key)
@@ -274,19 +264,9 @@ class Ledger:
         ).fetchall()
         for app, function, replica in running:
             key = (app, function, replica)
-            events = sorted(
-                self._valid_rows(
-                    "events",
-                    EVENT_FIELDS,
-                    LifecycleEvent,
-                    "SELECT rowid, * FROM events WHERE app = ? AND function = ? AND replica = ?",
-                    list(key),
-                ),
-                key=event_order,
-            )
+            events, state = self._replica_events(key)
             if not events:
                 continue
-            state = self.checkpoints(" AND app = ? AND function = ? AND replica = ?", key).get(key)
             timeline = ReplicaTimeline(app, function, replica, state)
             closed = [iv for e in events for iv in timeline.apply(e)]
             cut = events[-1].ts
@@ -300,6 +280,20 @@ class Ledger:
                     (cut, timeline.state().model_dump_json(), *key),
                 )
         return len(running)
+
+    def _replica_events(self, key: tuple[str, str, str]) -> tuple[list[LifecycleEvent], TimelineState | None]:
+        """One replica's events not rolled up yet, in lifecycle order, and its checkpointed state."""
+        events = sorted(
+            self._valid_rows(
+                "events",
+                EVENT_FIELDS,
+                LifecycleEvent,
+                "SELECT rowid, * FROM events WHERE app = ? AND function = ? AND replica = ?",
+                list(key),
+            ),
+            key=event_order,
+        )
+        return events, self.checkpoints(" AND app = ? AND function = ? AND replica = ?", key).get(key)
 
     def _keep_intervals(self, intervals: list[Interval]) -> None:
         """Store closed intervals and add them to the metric totals (inside a transaction)."""
