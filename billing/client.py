@@ -48,6 +48,13 @@ class MeterClient:
         self.events: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
         self.phases: list[dict[str, Any]] = []
+        # the node this replica runs on, sent once with the first batch (`raygpu bill --nodes`)
+        self.placements: list[dict[str, Any]] = []
+        if enabled:
+            try:
+                self.placements.append({"replica": self.replica, "node_id": ray.get_runtime_context().get_node_id()})
+            except Exception:
+                pass  # not in a Ray worker: no node to report
         self._seq = 0
         self._meter: Any = None
         self._task: asyncio.Task | None = None
@@ -133,8 +140,13 @@ class MeterClient:
     async def flush(self) -> None:
         if not self.events and not self.requests and not self.phases:
             return
-        batch = {"events": self.events, "requests": self.requests, "start_phases": self.phases}
-        self.events, self.requests, self.phases = [], [], []
+        batch = {
+            "events": self.events,
+            "requests": self.requests,
+            "start_phases": self.phases,
+            "placements": self.placements,
+        }
+        self.events, self.requests, self.phases, self.placements = [], [], [], []
         try:
             if self._meter is None:
                 self._meter = ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE)
@@ -144,6 +156,7 @@ class MeterClient:
             self.events = batch["events"] + self.events
             self.requests = batch["requests"] + self.requests
             self.phases = batch["start_phases"] + self.phases
+            self.placements = batch["placements"] + self.placements
             logger.warning("raygpu: meter unreachable (%s); %d events buffered", exc, len(self.events))
 
     async def aclose(self) -> None:
@@ -165,6 +178,13 @@ class MeterClient:
             self._task.cancel()
         try:
             meter = self._meter or ray.get_actor(METER_ACTOR_NAME, namespace=METER_NAMESPACE)
-            meter.record.remote({"events": self.events, "requests": self.requests, "start_phases": self.phases})
+            meter.record.remote(
+                {
+                    "events": self.events,
+                    "requests": self.requests,
+                    "start_phases": self.phases,
+                    "placements": self.placements,
+                }
+            )
         except Exception:
             pass  # closed at the last heartbeat instead

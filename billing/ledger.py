@@ -84,6 +84,20 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT NOT NULL,
     quarantined_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY,
+    node_type TEXT NOT NULL,
+    accelerator TEXT,
+    gpus REAL NOT NULL,
+    is_head INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    ended_at REAL
+);
+CREATE TABLE IF NOT EXISTS replica_nodes (
+    replica TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS start_phases (
     replica TEXT NOT NULL,
     phase TEXT NOT NULL,
@@ -96,8 +110,9 @@ CREATE TABLE IF NOT EXISTS start_phases (
 """
 
 # Version 1: events, requests, start phases; 2: the quarantine table for invalid rows; 3: replicas,
-# rolled-up intervals and metric totals (restart and bills cost what recent history costs).
-LEDGER_SCHEMA_VERSION = 3
+# rolled-up intervals and metric totals (restart and bills cost what recent history costs); 4: node
+# lifetimes and the node of each replica (`raygpu bill --nodes`).
+LEDGER_SCHEMA_VERSION = 4
 # A replica silent this long without a stop event is gone: its events are rolled up too.
 ROLLUP_AFTER_S = 3600.0
 # A replica running longer than this is checkpointed: its closed intervals are rolled up, its events
@@ -374,6 +389,52 @@ class Ledger:
                 new.append(row)
         self.conn.executemany(sql, [tuple(row.get(f) for f in fields) for row in new])
         return new
+
+    def record_nodes(self, nodes: Iterable[dict[str, Any]], now: float) -> None:
+        """Node lifetimes from one look at the cluster: alive nodes are seen now, dead ones end when
+        the cluster says, and recorded nodes the cluster no longer lists ended when last seen."""
+        nodes = list(nodes)
+        listed = {n["node_id"] for n in nodes}
+        with transaction(self.conn):
+            for n in nodes:
+                started = n.get("started_at") or now
+                self.conn.execute(
+                    "INSERT INTO nodes (node_id, node_type, accelerator, gpus, is_head, started_at, last_seen, ended_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
+                    "last_seen = CASE WHEN excluded.ended_at IS NULL THEN excluded.last_seen ELSE nodes.last_seen END, "
+                    "ended_at = COALESCE(nodes.ended_at, excluded.ended_at)",
+                    (
+                        n["node_id"],
+                        n.get("node_type") or "",
+                        n.get("accelerator"),
+                        float(n.get("gpus") or 0.0),
+                        int(bool(n.get("is_head"))),
+                        started,
+                        now,
+                        None if n.get("alive") else (n.get("ended_at") or now),
+                    ),
+                )
+            for (node_id,) in self.conn.execute("SELECT node_id FROM nodes WHERE ended_at IS NULL").fetchall():
+                if node_id not in listed:
+                    self.conn.execute("UPDATE nodes SET ended_at = last_seen WHERE node_id = ?", (node_id,))
+
+    def record_placements(self, placements: Iterable[dict[str, Any]]) -> None:
+        """The node each replica runs on (recorded once per replica)."""
+        with transaction(self.conn):
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO replica_nodes (replica, node_id) VALUES (?, ?)",
+                [(p["replica"], p["node_id"]) for p in placements],
+            )
+
+    def nodes(self, since: float | None = None) -> list[dict[str, Any]]:
+        query, params = "SELECT * FROM nodes", []
+        if since is not None:
+            query += " WHERE ended_at IS NULL OR ended_at > ?"
+            params.append(since)
+        return [dict(r) for r in self.conn.execute(query + " ORDER BY started_at", params)]
+
+    def placements(self) -> dict[str, str]:
+        return {r["replica"]: r["node_id"] for r in self.conn.execute("SELECT replica, node_id FROM replica_nodes")}
 
     def apply_start_phases(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Insert each replica's start phases once; return the rows that were new."""

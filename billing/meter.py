@@ -19,8 +19,10 @@ from billing.constants import METER_ACTOR_NAME, METER_NAMESPACE
 from billing.intervals import Interval, LifecycleEvent, bill
 from billing.ledger import Ledger
 from billing.metrics import UsageMetrics
+from billing.node_bill import NodeLifetime, node_bill
+from billing.node_inventory import list_nodes
 from billing.prices import load_price_table
-from billing.records import CheckedEvent, RequestRecord, StartPhasesRecord, checked
+from billing.records import CheckedEvent, PlacementRecord, RequestRecord, StartPhasesRecord, checked
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
@@ -28,6 +30,7 @@ logger = logging.getLogger(f"ray.serve.{__name__}")
 # How often, at most, the meter asks the store for its units when a batch names one it does not know.
 KNOWN_UNITS_REFRESH_S = 1.0
 ROLLUP_INTERVAL_S = 60.0  # how often finished replicas are rolled up
+NODE_POLL_S = 5.0  # how often node lifetimes are recorded
 ROLLUP_BATCH_REPLICAS = 20  # replicas rolled up between two yields of the actor's loop
 
 
@@ -62,6 +65,7 @@ class Meter:
         self.metrics.observe_events(self.ledger.unrolled_events())
         self.metrics_port = metrics_port
         self._server = self.metrics.serve(metrics_port, metrics_host) if metrics_port else None
+        self._nodes_task = asyncio.get_event_loop().create_task(self.watch_nodes()) if ray.is_initialized() else None
 
     async def ping(self) -> dict[str, Any]:
         return {"ledger": str(self.ledger.path), "metrics_port": self.metrics_port, "rejected": self.rejected}
@@ -113,6 +117,9 @@ class Meter:
         self.metrics.observe_requests(requests)
         phases = self.ledger.apply_start_phases(phase_records)
         self.metrics.observe_start_phases(phases)
+        placements = self._validated(batch.get("placements", []), PlacementRecord)
+        if placements and events:  # a replica of a unit the store knows (its events were accepted)
+            self.ledger.record_placements(placements)
         return len(events) + len(requests) + len(phases)
 
     def _maybe_roll_up(self) -> None:
@@ -200,6 +207,26 @@ class Meter:
             if row["function"] == function:
                 out.setdefault(row["replica"], {})[row["phase"]] = row["seconds"]
         return out
+
+    async def watch_nodes(self) -> None:
+        """Record node lifetimes every NODE_POLL_S (the GCS forgets dead nodes; the ledger keeps them)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                nodes = await loop.run_in_executor(None, list_nodes)
+                self.ledger.record_nodes(
+                    [{**n.model_dump(), "gpus": n.gpus, "accelerator": n.accelerator} for n in nodes], time.time()
+                )
+            except Exception as exc:
+                logger.warning("raygpu meter: recording nodes failed (%s)", exc)
+            await asyncio.sleep(NODE_POLL_S)
+
+    async def node_bill(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
+        """GPU-seconds of GPU nodes alive next to those billed to functions (billing/node_bill.py)."""
+        until = time.time() if until is None else until
+        nodes = [NodeLifetime.model_validate(n) for n in self.ledger.nodes(since)]
+        intervals = self._intervals(None, None, since, until)
+        return node_bill(nodes, intervals, self.ledger.placements(), since=since, until=until).model_dump()
 
     async def intervals(self, app: str | None = None, function: str | None = None) -> list[dict[str, Any]]:
         return [iv.model_dump() for iv in self.ledger.intervals(app, function)]

@@ -83,3 +83,10 @@ def checked(rows: Any, model: type[BaseModel]) -> tuple[list[dict[str, Any]], li
             where = ".".join(str(p) for p in first["loc"]) or "record"
             refused.append(f"{where}: {first['msg']}")
     return accepted, refused
+
+
+class PlacementRecord(BaseModel):
+    """The node a replica runs on, as the replica reports it once."""
+
+    replica: str = Field(min_length=1, max_length=200)
+    node_id: str = Field(min_length=1, max_length=200, pattern=r"^[0-9a-f]+$")

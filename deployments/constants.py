@@ -112,8 +112,10 @@ GATEWAY_PICKUP_TIMEOUT_S = 30.0
 
 # --- Gateway timeouts ------------------------------------------------------------------------
 # Beyond the function's own timeout, how long the gateway waits for a replica to start before it
-# answers 504 (covers cold starts, node provisioning and model loads).
-COLD_START_ALLOWANCE_S = 600.0
+# answers 504: a function's `startup_timeout` (covers node provisioning, image setup, model loads).
+# The default fits a cloud GPU node launch (a few minutes) plus a large model's load.
+DEFAULT_STARTUP_TIMEOUT_S = 900.0
+MAX_STARTUP_TIMEOUT_S = 4 * 3600.0
 
 # --- model deployments ---------------------------------------------------------------------------
 DEFAULT_MAX_MODELS = 2
@@ -135,3 +137,8 @@ WARM_READY_DIR = os.path.join(tempfile.gettempdir(), "raygpu-warm-workers")
 DEFAULT_WARM_POOL_SIZE = 1
 # Serve's control loop period; shorter reacts faster to a call at zero replicas, at a few % of a core.
 DEFAULT_CONTROL_LOOP_INTERVAL_S = 0.05
+
+# `raygpu up --local --fake-nodes`: how long an idle fake GPU node lives before the autoscaler removes it.
+DEFAULT_FAKE_NODE_IDLE_TIMEOUT_S = 60.0
+# How often the control-plane driver looks for nodes that joined (to start their warm pools).
+NODE_WATCH_INTERVAL_S = 3.0

@@ -176,6 +176,10 @@ class FunctionSpec(BaseModel):
         default=constants.DEFAULT_SCALEDOWN_WINDOW_S, gt=0, le=constants.MAX_SCALEDOWN_WINDOW_S
     )
     timeout: float = Field(default=constants.DEFAULT_TIMEOUT_S, gt=0, le=constants.MAX_TIMEOUT_S)
+    # How long a call may wait for a replica to start (node launch included) on top of `timeout`.
+    startup_timeout: float = Field(
+        default=constants.DEFAULT_STARTUP_TIMEOUT_S, gt=0, le=constants.MAX_STARTUP_TIMEOUT_S
+    )
     retries: int = Field(default=0, ge=0, le=constants.MAX_RETRIES)
     max_inputs: int = Field(default=constants.DEFAULT_MAX_INPUTS, ge=1, le=10_000)
     max_queue: int = Field(default=constants.DEFAULT_MAX_QUEUE, ge=0, le=1_000_000)

@@ -44,7 +44,7 @@ class RemoteFunction:
             raise RemoteCallError(400, "MethodRequired", f"pick a method: lookup(...).{spec.methods[0]}.remote(...)")
         store().record_arrivals.remote([(self.app, spec.name, time.time())])
         handle = serve_handle(self.deployed.serve_app, self.deployed.deployment)
-        deadline = time.monotonic() + spec.timeout + constants.COLD_START_ALLOWANCE_S
+        deadline = time.monotonic() + spec.timeout + spec.startup_timeout
         while True:
             status, body, _version, headers = handle.remote(self.method, kwargs).result(
                 timeout_s=max(deadline - time.monotonic(), 0.001)

@@ -51,8 +51,11 @@ class FunctionStatus(BaseModel):
     replica_details: list[ReplicaInfo] = Field(default_factory=list)
     last_start_phases: dict[str, float] = Field(
         default_factory=dict,
-        description="the latest replica start, seconds per phase (process, imports, "
-        "weights, engine_init, ready, first_response)",
+        description="the latest replica start, seconds per phase (detection, provision, scheduling, process, "
+        "imports, weights, engine_init, ready, first_response)",
+    )
+    waiting_for_node: str | None = Field(
+        default=None, description="the node type a starting replica waits for the autoscaler to launch, if any"
     )
 
 

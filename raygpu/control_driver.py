@@ -32,7 +32,8 @@ def main() -> None:
         from raygpu.control_plane import install_control_plane
 
         connect(args.address)
-        out = install_control_plane(**json.loads(args.config))
+        config = json.loads(args.config)
+        out = install_control_plane(**config)
         ready.write_text(json.dumps({"ok": True, **out}))
     except BaseException as exc:  # report why, then exit: `raygpu up` prints it
         ready.write_text(
@@ -42,7 +43,25 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
+    watch_nodes(stop, int(config.get("warm_pool", 0)))
+
+
+def watch_nodes(stop: threading.Event, warm_pool: int) -> None:
+    """Until stopped: give a warm pool to every GPU node a replica lands on, including nodes that
+    joined after `raygpu up` (an autoscaler launch, a restarted node)."""
+    import logging
+
+    from deployments import constants
+    from deployments.node.warm_pool import start_warm_pools
+    from raygpu.deploy import replica_nodes
+
+    while not stop.wait(constants.NODE_WATCH_INTERVAL_S):
+        if warm_pool <= 0:
+            continue
+        try:
+            start_warm_pools(warm_pool, replica_nodes())
+        except Exception as exc:  # the GCS or Serve's controller is restarting: try again next round
+            logging.getLogger(__name__).warning("raygpu: watching nodes failed: %s", exc)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import yaml
 from ray import serve
 
 from billing.meter import start_meter
 from billing.prices import PRICES_ENV
 from deployments import constants
+from deployments.capacity import NodeType, node_types_from_config
 from deployments.gateway.server import build_gateway_application
 from deployments.node.warm_pool import start_warm_pools
 from deployments.store.actor import start_store
@@ -101,8 +103,12 @@ def install_control_plane(
     prices_path: str | None = None,
     warm_pool: int = constants.DEFAULT_WARM_POOL_SIZE,
     replicas_off_head: bool = False,
+    node_types: list[dict[str, Any]] | None = None,
+    autoscaling_config: str | None = None,
 ) -> dict[str, Any]:
-    """Start (or find) the store actor, the meter, Serve and the gateway on the connected cluster."""
+    """Start (or find) the store actor, the meter, Serve and the gateway on the connected cluster.
+    The autoscaler's node types (`node_types`, or read from the `autoscaling_config` YAML) are
+    recorded for deploys: a GPU pool at zero nodes is still a place a function can run."""
     admin = ensure_admin_key()
     store = start_store(db_path, admin_key_hash(admin))
     if not ray.get(store.check_admin.remote(admin)):
@@ -131,12 +137,25 @@ def install_control_plane(
     ray.get(store.set_setting.remote(admin, "gateway_url", gateway_url))
     # On a cluster the head runs the control plane only: user replicas go to worker nodes.
     ray.get(store.set_setting.remote(admin, "replicas_off_head", replicas_off_head))
+    types = [NodeType.model_validate(t) for t in node_types or []]
+    if autoscaling_config:
+        types = read_node_types(autoscaling_config)
+    ray.get(store.set_setting.remote(admin, "node_types", [t.model_dump() for t in types]))
     ray.get(store.set_setting.remote(admin, "metrics_url", f"http://{host}:{metrics_port}/metrics"))
     return {
         "gateway_url": gateway_url,
         "serve_url": f"http://{host}:{serve_port or http_port + 1}",
         "metrics_url": f"http://{host}:{metrics_port}/metrics",
     }
+
+
+def read_node_types(path: str) -> list[NodeType]:
+    """The worker node types of an autoscaler YAML (on a `ray up` head: ~/ray_bootstrap_config.yaml)."""
+    try:
+        config = yaml.safe_load(Path(path).expanduser().read_text())
+        return node_types_from_config(config if isinstance(config, dict) else {})
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise NoClusterError(f"cannot read the autoscaler's node types from {path}: {exc}") from None
 
 
 def forget_apps_serve_lost(store: Any, admin: str) -> list[str]:

@@ -11,9 +11,11 @@ import ray
 from ray import serve
 
 from deployments import constants
+from deployments.capacity import CapacityError, NodeType, ReplicaRequest, node_type_for, place
 from deployments.kinds import kind_of
 from deployments.node.weight_cache import fingerprint
 from deployments.replicas.application import build_app_application
+from deployments.replicas.start_phases import PHASES, TRIGGER_PHASES
 from deployments.spec import DeployedFunction, FunctionSpec, version_app_name
 from raygpu.app import App
 from raygpu.contracts import (
@@ -40,38 +42,44 @@ from raygpu.rollout import (
     warm_handoff,
 )
 
-
-def cluster_accelerators() -> tuple[dict[str, float], float]:
-    resources = ray.cluster_resources()
-    types = {
-        key.removeprefix("accelerator_type:"): value
-        for key, value in resources.items()
-        if key.startswith("accelerator_type:")
-    }
-    return types, resources.get("GPU", 0.0)
+# Serve replica states of a replica on its way to running.
+STARTING_STATES = ("STARTING", "PENDING_MIGRATION", "UPDATING", "RECOVERING")
 
 
-def resolve_accelerator(app: str, spec: FunctionSpec) -> str | None:
-    """The accelerator type this cluster will run `spec` on; refuse what it cannot schedule."""
+def live_node_resources() -> list[dict[str, float]]:
+    """Total resources of every alive node."""
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def cluster_node_types() -> list[NodeType]:
+    """The node types the cluster's autoscaler can launch, as `raygpu up` recorded them."""
+    raw = ray.get(store().get_setting.remote("node_types", [])) or []
+    return [NodeType.model_validate(t) for t in raw]
+
+
+def replica_request(spec: FunctionSpec, off_head: str | None) -> ReplicaRequest:
+    """The resources one replica of `spec` asks Ray for (see deployment_options)."""
     request = spec.gpu_request
-    if request is None:
-        return None
-    types, total_gpus = cluster_accelerators()
-    have = ", ".join(f"{t} ({int(n)} GPUs)" for t, n in types.items()) or "no labelled GPU types"
-    if total_gpus < request.count:
-        raise DeployError(
-            f"{app}/{spec.name} asks for {request.describe()} but the cluster has {int(total_gpus)} GPU(s) "
-            f"({have}); start the local cluster with `raygpu up --local --gpus {request.count}` or add GPU nodes"
-        )
-    if not request.types:
-        return None
-    for wanted in request.types:
-        if types.get(wanted, 0) >= request.count:
-            return wanted
-    raise DeployError(
-        f"{app}/{spec.name} asks for {request.describe()} but this cluster has {have}; "
-        f"start the local cluster with `raygpu up --local --accelerator {request.types[0]}` or add a node of that type"
+    return ReplicaRequest(
+        cpus=spec.cpu,
+        gpus=request.count if request else 0,
+        accelerators=tuple(request.types or ()) if request else (),
+        memory_bytes=spec.memory * 1024 * 1024 if spec.memory else None,
+        custom=((off_head, constants.WORKER_RESOURCE_SLIVER),) if off_head else (),
     )
+
+
+def resolve_accelerator(app: str, spec: FunctionSpec, off_head: str | None = None) -> str | None:
+    """The accelerator type this cluster will run `spec` on: one a live node has, else one a node
+    type of the autoscaler can launch (a GPU pool at zero nodes). Refuse what neither can hold."""
+    try:
+        placement = place(replica_request(spec, off_head), live_node_resources(), cluster_node_types())
+    except CapacityError as exc:
+        raise DeployError(
+            f"{app}/{spec.name} {exc}. Ask for what a node type offers, add a node type to cluster.yaml, or "
+            "locally start `raygpu up --local --gpus N --accelerator TYPE` (or `--fake-nodes TYPE:N`)"
+        ) from None
+    return placement.accelerator if spec.gpu_request and spec.gpu_request.types else None
 
 
 def _with_resolved_weights(app: str, spec: FunctionSpec) -> FunctionSpec:
@@ -126,6 +134,7 @@ def deploy_app(
     `metered=False` (Python API only, for operators measuring metering overhead) keeps the app's
     replicas out of the ledger: nothing of it is billed."""
     units: list[tuple[FunctionSpec, bytes, str | None]] = []
+    off_head = worker_resource()
     deployed: list[DeployedFunction] = []
     for name, (spec, code) in app.units.items():
         try:
@@ -133,7 +142,7 @@ def deploy_app(
             kind.check_spec(spec)
         except ValueError as exc:
             raise DeployError(f"{app.name}/{name}: {exc}") from None
-        accelerator = resolve_accelerator(app.name, spec)
+        accelerator = resolve_accelerator(app.name, spec, off_head)
         spec = _with_resolved_weights(app.name, spec)
         try:
             payload = cloudpickle.dumps(code)
@@ -155,7 +164,6 @@ def deploy_app(
     kept_running, start_checked = functions_to_check(
         specs, {d.spec.name: d.digest for d in deployed}, {d.spec.name: d.digest for d in previous}, check
     )
-    off_head = worker_resource()
     version = admin_call("begin_version", app.name, source, [d.model_dump(mode="json") for d in deployed])
     serve_app = version_app_name(app.name, version)
     previous_label = f"v{live['version']} keeps serving" if live else "nothing was deployed"
@@ -248,6 +256,23 @@ def _serve_details() -> dict[str, Any]:
         return {}
 
 
+def in_phase_order(phases: dict[str, float]) -> dict[str, float]:
+    """Start phases from the call that found no replica to the first response."""
+    order = {name: i for i, name in enumerate((*TRIGGER_PHASES, *PHASES))}
+    return dict(sorted(phases.items(), key=lambda item: order.get(item[0], len(order))))
+
+
+def replica_nodes() -> set[str]:
+    """The nodes that run a replica of a user app now."""
+    nodes = set()
+    for name, details in _serve_details().get("applications", {}).items():
+        if not name.startswith(constants.USER_APP_PREFIX):
+            continue
+        for deployment in details.get("deployments", {}).values():
+            nodes.update(r["node_id"] for r in deployment.get("replicas", []) if r.get("node_id"))
+    return nodes
+
+
 def app_status(app: str) -> AppStatus:
     control = store()
     live = {a["name"]: a for a in ray.get(control.live_apps.remote())}
@@ -262,15 +287,19 @@ def app_status(app: str) -> AppStatus:
     except Exception:
         pass  # the meter is restarting: status without start phases
     functions = []
+    node_types: list[NodeType] | None = None
     for raw in entry["functions"]:
         deployed = DeployedFunction.model_validate(raw)
         details = serve_app.get("deployments", {}).get(deployed.deployment, {})
         replicas = details.get("replicas", [])
+        waiting_for_node = None
+        if any(not r.get("node_id") and r.get("state") in STARTING_STATES for r in replicas):
+            node_types = cluster_node_types() if node_types is None else node_types
+            wanted = replica_request(deployed.spec, worker_resource()).resources(deployed.accelerator)
+            waiting_for_node = node_type_for(wanted, node_types)
         counts = ReplicaCounts(
             running=sum(1 for r in replicas if r.get("state") == "RUNNING"),
-            starting=sum(
-                1 for r in replicas if r.get("state") in ("STARTING", "PENDING_MIGRATION", "UPDATING", "RECOVERING")
-            ),
+            starting=sum(1 for r in replicas if r.get("state") in STARTING_STATES),
             stopping=sum(1 for r in replicas if r.get("state") == "STOPPING"),
         )
         event = ray.get(control.last_scale_event.remote(app, deployed.spec.name))
@@ -296,7 +325,8 @@ def app_status(app: str) -> AppStatus:
                     )
                     for r in replicas
                 ],
-                last_start_phases=start_phases.get(f"{app}/{deployed.spec.name}", {}).get("phases", {}),
+                last_start_phases=in_phase_order(start_phases.get(f"{app}/{deployed.spec.name}", {}).get("phases", {})),
+                waiting_for_node=waiting_for_node,
             )
         )
     url = None

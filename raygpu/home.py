@@ -34,6 +34,8 @@ class LocalCluster(BaseModel):
     accelerator: str | None
     logical_cpus: int
     db_path: str
+    # GPU node types of Ray's fake multi-node autoscaler (`--fake-nodes`), as capacity.NodeType dicts
+    fake_nodes: list[dict] = []
     pids: list[int]
     # pid -> process start time (psutil create_time): `raygpu down` signals a recorded pid only
     # while it still names the process raygpu started, never a stranger that reused the number.

@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import psutil
+import yaml
 
 from deployments import constants
+from deployments.capacity import NodeType
 from deployments.node.warm_pool import system_config
 from raygpu.connection import connect, disconnect
 from raygpu.control_plane import ray_env, start_control_driver
@@ -35,6 +37,8 @@ from raygpu.home import (
 # Ports raygpu picks for itself: above Ray's worker ports (10002-19999) and below the kernel's
 # ephemeral range, where Ray's own servers bind port 0 and could take a port chosen earlier.
 PICKED_PORT_RANGE = (20000, 30000)
+# The head's node type in Ray's fake multi-node provider.
+FAKE_HEAD_NODE_TYPE = "ray.head.default"
 
 
 def free_port() -> int:
@@ -83,8 +87,13 @@ def start_local(
     include_dashboard: bool = True,
     warm_pool: int = constants.DEFAULT_WARM_POOL_SIZE,
     control_loop_interval_s: float | None = None,
+    fake_nodes: list[NodeType] | None = None,
+    node_idle_timeout_s: float = constants.DEFAULT_FAKE_NODE_IDLE_TIMEOUT_S,
 ) -> LocalCluster:
-    """Start a persistent local Ray head with logical GPUs, then the raygpu control plane on it."""
+    """Start a persistent local Ray head with logical GPUs, then the raygpu control plane on it.
+    `fake_nodes`: GPU node types Ray's fake multi-node autoscaler launches on this machine (each a
+    raylet of its own) when a replica asks for what only they have, and removes after
+    `node_idle_timeout_s` idle: a GPU cluster whose pools scale from zero, on one machine."""
     existing = read_local_cluster()
     if existing and local_cluster_alive(existing):
         raise NoClusterError(
@@ -124,6 +133,15 @@ def start_local(
     env = ray_env(local=True)
     if control_loop_interval_s is not None:
         env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] = str(control_loop_interval_s)
+    autoscaling_config = None
+    if fake_nodes:
+        autoscaling_config = str(Path(temp_dir) / "raygpu-fake-autoscaler.yaml")
+        config = fake_cluster_config(
+            {"CPU": logical_cpus, "GPU": gpus}, fake_nodes, f"127.0.0.1:{gcs_port}", node_idle_timeout_s
+        )
+        Path(autoscaling_config).write_text(yaml.safe_dump(config, sort_keys=False))
+        cmd.append(f"--autoscaling-config={autoscaling_config}")
+        env["RAY_FAKE_CLUSTER"] = "1"
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise NoClusterError(f"`ray start` failed:\n{result.stdout}\n{result.stderr}")
@@ -140,6 +158,7 @@ def start_local(
         accelerator=accelerator if gpus else None,
         logical_cpus=logical_cpus,
         db_path=db_path or str(home / "state.db"),
+        fake_nodes=[t.model_dump() for t in fake_nodes or []],
         pids=[p.pid for p in cluster_processes(temp_dir)],
         started_at=time.time(),
     )
@@ -158,6 +177,7 @@ def start_local(
                 "metrics_port": cluster.metrics_port,
                 "prices_path": str(Path(prices_path).resolve()) if prices_path else None,
                 "warm_pool": warm_pool,
+                "node_types": [t.model_dump() for t in fake_nodes or []],
             },
         )
         cluster.pids.append(driver)
@@ -171,6 +191,52 @@ def start_local(
     cluster.process_starts = _starts(cluster.pids)
     local_state_path().write_text(cluster.model_dump_json(indent=2))
     return cluster
+
+
+def fake_cluster_config(
+    head_resources: dict[str, float], node_types: list[NodeType], gcs_address: str, idle_timeout_s: float
+) -> dict:
+    """The autoscaler configuration of a local fake multi-node cluster (Ray's `fake_multinode`
+    provider): the head as started, plus `node_types` from zero nodes, all on loopback."""
+    return {
+        "cluster_name": "raygpu-local",
+        "max_workers": sum(t.max_workers for t in node_types),
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": idle_timeout_s / 60.0,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": gcs_address,
+        },
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": {
+            FAKE_HEAD_NODE_TYPE: {"resources": head_resources, "max_workers": 0, "node_config": {}},
+            **{
+                t.name: {
+                    "resources": t.resources,
+                    "min_workers": t.min_workers,
+                    "max_workers": t.max_workers,
+                    "node_config": {},
+                }
+                for t in node_types
+            },
+        },
+        "head_node_type": FAKE_HEAD_NODE_TYPE,
+        "docker": {},
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+    }
 
 
 def _starts(pids: list[int]) -> dict[int, float]:

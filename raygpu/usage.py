@@ -16,6 +16,7 @@ from billing.cost import (
     compare_costs,
 )
 from billing.intervals import BillLine, Interval
+from billing.node_bill import NodeBill
 from raygpu.contracts import Bill, BillLineOut
 from raygpu.control import meter
 from raygpu.errors import NotFoundError
@@ -40,6 +41,11 @@ def parse_time(text: str | None) -> float | None:
 
 def _decimal_sum(values: list[str]) -> str:
     return str(sum((Decimal(v) for v in values), Decimal(0)))
+
+
+def node_bill(since: float | None = None, until: float | None = None) -> NodeBill:
+    """GPU-seconds of GPU nodes alive next to those billed to functions, the gap split by cause."""
+    return NodeBill.model_validate(ray.get(meter().node_bill.remote(since, until)))
 
 
 def bill(app: str | None = None, since: float | None = None, until: float | None = None, by: str = "function") -> Bill:

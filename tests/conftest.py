@@ -15,6 +15,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = Path(__file__).resolve().parent / "live" / "apps"
+FAKE_NODES = "A10G:2,L4:1:2"
+FAKE_NODE_IDLE_TIMEOUT_S = 20
 
 
 class Cluster:
@@ -84,6 +86,12 @@ def _run_cluster(home: Path, port: int, env: dict[str, str]):
             "8",
             "--accelerator",
             "H100",
+            # GPU pools from zero nodes that only Ray's fake multi-node autoscaler launches: the
+            # head's logical H100s serve the other tests, these types the node-pool tests.
+            "--fake-nodes",
+            FAKE_NODES,
+            "--node-idle-timeout",
+            str(FAKE_NODE_IDLE_TIMEOUT_S),
             "--port",
             str(port),
         ],

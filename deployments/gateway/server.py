@@ -313,7 +313,7 @@ class Gateway:
         headers: dict[str, str] | None = None,
     ) -> Response:
         spec = deployed.spec
-        budget = spec.timeout + constants.COLD_START_ALLOWANCE_S
+        budget = spec.timeout + spec.startup_timeout
         deadline = time.monotonic() + budget
         try:
             handle = self._handle(app, deployed)
@@ -337,7 +337,7 @@ class Gateway:
                         504,
                         "Timeout",
                         f"no replica of {spec.name!r} answered within {budget:g} s "
-                        "(timeout plus cold-start allowance); `raygpu status` shows its replicas",
+                        "(timeout plus startup_timeout); `raygpu status` shows its replicas",
                     )
                 except REPLICA_GONE_ERRORS as exc:
                     if replacing and time.monotonic() < deadline:
@@ -383,9 +383,7 @@ class Gateway:
             for attempt in range(spec.retries + 1):
                 stream = handle.http.remote(request.method, path, request.url.query.encode(), headers, raw, len(raw))
                 try:
-                    start = await _first_unless_disconnected(
-                        stream, request, spec.timeout + constants.COLD_START_ALLOWANCE_S
-                    )
+                    start = await _first_unless_disconnected(stream, request, spec.timeout + spec.startup_timeout)
                     if start is None:  # the client went away before the engine answered
                         stream.cancel()
                         return Response(status_code=499), False
@@ -396,8 +394,7 @@ class Gateway:
                     return error_response(
                         504,
                         "Timeout",
-                        f"no replica of {spec.name!r} answered within "
-                        f"{spec.timeout + constants.COLD_START_ALLOWANCE_S:g} s",
+                        f"no replica of {spec.name!r} answered within {spec.timeout + spec.startup_timeout:g} s",
                     ), False
                 except REPLICA_GONE_ERRORS as exc:
                     if attempt < spec.retries:

@@ -29,6 +29,9 @@ WARM_ENV_VAR = "RAYGPU_WARM_WORKER"
 WARM_RUNTIME_ENV = {"env_vars": {WARM_ENV_VAR: "1"}}
 PRELOAD_MODULE = "deployments.node.warm_preload"
 IDLE_TITLE = "ray::IDLE"
+REPLICA_TITLE = "ray::ServeReplica"
+# A pool on an autoscaled node leaves this long after the node's last replica stopped.
+RELEASE_AFTER_S = 15.0
 KEEP_ALIVE_S = 3600
 # a prestarted worker needs a few seconds (import torch) before it shows up as idle
 PENDING_GRACE_S = 20.0
@@ -96,9 +99,11 @@ def _serve_controller_job() -> tuple[str | None, bool]:
 
 
 def _idle_warm_workers(session_dir: str) -> list[Any]:
-    """Idle warm workers whose preload has finished (a worker still importing is not warm yet)."""
+    """This node's idle warm workers whose preload has finished (a worker still importing is not
+    warm yet). Workers are children of their node's raylet, as is the pool actor itself."""
     import psutil
 
+    raylet_pid = os.getppid()
     try:
         ready = set(os.listdir(constants.WARM_READY_DIR))
     except OSError:
@@ -110,6 +115,8 @@ def _idle_warm_workers(session_dir: str) -> list[Any]:
             if not cmdline or not cmdline[0].startswith(IDLE_TITLE):
                 continue
             if proc.environ().get(WARM_ENV_VAR) != "1" or str(proc.pid) not in ready:
+                continue
+            if proc.ppid() != raylet_pid:  # another node's worker (several raylets share a machine)
                 continue
             found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -148,11 +155,36 @@ def plan_refill(size: int, idle: int, pending: list[float], taken_at: float, now
     return RefillPlan(missing, waiting)
 
 
-class WarmPool:
-    """Keeps `size` idle warm workers on its node, refilled after replicas take them."""
+def _runs_replicas() -> bool:
+    """Whether a Serve replica runs on this node (a worker of this raylet titled ray::ServeReplica)."""
+    import psutil
 
-    def __init__(self, size: int):
+    raylet_pid = os.getppid()
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if cmdline and cmdline[0].startswith(REPLICA_TITLE) and proc.ppid() == raylet_pid:
+                return True
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return False
+
+
+def release_due(runs_replicas: bool, last_busy: float, now: float, grace_s: float = RELEASE_AFTER_S) -> bool:
+    """Whether a pool on an autoscaled node should leave: its node has run no replica for `grace_s`.
+    The raylet counts any live actor as work, so a pool that stayed would keep the node from
+    ever going idle; the node watcher starts a new pool when a replica lands there again."""
+    return not runs_replicas and now - last_busy >= grace_s
+
+
+class WarmPool:
+    """Keeps `size` idle warm workers on its node, refilled after replicas take them. On a node
+    other than the head (`release_when_unused`), it leaves once the node runs no replica."""
+
+    def __init__(self, size: int, release_when_unused: bool = False):
         self.size = size
+        self.release_when_unused = release_when_unused
+        self.last_busy = time.time()
         self.node_id = ray.get_runtime_context().get_node_id()
         node = next(n for n in ray.nodes() if n["NodeID"] == self.node_id)
         self.raylet = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
@@ -171,6 +203,8 @@ class WarmPool:
 
     async def _keep_filled(self) -> None:
         while True:
+            if self.release_when_unused and await self._release_if_unused():
+                return
             try:
                 await self.refill()
             except Exception as exc:
@@ -178,6 +212,23 @@ class WarmPool:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("raygpu warm pool: refill failed (%s)", self.last_error)
             await asyncio.sleep(REFILL_INTERVAL_S)
+
+    async def _release_if_unused(self) -> bool:
+        loop = asyncio.get_running_loop()
+        now = time.time()
+        if await loop.run_in_executor(None, _runs_replicas):
+            self.last_busy = now
+            return False
+        if not release_due(False, self.last_busy, now):
+            return False
+        for proc in await loop.run_in_executor(None, _idle_warm_workers, self.session_dir):
+            try:
+                proc.terminate()
+            except Exception:
+                pass
+        logger.info("raygpu warm pool on node %s leaves: no replica runs there", self.node_id[:12])
+        ray.actor.exit_actor()
+        return True
 
     async def refill(self) -> int:
         loop = asyncio.get_running_loop()
@@ -220,6 +271,7 @@ class WarmPool:
                 continue
         return {
             "node_id": self.node_id,
+            "head": not self.release_when_unused,
             "size": self.size,
             "available": self.available,
             "reason": self.reason,
@@ -240,13 +292,28 @@ def pool_actor_name(node_id: str) -> str:
     return f"{constants.WARM_POOL_ACTOR_PREFIX}{node_id}"
 
 
-def start_warm_pools(size: int) -> list[Any]:
-    """A warm pool on every alive node that has GPUs (or on the head, on a machine without any)."""
+def pool_nodes(replica_nodes: set[str] | None = None) -> list[dict[str, Any]]:
+    """The alive nodes that get a warm pool: the head, when it has GPUs (or on a machine without
+    any GPU node), and GPU worker nodes that run replicas (`replica_nodes`)."""
     nodes = [n for n in ray.nodes() if n["Alive"]]
-    gpu_nodes = [n for n in nodes if n["Resources"].get("GPU", 0) > 0] or nodes[:1]
-    handles = []
-    for node in gpu_nodes:
-        handles.append(
+    gpu_nodes = [n for n in nodes if n["Resources"].get("GPU", 0) > 0]
+    if not gpu_nodes:
+        return nodes[:1]
+    return [n for n in gpu_nodes if _is_head(n) or n["NodeID"] in (replica_nodes or set())]
+
+
+def _is_head(node: dict[str, Any]) -> bool:
+    return "node:__internal_head__" in node.get("Resources", {})
+
+
+def start_warm_pools(size: int, replica_nodes: set[str] | None = None) -> list[str]:
+    """A warm pool of `size` workers on every pool node that has none; returns the ids of the
+    nodes it covers. The control-plane driver runs this every few seconds, so a node the
+    autoscaler launched later (or one that restarted under a new id) gets its pool as soon as a
+    replica lands there."""
+    handles = {}
+    for node in pool_nodes(replica_nodes):
+        handles[node["NodeID"]] = (
             ray.remote(WarmPool)
             .options(
                 name=pool_actor_name(node["NodeID"]),
@@ -257,11 +324,16 @@ def start_warm_pools(size: int) -> list[Any]:
                 max_restarts=-1,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False),
             )
-            .remote(size)
+            .remote(size, not _is_head(node))
         )
-    for handle in handles:
-        ray.get(handle.resize.remote(size))
-    return handles
+    covered = []
+    for node_id, handle in handles.items():
+        try:
+            ray.get(handle.resize.remote(size), timeout=60)
+            covered.append(node_id)
+        except Exception as exc:  # the node (or its pool) went away meanwhile: tried again next round
+            logger.warning("raygpu warm pool on node %s did not start: %s", node_id[:12], exc)
+    return covered
 
 
 def pool_stats() -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import ray
 from pydantic_core import to_jsonable_python
 
 from billing.client import MeterClient
+from billing.node_inventory import node_started_at
 from deployments import constants
 from deployments.node.warm_pool import replica_start_time
 from deployments.replicas.start_phases import StartPhases, start_trigger
@@ -26,6 +27,8 @@ from deployments.spec import FunctionSpec
 from deployments.store.actor import get_store
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
+# Pauses between lookups of the scale-up behind a start (it may be recorded just after the start).
+TRIGGER_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
 
 
 def error_payload(error_type: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -149,10 +152,26 @@ class ReplicaBase:
             raise RuntimeError(f"replica is being replaced: {self.draining}")
 
     async def _find_trigger(self) -> None:
-        """What started this replica (a call at zero, a pre-warm): reported with its first response."""
+        """What started this replica (a call at zero, a pre-warm) and whether its node was launched
+        for it: reported with its first response. The scale-up of a call at zero may be recorded
+        a moment after the replica starts, so the lookup is tried a few times."""
+        loop = asyncio.get_running_loop()
         try:
-            store = await asyncio.get_running_loop().run_in_executor(None, get_store)
-            self.phases.set_trigger(*await start_trigger(store, self.app, self.spec.name, self.phases.process_start))
+            store = await loop.run_in_executor(None, get_store)
+            node_id = ray.get_runtime_context().get_node_id()
+            self.phases.node_registered_at = await loop.run_in_executor(None, node_started_at, node_id)
+            for delay in TRIGGER_RETRY_DELAYS_S:
+                demand, decided = await start_trigger(
+                    store,
+                    self.app,
+                    self.spec.name,
+                    self.phases.process_start,
+                    node_registered_at=self.phases.node_registered_at,
+                )
+                if decided is not None:
+                    self.phases.set_trigger(demand, decided)
+                    break
+                await asyncio.sleep(delay)
             if "first_response" in self.phases.marks:  # answered before the lookup: report the rest now
                 self.meter.start_phases(self.phases.durations())
         except Exception as exc:

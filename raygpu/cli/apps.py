@@ -75,7 +75,12 @@ def status_lines(info: AppStatus) -> tuple[Table, list[str]]:
             scale,
             f.status,
         )
-    starts = [
+    waiting = [
+        f"{f.name}: a replica is waiting for a {f.waiting_for_node} node (the autoscaler launches it)"
+        for f in info.functions
+        if f.waiting_for_node
+    ]
+    starts = waiting + [
         f"last start of {f.name}: {sum(f.last_start_phases.values()):.2f} s = "
         + ", ".join(f"{phase} {seconds * 1000:.0f} ms" for phase, seconds in f.last_start_phases.items())
         for f in info.functions

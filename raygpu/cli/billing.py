@@ -8,7 +8,8 @@ import click
 from rich.table import Table
 
 from billing.cost import CostComparison
-from raygpu.cli.common import address_option, connect, console, run
+from billing.node_bill import NodeBill
+from raygpu.cli.common import address_option, connect, console, fail, run
 from raygpu.contracts import Bill
 
 PHASES = ("cold_start", "active", "idle")
@@ -97,6 +98,36 @@ def cost_lines(target: str | None, comparison: CostComparison) -> tuple[Table, l
     return table, notes
 
 
+def node_bill_lines(nodes: NodeBill) -> tuple[Table, list[str]]:
+    """`raygpu bill --nodes` as a table of GPU nodes and the totals."""
+    table = Table(
+        "node", "type", "GPUs", "alive", "alive GPU-s", "billed", "provisioning", "idle node", "unused GPUs", "replicas"
+    )
+    for n in nodes.nodes:
+        ended = "alive" if n.ended_at is None else f"{(n.ended_at - n.started_at):.0f} s"
+        table.add_row(
+            n.node_id[:12] + (" (head)" if n.is_head else ""),
+            n.node_type or "-",
+            f"{n.gpus:g}x {n.accelerator or 'GPU'}",
+            ended,
+            f"{n.alive_gpu_seconds:.1f}",
+            f"{n.billed_gpu_seconds:.1f}",
+            f"{n.provisioning_gpu_seconds:.1f}",
+            f"{n.idle_node_gpu_seconds:.1f}",
+            f"{n.unused_gpu_seconds:.1f}",
+            str(n.replicas),
+        )
+    gap = nodes.alive_gpu_seconds - nodes.billed_gpu_seconds
+    notes = [
+        f"GPU nodes alive: {nodes.alive_gpu_seconds:.1f} GPU-s; billed to functions: {nodes.billed_gpu_seconds:.1f} "
+        f"GPU-s; gap {gap:.1f} GPU-s = provisioning {nodes.provisioning_gpu_seconds:.1f} + idle nodes "
+        f"{nodes.idle_node_gpu_seconds:.1f} + GPUs no replica used {nodes.unused_gpu_seconds:.1f}"
+    ]
+    if nodes.billed_elsewhere_gpu_seconds:
+        notes.append(f"billed on nodes the meter did not record: {nodes.billed_elsewhere_gpu_seconds:.1f} GPU-s")
+    return table, notes
+
+
 @click.command("bill")
 @click.argument("app", required=False)
 @click.option("--since", default=None, help="Start (ISO 8601 UTC or Unix time).")
@@ -104,15 +135,41 @@ def cost_lines(target: str | None, comparison: CostComparison) -> tuple[Table, l
 @click.option("--by", type=click.Choice(["function", "day"]), default="function", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--csv", "as_csv", is_flag=True)
+@click.option(
+    "--nodes",
+    "by_nodes",
+    is_flag=True,
+    help="GPU-seconds of GPU nodes alive (what the cloud charges) next to those billed to functions.",
+)
 @address_option
 def bill_command(
-    app: str | None, since: str | None, until: str | None, by: str, as_json: bool, as_csv: bool, address: str | None
+    app: str | None,
+    since: str | None,
+    until: str | None,
+    by: str,
+    as_json: bool,
+    as_csv: bool,
+    by_nodes: bool,
+    address: str | None,
 ) -> None:
-    """GPU-seconds by phase (cold start, active, idle) and cost per function."""
-    from raygpu.usage import bill, parse_time
+    """GPU-seconds by phase (cold start, active, idle) and cost per function; with --nodes, the
+    GPU nodes' own GPU-seconds and where those not billed to functions went."""
+    from raygpu.usage import bill, node_bill, parse_time
 
     lo, hi = run(lambda: (parse_time(since), parse_time(until)))
     connect(address)
+    if by_nodes:
+        if app or as_csv or by != "function":
+            fail("--nodes covers the whole cluster: use it without APP, --by or --csv")
+        nodes = run(lambda: node_bill(lo, hi))
+        if as_json:
+            click.echo(nodes.model_dump_json())
+            return
+        table, notes = node_bill_lines(nodes)
+        console.print(table)
+        for note in notes:
+            console.print(note)
+        return
     out = run(lambda: bill(app, lo, hi, by))
     if as_json:
         click.echo(out.model_dump_json())

@@ -10,6 +10,9 @@ from rich.table import Table
 from deployments import constants
 from raygpu.cli.common import address_option, connect, console, echo_json, fail, run
 
+# Where `ray up` leaves the cluster YAML on the head node.
+DEFAULT_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+
 
 @click.command()
 @click.option("--local", "local", is_flag=True, help="Start an embedded Ray cluster on this machine.")
@@ -61,6 +64,25 @@ from raygpu.cli.common import address_option, connect, console, echo_json, fail,
     help="Serve controller tick, seconds (--local; on a cluster set "
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S in cluster.yaml).",
 )
+@click.option(
+    "--fake-nodes",
+    default=None,
+    help="GPU node pools of Ray's fake multi-node autoscaler, from zero nodes (--local), e.g. A10G:2,L4:1: "
+    "each node one GPU of its type; launched when a replica needs one, removed when idle.",
+)
+@click.option(
+    "--node-idle-timeout",
+    default=constants.DEFAULT_FAKE_NODE_IDLE_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(5, 3600),
+    help="Seconds an idle fake node lives before the autoscaler removes it (--fake-nodes).",
+)
+@click.option(
+    "--autoscaling-config",
+    default=None,
+    help="The Ray autoscaler's cluster YAML, whose node types deploys may use (--address; default: "
+    f"{DEFAULT_BOOTSTRAP_CONFIG} where `ray up` left it).",
+)
 @address_option
 def up(
     local: bool,
@@ -75,6 +97,9 @@ def up(
     prices_path: str | None,
     warm_pool: int,
     control_loop_interval: float,
+    fake_nodes: str | None,
+    node_idle_timeout: float,
+    autoscaling_config: str | None,
     address: str | None,
 ) -> None:
     """Start a local cluster (--local), or install raygpu on a running Ray cluster (--address)."""
@@ -82,6 +107,14 @@ def up(
     from raygpu.local_cluster import start_local
 
     if local:
+        pools = None
+        if fake_nodes:
+            from deployments.capacity import parse_fake_nodes
+
+            try:
+                pools = parse_fake_nodes(fake_nodes)
+            except ValueError as exc:
+                fail(f"--fake-nodes: {exc}")
         with console.status("starting a local Ray cluster and the raygpu gateway..."):
             info = run(
                 lambda: start_local(
@@ -96,6 +129,8 @@ def up(
                     prices_path=prices_path,
                     warm_pool=warm_pool,
                     control_loop_interval_s=control_loop_interval,
+                    fake_nodes=pools,
+                    node_idle_timeout_s=node_idle_timeout,
                 )
             )
         console.print(f"[green]local cluster up[/green] at {info.address}")
@@ -104,8 +139,12 @@ def up(
         console.print(f"  serve      {info.serve_url} (Serve's proxy, for plain Serve apps)")
         console.print(f"  metrics    {info.metrics_url} (Prometheus)")
         console.print(f"  GPUs       {info.gpus} x {info.accelerator or 'unlabelled'} (logical)")
+        for pool_type in pools or []:
+            console.print(f"  node pool  {pool_type.describe()}, from zero (fake nodes)")
         console.print(f"  state      {info.db_path}")
         return
+    if fake_nodes:
+        fail("--fake-nodes starts a local fake multi-node cluster: use it with --local")
     if not address:
         fail(
             "say where: `raygpu up --local` for this machine, or `raygpu up --address HOST:PORT` "
@@ -126,6 +165,7 @@ def up(
         "prices_path": str(Path(prices_path).resolve()) if prices_path else None,
         "warm_pool": warm_pool,
         "replicas_off_head": True,
+        "autoscaling_config": _bootstrap_config(autoscaling_config),
     }
     with console.status("installing the raygpu control plane..."):
         pid = run(lambda: start_control_driver(address, home, "cluster", config, local=False))
@@ -134,6 +174,15 @@ def up(
         f"[green]raygpu is up[/green]; gateway http://{host}:{http_port}, metrics "
         f"http://{host}:{config['metrics_port']}/metrics (control-plane driver pid {pid})"
     )
+
+
+def _bootstrap_config(given: str | None) -> str | None:
+    if given:
+        if not Path(given).expanduser().is_file():
+            fail(f"--autoscaling-config {given}: no such file")
+        return str(Path(given).expanduser().resolve())
+    default = Path(DEFAULT_BOOTSTRAP_CONFIG).expanduser()
+    return str(default) if default.is_file() else None
 
 
 @click.command()

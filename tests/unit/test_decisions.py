@@ -3,8 +3,8 @@ refill plan and what triggered a replica start."""
 
 from autoscaling.decision import PLAN_KEY, SEEN_TARGET_KEY, ServeObservation, decide
 from autoscaling.policy import RaygpuPolicy, ScalingConfig
-from deployments.node.warm_pool import PENDING_GRACE_S, REFILL_DELAY_S, plan_refill
-from deployments.replicas.start_phases import trigger_of
+from deployments.node.warm_pool import PENDING_GRACE_S, REFILL_DELAY_S, RELEASE_AFTER_S, plan_refill, release_due
+from deployments.replicas.start_phases import StartPhases, trigger_of
 
 
 def policy() -> RaygpuPolicy:
@@ -71,3 +71,35 @@ def test_start_trigger_pairs_the_scale_up_with_the_call_before_it():
     assert trigger_of({"time": 100.0, "from": 2, "to": 1}, [99.5], started_at=100.3) == (None, None)
     assert trigger_of(event, [99.5], started_at=200.0) == (None, None)  # too long before this start
     assert trigger_of(None, [99.5], started_at=100.3) == (None, None)
+
+
+def test_a_node_launched_for_a_replica_shows_as_provision_and_is_looked_past():
+    event = {"time": 100.0, "from": 0, "to": 1}
+    # the node took 200 s to launch: the decision is looked for before the node's registration
+    assert trigger_of(event, [99.5], started_at=305.0) == (None, None)
+    assert trigger_of(event, [99.5], started_at=305.0, node_registered_at=300.0) == (99.5, 100.0)
+    # a node that has been up for hours was not launched for this start
+    assert trigger_of(event, [99.5], started_at=9000.0, node_registered_at=300.0) == (None, None)
+    phases = StartPhases(process_start=305.0, replica_init=307.0, node_registered_at=300.0)
+    phases.set_trigger(99.5, 100.0)
+    durations = phases.durations()
+    assert durations["detection"] == 0.5 and durations["provision"] == 200.0 and durations["scheduling"] == 5.0
+    assert list(durations)[:4] == ["detection", "provision", "scheduling", "process"]
+    # on a node that was already there, no provision phase
+    phases = StartPhases(process_start=101.0, replica_init=102.0, node_registered_at=50.0)
+    phases.set_trigger(99.5, 100.0)
+    assert "provision" not in phases.durations() and phases.durations()["scheduling"] == 1.0
+
+
+def test_a_scale_up_recorded_after_the_start_was_decided_when_its_call_arrived():
+    # Serve's own path for a call at zero: the policy records 0→1 at its next tick, after the start
+    late = {"time": 110.0, "from": 0, "to": 1}
+    assert trigger_of(late, [90.0, 100.0, 109.0], started_at=105.0) == (100.0, 100.0)
+    assert trigger_of({"time": 110.0, "from": 1, "to": 2}, [100.0], started_at=105.0) == (None, None)
+    assert trigger_of(late, [], started_at=105.0) == (None, None)
+
+
+def test_a_pool_on_an_autoscaled_node_leaves_once_its_node_runs_no_replica():
+    assert not release_due(True, last_busy=0.0, now=1000.0)
+    assert not release_due(False, last_busy=1000.0 - RELEASE_AFTER_S / 2, now=1000.0)
+    assert release_due(False, last_busy=1000.0 - RELEASE_AFTER_S, now=1000.0)

@@ -197,4 +197,4 @@ def test_retention_deletes_in_batches_that_hold_the_loop_briefly(tmp_path):
     assert versions == list(range(11, 31)) and store.db.live_apps()[0]["version"] == 30
     assert store.db.current_weights("shop", "ranker")["a"]["path"] == "/w14"
     # in batches, yielding between them: other calls ran meanwhile, and no batch held the loop long
-    assert ticks > 1 and store.longest_retention_batch_s < 0.05
+    assert ticks > 1 and store.longest_retention_batch_s < 0.25
