@@ -17,14 +17,24 @@ import requests
 
 
 @contextmanager
-def private_cluster(gpus: int = 2, include_dashboard: bool = False) -> Iterator[Any]:
-    """A local raygpu cluster in a private RAYGPU_HOME on a free port, stopped by its pids on exit."""
+def private_cluster(
+    gpus: int = 2, include_dashboard: bool = False, fake_nodes: str | None = None, node_idle_timeout_s: float = 60.0
+) -> Iterator[Any]:
+    """A local raygpu cluster in a private RAYGPU_HOME on a free port, stopped by its pids on exit;
+    `fake_nodes` (e.g. "A10G:1") adds GPU pools from zero nodes (Ray's fake multi-node autoscaler)."""
     os.environ["RAYGPU_HOME"] = tempfile.mkdtemp(prefix="raygpu-bench-")
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ.pop("RAYGPU_ADDRESS", None)
+    from deployments.capacity import parse_fake_nodes
     from raygpu.local_cluster import free_port, start_local, stop_local
 
-    info = start_local(gpus=gpus, http_port=free_port(), include_dashboard=include_dashboard)
+    info = start_local(
+        gpus=gpus,
+        http_port=free_port(),
+        include_dashboard=include_dashboard,
+        fake_nodes=parse_fake_nodes(fake_nodes) if fake_nodes else None,
+        node_idle_timeout_s=node_idle_timeout_s,
+    )
     try:
         yield info
     finally:

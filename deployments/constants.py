@@ -142,3 +142,9 @@ DEFAULT_CONTROL_LOOP_INTERVAL_S = 0.05
 DEFAULT_FAKE_NODE_IDLE_TIMEOUT_S = 60.0
 # How often the control-plane driver looks for nodes that joined (to start their warm pools).
 NODE_WATCH_INTERVAL_S = 3.0
+# The weight blob store (an actor on the head over the state dir's weights/) and each node's copies.
+WEIGHT_BLOBS_ACTOR_NAME = "raygpu-weight-blobs"
+NODE_BLOB_DIR = "/tmp/raygpu-weight-blobs"
+# The control plane over HTTP: the gateway forwards POST /_raygpu/admin/{operation} to this actor.
+ADMIN_API_ACTOR_NAME = "raygpu-admin-api"
+ADMIN_ROUTE = "_raygpu"

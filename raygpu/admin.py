@@ -4,10 +4,13 @@ The store keeps only its hash; replicas are never given it. No Ray."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from raygpu.errors import AdminCredentialError
@@ -39,8 +42,25 @@ def ensure_admin_key() -> str:
     return key
 
 
+_request_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("raygpu_admin_key", default=None)
+
+
+@contextlib.contextmanager
+def using_admin_key(key: str) -> Iterator[None]:
+    """Within this block, `admin_key()` is `key`: the admin API acts with the credential its caller
+    presented (already checked by the store), never with a file of the head's."""
+    token = _request_key.set(key)
+    try:
+        yield
+    finally:
+        _request_key.reset(token)
+
+
 def admin_key() -> str:
     """The admin key the CLI holds; refuse a missing, empty or group/world-readable file."""
+    presented = _request_key.get()
+    if presented is not None:
+        return presented
     path = admin_key_path()
     try:
         mode = path.stat().st_mode

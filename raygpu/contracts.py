@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # `raygpu cost --json` is `billing.cost.CostComparison` (money and ratios as strings).
 from billing.cost import CostComparison, CostOption, PriceRange
+from deployments.spec import FunctionSpec, RouteSchema
 
 __all__ = ["CostComparison", "CostOption", "PriceRange"]
 
@@ -134,3 +135,14 @@ class Bill(BaseModel):
     lines: list[BillLineOut]
     total_gpu_seconds: str
     total_cost_usd: str
+
+
+class PreparedUnit(BaseModel):
+    """One unit of a deploy as the CLI ships it to the cluster: its spec (weights as stored
+    locations), its pickled code (base64 in JSON) and its HTTP routes."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    spec: FunctionSpec
+    payload: bytes
+    routes: list[RouteSchema] = Field(default_factory=list)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -49,6 +51,13 @@ def meter() -> Any:
         raise NoClusterError("the cluster has no raygpu meter; run `raygpu up` again to install it") from None
 
 
+def public_url() -> str:
+    """What callers outside the cluster call the gateway by (`raygpu up --public-url`), else its own URL."""
+    if os.environ.get(GATEWAY_URL_ENV):
+        return os.environ[GATEWAY_URL_ENV].rstrip("/")
+    return (ray.get(store().get_setting.remote("public_url")) or gateway_url()).rstrip("/")
+
+
 def gateway_url() -> str:
     if os.environ.get(GATEWAY_URL_ENV):
         return os.environ[GATEWAY_URL_ENV].rstrip("/")
@@ -56,6 +65,18 @@ def gateway_url() -> str:
     if not url:
         raise NoClusterError(f"the gateway URL is unknown; set {GATEWAY_URL_ENV} or run `raygpu up` again")
     return url
+
+
+def _loopback_tls(url: str) -> ssl.SSLContext | None:
+    """The gateway's own certificate names its public host, not 127.0.0.1: a loopback check of a
+    TLS gateway (on the head, by the control plane) skips the name and chain; any other verifies."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme != "https" or parsed.hostname not in ("127.0.0.1", "::1", "localhost"):
+        return None
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def wait_for_gateway(url: str, generation: int, wait_s: float) -> None:
@@ -66,7 +87,7 @@ def wait_for_gateway(url: str, generation: int, wait_s: float) -> None:
     last_error = ""
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5, context=_loopback_tls(url)) as response:
                 served = json.loads(response.read())["generation"]
             if served == generation:
                 return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -30,9 +31,11 @@ def main() -> None:
     try:
         from raygpu.connection import connect
         from raygpu.control_plane import install_control_plane
+        from raygpu.home import claim_state_dir
 
-        connect(args.address)
         config = json.loads(args.config)
+        claim_state_dir(config["state_dir"], args.address, os.getpid())
+        connect(args.address)
         out = install_control_plane(**config)
         ready.write_text(json.dumps({"ok": True, **out}))
     except BaseException as exc:  # report why, then exit: `raygpu up` prints it

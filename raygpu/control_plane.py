@@ -21,10 +21,17 @@ from billing.prices import PRICES_ENV
 from deployments import constants
 from deployments.capacity import NodeType, node_types_from_config
 from deployments.gateway.server import build_gateway_application
+from deployments.node.blobs import start_blobs
 from deployments.node.warm_pool import start_warm_pools
 from deployments.store.actor import start_store
 from raygpu.admin import admin_key_hash, ensure_admin_key
+from raygpu.admin_api import start_admin_api
 from raygpu.errors import NoClusterError
+
+# Inside a cluster's state dir.
+STORE_DB = "state.db"
+LEDGER_DB = "ledger.db"
+WEIGHT_BLOBS_DIR = "weights"
 
 
 def ray_env(local: bool) -> dict[str, str]:
@@ -95,7 +102,7 @@ def start_control_driver(
 
 def install_control_plane(
     *,
-    db_path: str,
+    state_dir: str,
     http_host: str = "0.0.0.0",
     http_port: int = constants.DEFAULT_HTTP_PORT,
     serve_port: int | None = None,
@@ -105,36 +112,47 @@ def install_control_plane(
     replicas_off_head: bool = False,
     node_types: list[dict[str, Any]] | None = None,
     autoscaling_config: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    public_url: str | None = None,
 ) -> dict[str, Any]:
     """Start (or find) the store actor, the meter, Serve and the gateway on the connected cluster.
     The autoscaler's node types (`node_types`, or read from the `autoscaling_config` YAML) are
     recorded for deploys: a GPU pool at zero nodes is still a place a function can run."""
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
     admin = ensure_admin_key()
-    store = start_store(db_path, admin_key_hash(admin))
+    store = start_store(str(state / STORE_DB), admin_key_hash(admin))
     if not ray.get(store.check_admin.remote(admin)):
         raise NoClusterError("the running control-plane store does not accept this machine's admin credential")
     prices_path = prices_path or os.environ.get(PRICES_ENV)
     start_meter(
-        str(Path(db_path).with_name("ledger.db")),
+        str(state / LEDGER_DB),
         str(Path(prices_path).resolve()) if prices_path else None,
         metrics_port,
         http_host,
         store_actor=constants.STORE_ACTOR_NAME,
         store_namespace=constants.RAY_NAMESPACE,
     )
+    start_blobs(str(state / WEIGHT_BLOBS_DIR))
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     # Serve's own proxy serves plain Serve apps next to raygpu; raygpu's gateway listens itself.
     serve.start(
         http_options={"host": http_host, "port": serve_port or http_port + 1},
         proxy_location="HeadOnly",
     )
-    forget_apps_serve_lost(store, admin)
-    serve.run(build_gateway_application(http_host, http_port), name=constants.GATEWAY_APP_NAME, route_prefix=None)
+    serve.run(
+        build_gateway_application(http_host, http_port, constants.MAX_BODY_BYTES, tls_cert, tls_key),
+        name=constants.GATEWAY_APP_NAME,
+        route_prefix=None,
+    )
     start_warm_pools(warm_pool)
+    start_admin_api()
 
     host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
-    gateway_url = f"http://{host}:{http_port}"
+    gateway_url = f"{'https' if tls_cert else 'http'}://{host}:{http_port}"
     ray.get(store.set_setting.remote(admin, "gateway_url", gateway_url))
+    ray.get(store.set_setting.remote(admin, "public_url", public_url.rstrip("/") if public_url else None))
     # On a cluster the head runs the control plane only: user replicas go to worker nodes.
     ray.get(store.set_setting.remote(admin, "replicas_off_head", replicas_off_head))
     types = [NodeType.model_validate(t) for t in node_types or []]
@@ -142,10 +160,14 @@ def install_control_plane(
         types = read_node_types(autoscaling_config)
     ray.get(store.set_setting.remote(admin, "node_types", [t.model_dump() for t in types]))
     ray.get(store.set_setting.remote(admin, "metrics_url", f"http://{host}:{metrics_port}/metrics"))
+    restored, forgotten = restore_apps_serve_lost(store, admin)
     return {
         "gateway_url": gateway_url,
+        "public_url": public_url or gateway_url,
         "serve_url": f"http://{host}:{serve_port or http_port + 1}",
         "metrics_url": f"http://{host}:{metrics_port}/metrics",
+        "restored_apps": restored,
+        "forgotten_apps": forgotten,
     }
 
 
@@ -158,16 +180,36 @@ def read_node_types(path: str) -> list[NodeType]:
         raise NoClusterError(f"cannot read the autoscaler's node types from {path}: {exc}") from None
 
 
-def forget_apps_serve_lost(store: Any, admin: str) -> list[str]:
-    """Mark stopped the registry's live apps that Serve no longer runs (e.g. after `raygpu down`
-    and `up` with the same state file), so the gateway never routes to a missing application."""
+def restore_apps_serve_lost(store: Any, admin: str) -> tuple[list[str], list[str]]:
+    """Redeploy the live versions Serve no longer runs (a restarted head, `raygpu down` and `up`
+    on the same state dir) from the code payloads the store kept; apps whose code the store does
+    not have (recorded before it kept code) are marked stopped, so the gateway never routes to a
+    missing application. Returns (restored, forgotten)."""
+    from deployments.replicas.application import build_app_application
+    from deployments.spec import DeployedFunction
+    from raygpu.deploy import worker_resource
+    from raygpu.rollout import start
 
     running = set(serve.status().applications)
-    lost = [
-        app["name"]
-        for app in ray.get(store.live_apps.remote())
-        if not app["functions"] or any(f.get("serve_app") not in running for f in app["functions"])
-    ]
-    for name in lost:
-        ray.get(store.delete_app.remote(admin, name))
-    return lost
+    restored, forgotten = [], []
+    for app in ray.get(store.live_apps.remote()):
+        functions = [DeployedFunction.model_validate(f) for f in app["functions"]]
+        if functions and all(f.serve_app in running for f in functions):
+            continue
+        payloads = ray.get(store.version_payloads.remote(admin, app["name"], app["version"])) if functions else {}
+        if not functions or any(f.spec.name not in payloads for f in functions):
+            ray.get(store.delete_app.remote(admin, app["name"]))
+            forgotten.append(app["name"])
+            continue
+        units = [(f.spec, payloads[f.spec.name], f.accelerator) for f in functions]
+        application = build_app_application(
+            app["name"],
+            app["version"],
+            units,
+            constants.STORE_ACTOR_NAME,
+            constants.RAY_NAMESPACE,
+            worker_resource=worker_resource(),
+        )
+        start(application, functions[0].serve_app)
+        restored.append(app["name"])
+    return restored, forgotten

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from deployments.node.weight_cache import fingerprint
 from deployments.replicas.application import build_app_application
 from deployments.replicas.start_phases import PHASES, TRIGGER_PHASES
 from deployments.spec import DeployedFunction, FunctionSpec, version_app_name
+from deployments.weights_location import is_location, parse_location
+from raygpu.admin import admin_key
 from raygpu.app import App
 from raygpu.contracts import (
     AppList,
@@ -24,11 +27,12 @@ from raygpu.contracts import (
     AppSummary,
     DeployResult,
     FunctionStatus,
+    PreparedUnit,
     ReplicaCounts,
     ReplicaInfo,
     ScaleEvent,
 )
-from raygpu.control import admin_call, gateway_url, meter, store, wait_for_gateway
+from raygpu.control import admin_call, gateway_url, meter, public_url, store, wait_for_gateway
 from raygpu.errors import DeployError, NoClusterError, NotFoundError
 from raygpu.rollout import (
     digest_of,
@@ -82,20 +86,32 @@ def resolve_accelerator(app: str, spec: FunctionSpec, off_head: str | None = Non
     return placement.accelerator if spec.gpu_request and spec.gpu_request.types else None
 
 
-def _with_resolved_weights(app: str, spec: FunctionSpec) -> FunctionSpec:
-    """A torch model's weights files as absolute paths, each checked readable here."""
-    if spec.torch_model is None:
-        return spec
-    weights = {m: str(Path(p).expanduser().resolve()) for m, p in spec.torch_model.weights.items()}
-    for model_id, path in weights.items():
+def stored_weights(where: str, path: str) -> str:
+    """The location replicas load `path` from: a local file is uploaded into the cluster's blob
+    store (by content: unchanged weights upload nothing), so no node reads the deployer's disk;
+    `file://` paths on shared storage are read in place; `raygpu-blob://` must already be stored."""
+    from deployments.node.blobs import blobs, upload
+
+    if is_location(path):
         try:
-            fingerprint(path)
-        except FileNotFoundError as exc:
-            raise DeployError(
-                f"{app}/{spec.name}: model {model_id!r}: {exc}; weights files must be readable "
-                "where you deploy and on the GPU nodes (a shared path)"
-            ) from None
-    return spec.model_copy(update={"torch_model": spec.torch_model.model_copy(update={"weights": weights})})
+            location = parse_location(path)
+        except ValueError as exc:
+            raise DeployError(f"{where}: {exc}") from None
+        if location.kind == "blob" and not ray.get(blobs().has.remote(location.path)):
+            raise DeployError(f"{where}: the cluster has no weights blob {location.path}; deploy the file instead")
+        return location.uri
+    resolved = Path(path).expanduser().resolve()
+    try:
+        fingerprint(resolved)
+    except FileNotFoundError as exc:
+        raise DeployError(
+            f"{where}: {exc}; give a file on this machine (it is uploaded) or file:///path on storage every node mounts"
+        ) from None
+    try:
+        location, _ = upload(resolved, admin_key())
+    except PermissionError as exc:
+        raise DeployError(f"{where}: the cluster refused the upload ({exc})") from None
+    return location.uri
 
 
 def worker_resource() -> str | None:
@@ -120,8 +136,45 @@ def live_serve_app(app: str) -> str:
     return entry["functions"][0]["serve_app"]
 
 
+def prepare_units(app: App, store_weights: Callable[[str, str], str] | None = None) -> list[PreparedUnit]:
+    """What a deploy ships of each unit, made where its code is loaded: the spec (weights as
+    stored locations, via `store_weights(where, path)`), the pickled code and the HTTP routes."""
+    store_weights = store_weights or stored_weights
+    prepared = []
+    for name, (spec, code) in app.units.items():
+        try:
+            kind = kind_of(spec)
+            kind.check_spec(spec)
+        except ValueError as exc:
+            raise DeployError(f"{app.name}/{name}: {exc}") from None
+        if spec.torch_model is not None:
+            weights = {
+                model_id: store_weights(f"{app.name}/{spec.name}: model {model_id!r}", path)
+                for model_id, path in spec.torch_model.weights.items()
+            }
+            spec = spec.model_copy(update={"torch_model": spec.torch_model.model_copy(update={"weights": weights})})
+        try:
+            payload = cloudpickle.dumps(code)
+        except Exception as exc:
+            raise DeployError(f"{app.name}/{name} cannot be shipped to replicas: {exc}") from None
+        prepared.append(PreparedUnit(spec=spec, payload=payload, routes=kind.routes(app.name, spec, code)))
+    return prepared
+
+
 def deploy_app(
     app: App, source: str, wait_s: float = constants.READY_TIMEOUT_S, metered: bool = True, check: bool = False
+) -> DeployResult:
+    """Record a new version and roll it out beside the live one (see roll_out)."""
+    return roll_out(app.name, source, prepare_units(app), wait_s=wait_s, metered=metered, check=check)
+
+
+def roll_out(
+    app_name: str,
+    source: str,
+    prepared: list[PreparedUnit],
+    wait_s: float = constants.READY_TIMEOUT_S,
+    metered: bool = True,
+    check: bool = False,
 ) -> DeployResult:
     """Record a new version and roll it out beside the live one; the live version keeps serving
     until the new one is live, and keeps serving if the new one cannot start.
@@ -136,57 +189,57 @@ def deploy_app(
     units: list[tuple[FunctionSpec, bytes, str | None]] = []
     off_head = worker_resource()
     deployed: list[DeployedFunction] = []
-    for name, (spec, code) in app.units.items():
-        try:
-            kind = kind_of(spec)
-            kind.check_spec(spec)
-        except ValueError as exc:
-            raise DeployError(f"{app.name}/{name}: {exc}") from None
-        accelerator = resolve_accelerator(app.name, spec, off_head)
-        spec = _with_resolved_weights(app.name, spec)
-        try:
-            payload = cloudpickle.dumps(code)
-        except Exception as exc:
-            raise DeployError(f"{app.name}/{name} cannot be shipped to replicas: {exc}") from None
-        units.append((spec, payload, accelerator))
+    for unit in prepared:
+        spec = unit.spec
+        for model_id, path in (spec.torch_model.weights if spec.torch_model else {}).items():
+            if not is_location(path):
+                raise DeployError(f"{app_name}/{spec.name}: model {model_id!r}: {path} was not uploaded")
+        accelerator = resolve_accelerator(app_name, spec, off_head)
+        units.append((spec, unit.payload, accelerator))
         deployed.append(
             DeployedFunction(
                 spec=spec,
                 deployment=spec.name,
                 accelerator=accelerator,
-                routes=kind.routes(app.name, spec, code),
-                digest=digest_of(spec, payload),
+                routes=unit.routes,
+                digest=digest_of(spec, unit.payload),
             )
         )
-    live = _live_entry(app.name)
+    live = _live_entry(app_name)
     previous = [DeployedFunction.model_validate(f) for f in live["functions"]] if live else []
     specs = {spec.name: spec for spec, _, _ in units}
     kept_running, start_checked = functions_to_check(
         specs, {d.spec.name: d.digest for d in deployed}, {d.spec.name: d.digest for d in previous}, check
     )
-    version = admin_call("begin_version", app.name, source, [d.model_dump(mode="json") for d in deployed])
-    serve_app = version_app_name(app.name, version)
+    version = admin_call(
+        "begin_version",
+        app_name,
+        source,
+        [d.model_dump(mode="json") for d in deployed],
+        {spec.name: payload for spec, payload, _ in units},
+    )
+    serve_app = version_app_name(app_name, version)
     previous_label = f"v{live['version']} keeps serving" if live else "nothing was deployed"
 
     def refuse(reason: str) -> DeployError:
         if serve_app in serve.status().applications:
             serve.delete(serve_app, _blocking=False)
-        admin_call("mark_failed", app.name, version)
-        return DeployError(f"{app.name} v{version} was not deployed ({previous_label}): {reason}")
+        admin_call("mark_failed", app_name, version)
+        return DeployError(f"{app_name} v{version} was not deployed ({previous_label}): {reason}")
 
     for spec, _, _ in units:
         if spec.torch_model is not None:  # the weights a deploy names become current unless they already are
             for model_id, path in spec.torch_model.weights.items():
-                admin_call("set_weights", app.name, spec.name, model_id, path, fingerprint(path), "deploy", True)
+                admin_call("set_weights", app_name, spec.name, model_id, path, fingerprint(path), "deploy", True)
     if start_checked:
-        errors = run_start_checks(app.name, version, [u for u in units if u[0].name in start_checked], off_head, wait_s)
+        errors = run_start_checks(app_name, version, [u for u in units if u[0].name in start_checked], off_head, wait_s)
         if errors:
-            raise refuse(_startup_failures(app.name, errors))
+            raise refuse(_startup_failures(app_name, errors))
     running = running_replicas(previous[0].serve_app) if previous else {}
     initial = warm_handoff(running, specs, ray.available_resources().get("GPU", 0.0))
     try:
         application = build_app_application(
-            app.name,
+            app_name,
             version,
             units,
             constants.STORE_ACTOR_NAME,
@@ -204,20 +257,20 @@ def deploy_app(
     except DeployError as exc:
         raise refuse(str(exc)) from None
     if errors:
-        raise refuse(_startup_failures(app.name, errors))
-    generation = admin_call("mark_live", app.name, version)
+        raise refuse(_startup_failures(app_name, errors))
+    generation = admin_call("mark_live", app_name, version)
     url = None
     try:
-        url = gateway_url()
-        wait_for_gateway(url, generation, wait_s)
+        wait_for_gateway(gateway_url(), generation, wait_s)
+        url = public_url()
     except NoClusterError:
         pass
     time.sleep(constants.RETIRE_DELAY_S)  # calls routed just before the switch reach the old version
-    retire_versions(app.name, keep=serve_app)
+    retire_versions(app_name, keep=serve_app)
     return DeployResult(
-        app=app.name,
+        app=app_name,
         version=version,
-        functions=list(app.specs),
+        functions=[unit.spec.name for unit in prepared],
         routes=[r.path for d in deployed for r in d.routes],
         gateway_url=url,
         checked=sorted(kept_running | start_checked),
@@ -331,7 +384,7 @@ def app_status(app: str) -> AppStatus:
         )
     url = None
     try:
-        url = gateway_url()
+        url = public_url()
     except NoClusterError:
         pass
     return AppStatus(
@@ -378,14 +431,32 @@ def push_weights(app: str, function: str, path: str, model: str | None = None) -
     model = model or spec.torch_model.default_model
     if model not in spec.torch_model.weights:
         raise NotFoundError(f"{app}/{function} has no model {model!r}; models: {', '.join(spec.torch_model.weights)}")
-    resolved = str(Path(path).expanduser().resolve())
+    where = f"{app}/{function}: model {model!r}"
+    if not is_location(path):
+        local = str(Path(path).expanduser().resolve())
+        try:
+            fingerprint(local)
+        except FileNotFoundError as exc:
+            raise DeployError(str(exc)) from None
+        check_weights_fit(app, function, model, local)  # before anything is uploaded
+    stored = stored_weights(where, path)
+    if is_location(path):
+        try:
+            check_weights_fit(app, function, model, readable_here(stored))
+        except ImportError:
+            pass  # a head without torch: the replicas check the weights when they load them
+    version = admin_call("set_weights", app, function, model, stored, fingerprint(stored), "push")
+    return {"app": app, "function": function, "model": model, "version": version, "path": stored}
+
+
+def check_weights_readable(path: str) -> None:
+    """Refuse a file that is not a weights file (before it is uploaded anywhere)."""
+    from deployments.engines.torch_engine import weights_signature
+
     try:
-        key = fingerprint(resolved)
-    except FileNotFoundError as exc:
-        raise DeployError(str(exc)) from None
-    check_weights_fit(app, function, model, resolved)
-    version = admin_call("set_weights", app, function, model, resolved, key, "push")
-    return {"app": app, "function": function, "model": model, "version": version, "path": resolved}
+        weights_signature(path)
+    except ValueError as exc:
+        raise DeployError(f"refused: {exc}") from None
 
 
 def check_weights_fit(app: str, function: str, model: str, path: str) -> None:
@@ -401,15 +472,26 @@ def check_weights_fit(app: str, function: str, model: str, path: str) -> None:
     if current is None:
         return
     try:
-        running = weights_signature(current["path"])
-    except ValueError:
-        return  # the current file is gone from here: nothing to compare against
+        running = weights_signature(readable_here(current["path"]))
+    except (ValueError, OSError):
+        return  # the current weights cannot be read from here: nothing to compare against
     problems = signature_mismatches(running, new)
     if problems:
         raise DeployError(
             f"refused: {path} does not fit {app}/{function} model {model!r} "
             f"(v{current['version']} keeps serving): " + "; ".join(problems)
         )
+
+
+def readable_here(path: str) -> str:
+    """A file on this machine with the weights at `path` (a blob is fetched into $RAYGPU_HOME)."""
+    from deployments.node.blobs import local_copy
+    from raygpu.home import raygpu_home
+
+    if not is_location(path):
+        return path
+    location = parse_location(path)
+    return str(local_copy(location.path, raygpu_home() / "blobs")) if location.kind == "blob" else location.path
 
 
 def current_weights(app: str, function: str) -> dict[str, dict[str, Any]]:

@@ -3,6 +3,7 @@ local cluster started by `raygpu up --local`. No Ray."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -33,7 +34,8 @@ class LocalCluster(BaseModel):
     gpus: int
     accelerator: str | None
     logical_cpus: int
-    db_path: str
+    # the cluster's state: control-plane store (state.db), ledger (ledger.db), weight blobs (weights/)
+    state_dir: str
     # GPU node types of Ray's fake multi-node autoscaler (`--fake-nodes`), as capacity.NodeType dicts
     fake_nodes: list[dict] = []
     pids: list[int]
@@ -64,6 +66,39 @@ class LocalCluster(BaseModel):
     def metrics_url(self) -> str:
         """The meter's Prometheus exporter."""
         return f"http://{self.http_host}:{self.metrics_port}/metrics"
+
+
+def default_state_dir() -> Path:
+    """Where a cluster keeps its state unless told otherwise (`--state-dir`)."""
+    return raygpu_home()
+
+
+OWNER_FILE = "owner.json"
+
+
+class StateDirInUse(Exception):
+    pass
+
+
+def claim_state_dir(state_dir: str | Path, address: str, pid: int) -> None:
+    """Make `state_dir` the state of the control plane run by process `pid` for the cluster at
+    `address`. Refused while another control plane that is still running holds it: two clusters
+    never share a store, a ledger or weights."""
+    directory = Path(state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    owner_path = directory / OWNER_FILE
+    try:
+        owner = json.loads(owner_path.read_text())
+    except (OSError, ValueError):
+        owner = None
+    if isinstance(owner, dict) and owner.get("pid") != pid:
+        holder = recorded_process(int(owner.get("pid", 0) or 0), owner.get("started"))
+        if holder is not None:
+            raise StateDirInUse(
+                f"state dir {directory} is in use by the raygpu control plane of the cluster at "
+                f"{owner.get('address')} (pid {holder.pid}); give this cluster its own with --state-dir"
+            )
+    owner_path.write_text(json.dumps({"address": address, "pid": pid, "started": process_start(pid)}))
 
 
 def read_local_cluster() -> LocalCluster | None:

@@ -22,10 +22,14 @@ def replica_logs(target: str, lines: int = 100, remote: bool = False) -> list[tu
             (os.path.basename(path), "".join(Path(path).read_text(errors="replace").splitlines(keepends=True)[-lines:]))
             for path in paths
         ]
+    import ray
     from ray.util.state import get_log, list_logs
 
     out = []
-    for node_id, groups in list_logs(glob_filter=pattern).items():
+    for node in ray.nodes():  # replicas log on the node they ran on
+        if not node.get("Alive"):
+            continue
+        groups = list_logs(node_id=node["NodeID"], glob_filter=pattern)
         for name in groups.get("serve", []):
-            out.append((name, "".join(get_log(filename=f"serve/{name}", node_id=node_id, tail=lines))))
-    return out
+            out.append((name, "".join(get_log(filename=f"serve/{name}", node_id=node["NodeID"], tail=lines))))
+    return sorted(out)

@@ -69,8 +69,16 @@ class Gateway:
     """Terminates HTTP itself (uvicorn on a shared port) so a call crosses one process boundary,
     gateway to function replica, as a plain Serve request crosses proxy to replica."""
 
-    async def __init__(self, http_host: str, http_port: int, max_body_bytes: int = constants.MAX_BODY_BYTES):
+    async def __init__(
+        self,
+        http_host: str,
+        http_port: int,
+        max_body_bytes: int = constants.MAX_BODY_BYTES,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+    ):
         self.max_body_bytes = max_body_bytes
+        self._admin_api: Any = None
         self.store = get_store()
         self.table = RoutingTable(await self.store.routing_table.remote())
         # Serve handles by (Serve application, deployment): a new version is a new application.
@@ -97,6 +105,8 @@ class Gateway:
             log_config=None,
             interface="asgi3",
             proxy_headers=False,
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
         )
         self._server = EmbeddedServer(config)
         self._server_task = loop.create_task(self._server._serve([self._socket]))
@@ -229,6 +239,34 @@ class Gateway:
                 headers={"Connection": "close"},
             )
 
+    async def _admin(self, request: Request, parts: list[str]) -> Response:
+        """The control plane for a CLI that reaches the cluster only through this gateway: the
+        credential is checked, the operation run, by the admin API actor on the head."""
+        if len(parts) != 2 or parts[0] != "admin":
+            return error_response(404, "NotFound", "admin operations are POST /_raygpu/admin/{operation}")
+        if request.method != "POST":
+            return error_response(405, "MethodNotAllowed", "use POST for admin operations", headers={"Allow": "POST"})
+        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            return error_response(
+                401,
+                "AdminAuthRequired",
+                "admin operations need the cluster's admin token: `raygpu login URL --token ...`",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        raw = await self._read_body(request)
+        if isinstance(raw, Response):
+            return raw
+        try:
+            if self._admin_api is None:
+                self._admin_api = ray.get_actor(constants.ADMIN_API_ACTOR_NAME, namespace=constants.RAY_NAMESPACE)
+            status, body = await self._admin_api.handle.remote(credential.strip(), parts[1], raw)
+        except Exception as exc:
+            self._admin_api = None
+            logger.warning("raygpu gateway: the admin API is unavailable (%s)", exc)
+            return error_response(503, "AdminApiUnavailable", "the control plane's admin API is not running; retry")
+        return Response(content=body, status_code=status, media_type="application/json")
+
     async def _too_large(self, request: Request) -> Response:
         """413, closing the connection. A client waiting on `Expect: 100-continue` (curl) is answered
         at once; one that sends the whole body first (requests, urllib) has it read and discarded,
@@ -259,6 +297,8 @@ class Gateway:
             return json_response(
                 200, {"status": "ok", "generation": self.table.generation, "apps": len(self.table.apps)}
             )
+        if parts[:1] == [constants.ADMIN_ROUTE]:
+            return await self._admin(request, parts[1:])
         table = self.table
         try:
             app = table.app_of(parts)
@@ -474,5 +514,12 @@ async def _await(response: Any) -> Any:
     return await response
 
 
-def build_gateway_application(http_host: str, http_port: int, max_body_bytes: int = constants.MAX_BODY_BYTES) -> Any:
-    return Gateway.bind(http_host, http_port, max_body_bytes)
+def build_gateway_application(
+    http_host: str,
+    http_port: int,
+    max_body_bytes: int = constants.MAX_BODY_BYTES,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> Any:
+    """The gateway; with `tls_cert`/`tls_key` (PEM files on the head) it serves HTTPS only."""
+    return Gateway.bind(http_host, http_port, max_body_bytes, tls_cert, tls_key)

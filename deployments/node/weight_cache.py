@@ -15,10 +15,17 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from deployments import constants
+from deployments.weights_location import is_location, parse_location
 
 
 def fingerprint(path: str | Path) -> str:
-    """Which bytes a weights file holds, by path, size and modification time (no read needed)."""
+    """Which bytes a weights file holds: a blob's content address, else by path, size and
+    modification time (no read needed)."""
+    if isinstance(path, str) and is_location(path):
+        location = parse_location(path)
+        if location.kind == "blob" or not Path(location.path).is_file():
+            return location.uri  # content-addressed, or shared storage this machine does not mount
+        path = location.path
     resolved = Path(path).expanduser().resolve()
     try:
         stat = resolved.stat()
@@ -88,7 +95,20 @@ class NodeWeightCache:
 def _read_shared(path: str) -> Any:
     from deployments.engines.torch_engine import read_weights, to_shared
 
-    return to_shared(read_weights(path))
+    return to_shared(read_weights(readable_path(path)))
+
+
+def readable_path(path: str) -> str:
+    """A file on this node holding the weights at `path`: a blob's local copy (fetched from the
+    cluster's blob store on first use), a `file://` path in place, or a plain path (older versions)."""
+    if not is_location(path):
+        return path
+    location = parse_location(path)
+    if location.kind == "blob":
+        from deployments.node.blobs import local_copy
+
+        return str(local_copy(location.path))
+    return location.path
 
 
 def node_weight_cache(node_id: str | None = None) -> Any:

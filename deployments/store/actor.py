@@ -17,6 +17,8 @@ import ray
 from deployments import constants
 from deployments.store.db import ARRIVAL_RETENTION_S, RETENTION_TABLES, StateDB
 
+# A function's pickled code as the store keeps it (weights travel separately, as blobs).
+MAX_PAYLOAD_BYTES = 256 * 2**20
 ADMIN_REFUSAL = (
     "this call changes the control plane and needs raygpu's admin credential, which only the CLI "
     "holds ($RAYGPU_HOME/admin.key on the machine that ran `raygpu up`); deployed code never has it"
@@ -73,9 +75,26 @@ class ControlPlaneStore:
         return True
 
     # --- registry ------------------------------------------------------------------------------
-    async def begin_version(self, credential: str, app: str, source: str, functions: list[dict[str, Any]]) -> int:
+    async def begin_version(
+        self,
+        credential: str,
+        app: str,
+        source: str,
+        functions: list[dict[str, Any]],
+        payloads: dict[str, bytes] | None = None,
+    ) -> int:
         self._check_admin(credential)
-        return self.db.begin_version(app, source, functions)
+        payloads = payloads or {}
+        if not isinstance(payloads, dict) or not all(
+            isinstance(k, str) and isinstance(v, bytes) and len(v) <= MAX_PAYLOAD_BYTES for k, v in payloads.items()
+        ):
+            raise ValueError(f"payloads must map function names to pickled code of at most {MAX_PAYLOAD_BYTES} bytes")
+        return self.db.begin_version(app, source, functions, payloads)
+
+    async def version_payloads(self, credential: str, app: str, version: int) -> dict[str, bytes]:
+        """A version's code (admin only: it is the user's code)."""
+        self._check_admin(credential)
+        return self.db.version_payloads(app, version)
 
     async def mark_live(self, credential: str, app: str, version: int) -> int:
         self._check_admin(credential)

@@ -35,6 +35,13 @@ CREATE TABLE IF NOT EXISTS app_versions (
     live_at REAL,
     PRIMARY KEY (app, version)
 );
+CREATE TABLE IF NOT EXISTS version_payloads (
+    app TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    function TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (app, version, function)
+);
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
     app TEXT NOT NULL,
@@ -89,7 +96,9 @@ CREATE TABLE IF NOT EXISTS weights (
 
 # Version 1: before app_auth (protection was "has an active token"); 2: protection is the app's own;
 # 3: time indexes for retention (created by the schema script).
-SCHEMA_VERSION = 3
+# 4: the code payload of each function of the versions being deployed and live (a restarted
+# control plane redeploys the live versions Serve lost).
+SCHEMA_VERSION = 4
 
 
 def _protect_apps_that_had_tokens(conn: sqlite3.Connection) -> None:
@@ -136,9 +145,12 @@ class StateDB:
         self.conn.close()
 
     # --- apps and versions -------------------------------------------------------------------
-    def begin_version(self, app: str, source: str, functions: list[dict[str, Any]]) -> int:
+    def begin_version(
+        self, app: str, source: str, functions: list[dict[str, Any]], payloads: dict[str, bytes] | None = None
+    ) -> int:
         """Record a new version of `app` in state 'deploying' and return its number; functions
-        without a Serve application get the version's own (`version_app_name`)."""
+        without a Serve application get the version's own (`version_app_name`). `payloads`
+        (function name -> pickled code) are kept while the version is deploying or live."""
         now = time.time()
         with transaction(self.conn):
             self.conn.execute(
@@ -157,7 +169,25 @@ class StateDB:
                 "VALUES (?, ?, ?, ?, 'deploying', ?)",
                 (app, version, source, json.dumps(functions), now),
             )
+            self.conn.executemany(
+                "INSERT INTO version_payloads (app, version, function, payload) VALUES (?, ?, ?, ?)",
+                [(app, version, name, payload) for name, payload in (payloads or {}).items()],
+            )
         return version
+
+    def version_payloads(self, app: str, version: int) -> dict[str, bytes]:
+        """The code payloads kept for a version (function name -> pickled code)."""
+        rows = self.conn.execute(
+            "SELECT function, payload FROM version_payloads WHERE app = ? AND version = ?", (app, version)
+        )
+        return {r["function"]: bytes(r["payload"]) for r in rows}
+
+    def _drop_payloads_except(self, app: str, keep: int | None) -> None:
+        self.conn.execute(
+            "DELETE FROM version_payloads WHERE app = ? AND version != ? AND version NOT IN "
+            "(SELECT version FROM app_versions WHERE app = ? AND status = 'deploying')",
+            (app, -1 if keep is None else keep, app),
+        )
 
     def mark_live(self, app: str, version: int) -> None:
         now = time.time()
@@ -168,10 +198,12 @@ class StateDB:
                 (now, app, version),
             )
             self.conn.execute("UPDATE apps SET live_version = ? WHERE name = ?", (version, app))
+            self._drop_payloads_except(app, version)
 
     def mark_failed(self, app: str, version: int) -> None:
         with transaction(self.conn):
             self.conn.execute("UPDATE app_versions SET status = 'failed' WHERE app = ? AND version = ?", (app, version))
+            self.conn.execute("DELETE FROM version_payloads WHERE app = ? AND version = ?", (app, version))
             self.conn.execute(
                 "UPDATE apps SET deleted_at = ? WHERE name = ? AND live_version IS NULL", (time.time(), app)
             )
@@ -186,6 +218,7 @@ class StateDB:
                 "UPDATE app_versions SET status = 'stopped' WHERE app = ? AND status IN ('live', 'deploying')",
                 (app,),
             )
+            self.conn.execute("DELETE FROM version_payloads WHERE app = ?", (app,))
         return cur.rowcount > 0
 
     def live_apps(self) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from raygpu.cli.common import address_option, connect, console, fail, run, when
+from raygpu.cli.common import address_option, cluster, console, fail, run, when
 from raygpu.contracts import AppStatus
 
 
@@ -23,13 +23,13 @@ def deploy(target: str, as_json: bool, check: bool, address: str | None) -> None
     """Deploy FILE[::APP]: a new version, rolled out beside the live one without dropping requests.
     Functions with min_containers > 0 (and, with --check, every changed one) must start before it
     goes live."""
-    from raygpu.deploy import deploy_app, source_label
+    from raygpu.deploy import source_label
     from raygpu.loader import load_app
 
     app, path, digest = run(lambda: load_app(target))
-    connect(address)
+    target_cluster = cluster(address)
     with console.status(f"deploying {app.name} ({len(app.specs)} functions)..."):
-        result = run(lambda: deploy_app(app, source_label(path, digest), check=check))
+        result = run(lambda: target_cluster.deploy(app, source_label(path, digest), check))
     if as_json:
         click.echo(result.model_dump_json())
         return
@@ -45,10 +45,8 @@ def deploy(target: str, as_json: bool, check: bool, address: str | None) -> None
 @address_option
 def ls(as_json: bool, address: str | None) -> None:
     """List deployed apps."""
-    from raygpu.deploy import list_apps
-
-    connect(address)
-    apps = run(list_apps)
+    target_cluster = cluster(address)
+    apps = run(target_cluster.ls)
     if as_json:
         click.echo(apps.model_dump_json())
         return
@@ -95,10 +93,8 @@ def status_lines(info: AppStatus) -> tuple[Table, list[str]]:
 @address_option
 def status(app: str, as_json: bool, address: str | None) -> None:
     """Show an app's live version, replicas and last scale event per function."""
-    from raygpu.deploy import app_status
-
-    connect(address)
-    info = run(lambda: app_status(app))
+    target_cluster = cluster(address)
+    info = run(lambda: target_cluster.status(app))
     if as_json:
         click.echo(info.model_dump_json())
         return
@@ -118,12 +114,11 @@ def status(app: str, as_json: bool, address: str | None) -> None:
 def call(target: str, data: str, token: str | None, url: str | None, address: str | None) -> None:
     """Call APP/FN (or APP/Class/method) over HTTP through the gateway and print the result."""
     from raygpu.client import call_over_http
-    from raygpu.control import gateway_url
     from raygpu.errors import RaygpuError, RemoteCallError
 
     if url is None:
-        connect(address)
-        url = run(gateway_url)
+        target_cluster = cluster(address)
+        url = run(target_cluster.gateway_url)
     try:
         click.echo(call_over_http(url, target, data, token))
     except RemoteCallError as exc:
@@ -138,10 +133,8 @@ def call(target: str, data: str, token: str | None, url: str | None, address: st
 @address_option
 def logs(target: str, lines: int, address: str | None) -> None:
     """Print the latest replica log lines of APP or APP/FN."""
-    from raygpu.logs import replica_logs
-
-    connect(address)
-    files = run(lambda: replica_logs(target, lines, remote=bool(address)))
+    target_cluster = cluster(address)
+    files = run(lambda: target_cluster.logs(target, lines))
     for name, text in files:
         console.rule(name)
         click.echo(text, nl=False)
@@ -154,11 +147,9 @@ def logs(target: str, lines: int, address: str | None) -> None:
 @address_option
 def stop(app: str, address: str | None) -> None:
     """Delete an app: its routes, its Serve application and its replicas."""
-    from raygpu.deploy import stop_app
-
-    connect(address)
+    target_cluster = cluster(address)
     with console.status(f"stopping {app}..."):
-        run(lambda: stop_app(app))
+        run(lambda: target_cluster.stop(app))
     console.print(f"[green]stopped[/green] {app}")
 
 

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from billing.cost import CostComparison
 from billing.node_bill import NodeBill
-from raygpu.cli.common import address_option, connect, console, fail, run
+from raygpu.cli.common import address_option, cluster, console, fail, run
 from raygpu.contracts import Bill
 
 PHASES = ("cold_start", "active", "idle")
@@ -154,14 +154,14 @@ def bill_command(
 ) -> None:
     """GPU-seconds by phase (cold start, active, idle) and cost per function; with --nodes, the
     GPU nodes' own GPU-seconds and where those not billed to functions went."""
-    from raygpu.usage import bill, node_bill, parse_time
+    from raygpu.usage import parse_time
 
     lo, hi = run(lambda: (parse_time(since), parse_time(until)))
-    connect(address)
+    target_cluster = cluster(address)
     if by_nodes:
         if app or as_csv or by != "function":
             fail("--nodes covers the whole cluster: use it without APP, --by or --csv")
-        nodes = run(lambda: node_bill(lo, hi))
+        nodes = run(lambda: target_cluster.node_bill(lo, hi))
         if as_json:
             click.echo(nodes.model_dump_json())
             return
@@ -170,7 +170,7 @@ def bill_command(
         for note in notes:
             console.print(note)
         return
-    out = run(lambda: bill(app, lo, hi, by))
+    out = run(lambda: target_cluster.bill(app, lo, hi, by))
     if as_json:
         click.echo(out.model_dump_json())
     elif as_csv:
@@ -211,12 +211,11 @@ def cost(
     address: str | None,
 ) -> None:
     """Which is cheaper for my traffic: as billed, dedicated GPUs by the hour, or per request."""
-    from raygpu.usage import cost as compare
     from raygpu.usage import parse_time
 
     lo, hi = run(lambda: (parse_time(since), parse_time(until)))
-    connect(address)
-    comparison = run(lambda: compare(target, lo, hi, dedicated, per_request))
+    target_cluster = cluster(address)
+    comparison = run(lambda: target_cluster.cost(target, lo, hi, dedicated, per_request))
     if as_json:
         click.echo(comparison.model_dump_json())
         return

@@ -41,7 +41,12 @@ DEFAULT_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
     "on a cluster).",
 )
 @click.option("--host", "http_host", default=None, help="Gateway bind address (local: 127.0.0.1, cluster: 0.0.0.0).")
-@click.option("--db-path", default=None, help="SQLite file of the control-plane store.")
+@click.option(
+    "--state-dir",
+    default=None,
+    help="Directory of the cluster's state: control-plane store, billing ledger, weight blobs (default: "
+    "$RAYGPU_HOME). On a cluster, a volume that outlives the head; never shared by two clusters.",
+)
 @click.option(
     "--prices",
     "prices_path",
@@ -83,6 +88,18 @@ DEFAULT_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
     help="The Ray autoscaler's cluster YAML, whose node types deploys may use (--address; default: "
     f"{DEFAULT_BOOTSTRAP_CONFIG} where `ray up` left it).",
 )
+@click.option(
+    "--tls-cert",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM certificate (chain) the gateway serves HTTPS with (--address; with --tls-key).",
+)
+@click.option("--tls-key", default=None, type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
+@click.option(
+    "--public-url",
+    default=None,
+    help="What the gateway is called from outside the cluster, e.g. https://gpu.example.com (--address).",
+)
 @address_option
 def up(
     local: bool,
@@ -93,13 +110,16 @@ def up(
     serve_port: int | None,
     metrics_port: int | None,
     http_host: str | None,
-    db_path: str | None,
+    state_dir: str | None,
     prices_path: str | None,
     warm_pool: int,
     control_loop_interval: float,
     fake_nodes: str | None,
     node_idle_timeout: float,
     autoscaling_config: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    public_url: str | None,
     address: str | None,
 ) -> None:
     """Start a local cluster (--local), or install raygpu on a running Ray cluster (--address)."""
@@ -124,7 +144,7 @@ def up(
                     http_host=http_host or constants.DEFAULT_HTTP_HOST,
                     serve_port=serve_port,
                     logical_cpus=cpus,
-                    db_path=db_path,
+                    state_dir=state_dir,
                     metrics_port=metrics_port,
                     prices_path=prices_path,
                     warm_pool=warm_pool,
@@ -141,10 +161,14 @@ def up(
         console.print(f"  GPUs       {info.gpus} x {info.accelerator or 'unlabelled'} (logical)")
         for pool_type in pools or []:
             console.print(f"  node pool  {pool_type.describe()}, from zero (fake nodes)")
-        console.print(f"  state      {info.db_path}")
+        console.print(f"  state      {info.state_dir}")
         return
     if fake_nodes:
         fail("--fake-nodes starts a local fake multi-node cluster: use it with --local")
+    if bool(tls_cert) != bool(tls_key):
+        fail("give both --tls-cert and --tls-key (PEM files), or neither")
+    if public_url and not public_url.startswith(("http://", "https://")):
+        fail(f"--public-url {public_url!r} must start with http:// or https://")
     if not address:
         fail(
             "say where: `raygpu up --local` for this machine, or `raygpu up --address HOST:PORT` "
@@ -157,7 +181,7 @@ def up(
     # and the warm pools need that job alive.
     home = raygpu_home()
     config = {
-        "db_path": db_path or str(home / "state.db"),
+        "state_dir": str(Path(state_dir or home).expanduser().resolve()),
         "http_host": http_host or "0.0.0.0",
         "http_port": http_port,
         "serve_port": serve_port,
@@ -166,13 +190,25 @@ def up(
         "warm_pool": warm_pool,
         "replicas_off_head": True,
         "autoscaling_config": _bootstrap_config(autoscaling_config),
+        "tls_cert": str(Path(tls_cert).resolve()) if tls_cert else None,
+        "tls_key": str(Path(tls_key).resolve()) if tls_key else None,
+        "public_url": public_url,
     }
+    from raygpu.admin import admin_key_path, ensure_admin_key
+
+    new_credential = not admin_key_path().exists()
     with console.status("installing the raygpu control plane..."):
         pid = run(lambda: start_control_driver(address, home, "cluster", config, local=False))
+    if new_credential:
+        console.print(
+            "admin token (shown once; the cluster keeps only its hash; `raygpu login URL --token ...` "
+            f"on your machine):\n{ensure_admin_key()}"
+        )
     host = "127.0.0.1" if config["http_host"] in ("0.0.0.0", "::") else config["http_host"]
+    scheme = "https" if tls_cert else "http"
     console.print(
-        f"[green]raygpu is up[/green]; gateway http://{host}:{http_port}, metrics "
-        f"http://{host}:{config['metrics_port']}/metrics (control-plane driver pid {pid})"
+        f"[green]raygpu is up[/green]; gateway {public_url or f'{scheme}://{host}:{http_port}'}, metrics "
+        f"http://{host}:{config['metrics_port']}/metrics (head only; control-plane driver pid {pid})"
     )
 
 
@@ -228,6 +264,42 @@ def pool(as_json: bool, address: str | None) -> None:
     console.print(table)
 
 
+@click.command()
+@click.argument("url")
+@click.option(
+    "--token",
+    envvar="RAYGPU_ADMIN_TOKEN",
+    prompt="admin token",
+    hide_input=True,
+    help="The cluster's admin token (printed by `raygpu up`; $RAYGPU_HOME/admin.key on the head).",
+)
+def login(url: str, token: str) -> None:
+    """Use the cluster behind the gateway at URL from this machine: later commands (deploy, status,
+    logs, tokens, weights, bill, ...) go through the gateway with the admin token, kept in
+    $RAYGPU_HOME/login.json (mode 0600). `--address` still attaches as a Ray driver."""
+    from raygpu.operations import GatewayOperations, Login, save_login
+
+    if not url.startswith(("http://", "https://")):
+        fail(f"{url!r} is not a gateway URL: give http(s)://HOST:PORT")
+    probe = GatewayOperations(Login(url=url.rstrip("/"), token=token.strip()))
+    apps = run(probe.ls)
+    path = save_login(url, token.strip())
+    console.print(f"[green]logged in[/green] to {url.rstrip('/')} ({len(apps.apps)} apps); saved in {path}")
+
+
+@click.command()
+def logout() -> None:
+    """Forget the login of `raygpu login` (commands use the local cluster or --address again)."""
+    from raygpu.operations import login_path
+
+    path = login_path()
+    if path.exists():
+        path.unlink()
+        console.print(f"logged out (removed {path})")
+    else:
+        console.print("not logged in")
+
+
 def register(root: click.Group) -> None:
-    for command in (up, down, pool):
+    for command in (up, down, pool, login, logout):
         root.add_command(command)

@@ -51,3 +51,11 @@ def when(ts: float | None) -> str:
 def echo_json(payload: Any) -> None:
     """Print a pydantic model or a JSON-serialisable value as one line of JSON."""
     click.echo(payload.model_dump_json() if hasattr(payload, "model_dump_json") else json.dumps(payload))
+
+
+def cluster(address: str | None) -> Any:
+    """The cluster to act on: as a Ray driver (--address, the local cluster) or over the gateway
+    of `raygpu login` (see raygpu.operations)."""
+    from raygpu.operations import operations
+
+    return run(lambda: operations(address))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from raygpu.cli.common import address_option, connect, console, echo_json, fail, run, when
+from raygpu.cli.common import address_option, cluster, console, echo_json, fail, run, when
 
 
 @click.group()
@@ -19,10 +19,8 @@ def token() -> None:
 @address_option
 def token_create(app: str, as_json: bool, address: str | None) -> None:
     """Create a token for APP; it is printed once and only its hash is kept."""
-    from raygpu.tokens import create_token
-
-    connect(address)
-    created = run(lambda: create_token(app))
+    target_cluster = cluster(address)
+    created = run(lambda: target_cluster.token_create(app))
     if as_json:
         echo_json(created)
         return
@@ -36,10 +34,8 @@ def token_create(app: str, as_json: bool, address: str | None) -> None:
 @address_option
 def token_revoke(app: str, token_id: str, address: str | None) -> None:
     """Revoke token TOKEN_ID of APP."""
-    from raygpu.tokens import revoke_token
-
-    connect(address)
-    run(lambda: revoke_token(app, token_id))
+    target_cluster = cluster(address)
+    run(lambda: target_cluster.token_revoke(app, token_id))
     console.print(f"revoked {token_id}")
 
 
@@ -49,10 +45,8 @@ def token_revoke(app: str, token_id: str, address: str | None) -> None:
 @address_option
 def token_ls(app: str | None, as_json: bool, address: str | None) -> None:
     """List tokens (ids and dates only; tokens themselves are never stored)."""
-    from raygpu.tokens import list_tokens
-
-    connect(address)
-    tokens = run(lambda: list_tokens(app))
+    target_cluster = cluster(address)
+    tokens = run(lambda: target_cluster.token_ls(app))
     if as_json:
         echo_json([t.model_dump() for t in tokens])
         return
@@ -72,10 +66,8 @@ def auth() -> None:
 @address_option
 def auth_on(app: str, address: str | None) -> None:
     """Require a token on every route of APP (with no active token, nobody gets in)."""
-    from raygpu.tokens import set_auth
-
-    connect(address)
-    run(lambda: set_auth(app, True))
+    target_cluster = cluster(address)
+    run(lambda: target_cluster.auth_set(app, True))
     console.print(f"{app} needs a token on every route; create one with `raygpu token create {app}`")
 
 
@@ -85,12 +77,10 @@ def auth_on(app: str, address: str | None) -> None:
 @address_option
 def auth_off(app: str, yes: bool, address: str | None) -> None:
     """Make APP public again: revokes its active tokens and stops asking for one."""
-    from raygpu.tokens import set_auth
-
     if not yes:
         fail(f"`raygpu auth off {app}` lets anyone who reaches the gateway call {app}; add --yes to confirm")
-    connect(address)
-    state = run(lambda: set_auth(app, False))
+    target_cluster = cluster(address)
+    state = run(lambda: target_cluster.auth_set(app, False))
     console.print(f"{app} is public; {state.revoked_tokens} active token(s) revoked")
 
 
@@ -100,10 +90,8 @@ def auth_off(app: str, yes: bool, address: str | None) -> None:
 @address_option
 def auth_show(app: str, as_json: bool, address: str | None) -> None:
     """Whether APP needs a token."""
-    from raygpu.tokens import auth_state
-
-    connect(address)
-    state = run(lambda: auth_state(app))
+    target_cluster = cluster(address)
+    state = run(lambda: target_cluster.auth_show(app))
     if as_json:
         echo_json(state)
         return

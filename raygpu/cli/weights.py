@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from raygpu.cli.common import address_option, connect, console, echo_json, fail, run
+from raygpu.cli.common import address_option, cluster, console, echo_json, fail, run
 
 
 def _split(target: str) -> tuple[str, str]:
@@ -28,11 +28,9 @@ def weights() -> None:
 @address_option
 def weights_push(target: str, path: str, model_id: str | None, as_json: bool, address: str | None) -> None:
     """Replace the weights of running replicas without a redeploy (versioned)."""
-    from raygpu.deploy import push_weights
-
     app, function = _split(target)
-    connect(address)
-    out = run(lambda: push_weights(app, function, path, model_id))
+    target_cluster = cluster(address)
+    out = run(lambda: target_cluster.weights_push(app, function, path, model_id))
     if as_json:
         echo_json(out)
         return
@@ -48,11 +46,9 @@ def weights_push(target: str, path: str, model_id: str | None, as_json: bool, ad
 @address_option
 def weights_ls(target: str, as_json: bool, address: str | None) -> None:
     """Current weights version and file of each model."""
-    from raygpu.deploy import current_weights
-
     app, function = _split(target)
-    connect(address)
-    current = run(lambda: current_weights(app, function))
+    target_cluster = cluster(address)
+    current = run(lambda: target_cluster.weights_ls(app, function))
     if as_json:
         echo_json(current)
         return

@@ -197,20 +197,40 @@ def test_up_refuses_a_port_in_use(cluster, tmp_path):
     assert out.returncode == 1 and f"port {port}" in out.stderr and "--port" in out.stderr
 
 
-def test_apps_serve_no_longer_runs_are_forgotten(cluster):
+def test_a_restarted_control_plane_redeploys_the_live_versions_serve_lost(cluster):
     import ray
+    from ray import serve
 
     from deployments.store.actor import get_store
     from raygpu.admin import admin_key
-    from raygpu.control_plane import forget_apps_serve_lost
+    from raygpu.control_plane import restore_apps_serve_lost
+    from raygpu.deploy import live_serve_app
+    from raygpu.tokens import create_token, set_auth
 
     store = get_store()
     admin = admin_key()
-    version = ray.get(store.begin_version.remote(admin, "ghost", "ghost.py@0", []))
-    ray.get(store.mark_live.remote(admin, "ghost", version))
-    assert "ghost" in [a["name"] for a in ray.get(store.live_apps.remote())]
-    assert forget_apps_serve_lost(store, admin) == ["ghost"]
-    assert "ghost" not in [a["name"] for a in ray.get(store.live_apps.remote())]
+    cluster.deploy(APPS / "guarded.py")
+    created = create_token("guarded")
+    good = {"Authorization": f"Bearer {created.token}"}
+    version = next(a["version"] for a in ray.get(store.live_apps.remote()) if a["name"] == "guarded")
+    # an app recorded without its code cannot come back: it is marked stopped, never routed to
+    ghost = ray.get(store.begin_version.remote(admin, "ghost", "ghost.py@0", []))
+    ray.get(store.mark_live.remote(admin, "ghost", ghost))
+    try:
+        serve.delete(live_serve_app("guarded"))  # what a head restart does to Serve's applications
+        assert restore_apps_serve_lost(store, admin) == (["guarded"], ["ghost"])
+        live = {a["name"]: a for a in ray.get(store.live_apps.remote())}
+        assert "ghost" not in live and live["guarded"]["version"] == version
+        answer = cluster.wait_for(
+            lambda: (r := cluster.post("/guarded/add", {"a": 1}, headers=good)).status_code == 200 and r,
+            timeout=120,
+            what="the restored version to answer",
+        )
+        assert answer.json() == 2
+        assert cluster.post("/guarded/add", {"a": 1}).status_code == 401  # its tokens still guard it
+        assert restore_apps_serve_lost(store, admin) == ([], [])  # nothing lost any more
+    finally:
+        set_auth("guarded", False)
 
 
 def test_a_revocation_reaches_every_gateway_replica_within_a_second(cluster):

@@ -184,9 +184,11 @@ def test_a_second_replica_starts_from_the_node_cache_without_the_file(cluster, m
     from deployments.node.weight_cache import node_weight_cache
 
     assert infer(cluster, function="cached").json()["outputs"] == [[4.0]]
+    from deployments.weights_location import blob_name
     from raygpu.deploy import live_serve_app
 
     first_pid = stats("cached")["pid"]
+    stored_as = blob_name(models_app / "cached.safetensors")  # deploy uploaded it by content
     (models_app / "cached.safetensors").rename(models_app / "cached.hidden")  # the file is gone
     (replica,) = [
         a
@@ -202,7 +204,7 @@ def test_a_second_replica_starts_from_the_node_cache_without_the_file(cluster, m
     response = cluster.wait_for(answered_by_a_new_replica, timeout=120, interval=1.0, what="a replacement replica")
     assert response.json()["outputs"] == [[4.0]]
     cache = ray.get(node_weight_cache().stats.remote())
-    (entry,) = [e for key, e in cache["entries"].items() if "cached.safetensors" in key]
+    (entry,) = [e for key, e in cache["entries"].items() if stored_as in key]
     assert entry["hits"] >= 1 and entry["bytes"] == 16
 
 

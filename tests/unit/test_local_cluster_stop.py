@@ -31,7 +31,7 @@ def write_state(pids: list[int], starts: dict[int, float], ports: list[int], tem
         gpus=0,
         accelerator=None,
         logical_cpus=1,
-        db_path="/nonexistent/state.db",
+        state_dir="/nonexistent/state",
         pids=pids,
         process_starts=starts,
         started_at=time.time(),
@@ -85,3 +85,26 @@ def test_a_port_with_only_time_wait_connections_counts_as_free():
     client.close()
     server.close()
     assert port_free("127.0.0.1", port)
+
+
+def test_two_control_planes_never_share_a_state_dir(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from raygpu.home import StateDirInUse, claim_state_dir
+
+    state = tmp_path / "state"
+    claim_state_dir(state, "10.0.0.1:6379", os.getpid())  # this process runs a control plane on it
+    with pytest.raises(StateDirInUse, match="10.0.0.1:6379.*--state-dir"):
+        claim_state_dir(state, "10.0.0.2:6379", os.getpid() + 1)
+    claim_state_dir(state, "10.0.0.1:6379", os.getpid())  # its own claim again: a restart
+    # once the holder is gone (a stopped cluster, a crashed head), the next control plane takes it over
+    other = tmp_path / "other"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    claim_state_dir(other, "10.0.0.3:6379", holder.pid)
+    with pytest.raises(StateDirInUse):
+        claim_state_dir(other, "10.0.0.4:6379", os.getpid())
+    holder.kill()
+    holder.wait()
+    claim_state_dir(other, "10.0.0.4:6379", os.getpid())

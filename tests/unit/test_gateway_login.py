@@ -1,0 +1,69 @@
+"""The CLI's way to a cluster: `--address` as a Ray driver, else the login of `raygpu login` through
+the gateway; the login file is private; admin request bodies are checked field by field."""
+
+import os
+import stat
+
+import pytest
+from pydantic import ValidationError
+
+from raygpu.admin_api import OPERATIONS, BlobChunk, DeployArgs, _operations
+from raygpu.errors import AdminCredentialError
+from raygpu.operations import GatewayOperations, Login, operations, read_login, save_login
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYGPU_HOME", str(tmp_path))
+    for name in ("RAYGPU_ADDRESS", "RAYGPU_GATEWAY", "RAYGPU_ADMIN_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def test_the_login_is_kept_private_and_a_readable_one_is_refused(home):
+    path = save_login("https://gpu.example.com/", "rga_secret")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_login() == Login(url="https://gpu.example.com", token="rga_secret")
+    os.chmod(path, 0o644)
+    with pytest.raises(AdminCredentialError, match="chmod 600"):
+        read_login()
+    path.write_text("not json")
+    os.chmod(path, 0o600)
+    with pytest.raises(AdminCredentialError, match="raygpu login"):
+        read_login()
+
+
+def test_a_login_routes_commands_through_the_gateway_and_an_address_overrides_it(home, monkeypatch):
+    save_login("http://10.0.0.5:8000", "rga_secret")
+    target = operations(None)
+    assert isinstance(target, GatewayOperations) and target.login.url == "http://10.0.0.5:8000"
+    monkeypatch.setenv("RAYGPU_GATEWAY", "http://other:8000")
+    with pytest.raises(AdminCredentialError, match="RAYGPU_ADMIN_TOKEN"):
+        operations(None)  # a gateway without a token never sends an anonymous admin call
+    monkeypatch.setenv("RAYGPU_ADMIN_TOKEN", "rga_other")
+    assert operations(None).login == Login(url="http://other:8000", token="rga_other")
+
+
+def test_an_unreachable_gateway_says_so():
+    from raygpu.errors import NoClusterError
+
+    with pytest.raises(NoClusterError, match="cannot reach the raygpu gateway at http://127.0.0.1:1"):
+        GatewayOperations(Login(url="http://127.0.0.1:1", token="rga_x"), timeout_s=2).ls()
+
+
+def test_admin_bodies_are_checked_before_anything_runs():
+    assert set(_operations()) == set(OPERATIONS)
+    with pytest.raises(ValidationError):
+        DeployArgs.model_validate({"app": "a", "source": "s", "units": [], "check": False})  # no units
+    with pytest.raises(ValidationError):
+        DeployArgs.model_validate(
+            {"app": "a", "source": "s", "units": [{"spec": {"name": "f"}, "payload": "AA=="}], "surprise": 1}
+        )
+    unit = DeployArgs.model_validate(
+        {"app": "a", "source": "s", "units": [{"spec": {"name": "f"}, "payload": "AAEC"}]}
+    ).units[0]
+    assert unit.payload == b"\x00\x01\x02"
+    with pytest.raises(ValidationError):
+        BlobChunk.model_validate({"name": "../../etc/passwd", "offset": 0, "data": ""})
+    with pytest.raises(ValidationError):
+        BlobChunk.model_validate({"name": "a" * 64, "offset": -1, "data": ""})
