@@ -20,6 +20,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from deployments import constants
+from deployments.node.occupancy import release_due, runs_replicas
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
@@ -29,9 +30,7 @@ WARM_ENV_VAR = "RAYGPU_WARM_WORKER"
 WARM_RUNTIME_ENV = {"env_vars": {WARM_ENV_VAR: "1"}}
 PRELOAD_MODULE = "deployments.node.warm_preload"
 IDLE_TITLE = "ray::IDLE"
-REPLICA_TITLE = "ray::ServeReplica"
-# A pool on an autoscaled node leaves this long after the node's last replica stopped.
-RELEASE_AFTER_S = 15.0
+
 KEEP_ALIVE_S = 3600
 # a prestarted worker needs a few seconds (import torch) before it shows up as idle
 PENDING_GRACE_S = 20.0
@@ -155,28 +154,6 @@ def plan_refill(size: int, idle: int, pending: list[float], taken_at: float, now
     return RefillPlan(missing, waiting)
 
 
-def _runs_replicas() -> bool:
-    """Whether a Serve replica runs on this node (a worker of this raylet titled ray::ServeReplica)."""
-    import psutil
-
-    raylet_pid = os.getppid()
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            cmdline = proc.info["cmdline"] or []
-            if cmdline and cmdline[0].startswith(REPLICA_TITLE) and proc.ppid() == raylet_pid:
-                return True
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return False
-
-
-def release_due(runs_replicas: bool, last_busy: float, now: float, grace_s: float = RELEASE_AFTER_S) -> bool:
-    """Whether a pool on an autoscaled node should leave: its node has run no replica for `grace_s`.
-    The raylet counts any live actor as work, so a pool that stayed would keep the node from
-    ever going idle; the node watcher starts a new pool when a replica lands there again."""
-    return not runs_replicas and now - last_busy >= grace_s
-
-
 class WarmPool:
     """Keeps `size` idle warm workers on its node, refilled after replicas take them. On a node
     other than the head (`release_when_unused`), it leaves once the node runs no replica."""
@@ -216,7 +193,7 @@ class WarmPool:
     async def _release_if_unused(self) -> bool:
         loop = asyncio.get_running_loop()
         now = time.time()
-        if await loop.run_in_executor(None, _runs_replicas):
+        if await loop.run_in_executor(None, runs_replicas):
             self.last_busy = now
             return False
         if not release_due(False, self.last_busy, now):

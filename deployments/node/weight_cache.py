@@ -15,6 +15,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from deployments import constants
+from deployments.node.occupancy import OCCUPANCY_CHECK_S, on_head, release_due, runs_replicas
 from deployments.weights_location import is_location, parse_location
 
 
@@ -40,8 +41,13 @@ class NodeWeightCache:
     """Weights files of this node, each a dict of numpy arrays in the object store, owned here so
     they outlive the replicas that asked for them."""
 
-    def __init__(self) -> None:
+    def __init__(self, release_when_unused: bool = False) -> None:
         self.entries: dict[str, Any] = {}
+        # On an autoscaled node the cache leaves once the node runs no replica (see occupancy).
+        self.release_when_unused = release_when_unused
+        self.last_busy = time.time()
+        if release_when_unused:
+            self._watch = asyncio.get_event_loop().create_task(self._leave_when_unused())
         self.sizes: dict[str, int] = {}
         self.hits: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -49,6 +55,16 @@ class NodeWeightCache:
         # previous weights here; older ones are dropped (replicas still mapping them keep them alive).
         self.versions: dict[str, list[str]] = {}
         self.evicted = 0
+
+    async def _leave_when_unused(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(OCCUPANCY_CHECK_S)
+            now = time.time()
+            if await loop.run_in_executor(None, runs_replicas):
+                self.last_busy = now
+            elif release_due(False, self.last_busy, now):
+                ray.actor.exit_actor()
 
     async def get(self, key: str, path: str, model: str | None = None) -> list[Any]:
         """[ObjectRef] of the weights with this fingerprint, reading `path` only on the first ask."""
@@ -114,6 +130,7 @@ def readable_path(path: str) -> str:
 def node_weight_cache(node_id: str | None = None) -> Any:
     """The weight cache actor of a node (this one by default), started on first use."""
     node_id = node_id or ray.get_runtime_context().get_node_id()
+    release_when_unused = not on_head(node_id)
     return (
         ray.remote(NodeWeightCache)
         .options(
@@ -125,7 +142,7 @@ def node_weight_cache(node_id: str | None = None) -> Any:
             max_concurrency=64,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         )
-        .remote()
+        .remote(release_when_unused)
     )
 
 
@@ -133,7 +150,13 @@ async def load_cached(key: str, path: str, model: str | None = None) -> tuple[An
     """The shared weights for `key` through this node's cache, and the seconds it took. `model`
     ("app/function/model") lets the cache drop that model's superseded weights."""
     started = time.perf_counter()
-    cache = node_weight_cache()
-    (ref,) = await cache.get.remote(key, path, model)
-    shared = await ref
+
+    async def fetch() -> Any:
+        (ref,) = await node_weight_cache().get.remote(key, path, model)
+        return await ref
+
+    try:
+        shared = await fetch()
+    except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
+        shared = await fetch()  # the cache left (its node had run no replica) as this one asked: a new one
     return shared, time.perf_counter() - started

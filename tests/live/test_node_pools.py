@@ -33,6 +33,14 @@ def wait_until_no_node(cluster, node_type: str) -> None:
     cluster.wait_for(lambda: not nodes_of_type(node_type), timeout=180, what=f"no {node_type} node alive")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_fake_node_left(cluster):
+    """The modules after this one run without fake nodes (each is a raylet and its agents)."""
+    yield
+    for node_type in ("fake_a10g", "fake_l4"):
+        wait_until_no_node(cluster, node_type)
+
+
 @pytest.fixture(scope="module")
 def pools(cluster):
     cluster.deploy(APPS / "pools.py")
@@ -148,5 +156,7 @@ def test_weights_deleted_from_the_deployers_disk_still_load_on_a_new_node(cluste
         assert response.json()["outputs"] == [[20.0]]
         listed = json.loads(cluster.cli("weights", "ls", "pooledmodel/scaler", "--json").stdout)
         assert listed["default"]["path"].startswith("raygpu-blob://")
+        # the node's weight cache and warm pool leave with its last replica: the idle node goes
+        wait_until_no_node(cluster, "fake_a10g")
     finally:
         cluster.cli("stop", "pooledmodel")

@@ -3,7 +3,8 @@ refill plan and what triggered a replica start."""
 
 from autoscaling.decision import PLAN_KEY, SEEN_TARGET_KEY, ServeObservation, decide
 from autoscaling.policy import RaygpuPolicy, ScalingConfig
-from deployments.node.warm_pool import PENDING_GRACE_S, REFILL_DELAY_S, RELEASE_AFTER_S, plan_refill, release_due
+from deployments.node.occupancy import RELEASE_AFTER_S, release_due
+from deployments.node.warm_pool import PENDING_GRACE_S, REFILL_DELAY_S, plan_refill
 from deployments.replicas.start_phases import StartPhases, trigger_of
 
 

@@ -23,7 +23,7 @@ def on_l4(x: int = 0) -> dict:
     return {"x": x, **where()}
 
 
-@app.function(gpu="L4", max_inputs=1, scaledown_window=60)
+@app.function(gpu="L4", max_inputs=1, scaledown_window=30)
 def l4_slow(seconds: float = 0.0) -> dict:
     import time
 
