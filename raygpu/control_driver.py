@@ -55,14 +55,18 @@ def watch_nodes(stop: threading.Event, warm_pool: int) -> None:
     import logging
 
     from deployments import constants
-    from deployments.node.warm_pool import start_warm_pools
+    from deployments.node.warm_pool import nodes_without_pool, start_pools_on
     from raygpu.deploy import replica_nodes
 
     while not stop.wait(constants.NODE_WATCH_INTERVAL_S):
         if warm_pool <= 0:
             continue
         try:
-            start_warm_pools(warm_pool, replica_nodes())
+            missing = nodes_without_pool()
+            if missing:  # only then ask Serve where replicas run (its details cost the controller)
+                busy = replica_nodes() & set(missing)
+                if busy:
+                    start_pools_on(warm_pool, busy)
         except Exception as exc:  # the GCS or Serve's controller is restarting: try again next round
             logging.getLogger(__name__).warning("raygpu: watching nodes failed: %s", exc)
 

@@ -4,7 +4,6 @@ bytes; each node keeps a local copy it checks against the address."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import ray
 
 from deployments import constants
-from deployments.weights_location import BLOB_NAME, HASH_CHUNK, WeightsLocation, blob_name
+from deployments.weights_location import BLOB_NAME, WeightsLocation, blob_name
 
 CHUNK_BYTES = 32 * 2**20
 
@@ -58,7 +57,7 @@ class WeightBlobs:
         partial = final.with_suffix(final.suffix + ".part")
         if not partial.exists():
             raise FileNotFoundError(f"no upload of {name} in progress")
-        if blob_name(partial).split(".")[0] != name[:64]:
+        if _sha256(partial) != name[:64]:
             partial.unlink()
             raise ValueError(f"the uploaded bytes do not hash to {name[:64]}: upload again")
         os.replace(partial, final)
@@ -149,8 +148,4 @@ def local_copy(name: str, directory: str | Path | None = None) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return blob_name(path)[:64]

@@ -269,27 +269,44 @@ def pool_actor_name(node_id: str) -> str:
     return f"{constants.WARM_POOL_ACTOR_PREFIX}{node_id}"
 
 
-def pool_nodes(replica_nodes: set[str] | None = None) -> list[dict[str, Any]]:
-    """The alive nodes that get a warm pool: the head, when it has GPUs (or on a machine without
-    any GPU node), and GPU worker nodes that run replicas (`replica_nodes`)."""
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    gpu_nodes = [n for n in nodes if n["Resources"].get("GPU", 0) > 0]
-    if not gpu_nodes:
-        return nodes[:1]
-    return [n for n in gpu_nodes if _is_head(n) or n["NodeID"] in (replica_nodes or set())]
-
-
 def _is_head(node: dict[str, Any]) -> bool:
     return "node:__internal_head__" in node.get("Resources", {})
 
 
-def start_warm_pools(size: int, replica_nodes: set[str] | None = None) -> list[str]:
-    """A warm pool of `size` workers on every pool node that has none; returns the ids of the
-    nodes it covers. The control-plane driver runs this every few seconds, so a node the
-    autoscaler launched later (or one that restarted under a new id) gets its pool as soon as a
-    replica lands there."""
+def start_warm_pools(size: int) -> list[str]:
+    """A warm pool of `size` workers on the head when it has GPUs, or on the first node of a
+    cluster without any (`raygpu up`); GPU worker nodes get theirs from `start_pools_on` once a
+    replica runs there. Returns the node ids covered."""
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    heads = [n for n in nodes if _is_head(n) and n["Resources"].get("GPU", 0) > 0]
+    if not any(n["Resources"].get("GPU", 0) > 0 for n in nodes):
+        heads = nodes[:1]
+    return _start_pools(size, heads)
+
+
+def nodes_without_pool() -> list[str]:
+    """Alive GPU worker nodes (not the head) that have no warm pool now: just launched, restarted,
+    or their pool left when their last replica did."""
+    missing = []
+    for node in ray.nodes():
+        if not node["Alive"] or _is_head(node) or node["Resources"].get("GPU", 0) <= 0:
+            continue
+        try:
+            ray.get_actor(pool_actor_name(node["NodeID"]), namespace=constants.RAY_NAMESPACE)
+        except ValueError:
+            missing.append(node["NodeID"])
+    return missing
+
+
+def start_pools_on(size: int, node_ids: set[str]) -> list[str]:
+    """A warm pool on each of these alive nodes (the control-plane driver passes the GPU worker
+    nodes without one that run replicas)."""
+    return _start_pools(size, [n for n in ray.nodes() if n["Alive"] and n["NodeID"] in node_ids])
+
+
+def _start_pools(size: int, nodes: list[dict[str, Any]]) -> list[str]:
     handles = {}
-    for node in pool_nodes(replica_nodes):
+    for node in nodes:
         handles[node["NodeID"]] = (
             ray.remote(WarmPool)
             .options(
