@@ -71,18 +71,26 @@ def test_routes_outside_v1_and_wrong_methods_are_refused(cluster, llm):
     assert requests.delete(f"{cluster.url}/llm/chat/v1/models", timeout=30).status_code == 405
 
 
-def engine_info() -> dict:
+def chat_handle():
     import ray
     from ray import serve
 
     from raygpu.control import store
 
     entry = next(a for a in ray.get(store().live_apps.remote()) if a["name"] == "llm")
-    handle = serve.get_deployment_handle("chat", app_name=entry["functions"][0]["serve_app"])
+    return serve.get_deployment_handle("chat", app_name=entry["functions"][0]["serve_app"])
+
+
+def engine_info(handle=None) -> dict:
+    """The vLLM replica's engine counters (through `handle`, or a handle opened for this one call:
+    a new handle first learns the replicas from the controller, which takes a moment)."""
+    own = handle is None
+    handle = handle or chat_handle()
     try:
         return handle.engine_info.remote().result(timeout_s=30)
     finally:
-        handle.shutdown()  # no router left pushing metrics after the session's cluster is gone
+        if own:
+            handle.shutdown()  # no router left pushing metrics after the session's cluster is gone
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -90,7 +98,8 @@ def test_a_client_that_disconnects_stops_its_generation(cluster, llm, stream):
     import json
     import socket
 
-    before = engine_info()["cancelled_requests"]
+    handle = chat_handle()  # opened before: the 1 s below measures the engine, not a new handle's setup
+    before = engine_info(handle)["cancelled_requests"]
     body = json.dumps(
         {"model": "tiny", "prompt": "a", "max_tokens": 240, "ignore_eos": True, "n": 4, "stream": stream}
     ).encode()
@@ -104,11 +113,16 @@ def test_a_client_that_disconnects_stops_its_generation(cluster, llm, stream):
     if stream:
         assert sock.recv(64).startswith(b"HTTP/1.1 200")  # tokens are flowing
     else:
-        cluster.wait_for(lambda: engine_info()["unfinished_requests"] > 0, timeout=30, interval=0.02, what="generation")
+        cluster.wait_for(
+            lambda: engine_info(handle)["unfinished_requests"] > 0, timeout=30, interval=0.02, what="generation"
+        )
     sock.close()
-    cluster.wait_for(
-        lambda: (info := engine_info())["unfinished_requests"] == 0 and info["cancelled_requests"] > before,
-        timeout=1.0,
-        interval=0.05,
-        what="the generation to stop",
-    )
+    try:
+        cluster.wait_for(
+            lambda: (info := engine_info(handle))["unfinished_requests"] == 0 and info["cancelled_requests"] > before,
+            timeout=1.0,
+            interval=0.05,
+            what="the generation to stop",
+        )
+    finally:
+        handle.shutdown()
