@@ -253,6 +253,7 @@ def stop_local(timeout_s: float = 15.0, ports_timeout_s: float = 30.0) -> list[i
         return []
     disconnect()
     procs = {p.pid: p for p in cluster_processes(cluster.temp_dir)}
+    procs.update({p.pid: p for p in client_servers(int(cluster.address.rsplit(":", 1)[1]))})
     for pid in cluster.pids:
         if pid not in procs:
             proc = recorded_process(pid, cluster.process_starts.get(pid))
@@ -273,6 +274,22 @@ def stop_local(timeout_s: float = 15.0, ports_timeout_s: float = 30.0) -> list[i
     local_state_path().unlink(missing_ok=True)
     wait_for_ports(cluster.http_host, cluster.ports, ports_timeout_s)
     return sorted(procs)
+
+
+def client_servers(gcs_port: int) -> list[psutil.Process]:
+    """The cluster's Ray client server: `ray start` leaves it behind as an orphan whose command line
+    names the GCS address, not the temp dir."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if "ray.util.client.server" in cmdline and any(
+                a.startswith("--address=") and a.endswith(f":{gcs_port}") for a in cmdline
+            ):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 def wait_for_ports(host: str, ports: list[int], timeout_s: float) -> None:

@@ -113,5 +113,7 @@ def _run_cluster(home: Path, port: int, env: dict[str, str]):
         [str(Path(sys.executable).parent / "raygpu"), "down"], env=env, capture_output=True, text=True, timeout=120
     )
     assert down.returncode == 0, down.stderr
-    leftover = cluster_processes(info.temp_dir)
+    from raygpu.local_cluster import client_servers
+
+    leftover = cluster_processes(info.temp_dir) + client_servers(int(info.address.rsplit(":", 1)[1]))
     assert not leftover, f"`raygpu down` left processes running: {[p.pid for p in leftover]}"
