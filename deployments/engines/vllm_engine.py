@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +31,6 @@ def sleep_mode_supported() -> tuple[bool, str]:
 class ResponseStart:
     status: int
     headers: list[tuple[str, str]]
-
-
-# How vLLM's OpenAI endpoints prefix the request id they are given (completions, chat, embeddings, ...).
-ABORT_ID_PREFIXES = ("cmpl", "chatcmpl", "embd", "pool", "tokn", "resp")
 
 
 class VllmServer:
@@ -103,11 +98,7 @@ class VllmServer:
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
     ) -> AsyncIterator[ResponseStart | bytes]:
-        """Run one HTTP request through vLLM's app: yields a ResponseStart, then body chunks. Each
-        request carries an id of its own (`X-Request-Id`), so a caller that goes away has exactly its
-        engine requests aborted."""
-        request_id = f"raygpu-{uuid.uuid4().hex}"
-        headers = [(k, v) for k, v in (headers or []) if k.lower() != "x-request-id"] + [("x-request-id", request_id)]
+        """Run one HTTP request through vLLM's app: yields a ResponseStart, then body chunks."""
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -118,7 +109,7 @@ class VllmServer:
             "raw_path": path.encode(),
             "query_string": query,
             "root_path": "",
-            "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
+            "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or [])],
             "client": ("127.0.0.1", 0),
             "server": ("raygpu", 80),
             "app": self.app,
@@ -169,23 +160,11 @@ class VllmServer:
                 # the engine abort the request now, instead of generating on for nobody.
                 self.cancelled += 1
                 task.cancel()
-                await self._abort(request_id)
             if not task.done():
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(task, timeout=5.0)
         if completed:
             await task
-
-    async def _abort(self, request_id: str) -> None:
-        """Abort the engine requests of one call now: cancelling vLLM's handler alone leaves a
-        non-streaming request (and each of its `n` samples) generating until it ends. vLLM names
-        them by endpoint ("cmpl-ID", "chatcmpl-ID", ...); an id it does not know is skipped."""
-        known = getattr(getattr(self.engine, "output_processor", None), "external_req_ids", None) or {}
-        ids = [k for k in list(known) if k.endswith(request_id)] or [
-            f"{prefix}-{request_id}" for prefix in ABORT_ID_PREFIXES
-        ]
-        with contextlib.suppress(Exception):  # the engine may have finished them meanwhile
-            await self.engine.abort(ids)
 
     def unfinished_requests(self) -> int:
         """Requests the engine is still generating or has queued."""
