@@ -70,11 +70,9 @@ def make_net():
     return torch.nn.Sequential(*[torch.nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
 
 
-def serve_baselines(weights_pt: str, metrics_interval_s: float):
-    """Plain Serve deployments with the same autoscaling settings raygpu's replicas get from Serve."""
-    from ray import serve
-
-    autoscaling = {
+def plain_autoscaling(metrics_interval_s: float) -> dict:
+    """Plain Serve's autoscaling with the settings raygpu's replicas get from Serve (scale to zero)."""
+    return {
         "min_replicas": 0,
         "max_replicas": 1,
         "initial_replicas": 0,
@@ -85,7 +83,13 @@ def serve_baselines(weights_pt: str, metrics_interval_s: float):
         "downscale_delay_s": 0.0,
         "downscale_to_zero_delay_s": 2.0,
     }
-    options = {"autoscaling_config": autoscaling, "ray_actor_options": {"num_gpus": 1}}
+
+
+def serve_baselines(weights_pt: str, metrics_interval_s: float):
+    """Plain Serve deployments with the same autoscaling settings raygpu's replicas get from Serve."""
+    from ray import serve
+
+    options = {"autoscaling_config": plain_autoscaling(metrics_interval_s), "ray_actor_options": {"num_gpus": 1}}
 
     @serve.deployment(**options)
     class Trivial:

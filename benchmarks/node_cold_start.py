@@ -17,7 +17,7 @@ from pathlib import Path
 
 import requests
 
-from benchmarks.cold_start import wait_until
+from benchmarks.cold_start import plain_autoscaling, wait_until
 from benchmarks.harness import median, print_table, private_cluster, write_json
 
 ACCELERATOR = "A10G"
@@ -45,17 +45,7 @@ def plain_baseline(metrics_interval_s: float) -> None:
     from ray import serve
 
     @serve.deployment(
-        autoscaling_config={
-            "min_replicas": 0,
-            "max_replicas": 1,
-            "initial_replicas": 0,
-            "target_ongoing_requests": 1,
-            "metrics_interval_s": metrics_interval_s,
-            "look_back_period_s": 2.0,
-            "upscale_delay_s": 0.0,
-            "downscale_delay_s": 0.0,
-            "downscale_to_zero_delay_s": 2.0,
-        },
+        autoscaling_config=plain_autoscaling(metrics_interval_s),
         ray_actor_options={"num_gpus": 1, "accelerator_type": ACCELERATOR},
     )
     class Trivial:
