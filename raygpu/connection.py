@@ -3,6 +3,7 @@ and the Serve handles it opens, closed before it detaches."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from typing import Any
@@ -53,6 +54,9 @@ def connect(address: str | None = None) -> None:
             f"cannot reach the Ray cluster at {resolved}: {exc}; start one with `raygpu up --local` "
             f"or check --address / {ADDRESS_ENV}"
         ) from None
+    # Runs before Ray's own exit hook (registered by ray.init): a handle's router thread left running
+    # past ray.shutdown would call a Ray API, which auto-starts a new local Ray instance.
+    atexit.register(disconnect)
 
 
 def serve_handle(serve_app: str, deployment: str) -> Any:

@@ -101,7 +101,10 @@ def startup_errors_of_running(serve_app: str, names: set[str], wait_s: float) ->
     errors: dict[str, str] = {}
     for name in sorted(names):
         handle = serve.get_deployment_handle(name, app_name=serve_app)
-        error = handle.startup_status.remote().result(timeout_s=wait_s)
+        try:
+            error = handle.startup_status.remote().result(timeout_s=wait_s)
+        finally:
+            handle.shutdown()  # its router would otherwise push metrics on after the driver detaches
         if error:
             errors[name] = error
     return errors

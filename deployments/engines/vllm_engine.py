@@ -27,6 +27,22 @@ def sleep_mode_supported() -> tuple[bool, str]:
     return True, ""
 
 
+# How long vLLM's app may take to stop a request whose caller left before it is cancelled.
+DISCONNECT_GRACE_S = 2.0
+
+
+async def stop_app_task(task: asyncio.Task, grace_s: float) -> None:
+    """Let an ASGI app task that has seen http.disconnect end by itself within `grace_s`, then
+    cancel it; the task is cancelled at once if this coroutine is cancelled while it waits."""
+    try:
+        await asyncio.wait({task}, timeout=grace_s)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=5.0)
+
+
 @dataclass
 class ResponseStart:
     status: int
@@ -156,11 +172,14 @@ class VllmServer:
         finally:
             disconnected.set()  # vLLM's own handlers see the caller gone
             if not completed and not task.done():
-                # The caller went away mid-response (streaming or not): cancelling the handler makes
-                # the engine abort the request now, instead of generating on for nobody.
+                # The caller went away mid-response (streaming or not). vLLM's handlers watch for
+                # http.disconnect and cancel their generation, which aborts the engine requests:
+                # cancelling the ASGI task first would stop only the outer wrapper
+                # (`with_cancellation` runs the handler in a task of its own) and leave the engine
+                # generating for nobody. The app gets a moment to stop itself, then is cancelled.
                 self.cancelled += 1
-                task.cancel()
-            if not task.done():
+                await stop_app_task(task, grace_s=DISCONNECT_GRACE_S)
+            elif not task.done():
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(task, timeout=5.0)
         if completed:

@@ -91,6 +91,34 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type[Http
     return GuardedHttpProtocol
 
 
+def gateway_config(
+    app: Any,
+    *,
+    max_connections: int,
+    header_timeout_s: float,
+    keep_alive_s: float,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> uvicorn.Config:
+    """uvicorn as the gateway runs it: guarded connections, no lifespan, no server header, no proxy
+    headers trusted; HTTPS only when given a PEM certificate (chain) and its key."""
+    return uvicorn.Config(
+        app,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        loop="none",
+        timeout_keep_alive=int(keep_alive_s),
+        http=guarded_protocol(max_connections, header_timeout_s),
+        server_header=False,
+        log_config=None,
+        interface="asgi3",
+        proxy_headers=False,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+    )
+
+
 class EmbeddedServer(uvicorn.Server):
     """uvicorn inside a replica: the actor process owns its signals, not the HTTP server."""
 

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
-import uvicorn
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from starlette.requests import Request
@@ -29,7 +28,7 @@ from deployments.gateway.body import BodyError, parse_arguments
 from deployments.gateway.http import (
     EmbeddedServer,
     error_response,
-    guarded_protocol,
+    gateway_config,
     json_response,
     reuse_port_socket,
 )
@@ -93,20 +92,13 @@ class Gateway:
             loop.create_task(self._ship_arrivals()),
         ]
         self._socket = reuse_port_socket(http_host, http_port)
-        config = uvicorn.Config(
+        config = gateway_config(
             self.asgi,
-            lifespan="off",
-            access_log=False,
-            log_level="warning",
-            loop="none",
-            timeout_keep_alive=int(constants.KEEP_ALIVE_TIMEOUT_S),
-            http=guarded_protocol(constants.GATEWAY_MAX_CONNECTIONS, constants.HEADER_TIMEOUT_S),
-            server_header=False,
-            log_config=None,
-            interface="asgi3",
-            proxy_headers=False,
-            ssl_certfile=tls_cert,
-            ssl_keyfile=tls_key,
+            max_connections=constants.GATEWAY_MAX_CONNECTIONS,
+            header_timeout_s=constants.HEADER_TIMEOUT_S,
+            keep_alive_s=constants.KEEP_ALIVE_TIMEOUT_S,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
         self._server = EmbeddedServer(config)
         self._server_task = loop.create_task(self._server._serve([self._socket]))

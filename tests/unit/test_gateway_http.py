@@ -1,14 +1,20 @@
-"""The gateway's HTTP guard on a real uvicorn server in this process (no Ray): the connection cap
-answers 503 and closes, and a connection that stalls before its headers is closed."""
+"""The gateway's HTTP server, configured as the gateway configures it, on a real uvicorn server in
+this process (no Ray): the connection cap answers 503 and closes, a connection that stalls before
+its headers is closed, and with a certificate and key it serves HTTPS only."""
 
 import asyncio
+import datetime as dt
+import ipaddress
 import socket
+import ssl
 import threading
 import time
+from pathlib import Path
 
-import uvicorn
+import pytest
+import requests
 
-from deployments.gateway.http import EmbeddedServer, guarded_protocol, json_response, reuse_port_socket
+from deployments.gateway.http import EmbeddedServer, gateway_config, json_response, reuse_port_socket
 from raygpu.local_cluster import free_port
 
 
@@ -18,14 +24,15 @@ async def ok_app(scope, receive, send):
 
 
 class Server:
-    def __init__(self, max_connections: int, header_timeout_s: float):
+    def __init__(self, max_connections: int, header_timeout_s: float, tls: tuple[str, str] | None = None):
         self.port = free_port()
-        config = uvicorn.Config(
+        config = gateway_config(
             ok_app,
-            lifespan="off",
-            log_level="warning",
-            log_config=None,
-            http=guarded_protocol(max_connections, header_timeout_s),
+            max_connections=max_connections,
+            header_timeout_s=header_timeout_s,
+            keep_alive_s=5,
+            tls_cert=tls[0] if tls else None,
+            tls_key=tls[1] if tls else None,
         )
         self.server = EmbeddedServer(config)
         sock = reuse_port_socket("127.0.0.1", self.port)
@@ -96,3 +103,60 @@ def test_a_connection_that_stalls_before_its_headers_is_closed():
         assert get(prompt).startswith(b"HTTP/1.1 200")  # keep-alive between requests is not a stall
     finally:
         server.stop()
+
+
+def self_signed(tmp_path: Path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "raygpu test gateway")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "gateway.pem", tmp_path / "gateway.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_with_a_certificate_and_key_the_gateway_serves_https_only(tmp_path):
+    cert, key = self_signed(tmp_path)
+    server = Server(max_connections=100, header_timeout_s=30, tls=(cert, key))
+    try:
+        answer = requests.get(f"https://127.0.0.1:{server.port}/", verify=cert, timeout=10)
+        assert answer.status_code == 200 and answer.json() == {"ok": True}
+        with pytest.raises(requests.exceptions.SSLError):  # a client that does not trust it is refused
+            requests.get(f"https://127.0.0.1:{server.port}/", timeout=10)
+        plain = server.connect()  # plain HTTP on the TLS port gets no HTTP answer
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert not plain.recv(64).startswith(b"HTTP/1.1 200")
+    finally:
+        server.stop()
+
+
+def test_a_key_that_does_not_match_the_certificate_is_refused_at_start(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cert, _ = self_signed(tmp_path / "a")
+    _, other_key = self_signed(tmp_path / "b")
+    config = gateway_config(
+        ok_app, max_connections=10, header_timeout_s=5, keep_alive_s=5, tls_cert=cert, tls_key=other_key
+    )
+    with pytest.raises(ssl.SSLError):
+        config.load()
