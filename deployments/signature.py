@@ -43,6 +43,39 @@ def arguments_model(fn: Callable[..., Any], *, skip_first: bool = False) -> type
     return create_model(name, __config__=config, **fields)
 
 
+def positional_parameters(fn: Callable[..., Any], *, skip_first: bool = False) -> list[str]:
+    """The names positional arguments of a call bind to, in order (`self` skipped for methods)."""
+    params = list(inspect.signature(fn).parameters.values())
+    if skip_first and params:
+        params = params[1:]
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in positional]
+
+
+def is_generator(fn: Callable[..., Any]) -> bool:
+    """Whether `fn`'s body yields (sync or async): its calls stream what it yields."""
+    fn = inspect.unwrap(fn)
+    return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+def bind_positional(
+    function: str, parameters: list[str], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Keyword arguments of a call made with positional ones, bound by the parameter names; a
+    TypeError like Python's own for too many or doubly given arguments."""
+    if len(args) > len(parameters):
+        raise TypeError(
+            f"{function}() takes {len(parameters)} positional argument(s) but {len(args)} were given"
+            + ("" if parameters else "; pass keyword arguments")
+        )
+    bound = dict(kwargs)
+    for name, value in zip(parameters, args):
+        if name in bound:
+            raise TypeError(f"{function}() got multiple values for argument {name!r}")
+        bound[name] = value
+    return bound
+
+
 def return_schema(fn: Callable[..., Any]) -> dict[str, Any]:
     """JSON schema of the return annotation ({} when there is none or it has no schema)."""
     annotation = inspect.signature(fn).return_annotation

@@ -185,6 +185,11 @@ class FunctionSpec(BaseModel):
     max_queue: int = Field(default=constants.DEFAULT_MAX_QUEUE, ge=0, le=1_000_000)
     torch_model: TorchModelSpec | None = None
     vllm_model: VllmModelSpec | None = None
+    # The positional parameters of each callable (a function under its own name, a class's methods
+    # under theirs): `fn.remote(1, 2)` and `fn.map(...)` bind arguments as a local call would.
+    parameters: dict[str, list[str]] = Field(default_factory=dict)
+    # The callables whose body yields: their calls stream items (ndjson or SSE, `remote_gen`).
+    generators: list[str] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -212,7 +217,19 @@ class FunctionSpec(BaseModel):
             raise ValueError(
                 f"min_containers ({self.min_containers}) must not exceed max_containers ({self.max_containers})"
             )
+        callables = set(self.methods) if self.methods else {self.name}
+        unknown = sorted((set(self.generators) | set(self.parameters)) - callables)
+        if unknown:
+            raise ValueError(f"generators/parameters name {', '.join(unknown)}, which {self.name} does not define")
         return self
+
+    def callable_key(self, method: str | None) -> str:
+        """How `parameters` and `generators` name a callable: a method, else the function itself."""
+        return method if method is not None else self.name
+
+    def streams(self, method: str | None) -> bool:
+        """Whether calls of this callable stream the items its body yields."""
+        return self.callable_key(method) in self.generators
 
     @property
     def gpu_request(self) -> GpuRequest | None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from deployments.kinds import checked
 from deployments.lifecycle import ENTER_MARK, EXIT_MARK, METHOD_MARK, method_names, run_enter_hooks
+from deployments.signature import is_generator, positional_parameters
 from deployments.spec import FunctionSpec, Image, TorchModelCode, TorchModelSpec, VllmModelSpec, validate_name
 from raygpu.client import lookup
 from raygpu.errors import InvalidSpecError
@@ -92,8 +93,21 @@ class Function:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
-    def remote(self, **kwargs: Any) -> Any:
-        return lookup(self.app.name, self.spec.name).remote(**kwargs)
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the deployed function (see RemoteFunction.remote)."""
+        return lookup(self.app.name, self.spec.name).remote(*args, **kwargs)
+
+    def map(self, *iterables: Any, **options: Any) -> Iterator[Any]:
+        """Call the deployed function once per input, many at once (see RemoteFunction.map)."""
+        return lookup(self.app.name, self.spec.name).map(*iterables, **options)
+
+    def starmap(self, input_iterator: Any, **options: Any) -> Iterator[Any]:
+        """`map` with each input a tuple of positional arguments (see RemoteFunction.starmap)."""
+        return lookup(self.app.name, self.spec.name).starmap(input_iterator, **options)
+
+    def remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """Iterate what the deployed generator function yields (see RemoteFunction.remote_gen)."""
+        return lookup(self.app.name, self.spec.name).remote_gen(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<raygpu.Function {self.app.name}/{self.spec.name}>"
@@ -157,7 +171,14 @@ class App:
         def decorate(fn: Callable[..., Any]) -> Function:
             if inspect.isclass(fn) or not callable(fn):
                 raise InvalidSpecError(f"@{self.name}.function must decorate a function; use @app.cls for classes")
-            spec = self._new_spec(settings.pop("name", fn.__name__), "function", **settings)
+            name = settings.pop("name", fn.__name__)
+            spec = self._new_spec(
+                name,
+                "function",
+                parameters={name: positional_parameters(fn)},
+                generators=[name] if is_generator(fn) else [],
+                **settings,
+            )
             function = Function(self, fn, spec)
             self.functions[spec.name] = function
             return function
@@ -171,7 +192,15 @@ class App:
             if not inspect.isclass(cls):
                 raise InvalidSpecError(f"@{self.name}.cls must decorate a class; use @app.function for functions")
             methods = method_names(cls)
-            spec = self._new_spec(settings.pop("name", cls.__name__), "class", methods=methods, **settings)
+            callables = {name: getattr(cls, name) for name in methods}
+            spec = self._new_spec(
+                settings.pop("name", cls.__name__),
+                "class",
+                methods=methods,
+                parameters={name: positional_parameters(fn, skip_first=True) for name, fn in callables.items()},
+                generators=[name for name, fn in callables.items() if is_generator(fn)],
+                **settings,
+            )
             for method_name in methods:
                 original = cls.__dict__.get(method_name)
                 if original is not None:

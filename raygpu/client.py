@@ -1,4 +1,5 @@
-"""Calling deployed functions from Python: `raygpu.lookup("app", "fn").remote(**kwargs)`.
+"""Calling deployed functions from Python: `raygpu.lookup("app", "fn").remote(...)`, `.map(...)`,
+`.starmap(...)` and `.remote_gen(...)`.
 
 Calls go through a Serve handle straight to the function's deployment (a process attached to the
 cluster is trusted, as with `ray`), and each call is recorded as an arrival for the autoscaler.
@@ -10,12 +11,15 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import ray
 
 from deployments import constants
+from deployments.signature import bind_positional
 from deployments.spec import DeployedFunction
+from raygpu.batch import batch_window, run_batch
 from raygpu.connection import connect, serve_handle
 from raygpu.control import store
 from raygpu.errors import NoClusterError, NotFoundError, RemoteCallError
@@ -37,16 +41,41 @@ class RemoteFunction:
             raise NotFoundError(f"class {spec.name!r} has no method {name!r}; methods: {', '.join(spec.methods)}")
         return RemoteFunction(self.app, self.deployed, name)
 
-    def remote(self, **kwargs: Any) -> Any:
-        """Call the deployed function and return its result; raise RemoteCallError on failure."""
+    @property
+    def _label(self) -> str:
+        return self.deployed.spec.name + (f".{self.method}" if self.method else "")
+
+    def _callable(self) -> str | None:
+        """The method to call (None for a function); RemoteCallError when a class has no method picked."""
         spec = self.deployed.spec
         if spec.methods and self.method is None:
             raise RemoteCallError(400, "MethodRequired", f"pick a method: lookup(...).{spec.methods[0]}.remote(...)")
+        return self.method
+
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        spec = self.deployed.spec
+        parameters = spec.parameters.get(spec.callable_key(self.method))
+        if args and parameters is None:
+            raise TypeError(f"{self._label}: this deployment does not record its parameters; pass keyword arguments")
+        return bind_positional(self._label, parameters or [], args, kwargs)
+
+    def _refuse_generator(self, use: str) -> None:
+        if self.deployed.spec.streams(self.method):
+            raise RemoteCallError(400, "GeneratorFunction", f"{self._label} yields its results: iterate {use} instead")
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the deployed function and return its result; raise RemoteCallError on failure."""
+        method = self._callable()
+        self._refuse_generator(".remote_gen(...)")
+        return self._call(method, self._bind(args, kwargs))
+
+    def _call(self, method: str | None, kwargs: dict[str, Any]) -> Any:
+        spec = self.deployed.spec
         store().record_arrivals.remote([(self.app, spec.name, time.time())])
         handle = serve_handle(self.deployed.serve_app, self.deployed.deployment)
         deadline = time.monotonic() + spec.timeout + spec.startup_timeout
         while True:
-            status, body, _version, headers = handle.remote(self.method, kwargs).result(
+            status, body, _version, headers = handle.remote(method, kwargs).result(
                 timeout_s=max(deadline - time.monotonic(), 0.001)
             )
             if constants.DRAINING_HEADER not in headers or time.monotonic() >= deadline:
@@ -54,15 +83,106 @@ class RemoteFunction:
             time.sleep(constants.DRAINING_RETRY_S)  # that replica is being replaced: go to another
         payload = json.loads(body)
         if status != 200:
-            error = payload.get("error", {}) if isinstance(payload, dict) else {}
-            raise RemoteCallError(
-                status, error.get("type", "Error"), error.get("message", str(payload)), error.get("details")
-            )
+            raise remote_error(status, payload)
         return payload
+
+    def map(
+        self,
+        *iterables: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
+        """Call the function once per element of `iterables` (zipped, as the builtin `map`), many
+        at once (up to `max_containers × max_inputs`); `kwargs` go to every call. Outputs in input
+        order (`order_outputs=False`: as they finish). A failed call raises its RemoteCallError
+        once the calls in flight settle, or with `return_exceptions=True` yields it in place."""
+        return self.starmap(
+            zip(*iterables), kwargs=kwargs, order_outputs=order_outputs, return_exceptions=return_exceptions
+        )
+
+    def starmap(
+        self,
+        input_iterator: Iterable[tuple[Any, ...]],
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
+        """As `map`, with each element a tuple of positional arguments."""
+        shared = dict(kwargs or {})
+        return self.map_kwargs(
+            (self._bind(tuple(args), shared) for args in input_iterator),
+            order_outputs=order_outputs,
+            return_exceptions=return_exceptions,
+        )
+
+    def map_kwargs(
+        self,
+        inputs: Iterable[dict[str, Any]],
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        max_in_flight: int | None = None,
+    ) -> Iterator[Any]:
+        """As `map`, with each element a dict of keyword arguments (what `raygpu map` reads);
+        `max_in_flight` lowers the number of calls at once below the function's capacity."""
+        method = self._callable()
+        self._refuse_generator(".remote_gen(...) per input")
+        spec = self.deployed.spec
+        window = batch_window(spec.max_containers, spec.max_inputs)
+        if max_in_flight is not None:
+            window = max(1, min(window, max_in_flight))
+        return run_batch(
+            lambda arguments: self._call(method, arguments),
+            inputs,
+            window=window,
+            order_outputs=order_outputs,
+            return_exceptions=return_exceptions,
+        )
+
+    def remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """Call a function whose body yields; iterate its items as the replica produces them.
+        Closing the iterator early stops the generator on the replica."""
+        method = self._callable()
+        spec = self.deployed.spec
+        if not spec.streams(method):
+            raise RemoteCallError(400, "NotAGenerator", f"{self._label} returns one result: call .remote(...)")
+        arguments = self._bind(args, kwargs)
+        return self._stream(method, arguments)
+
+    def _stream(self, method: str | None, arguments: dict[str, Any]) -> Iterator[Any]:
+        spec = self.deployed.spec
+        store().record_arrivals.remote([(self.app, spec.name, time.time())])
+        handle = serve_handle(self.deployed.serve_app, self.deployed.deployment).options(stream=True)
+        deadline = time.monotonic() + spec.startup_timeout
+        while True:
+            stream = handle.stream.remote(method, arguments, 0, {})
+            start = next(stream)
+            if start.get("headers", {}).get(constants.DRAINING_HEADER) and time.monotonic() < deadline:
+                time.sleep(constants.DRAINING_RETRY_S)  # that replica is being replaced: go to another
+                continue
+            break
+        if start["status"] != 200:
+            raise remote_error(start["status"], json.loads(start["body"]))
+        finished = False
+        try:
+            for kind, value in stream:
+                if kind == "error":
+                    raise remote_error(500, value)
+                yield json.loads(value)
+            finished = True
+        finally:
+            if not finished:
+                stream.cancel()
 
     def __repr__(self) -> str:
         suffix = f".{self.method}" if self.method else ""
         return f"<raygpu.RemoteFunction {self.app}/{self.deployed.spec.name}{suffix}>"
+
+
+def remote_error(status: int, payload: Any) -> RemoteCallError:
+    """The RemoteCallError of an error answer `{"error": {"type", "message"[, "details"]}}`."""
+    error = payload.get("error", {}) if isinstance(payload, dict) else {}
+    return RemoteCallError(status, error.get("type", "Error"), error.get("message", str(payload)), error.get("details"))
 
 
 def lookup(app: str, name: str, *, address: str | None = None) -> RemoteFunction:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import threading
 from typing import Any
 
 from deployments import constants
@@ -15,6 +16,7 @@ from raygpu.home import local_cluster_alive, read_local_cluster
 ADDRESS_ENV = "RAYGPU_ADDRESS"
 
 _handles: dict[tuple[str, str], Any] = {}
+_handles_lock = threading.Lock()
 
 
 def resolve_address(address: str | None = None) -> tuple[str, bool]:
@@ -60,13 +62,17 @@ def connect(address: str | None = None) -> None:
 
 
 def serve_handle(serve_app: str, deployment: str) -> Any:
-    """A Serve handle to a deployment, opened once per process."""
+    """A Serve handle to a deployment, opened once per process and ready to call from any thread.
+    It is opened and its router started under a lock: `map` calls from many threads at once, and a
+    handle's first calls racing would each start a router, all but one left running unclosed."""
     from ray import serve
 
     key = (serve_app, deployment)
-    if key not in _handles:
-        _handles[key] = serve.get_deployment_handle(deployment, app_name=serve_app)
-    return _handles[key]
+    with _handles_lock:
+        if key not in _handles:
+            # .options() starts the handle's router now and returns a handle that shares it
+            _handles[key] = serve.get_deployment_handle(deployment, app_name=serve_app).options()
+        return _handles[key]
 
 
 def disconnect() -> None:

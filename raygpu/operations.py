@@ -8,6 +8,8 @@ import base64
 import json
 import os
 import stat
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,10 @@ GATEWAY_ENV = "RAYGPU_GATEWAY"
 ADMIN_TOKEN_ENV = "RAYGPU_ADMIN_TOKEN"
 # Upload chunks of weights over the gateway (base64 in JSON: 4/3 of this on the wire).
 UPLOAD_CHUNK_BYTES = 8 * 2**20
+# `raygpu map` over the gateway: calls in flight, and how it waits out a full queue.
+GATEWAY_MAP_CONCURRENCY = 32
+QUEUE_FULL_RETRIES = 20
+QUEUE_FULL_PAUSE_S = 1.0
 
 
 class Login(BaseModel):
@@ -152,6 +158,19 @@ class DriverOperations:
 
         return public_url()
 
+    def map_inputs(
+        self, target: str, inputs: list[dict[str, Any]], token: str | None, concurrency: int | None
+    ) -> Iterator[Any]:
+        """One call of APP/FN (or APP/Class/method) per keyword-argument dict, through Serve
+        handles as `lookup(...).map` does; outputs in input order, a failure as its RemoteCallError."""
+        from raygpu.client import lookup
+
+        app, function, method = split_target(target)
+        remote = lookup(app, function)
+        if method is not None:
+            remote = getattr(remote, method)
+        return remote.map_kwargs(inputs, return_exceptions=True, max_in_flight=concurrency)
+
 
 class GatewayOperations:
     """The cluster through its gateway's admin routes, with the admin token."""
@@ -191,6 +210,31 @@ class GatewayOperations:
         if response.status_code in (400, 413, 422):
             raise RaygpuError(message)
         raise NoClusterError(f"the cluster failed: {message}")
+
+    def map_inputs(
+        self, target: str, inputs: list[dict[str, Any]], token: str | None, concurrency: int | None
+    ) -> Iterator[Any]:
+        """One HTTP call of APP/FN per keyword-argument dict through the gateway (`token` for a
+        protected app), `concurrency` at once; a call refused for a full queue is sent again after
+        the Retry-After the gateway gives. Outputs in input order, a failure as its RemoteCallError."""
+        from raygpu.batch import run_batch
+        from raygpu.client import call_over_http
+        from raygpu.errors import RemoteCallError
+
+        split_target(target)
+
+        def call(arguments: dict[str, Any]) -> Any:
+            body = json.dumps(arguments)
+            for _ in range(QUEUE_FULL_RETRIES):
+                try:
+                    return json.loads(call_over_http(self.login.url, target, body, token, timeout_s=self.timeout_s))
+                except RemoteCallError as exc:
+                    if exc.status != 503 or exc.error_type not in ("QueueFull", "TooManyConnections"):
+                        raise
+                    time.sleep(QUEUE_FULL_PAUSE_S)
+            return json.loads(call_over_http(self.login.url, target, body, token, timeout_s=self.timeout_s))
+
+        return run_batch(call, inputs, window=concurrency or GATEWAY_MAP_CONCURRENCY, return_exceptions=True)
 
     def upload(self, where: str, path: str) -> str:
         """A local weights file into the cluster's blob store (nothing sent when it has those bytes)."""
@@ -281,6 +325,14 @@ class GatewayOperations:
 
     def gateway_url(self) -> str:
         return self.login.url
+
+
+def split_target(target: str) -> tuple[str, str, str | None]:
+    """APP/FN or APP/Class/method as (app, function or class, method or None)."""
+    parts = target.strip("/").split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"name the target as APP/FUNCTION or APP/Class/method, not {target!r}")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
 
 
 def operations(address: str | None) -> DriverOperations | GatewayOperations:

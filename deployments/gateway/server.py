@@ -9,6 +9,7 @@ deployment through a Serve handle.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -329,6 +330,9 @@ class Gateway:
             except BodyError as exc:
                 return error_response(400, exc.error_type, exc.message)
             self._arrival(app, route.deployed.spec.name, key)
+            if route.deployed.spec.streams(route.target):
+                response, handed_over = await self._call_generator(route, request, body, len(raw), release)
+                return response
             forwarded = {k: v for k, v in request.headers.items() if k.startswith(constants.FORWARDED_HEADER_PREFIX)}
             return await self._call(app, route.deployed, route.target, body, len(raw), forwarded)
         finally:
@@ -400,59 +404,115 @@ class Gateway:
         except Exception:
             return internal_error(f"call of {app}/{spec.name}")
 
+    async def _open_stream(
+        self, route: Route, request: Request, invoke: Callable[[], Any]
+    ) -> tuple[Any, Any] | Response:
+        """Start a streamed call (`invoke` sends it): the stream and its first item (the answer's
+        start), or the Response that ends the call: 499 when the client left first, 503 when the
+        queue is full, 504 past the deadline, 500 when the replica died on every attempt. A
+        replica being replaced answers that at once; the call then goes to its replacement."""
+        app, spec = route.app, route.deployed.spec
+        budget = spec.timeout + spec.startup_timeout
+        deadline = time.monotonic() + budget
+        attempt = 0
+        while True:
+            stream = invoke()
+            try:
+                start = await _first_unless_disconnected(stream, request, max(deadline - time.monotonic(), 0.001))
+                if start is None:  # the client went away before the replica answered
+                    stream.cancel()
+                    return Response(status_code=499)
+            except BackPressureError:
+                return self._queue_full(spec.name)
+            except TimeoutError:
+                stream.cancel()
+                return error_response(504, "Timeout", f"no replica of {spec.name!r} answered within {budget:g} s")
+            except REPLICA_GONE_ERRORS as exc:
+                attempt += 1
+                if attempt <= spec.retries:
+                    continue
+                return error_response(
+                    500,
+                    "ReplicaDied",
+                    f"the replica running {spec.name!r} exited during the "
+                    f"call ({type(exc).__name__}); see `raygpu logs {app}/{spec.name}`",
+                )
+            if constants.DRAINING_HEADER in dict(start.get("headers") or {}) and time.monotonic() < deadline:
+                await asyncio.sleep(constants.DRAINING_RETRY_S)
+                continue
+            return stream, start
+
+    def _stream_body(self, stream: Any, release: Callable[[], None], encode: Callable[[Any], bytes]) -> Any:
+        """The body of a streamed answer: each item encoded as it arrives. The call ends when the
+        stream does, or when the client goes away: then the replica's generation is cancelled."""
+
+        async def body() -> Any:
+            finished = False
+            try:
+                async for chunk in stream:
+                    yield encode(chunk)
+                finished = True
+            finally:
+                if not finished:
+                    stream.cancel()
+                release()
+
+        return body()
+
     async def _call_engine(
         self, route: Route, request: Request, raw: bytes, release: Callable[[], None]
     ) -> tuple[Response, bool]:
         """Forward `/{app}/{name}/v1/...` to a model engine's own HTTP API and stream its answer back.
         Returns the response and whether its body now owns `release` (a stream ends the call when
         it ends, or when the client goes away: then the engine's generation is cancelled too)."""
-        app, deployed = route.app, route.deployed
-        spec = deployed.spec
+        app, spec = route.app, route.deployed.spec
         try:
-            handle = self._handle(app, deployed).options(stream=True)
-            path = route.target
+            handle = self._handle(app, route.deployed).options(stream=True)
             headers = {k: v for k, v in request.headers.items() if k in ("content-type", "accept")}
-            for attempt in range(spec.retries + 1):
-                stream = handle.http.remote(request.method, path, request.url.query.encode(), headers, raw, len(raw))
-                try:
-                    start = await _first_unless_disconnected(stream, request, spec.timeout + spec.startup_timeout)
-                    if start is None:  # the client went away before the engine answered
-                        stream.cancel()
-                        return Response(status_code=499), False
-                except BackPressureError:
-                    return self._queue_full(spec.name), False
-                except TimeoutError:
-                    stream.cancel()
-                    return error_response(
-                        504,
-                        "Timeout",
-                        f"no replica of {spec.name!r} answered within {spec.timeout + spec.startup_timeout:g} s",
-                    ), False
-                except REPLICA_GONE_ERRORS as exc:
-                    if attempt < spec.retries:
-                        continue
-                    return error_response(
-                        500,
-                        "ReplicaDied",
-                        f"the replica running {spec.name!r} exited during the "
-                        f"call ({type(exc).__name__}); see `raygpu logs {app}/{spec.name}`",
-                    ), False
-                break
-
-            async def body() -> Any:
-                finished = False
-                try:
-                    async for chunk in stream:
-                        yield chunk
-                    finished = True
-                finally:
-                    if not finished:  # the client went away: stop the generation on the replica
-                        stream.cancel()
-                    release()
-
+            opened = await self._open_stream(
+                route,
+                request,
+                lambda: handle.http.remote(
+                    request.method, route.target, request.url.query.encode(), headers, raw, len(raw)
+                ),
+            )
+            if isinstance(opened, Response):
+                return opened, False
+            stream, start = opened
             response_headers = {k: v for k, v in start["headers"]}
             response_headers["x-raygpu-version"] = str(self.table.apps[app]["version"])
-            return StreamingResponse(body(), status_code=start["status"], headers=response_headers), True
+            body = self._stream_body(stream, release, lambda chunk: chunk)
+            return StreamingResponse(body, status_code=start["status"], headers=response_headers), True
+        except Exception:
+            return internal_error(f"call of {app}/{spec.name}"), False
+
+    async def _call_generator(
+        self, route: Route, request: Request, body: Any, bytes_in: int, release: Callable[[], None]
+    ) -> tuple[Response, bool]:
+        """Call a function whose body yields: its items stream back as they are produced, one JSON
+        value per line (`application/x-ndjson`) or as server-sent events when the client accepts
+        `text/event-stream`. A failure after the first item ends the stream with an error item."""
+        app, spec = route.app, route.deployed.spec
+        try:
+            handle = self._handle(app, route.deployed).options(stream=True)
+            opened = await self._open_stream(
+                route, request, lambda: handle.stream.remote(route.target, body, bytes_in, {})
+            )
+            if isinstance(opened, Response):
+                return opened, False
+            stream, start = opened
+            version = {"x-raygpu-version": str(self.table.apps[app]["version"])}
+            if start["status"] != 200:
+                return Response(
+                    content=start["body"], status_code=start["status"], media_type="application/json", headers=version
+                ), False
+            sse = "text/event-stream" in request.headers.get("accept", "")
+            encode = _sse_event if sse else _ndjson_line
+            return StreamingResponse(
+                self._stream_body(stream, release, encode),
+                media_type="text/event-stream" if sse else "application/x-ndjson",
+                headers={**version, "cache-control": "no-cache", "x-accel-buffering": "no"},
+            ), True
         except Exception:
             return internal_error(f"call of {app}/{spec.name}"), False
 
@@ -464,6 +524,22 @@ class Gateway:
             f"{name!r} has as many queued calls as its max_queue allows; retry after {constants.RETRY_AFTER_S} s",
             headers={"Retry-After": str(constants.RETRY_AFTER_S)},
         )
+
+
+def _ndjson_line(chunk: tuple[str, Any]) -> bytes:
+    """A generator's item (or final error) as one line of JSON."""
+    kind, value = chunk
+    if kind == "error":
+        return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+    return value + b"\n"
+
+
+def _sse_event(chunk: tuple[str, Any]) -> bytes:
+    """A generator's item as a server-sent event (`event: error` for its final error)."""
+    kind, value = chunk
+    if kind == "error":
+        return b"event: error\ndata: " + json.dumps(value, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + value + b"\n\n"
 
 
 def internal_error(what: str) -> Response:

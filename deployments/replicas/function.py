@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,9 +19,14 @@ import cloudpickle
 
 from deployments.lifecycle import run_enter_hooks, run_exit_hooks
 from deployments.replicas.base import ReplicaBase, encode_json, error_payload, jsonable
+from deployments.replicas.streaming import close_source, item_source
 from deployments.signature import ArgumentError, arguments_model, validate_arguments
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
+
+
+class UnserializableItem(Exception):
+    """A generator yielded a value with no JSON form."""
 
 
 class FunctionReplica(ReplicaBase):
@@ -61,17 +66,30 @@ class FunctionReplica(ReplicaBase):
             outcome.status, outcome.bytes_out = status, len(encoded)
             return status, encoded, self.version, {}
 
-    async def _invoke(self, method: str | None, body: Any) -> tuple[int, Any]:
+    def _prepare(self, method: str | None, body: Any, streaming: bool) -> tuple[int, Any] | dict[str, Any]:
+        """The validated keyword arguments of a call, or the (status, error payload) refusing it."""
         if self.startup_error is not None:
             return 500, self.startup_error_payload()
-        fn = self.callables.get(method)
-        if fn is None:
+        if self.callables.get(method) is None:
             known = ", ".join(m for m in self.callables if m) or "(none)"
             return 404, error_payload("NotFound", f"{self.spec.name} has no method {method!r}; methods: {known}")
+        label = self.spec.callable_key(method)
+        if self.spec.streams(method) and not streaming:
+            return 400, error_payload(
+                "GeneratorFunction", f"{label} yields its results: read them as a stream (`.remote_gen(...)`)"
+            )
+        if streaming and not self.spec.streams(method):
+            return 400, error_payload("NotAGenerator", f"{label} returns one result: call it with `.remote(...)`")
         try:
-            arguments = validate_arguments(self.models[method], body)
+            return validate_arguments(self.models[method], body)
         except ArgumentError as exc:
             return 422, error_payload("ValidationError", str(exc), exc.errors)
+
+    async def _invoke(self, method: str | None, body: Any) -> tuple[int, Any]:
+        arguments = self._prepare(method, body, streaming=False)
+        if isinstance(arguments, tuple):
+            return arguments
+        fn = self.callables[method]
         is_async = inspect.iscoroutinefunction(fn)
         try:
             if is_async:
@@ -97,6 +115,75 @@ class FunctionReplica(ReplicaBase):
             return 500, error_payload(
                 "SerializationError", f"{self.spec.name} returned a value that cannot be sent as JSON: {exc}"
             )
+
+    async def stream(
+        self, method: str | None, body: Any, bytes_in: int = 0, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[Any]:
+        """Run one call of a generator. Yields the start first, `{"status"[, "body", "headers"]}`
+        (an error answer carries its JSON body and ends there), then `("item", JSON bytes)` per item
+        as it is produced and, when the generator fails or passes its timeout after its first item,
+        one `("error", payload)`. The replica counts as busy until the stream ends; a caller that
+        leaves cancels it, which stops the generator."""
+        if self.draining is not None:
+            status, encoded, _, extra = self.draining_answer()
+            yield {"status": status, "body": encoded, "headers": extra}
+            return
+        with self.metered_call(bytes_in) as outcome:
+            prepared = self._prepare(method, body, streaming=True)
+            if isinstance(prepared, tuple):
+                outcome.status, payload = prepared
+                yield {"status": outcome.status, "body": encode_json(payload)}
+                return
+            deadline = asyncio.get_running_loop().time() + self.spec.timeout
+            source = None
+            started = False
+            try:
+                source = item_source(self.callables[method](**prepared), self._executor)
+                if source is None:
+                    raise TypeError(f"{self.spec.callable_key(method)} did not return a generator")
+                while True:
+                    try:
+                        remaining = deadline - asyncio.get_running_loop().time()
+                        item = await asyncio.wait_for(anext(source), timeout=max(remaining, 0.001))
+                    except StopAsyncIteration:
+                        break
+                    try:
+                        encoded = encode_json(item)
+                    except (TypeError, ValueError) as exc:
+                        raise UnserializableItem(str(exc)) from None
+                    if not started:
+                        started = True
+                        yield {"status": 200}
+                    outcome.bytes_out += len(encoded)
+                    yield ("item", encoded)
+                outcome.status = 200
+                if not started:
+                    yield {"status": 200}
+            except Exception as exc:
+                status, payload = self._stream_failure(method, exc)
+                outcome.status = status
+                if started:
+                    yield ("error", payload)
+                else:
+                    yield {"status": status, "body": encode_json(payload)}
+            finally:
+                if source is not None:
+                    await close_source(source)
+
+    def _stream_failure(self, method: str | None, exc: Exception) -> tuple[int, dict[str, Any]]:
+        label = self.spec.callable_key(method)
+        if isinstance(exc, TimeoutError):
+            return 504, error_payload(
+                "Timeout",
+                f"{label} did not finish streaming within its timeout of {self.spec.timeout:g} s; "
+                "raise `timeout=` in the decorator if it needs longer",
+            )
+        if isinstance(exc, UnserializableItem):
+            return 500, error_payload(
+                "SerializationError", f"{label} yielded a value that cannot be sent as JSON: {exc}"
+            )
+        logger.warning("raygpu: %s raised %s", label, "".join(traceback.format_exception(exc)))
+        return 500, error_payload(type(exc).__name__, str(exc))
 
     def _release(self) -> None:
         if hasattr(self, "_executor"):
