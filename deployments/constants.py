@@ -35,7 +35,10 @@ MAX_TIMEOUT_S = 24 * 3600.0
 MAX_RETRIES = 10
 
 # Names that would clash with gateway routes or internal routes.
-RESERVED_FUNCTION_NAMES = frozenset({"docs", "calls", "spawn", "v1"})
+# Gateway routes under an app (`/{app}/calls/{id}`) and a unit (`/{app}/{fn}/spawn`).
+CALLS_ROUTE = "calls"
+SPAWN_ROUTE = "spawn"
+RESERVED_FUNCTION_NAMES = frozenset({"docs", CALLS_ROUTE, SPAWN_ROUTE, "v1"})
 RESERVED_APP_NAMES = frozenset({"healthz", "docs", "calls", "spawn", "v1", "metrics"})
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
 

@@ -9,6 +9,7 @@ def hello(name: str) -> str:
 
 from deployments.spec import FunctionSpec, Image
 from raygpu.app import App, Function, Model, enter, exit, method, torch_model, vllm
+from raygpu.calls import FunctionCall
 from raygpu.client import lookup
 from raygpu.errors import (
     DeployError,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "Function",
+    "FunctionCall",
     "FunctionSpec",
     "Image",
     "Model",

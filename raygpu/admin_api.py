@@ -141,6 +141,7 @@ def _operations() -> dict[str, tuple[type[_Body], Callable[[Any], Any]]]:
         "token_create": (AppArg, lambda a: tokens.create_token(a.app)),
         "token_revoke": (RevokeArgs, lambda a: tokens.revoke_token(a.app, a.token_id)),
         "token_ls": (TokenListArgs, lambda a: tokens.list_tokens(a.app)),
+        "webhook_secret": (AppArg, lambda a: tokens.webhook_secret(a.app)),
         "auth_set": (AuthArgs, lambda a: tokens.set_auth(a.app, a.protected)),
         "auth_show": (AppArg, lambda a: tokens.auth_state(a.app)),
         "weights_push": (WeightsPushArgs, lambda a: deploy.push_weights(a.app, a.function, a.location, a.model)),
@@ -155,7 +156,7 @@ def _operations() -> dict[str, tuple[type[_Body], Callable[[Any], Any]]]:
 
 
 OPERATIONS = (
-    "ls status deploy stop logs token_create token_revoke token_ls auth_set auth_show weights_push weights_ls "
+    "ls status deploy stop logs token_create token_revoke token_ls webhook_secret auth_set auth_show weights_push weights_ls "
     "bill node_bill cost blob_has blob_put blob_commit"
 ).split()
 

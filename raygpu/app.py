@@ -97,6 +97,10 @@ class Function:
         """Call the deployed function (see RemoteFunction.remote)."""
         return lookup(self.app.name, self.spec.name).remote(*args, **kwargs)
 
+    def spawn(self, *args: Any, **kwargs: Any) -> Any:
+        """Start a background call of the deployed function; a FunctionCall (see RemoteFunction.spawn)."""
+        return lookup(self.app.name, self.spec.name).spawn(*args, **kwargs)
+
     def map(self, *iterables: Any, **options: Any) -> Iterator[Any]:
         """Call the deployed function once per input, many at once (see RemoteFunction.map)."""
         return lookup(self.app.name, self.spec.name).map(*iterables, **options)

@@ -20,6 +20,7 @@ from deployments import constants
 from deployments.signature import bind_positional
 from deployments.spec import DeployedFunction
 from raygpu.batch import batch_window, run_batch
+from raygpu.calls import FunctionCall
 from raygpu.connection import connect, serve_handle
 from raygpu.control import store
 from raygpu.errors import NoClusterError, NotFoundError, RemoteCallError
@@ -85,6 +86,26 @@ class RemoteFunction:
         if status != 200:
             raise remote_error(status, payload)
         return payload
+
+    def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
+        """Start the call in the background and return at once: a FunctionCall to poll (`.get()`),
+        cancel, or look up later by its `call_id`. The call's record survives replica and gateway
+        restarts; arguments must be JSON values (they are kept with the record)."""
+        from deployments.calls.runner import get_call_runner
+
+        method = self._callable()
+        self._refuse_generator(".remote_gen(...)")
+        arguments = self._bind(args, kwargs)
+        try:
+            json.dumps(arguments)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{self._label}.spawn: the arguments must be JSON values ({exc})") from None
+        record = ray.get(store().create_call.remote(self.app, self.deployed.spec.name, method, arguments, None))
+        try:
+            get_call_runner().submit.remote(record["call_id"])
+        except ValueError:
+            pass  # the runner's sweep finds the recorded call once it is back
+        return FunctionCall(record["call_id"])
 
     def map(
         self,

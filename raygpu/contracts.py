@@ -99,6 +99,13 @@ class TokenCreated(BaseModel):
     token: str
 
 
+class WebhookSecret(BaseModel):
+    """The secret an app's webhooks are signed with: `x-raygpu-signature: sha256=HMAC(secret, body)`."""
+
+    app: str
+    secret: str
+
+
 class AuthState(BaseModel):
     """Whether every route of an app needs a bearer token."""
 

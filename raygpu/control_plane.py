@@ -19,6 +19,9 @@ from ray import serve
 from billing.meter import start_meter
 from billing.prices import PRICES_ENV
 from deployments import constants
+from deployments.calls.callbacks import parse_networks
+from deployments.calls.records import DEFAULT_CALL_RETENTION_S
+from deployments.calls.runner import start_call_runner
 from deployments.capacity import NodeType, node_types_from_config
 from deployments.gateway.server import build_gateway_application
 from deployments.node.blobs import start_blobs
@@ -115,6 +118,8 @@ def install_control_plane(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     public_url: str | None = None,
+    call_retention_s: float = DEFAULT_CALL_RETENTION_S,
+    callback_allow: list[str] | None = None,
 ) -> dict[str, Any]:
     """Start (or find) the store actor, the meter, Serve and the gateway on the connected cluster.
     The autoscaler's node types (`node_types`, or read from the `autoscaling_config` YAML) are
@@ -148,6 +153,10 @@ def install_control_plane(
     )
     start_warm_pools(warm_pool)
     start_admin_api()
+    # Spawned calls: how long their records are kept, where webhooks may go, and the runner.
+    ray.get(store.set_setting.remote(admin, "call_retention_s", float(call_retention_s)))
+    ray.get(store.set_setting.remote(admin, "callback_allow", [str(n) for n in parse_networks(callback_allow or [])]))
+    start_call_runner(ray.get(store.webhook_signing_key.remote(admin)))
 
     host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
     gateway_url = f"{'https' if tls_cert else 'http'}://{host}:{http_port}"

@@ -18,6 +18,7 @@ import psutil
 import yaml
 
 from deployments import constants
+from deployments.calls.records import DEFAULT_CALL_RETENTION_S
 from deployments.capacity import NodeType
 from deployments.node.warm_pool import system_config
 from raygpu.connection import connect, disconnect
@@ -90,6 +91,8 @@ def start_local(
     control_loop_interval_s: float | None = None,
     fake_nodes: list[NodeType] | None = None,
     node_idle_timeout_s: float = constants.DEFAULT_FAKE_NODE_IDLE_TIMEOUT_S,
+    call_retention_s: float = DEFAULT_CALL_RETENTION_S,
+    callback_allow: list[str] | None = None,
 ) -> LocalCluster:
     """Start a persistent local Ray head with logical GPUs, then the raygpu control plane on it.
     `fake_nodes`: GPU node types Ray's fake multi-node autoscaler launches on this machine (each a
@@ -179,6 +182,8 @@ def start_local(
                 "prices_path": str(Path(prices_path).resolve()) if prices_path else None,
                 "warm_pool": warm_pool,
                 "node_types": [t.model_dump() for t in fake_nodes or []],
+                "call_retention_s": call_retention_s,
+                "callback_allow": list(callback_allow or []),
             },
         )
         cluster.pids.append(driver)

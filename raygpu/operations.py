@@ -19,7 +19,16 @@ from pydantic import BaseModel
 from billing.cost import CostComparison
 from billing.node_bill import NodeBill
 from raygpu.app import App
-from raygpu.contracts import AppList, AppStatus, AuthState, Bill, DeployResult, TokenCreated, TokenInfo
+from raygpu.contracts import (
+    AppList,
+    AppStatus,
+    AuthState,
+    Bill,
+    DeployResult,
+    TokenCreated,
+    TokenInfo,
+    WebhookSecret,
+)
 from raygpu.errors import AdminCredentialError, DeployError, NoClusterError, NotFoundError, RaygpuError
 from raygpu.home import raygpu_home
 
@@ -107,6 +116,11 @@ class DriverOperations:
         from raygpu.tokens import create_token
 
         return create_token(app)
+
+    def webhook_secret(self, app: str) -> WebhookSecret:
+        from raygpu.tokens import webhook_secret
+
+        return webhook_secret(app)
 
     def token_revoke(self, app: str, token_id: str) -> None:
         from raygpu.tokens import revoke_token
@@ -287,6 +301,9 @@ class GatewayOperations:
 
     def token_create(self, app: str) -> TokenCreated:
         return TokenCreated.model_validate(self.call("token_create", app=app))
+
+    def webhook_secret(self, app: str) -> WebhookSecret:
+        return WebhookSecret.model_validate(self.call("webhook_secret", app=app))
 
     def token_revoke(self, app: str, token_id: str) -> None:
         self.call("token_revoke", app=app, token_id=token_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 
 from deployments import constants
-from raygpu.contracts import AuthState, TokenCreated, TokenInfo
+from raygpu.contracts import AuthState, TokenCreated, TokenInfo, WebhookSecret
 from raygpu.control import admin_call, gateway_url, store, wait_for_gateway
 from raygpu.errors import NotFoundError
 
@@ -42,3 +42,12 @@ def auth_state(app: str) -> AuthState:
 def list_tokens(app: str | None = None) -> list[TokenInfo]:
     """Token ids and dates (tokens themselves are never stored)."""
     return [TokenInfo(**t) for t in ray.get(store().tokens.remote(app))]
+
+
+def webhook_secret(app: str) -> WebhookSecret:
+    """The secret `app`'s webhooks are signed with (a receiver checks `x-raygpu-signature` with it)."""
+    from deployments.calls.callbacks import webhook_secret as derive
+
+    if app not in {a["name"] for a in ray.get(store().live_apps.remote())}:
+        raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
+    return WebhookSecret(app=app, secret=derive(admin_call("webhook_signing_key"), app))

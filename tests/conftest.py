@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 APPS = Path(__file__).resolve().parent / "live" / "apps"
 FAKE_NODES = "A10G:2,L4:1:2"
 FAKE_NODE_IDLE_TIMEOUT_S = 20
+CALLBACK_ALLOW = "127.0.0.1/32"
 
 
 class Cluster:
@@ -92,6 +93,9 @@ def _run_cluster(home: Path, port: int, env: dict[str, str]):
             FAKE_NODES,
             "--node-idle-timeout",
             str(FAKE_NODE_IDLE_TIMEOUT_S),
+            # the webhook receivers the tests start listen on loopback
+            "--callback-allow",
+            CALLBACK_ALLOW,
             "--port",
             str(port),
         ],

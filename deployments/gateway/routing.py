@@ -7,6 +7,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from deployments import constants
 from deployments.kinds import RouteNotFound, UnitKind, kind_of
 from deployments.spec import DeployedFunction
 
@@ -158,6 +159,26 @@ class RoutingTable:
             allowed = ", ".join(kind.http_methods)
             raise RouteError(405, "MethodNotAllowed", f"call /{'/'.join(parts)} with {allowed}", {"Allow": allowed})
         return Route(app, deployed, kind, target)
+
+    def spawn_route(self, app: str, parts: list[str], http_method: str) -> Route | None:
+        """The unit a `/{app}/{fn}[/{method}]/spawn` path spawns a call of; None when the path is
+        not a spawn (an engine's own HTTP API keeps every path it has)."""
+        if len(parts) < 3 or parts[-1] != constants.SPAWN_ROUTE or (app, parts[1]) not in self.functions:
+            return None
+        deployed = self.functions[(app, parts[1])]
+        if kind_of(deployed.spec).forwards_http:
+            return None
+        if http_method != "POST":
+            raise RouteError(405, "MethodNotAllowed", f"spawn with POST /{'/'.join(parts)}", {"Allow": "POST"})
+        route = self.route(app, parts[:-1], "POST")
+        if deployed.spec.streams(route.target):
+            raise RouteError(
+                400,
+                "GeneratorFunction",
+                f"{deployed.spec.callable_key(route.target)} yields its results: POST /{'/'.join(parts[:-1])} "
+                "streams them; spawn is for functions that return",
+            )
+        return route
 
     def openapi(self, app: str) -> dict[str, Any]:
         """An OpenAPI 3.1 document of one app, built from its units' routes."""

@@ -97,7 +97,13 @@ class FunctionReplica(ReplicaBase):
             else:
                 loop = asyncio.get_running_loop()
                 future = loop.run_in_executor(self._executor, lambda: fn(**arguments))
-                result = await asyncio.wait_for(future, timeout=self.spec.timeout)
+                try:
+                    result = await asyncio.wait_for(future, timeout=self.spec.timeout)
+                except asyncio.CancelledError:
+                    # A cancelled call (a spawned call's DELETE): its thread cannot be stopped and
+                    # holds a worker slot, so the replica is replaced, as after a timeout.
+                    self.begin_draining(f"a running call of {self.spec.name} was cancelled")
+                    raise
         except TimeoutError:
             if not is_async:  # its thread runs on and holds a worker slot: the replica is replaced
                 self.begin_draining(f"a call of {self.spec.name} passed its timeout of {self.spec.timeout:g} s")

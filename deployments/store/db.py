@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from billing.schema_versions import open_database, transaction
+from deployments.calls.records import DEFAULT_CALL_RETENTION_S, CallRecord
 from deployments.spec import version_app_name
 
 SCHEMA = """
@@ -92,13 +93,30 @@ CREATE TABLE IF NOT EXISTS weights (
     created_at REAL NOT NULL,
     PRIMARY KEY (app, function, model, version)
 );
+CREATE TABLE IF NOT EXISTS calls (
+    call_id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    function TEXT NOT NULL,
+    method TEXT,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    arguments TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    callback TEXT
+);
+CREATE INDEX IF NOT EXISTS calls_by_created ON calls (created_at);
+CREATE INDEX IF NOT EXISTS calls_open ON calls (status) WHERE status IN ('pending', 'running');
 """
 
 # Version 1: before app_auth (protection was "has an active token"); 2: protection is the app's own;
 # 3: time indexes for retention (created by the schema script).
 # 4: the code payload of each function of the versions being deployed and live (a restarted
 # control plane redeploys the live versions Serve lost).
-SCHEMA_VERSION = 4
+# 5: spawned calls (created by the schema script).
+SCHEMA_VERSION = 5
 
 
 def _protect_apps_that_had_tokens(conn: sqlite3.Connection) -> None:
@@ -118,7 +136,7 @@ ARRIVAL_RETENTION_S = 7 * 24 * 3600.0  # what the autoscaler learns daily and we
 SCALE_EVENT_RETENTION_S = 30 * 24 * 3600.0
 VERSIONS_KEPT = 20  # per app, besides the live version: its recent history and rollback sources
 WEIGHTS_KEPT = 10  # records per model, the current one included
-RETENTION_TABLES = ("arrivals", "scale_events", "app_versions", "weights")
+RETENTION_TABLES = ("arrivals", "scale_events", "app_versions", "weights", "calls")
 
 
 def hash_token(token: str) -> str:
@@ -378,7 +396,8 @@ class StateDB:
         """Delete at most `limit` rows of `table` past its retention; return how many went.
 
         arrivals and scale events: older than their retention; app versions: all but an app's
-        live version and its latest VERSIONS_KEPT; weights: all but a model's latest WEIGHTS_KEPT."""
+        live version and its latest VERSIONS_KEPT; weights: all but a model's latest WEIGHTS_KEPT;
+        spawned calls: created longer ago than the call retention (`raygpu up --call-retention`)."""
         queries = {
             "arrivals": (
                 "DELETE FROM arrivals WHERE rowid IN (SELECT rowid FROM arrivals WHERE ts < ? LIMIT ?)",
@@ -399,6 +418,10 @@ class StateDB:
                 "(SELECT MAX(version) FROM weights WHERE app = w.app AND function = w.function AND model = w.model) - ? "
                 "LIMIT ?)",
                 (WEIGHTS_KEPT, limit),
+            ),
+            "calls": (
+                "DELETE FROM calls WHERE rowid IN (SELECT rowid FROM calls WHERE created_at < ? LIMIT ?)",
+                (now - float(self.get_setting("call_retention_s", DEFAULT_CALL_RETENTION_S)), limit),
             ),
         }
         sql, params = queries[table]
@@ -481,6 +504,109 @@ class StateDB:
         return {r["model"]: {k: r[k] for k in ("version", "path", "fingerprint", "source", "created_at")} for r in rows}
 
     # --- settings ----------------------------------------------------------------------------
+    # --- spawned calls -------------------------------------------------------------------------
+    def create_call(self, record: CallRecord, method: str | None, arguments: dict[str, Any]) -> None:
+        with transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO calls (call_id, app, function, method, status, created_at, arguments, callback) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.call_id,
+                    record.app,
+                    record.function,
+                    method,
+                    record.status,
+                    record.created_at,
+                    json.dumps(arguments),
+                    record.callback.model_dump_json() if record.callback else None,
+                ),
+            )
+
+    def call(self, call_id: str) -> CallRecord | None:
+        row = self.conn.execute("SELECT * FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+        if row is None:
+            return None
+        return CallRecord(
+            call_id=row["call_id"],
+            app=row["app"],
+            function=row["function"],
+            status=row["status"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            result=json.loads(row["result"]) if row["result"] is not None else None,
+            error=json.loads(row["error"]) if row["error"] is not None else None,
+            callback=json.loads(row["callback"]) if row["callback"] is not None else None,
+        )
+
+    def call_work(self, call_id: str) -> tuple[str | None, dict[str, Any]] | None:
+        """The method and keyword arguments a spawned call runs with."""
+        row = self.conn.execute("SELECT method, arguments FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+        return (row["method"], json.loads(row["arguments"])) if row else None
+
+    def start_call(self, call_id: str, now: float) -> bool:
+        """pending -> running; False when the call is no longer pending (cancelled meanwhile)."""
+        with transaction(self.conn):
+            return (
+                self.conn.execute(
+                    "UPDATE calls SET status = 'running', started_at = ? WHERE call_id = ? AND status = 'pending'",
+                    (now, call_id),
+                ).rowcount
+                == 1
+            )
+
+    def finish_call(self, call_id: str, status: str, result: Any, error: dict[str, Any] | None, now: float) -> bool:
+        """An open call ends with `status`; False when it had already ended (cancelled)."""
+        with transaction(self.conn):
+            return (
+                self.conn.execute(
+                    "UPDATE calls SET status = ?, finished_at = ?, result = ?, error = ? "
+                    "WHERE call_id = ? AND status IN ('pending', 'running')",
+                    (
+                        status,
+                        now,
+                        json.dumps(result) if status == "succeeded" else None,
+                        json.dumps(error) if error is not None else None,
+                        call_id,
+                    ),
+                ).rowcount
+                == 1
+            )
+
+    def cancel_call(self, call_id: str, now: float) -> str | None:
+        """Cancel an open call; the status it had (a finished one is left as it was), None when unknown."""
+        with transaction(self.conn):
+            row = self.conn.execute("SELECT status FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+            if row is None:
+                return None
+            if row["status"] in ("pending", "running"):
+                self.conn.execute(
+                    "UPDATE calls SET status = 'cancelled', finished_at = ?, "
+                    "error = json_object('type', 'Cancelled', 'message', 'the call was cancelled') WHERE call_id = ?",
+                    (now, call_id),
+                )
+            return row["status"]
+
+    def set_callback(self, call_id: str, callback_json: str) -> None:
+        with transaction(self.conn):
+            self.conn.execute("UPDATE calls SET callback = ? WHERE call_id = ?", (callback_json, call_id))
+
+    def open_calls(self) -> list[str]:
+        """Calls pending or running, oldest first (a restarted runner takes them up again)."""
+        rows = self.conn.execute(
+            "SELECT call_id FROM calls WHERE status IN ('pending', 'running') ORDER BY created_at"
+        ).fetchall()
+        return [r["call_id"] for r in rows]
+
+    def undelivered_callbacks(self) -> list[str]:
+        """Finished calls whose webhook is neither delivered nor given up."""
+        rows = self.conn.execute(
+            "SELECT call_id FROM calls WHERE callback IS NOT NULL AND status IN ('succeeded', 'failed', 'cancelled') "
+            "AND NOT json_extract(callback, '$.delivered') AND NOT json_extract(callback, '$.gave_up') "
+            "ORDER BY finished_at"
+        ).fetchall()
+        return [r["call_id"] for r in rows]
+
     def set_setting(self, key: str, value: Any) -> None:
         with transaction(self.conn):
             self.conn.execute(

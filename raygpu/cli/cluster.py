@@ -100,6 +100,18 @@ DEFAULT_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
     default=None,
     help="What the gateway is called from outside the cluster, e.g. https://gpu.example.com (--address).",
 )
+@click.option(
+    "--call-retention",
+    default="7d",
+    show_default=True,
+    help="How long the records of spawned calls are kept: seconds, or a number with s, m, h or d.",
+)
+@click.option(
+    "--callback-allow",
+    multiple=True,
+    help="A network (CIDR) webhooks of spawned calls may post to although it is loopback, link-local or "
+    "private, e.g. 10.0.0.0/8; repeat for more. Without it such callbacks are refused.",
+)
 @address_option
 def up(
     local: bool,
@@ -120,11 +132,20 @@ def up(
     tls_cert: str | None,
     tls_key: str | None,
     public_url: str | None,
+    call_retention: str,
+    callback_allow: tuple[str, ...],
     address: str | None,
 ) -> None:
     """Start a local cluster (--local), or install raygpu on a running Ray cluster (--address)."""
+    from deployments.calls.callbacks import parse_networks
     from raygpu.home import raygpu_home
     from raygpu.local_cluster import start_local
+
+    try:
+        call_retention_s = parse_duration(call_retention)
+        parse_networks(callback_allow)
+    except ValueError as exc:
+        fail(str(exc))
 
     if local:
         pools = None
@@ -151,6 +172,8 @@ def up(
                     control_loop_interval_s=control_loop_interval,
                     fake_nodes=pools,
                     node_idle_timeout_s=node_idle_timeout,
+                    call_retention_s=call_retention_s,
+                    callback_allow=list(callback_allow),
                 )
             )
         console.print(f"[green]local cluster up[/green] at {info.address}")
@@ -193,6 +216,8 @@ def up(
         "tls_cert": str(Path(tls_cert).resolve()) if tls_cert else None,
         "tls_key": str(Path(tls_key).resolve()) if tls_key else None,
         "public_url": public_url,
+        "call_retention_s": call_retention_s,
+        "callback_allow": list(callback_allow),
     }
     from raygpu.admin import admin_key_path, ensure_admin_key
 
@@ -210,6 +235,23 @@ def up(
         f"[green]raygpu is up[/green]; gateway {public_url or f'{scheme}://{host}:{http_port}'}, metrics "
         f"http://{host}:{config['metrics_port']}/metrics (head only; control-plane driver pid {pid})"
     )
+
+
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """`--call-retention`: seconds, or a number with s, m, h or d (at least a minute)."""
+    raw = text.strip().lower()
+    unit = DURATION_UNITS.get(raw[-1:], None)
+    number = raw[:-1] if unit else raw
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        raise ValueError(f"--call-retention {text!r} is not a duration such as 3600, 12h or 7d") from None
+    if not 60 <= seconds <= 10 * 365 * 86400:
+        raise ValueError(f"--call-retention {text!r} must be between a minute and ten years")
+    return seconds
 
 
 def _bootstrap_config(given: str | None) -> str | None:

@@ -28,6 +28,21 @@ def token_create(app: str, as_json: bool, address: str | None) -> None:
     click.echo(created.token)
 
 
+@token.command("secret")
+@click.argument("app")
+@click.option("--json", "as_json", is_flag=True)
+@address_option
+def token_secret(app: str, as_json: bool, address: str | None) -> None:
+    """Print the secret APP's webhooks are signed with: a receiver checks that `x-raygpu-signature`
+    is `sha256=` + the hex HMAC-SHA256 of the request body under it."""
+    target_cluster = cluster(address)
+    secret = run(lambda: target_cluster.webhook_secret(app))
+    if as_json:
+        echo_json(secret)
+        return
+    click.echo(secret.secret)
+
+
 @token.command("revoke")
 @click.argument("app")
 @click.argument("token_id")

@@ -155,3 +155,36 @@ def test_every_ref_in_the_openapi_document_resolves():
             node = node[part]
         assert isinstance(node, dict) and node.get("type") == "object", ref
     assert set(doc["components"]["schemas"]) >= {"Item", "Order"}
+
+
+def test_spawn_paths_name_a_function_or_method_and_engine_paths_stay_the_engines():
+    t = table()
+    route = t.spawn_route("shop", path_parts("/shop/add/spawn"), "POST")
+    assert route is not None and route.deployed.spec.name == "add" and route.target is None
+    route = t.spawn_route("shop", path_parts("/shop/Counter/incr/spawn"), "POST")
+    assert route is not None and route.target == "incr"
+    assert t.spawn_route("shop", path_parts("/shop/add"), "POST") is None
+    assert t.spawn_route("shop", path_parts("/shop/chat/v1/spawn"), "POST") is None  # the engine's own path
+    with pytest.raises(RouteError) as wrong_method:
+        t.spawn_route("shop", path_parts("/shop/add/spawn"), "GET")
+    assert wrong_method.value.status == 405 and wrong_method.value.headers == {"Allow": "POST"}
+    with pytest.raises(RouteError) as unknown_method:
+        t.spawn_route("shop", path_parts("/shop/Counter/nope/spawn"), "POST")
+    assert unknown_method.value.status == 404
+
+
+def test_a_generator_is_streamed_not_spawned():
+    streaming = deployed("feed", FunctionSpec(name="tail", generators=["tail"], parameters={"tail": ["n"]}), add)
+    t = RoutingTable(
+        {
+            "generation": 1,
+            "apps": {"feed": {"version": 1, "functions": [streaming]}},
+            "token_hashes": {},
+            "protected": [],
+        }
+    )
+    with pytest.raises(RouteError) as refused:
+        t.spawn_route("feed", path_parts("/feed/tail/spawn"), "POST")
+    assert refused.value.status == 400 and refused.value.error_type == "GeneratorFunction"
+    with pytest.raises(ValueError, match="does not define"):
+        FunctionSpec(name="tail", generators=["other"])

@@ -1,0 +1,101 @@
+"""Webhooks of spawned calls: which callback URLs are allowed, how a delivery is signed, when a
+failed one is tried again. Pure apart from resolving the URL's host name."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit
+
+SIGNATURE_HEADER = "x-raygpu-signature"
+CALLBACK_HEADER = "x-raygpu-callback"
+# Pauses before each retry of a delivery that failed (then it gives up): about 13 minutes in all.
+RETRY_DELAYS_S = (1.0, 2.0, 5.0, 15.0, 60.0, 120.0, 300.0, 300.0)
+DELIVERY_TIMEOUT_S = 10.0
+MAX_URL_LENGTH = 2048
+
+Resolver = Callable[[str, int], Iterable[str]]
+
+
+class CallbackRefused(ValueError):
+    """A callback URL raygpu will not post to (HTTP 400 with the reason)."""
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    return sorted({info[4][0] for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)})
+
+
+def parse_networks(cidrs: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """`--callback-allow` values as networks; ValueError naming a bad one."""
+    networks = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"--callback-allow {cidr!r} is not a network (CIDR such as 10.0.0.0/8)") from None
+    return networks
+
+
+def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_multicast
+        or address.is_unspecified
+    )
+
+
+def check_callback_url(
+    url: str, allowed: Iterable[str] = (), resolve: Resolver = system_resolver
+) -> tuple[str, list[str]]:
+    """The URL and the addresses it resolves to, when raygpu may post to it: http(s), a host,
+    and every address public or inside an allowed network. CallbackRefused with the reason."""
+    if len(url) > MAX_URL_LENGTH:
+        raise CallbackRefused(f"the callback URL is longer than {MAX_URL_LENGTH} characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CallbackRefused(f"the callback must be an http(s) URL with a host, not {url!r}")
+    if parts.username or parts.password:
+        raise CallbackRefused("the callback URL must not carry credentials; sign-check the body instead")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise CallbackRefused(f"the callback URL {url!r} has an invalid port") from None
+    try:
+        addresses = list(resolve(parts.hostname, port))
+    except OSError as exc:
+        raise CallbackRefused(f"the callback host {parts.hostname!r} does not resolve: {exc}") from None
+    if not addresses:
+        raise CallbackRefused(f"the callback host {parts.hostname!r} does not resolve")
+    networks = parse_networks(allowed)
+    for raw in addresses:
+        address = ipaddress.ip_address(raw.split("%", 1)[0])
+        if _internal(address) and not any(address in network for network in networks):
+            raise CallbackRefused(
+                f"the callback host {parts.hostname!r} is at {address}, a loopback, link-local or private "
+                "address; raygpu posts there only when `raygpu up --callback-allow CIDR` allows it"
+            )
+    return url, addresses
+
+
+def webhook_secret(signing_key: str, app: str) -> str:
+    """The secret an app's webhooks are signed with, derived from the cluster's signing key (which
+    only the control plane and the admin hold): apps never learn each other's secrets."""
+    return "whsec_" + hmac.new(signing_key.encode(), f"webhook:{app}".encode(), hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The `x-raygpu-signature` of a delivery: `sha256=` and the HMAC-SHA256 of the body."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, body: bytes, signature: str) -> bool:
+    """What a receiver runs: whether `signature` is raygpu's for `body` under the app's secret."""
+    return hmac.compare_digest(sign(secret, body), signature)
