@@ -100,7 +100,16 @@ class RemoteFunction:
             json.dumps(arguments)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{self._label}.spawn: the arguments must be JSON values ({exc})") from None
-        record = ray.get(store().create_call.remote(self.app, self.deployed.spec.name, method, arguments, None))
+        spec = self.deployed.spec
+        bound = spec.max_containers * spec.max_inputs + spec.max_queue
+        record = ray.get(store().create_call.remote(self.app, spec.name, method, arguments, None, bound))
+        if record is None:
+            raise RemoteCallError(
+                503,
+                "QueueFull",
+                f"{self._label} has {bound} spawned calls not finished (max_containers x max_inputs + max_queue); "
+                "retry when some have finished",
+            )
         try:
             get_call_runner().submit.remote(record["call_id"])
         except ValueError:

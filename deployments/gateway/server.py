@@ -439,10 +439,17 @@ class Gateway:
                 return error_response(400, "CallbackRefused", str(exc))
         try:
             record = await self.store.create_call.remote(
-                app, spec.name, route.target, body if body is not None else {}, callback.strip() if callback else None
+                app,
+                spec.name,
+                route.target,
+                body if body is not None else {},
+                callback.strip() if callback else None,
+                spec.max_containers * spec.max_inputs + spec.max_queue,
             )
         except Exception:
             return internal_error(f"spawn of {app}/{spec.name}")
+        if record is None:
+            return self._queue_full(spec.name)
         try:
             self._runner().submit.remote(record["call_id"])
         except Exception as exc:  # the runner's sweep finds the recorded call when it is back

@@ -286,9 +286,18 @@ class ControlPlaneStore:
 
     # --- spawned calls ----------------------------------------------------------------------
     async def create_call(
-        self, app: str, function: str, method: str | None, arguments: dict[str, Any], callback_url: str | None = None
-    ) -> dict[str, Any]:
-        """Record a new pending call; the call runner takes it from here."""
+        self,
+        app: str,
+        function: str,
+        method: str | None,
+        arguments: dict[str, Any],
+        callback_url: str | None = None,
+        max_open: int | None = None,
+    ) -> dict[str, Any] | None:
+        """Record a new pending call (the call runner takes it from here); None when the function
+        already has `max_open` spawned calls not finished (its queue bound)."""
+        if max_open is not None and self.db.open_call_count(app, function) >= max_open:
+            return None
         record = CallRecord(
             call_id=new_call_id(),
             app=app,

@@ -591,6 +591,14 @@ class StateDB:
         with transaction(self.conn):
             self.conn.execute("UPDATE calls SET callback = ? WHERE call_id = ?", (callback_json, call_id))
 
+    def open_call_count(self, app: str, unit: str) -> int:
+        """Spawned calls of a function (or of any method of a class) not yet finished."""
+        return self.conn.execute(
+            "SELECT COUNT(*) FROM calls WHERE status IN ('pending', 'running') AND app = ? "
+            "AND (function = ? OR function LIKE ? ESCAPE '\\')",
+            (app, unit, unit.replace("_", "\\_") + ".%"),
+        ).fetchone()[0]
+
     def open_calls(self) -> list[str]:
         """Calls pending or running, oldest first (a restarted runner takes them up again)."""
         rows = self.conn.execute(

@@ -130,3 +130,12 @@ def test_call_retention_durations():
     for bad in ("soon", "10", "-1d", "nanh"):
         with pytest.raises(ValueError, match="--call-retention"):
             parse_duration(bad)
+
+
+def test_open_calls_are_counted_per_function_and_per_class(tmp_path):
+    db = StateDB(tmp_path / "state.db")
+    for function in ("f", "f", "Cls.a", "Cls.b", "f_x", "fx.y"):
+        db.create_call(CallRecord(call_id=new_call_id(), app="a", function=function, created_at=time.time()), None, {})
+    assert db.open_call_count("a", "f") == 2
+    assert db.open_call_count("a", "Cls") == 2
+    assert db.open_call_count("a", "f_x") == 1 and db.open_call_count("b", "f") == 0
