@@ -128,7 +128,7 @@ class RemoteFunction:
         order (`order_outputs=False`: as they finish). A failed call raises its RemoteCallError
         once the calls in flight settle, or with `return_exceptions=True` yields it in place."""
         return self.starmap(
-            zip(*iterables), kwargs=kwargs, order_outputs=order_outputs, return_exceptions=return_exceptions
+            zip_equal(iterables), kwargs=kwargs, order_outputs=order_outputs, return_exceptions=return_exceptions
         )
 
     def starmap(
@@ -207,6 +207,24 @@ class RemoteFunction:
     def __repr__(self) -> str:
         suffix = f".{self.method}" if self.method else ""
         return f"<raygpu.RemoteFunction {self.app}/{self.deployed.spec.name}{suffix}>"
+
+
+def zip_equal(iterables: tuple[Iterable[Any], ...]) -> Iterator[tuple[Any, ...]]:
+    """`map`'s inputs: the iterables zipped, refused when their lengths differ (at once when they
+    have lengths, else when the shorter one ends) instead of silently dropping the rest."""
+    if not iterables:
+        raise TypeError("map needs at least one iterable of inputs")
+    lengths = [len(it) for it in iterables if hasattr(it, "__len__")]  # type: ignore[arg-type]
+    if len(lengths) == len(iterables) and len(set(lengths)) > 1:
+        raise ValueError(f"map's iterables must have the same length; they have {', '.join(map(str, lengths))}")
+
+    def pairs() -> Iterator[tuple[Any, ...]]:
+        try:
+            yield from zip(*iterables, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"map's iterables must have the same length ({exc})") from None
+
+    return pairs()
 
 
 def remote_error(status: int, payload: Any) -> RemoteCallError:

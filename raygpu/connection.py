@@ -59,6 +59,24 @@ def connect(address: str | None = None) -> None:
     # Runs before Ray's own exit hook (registered by ray.init): a handle's router thread left running
     # past ray.shutdown would call a Ray API, which auto-starts a new local Ray instance.
     atexit.register(disconnect)
+    ray_messages_to_stderr()
+
+
+def ray_messages_to_stderr() -> None:
+    """Send what Ray prints on a driver (the raylet's warnings broadcast to every driver) to stderr:
+    Ray prints them on stdout, where the CLI writes its JSON and JSONL. Without the Ray internal
+    this relies on, they stay on stdout."""
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_raygpu_to_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr._raygpu_to_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
 
 
 def serve_handle(serve_app: str, deployment: str) -> Any:

@@ -72,6 +72,10 @@ def test_unordered_map_starmap_positional_calls_and_class_methods(cluster, batch
     assert batch.functions["square"].remote(5) == 25
     mul = raygpu.lookup("batch", "Scaler").mul
     assert list(mul.map([1, 2, 3], kwargs={"y": 2})) == [6, 12, 18]
+    with pytest.raises(ValueError, match="same length; they have 2, 1"):
+        square.map([1, 2], [1])
+    with pytest.raises(ValueError, match="same length"):
+        list(square.map(iter([1, 2]), iter([1])))
     with pytest.raises(TypeError, match="takes 3 positional argument"):
         square.remote(1, 2, 3, 4)
     with pytest.raises(TypeError, match="multiple values for argument 'x'"):

@@ -82,6 +82,15 @@ def test_a_laptop_deploys_calls_and_reads_status_and_the_bill_through_the_gatewa
         created = json.loads(laptop(home, "token", "create", "remote", "--json").stdout)
         assert cluster.post("/remote/greet", {}).status_code == 401
         assert cluster.post("/remote/greet", {}, headers={"Authorization": f"Bearer {created['token']}"}).ok
+        inputs = tmp_path / "names.jsonl"
+        inputs.write_text('{"name": "a"}\n{"name": "b"}\n')
+        mapped = laptop(home, "map", "remote/greet", str(inputs), "--token", created["token"])
+        assert mapped.returncode == 0, mapped.stderr
+        assert [json.loads(line) for line in mapped.stdout.splitlines()] == ["hello a", "hello b"]
+        refused = laptop(home, "map", "remote/greet", str(inputs))
+        assert refused.returncode == 1 and json.loads(refused.stdout.splitlines()[0])["error"]["type"] == "Unauthorized"
+        secret = laptop(home, "token", "secret", "remote")
+        assert secret.returncode == 0 and secret.stdout.startswith("whsec_"), secret.stderr
         assert laptop(home, "auth", "off", "remote", "--yes").returncode == 0
         bill = cluster.wait_for(
             lambda: (b := json.loads(laptop(home, "bill", "remote", "--json").stdout))["lines"] and b,

@@ -138,3 +138,15 @@ def test_generators_are_told_apart_from_functions():
 
     assert not is_generator(plain)
     assert is_generator(sync_gen) and is_generator(async_gen)
+
+
+def test_map_inputs_of_different_lengths_are_refused():
+    from raygpu.client import zip_equal
+
+    assert list(zip_equal(([1, 2], "ab"))) == [(1, "a"), (2, "b")]
+    with pytest.raises(ValueError, match="same length; they have 2, 3"):
+        zip_equal(([1, 2], [1, 2, 3]))
+    with pytest.raises(ValueError, match="same length"):
+        list(zip_equal((iter([1, 2]), iter([1]))))
+    with pytest.raises(TypeError, match="at least one iterable"):
+        zip_equal(())

@@ -1,0 +1,1 @@
+"""Spawned calls: their records, webhooks and the runner that runs them."""
