@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _CAP_BODY = b'{"error":{"type":"TooManyConnections","message":"this gateway replica has all the connections it takes"}}'
@@ -18,6 +18,20 @@ CONNECTION_CAP_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
     b"connection: close\r\ncontent-length: " + str(len(_CAP_BODY)).encode() + b"\r\n\r\n" + _CAP_BODY
 )
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its body iterator however the response ends. A client that
+    goes away while a chunk is being sent otherwise leaves the iterator suspended for the garbage
+    collector, and with it the replica's generation, for as long as that takes."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:

@@ -20,7 +20,7 @@ import ray
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from autoscaling.serve_adapter import GATEWAY_INFLIGHT_METRIC, gateway_autoscaling_config
 from deployments import constants
@@ -30,6 +30,7 @@ from deployments.calls.runner import RUNNER_ACTOR_NAME
 from deployments.gateway.arrivals import ArrivalBuffer
 from deployments.gateway.body import BodyError, parse_arguments
 from deployments.gateway.http import (
+    ClosingStreamingResponse,
     EmbeddedServer,
     error_response,
     gateway_config,
@@ -572,7 +573,7 @@ class Gateway:
             response_headers = {k: v for k, v in start["headers"]}
             response_headers["x-raygpu-version"] = str(self.table.apps[app]["version"])
             body = self._stream_body(stream, release, lambda chunk: chunk)
-            return StreamingResponse(body, status_code=start["status"], headers=response_headers), True
+            return ClosingStreamingResponse(body, status_code=start["status"], headers=response_headers), True
         except Exception:
             return internal_error(f"call of {app}/{spec.name}"), False
 
@@ -598,7 +599,7 @@ class Gateway:
                 ), False
             sse = "text/event-stream" in request.headers.get("accept", "")
             encode = _sse_event if sse else _ndjson_line
-            return StreamingResponse(
+            return ClosingStreamingResponse(
                 self._stream_body(stream, release, encode),
                 media_type="text/event-stream" if sse else "application/x-ndjson",
                 headers={**version, "cache-control": "no-cache", "x-accel-buffering": "no"},

@@ -93,7 +93,8 @@ class FunctionReplica(ReplicaBase):
         is_async = inspect.iscoroutinefunction(fn)
         try:
             if is_async:
-                result = await asyncio.wait_for(fn(**arguments), timeout=self.spec.timeout)
+                async with asyncio.timeout(self.spec.timeout):  # a cancellation is never swallowed
+                    result = await fn(**arguments)
             else:
                 loop = asyncio.get_running_loop()
                 future = loop.run_in_executor(self._executor, lambda: fn(**arguments))
@@ -149,8 +150,10 @@ class FunctionReplica(ReplicaBase):
                     raise TypeError(f"{self.spec.callable_key(method)} did not return a generator")
                 while True:
                     try:
-                        remaining = deadline - asyncio.get_running_loop().time()
-                        item = await asyncio.wait_for(anext(source), timeout=max(remaining, 0.001))
+                        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+                        # cancellation of a caller who left as an item arrives, and run on for nobody.
+                        async with asyncio.timeout_at(deadline):
+                            item = await anext(source)
                     except StopAsyncIteration:
                         break
                     try:
