@@ -61,6 +61,8 @@ bench: install
 	$(BIN)/python -m benchmarks.autoscaling --format azure2019 \
 	  --trace ../shared/traces/azure_functions_2019_sample500/invocations.csv \
 	  --json benchmarks/results/autoscaling-azure2019.json
+	$(BIN)/python -m benchmarks.autoscaling --all --traces-dir ../shared/traces --half odd \
+	  --json benchmarks/results/autoscaling-all.json
 
 down:
 	$(BIN)/raygpu down

@@ -237,10 +237,12 @@ def simulate(
     policies: list[str] | None = None,
     params: SimulationParams | None = None,
     timeline_function: str | None = None,
+    extra_policies: dict[str, PolicyFactory] | None = None,
 ) -> dict[str, Any]:
-    """Replay every function of `trace` under each policy; metrics per policy plus the params."""
+    """Replay every function of `trace` under each policy (the known ones, plus `extra_policies`);
+    metrics per policy plus the params."""
     params = params or SimulationParams()
-    factories = policy_factories()
+    factories = {**policy_factories(), **(extra_policies or {})}
     names = policies or list(factories)
     unknown = [p for p in names if p not in factories]
     if unknown:
