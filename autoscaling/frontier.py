@@ -46,7 +46,7 @@ def frontier_points(fixed: dict[float, dict[str, Any]]) -> list[dict[str, float]
 def frontier_idle_at(points: list[dict[str, float]], cold_start_rate: float) -> float | None:
     """Idle GPU-seconds of the fixed keep-alive frontier at a cold-start rate (linear between the two
     keep-alives around it); None when the rate is below every keep-alive's (no fixed keep-alive
-    reaches that few cold starts), the longest-window-free end when it is above all."""
+    reaches that few cold starts); the shortest keep-alive's idle when it is above all of them."""
     if not points:
         return None
     if cold_start_rate < points[0]["cold_start_rate"]:
@@ -65,13 +65,18 @@ def position(policy: dict[str, Any], points: list[dict[str, float]], limit: dict
     """A policy against the frontier (its idle over the frontier's at its own cold-start rate: 1 on
     the frontier, 0.8 is 20% below) and against the oracle (how far its idle is above the limit)."""
     at = frontier_idle_at(points, policy["cold_start_rate"])
+    beyond = at is None and bool(points)
+    if beyond:
+        # Fewer cold starts than the longest keep-alive: reaching them with a fixed keep-alive would
+        # take at least its idle, so the ratio against it is an upper bound.
+        at = points[0]["idle_gpu_seconds"]
     ratio = policy["idle_gpu_seconds"] / at if at else None
     best = limit["idle_gpu_seconds"]
     return {
         "frontier_idle_gpu_seconds": at,
         "idle_over_frontier": ratio,
         "below_frontier_by": None if ratio is None else 1 - ratio,
-        "fewer_cold_starts_than_any_keep_alive": at is None,
+        "fewer_cold_starts_than_any_keep_alive": beyond,
         "idle_over_oracle": policy["idle_gpu_seconds"] / best if best else None,
     }
 

@@ -38,6 +38,8 @@ def test_the_frontier_is_interpolated_at_a_policys_own_cold_start_rate():
         "fixed": {"cold_start_rate": 0.05, "idle_gpu_seconds": 900.0},
     }
     assert dominated_by(policies, "raygpu") == ["knative"]
+    beyond = position({"cold_start_rate": 0.01, "idle_gpu_seconds": 500.0}, points, {"idle_gpu_seconds": 100.0})
+    assert beyond["fewer_cold_starts_than_any_keep_alive"] and beyond["idle_over_frontier"] == pytest.approx(0.5)
 
 
 def test_the_2019_functions_split_in_two_halves_by_the_sha1_of_their_hash(tmp_path):
