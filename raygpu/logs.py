@@ -25,11 +25,14 @@ def replica_logs(target: str, lines: int = 100, remote: bool = False) -> list[tu
     import ray
     from ray.util.state import get_log, list_logs
 
+    # This cluster's address, not a search of the machine: that fails when another Ray runs there.
+    address = ray.get_runtime_context().gcs_address
     out = []
     for node in ray.nodes():  # replicas log on the node they ran on
         if not node.get("Alive"):
             continue
-        groups = list_logs(node_id=node["NodeID"], glob_filter=pattern)
+        groups = list_logs(address=address, node_id=node["NodeID"], glob_filter=pattern)
         for name in groups.get("serve", []):
-            out.append((name, "".join(get_log(filename=f"serve/{name}", node_id=node["NodeID"], tail=lines))))
+            log = get_log(address=address, filename=f"serve/{name}", node_id=node["NodeID"], tail=lines)
+            out.append((name, "".join(log)))
     return sorted(out)

@@ -41,7 +41,15 @@ def audit_against_ray(cluster, app: str, function: str, killed_pids: frozenset[i
     for iv in ray.get(meter().intervals.remote(app, function)):
         by_replica.setdefault(iv["replica"], []).append(iv)
     assert by_replica and set(int(r.split("-")[0]) for r in by_replica) == set(actors)
-    workers = {w.pid: w for w in list_workers(filters=[("worker_type", "=", "WORKER")], detail=True, limit=10000)}
+    workers = {
+        w.pid: w
+        for w in list_workers(
+            address=ray.get_runtime_context().gcs_address,
+            filters=[("worker_type", "=", "WORKER")],
+            detail=True,
+            limit=10000,
+        )
+    }
     warm_pids = {
         int(r.split("-")[0])
         for r, phases in ray.get(meter().replica_start_phases.remote(app, function)).items()

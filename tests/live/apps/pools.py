@@ -23,7 +23,8 @@ def on_l4(x: int = 0) -> dict:
     return {"x": x, **where()}
 
 
-@app.function(gpu="L4", max_inputs=1, scaledown_window=30)
+# Its first replica must outlive the wait for the launched node's warm pool (up to 90 s under load).
+@app.function(gpu="L4", max_inputs=1, scaledown_window=180)
 def l4_slow(seconds: float = 0.0) -> dict:
     import time
 
