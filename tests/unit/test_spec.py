@@ -174,3 +174,12 @@ def test_vllm_sleep_mode_is_refused_without_cuda():
     assert supported == torch.cuda.is_available()
     if not supported:
         assert "needs a CUDA GPU" in reason
+
+
+@pytest.mark.parametrize("name", ["spawn", "calls"])
+def test_a_class_or_method_named_like_a_gateway_route_is_refused(name):
+    app = raygpu.App("routes")
+    with pytest.raises(raygpu.InvalidSpecError, match=f"{name!r} is reserved"):
+        app.cls(name=name)(type("Job", (), {"run": raygpu.method()(lambda self: 1)}))
+    with pytest.raises(raygpu.InvalidSpecError, match=f"{name!r} is reserved"):
+        app.cls()(type("Job", (), {name: raygpu.method()(lambda self: 1)}))
