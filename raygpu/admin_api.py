@@ -21,6 +21,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments import constants
+from deployments.head_actors import start_head_actor
 from deployments.weights_location import BLOB_NAME
 from raygpu.admin import using_admin_key
 from raygpu.contracts import PreparedUnit
@@ -230,19 +231,6 @@ class AdminApi:
 
 
 def start_admin_api() -> Any:
-    handle = (
-        ray.remote(AdminApi)
-        .options(
-            name=ADMIN_API_ACTOR_NAME,
-            namespace=constants.RAY_NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_restarts=-1,
-            max_concurrency=16,
-            resources={"node:__internal_head__": 0.001},
-        )
-        .remote()
-    )
+    handle = start_head_actor(AdminApi, ADMIN_API_ACTOR_NAME, max_concurrency=16)
     ray.get(handle.handle.remote("", "ls", b"{}"))
     return handle

@@ -26,6 +26,7 @@ from deployments.calls.callbacks import (
     sign,
     webhook_secret,
 )
+from deployments.head_actors import start_head_actor
 from deployments.spec import DeployedFunction
 from deployments.store.actor import get_store
 
@@ -243,20 +244,7 @@ async def _await(response: Any) -> Any:
 
 def start_call_runner(signing_key: str) -> Any:
     """Create the detached call runner on the head node, or return the running one."""
-    handle = (
-        ray.remote(CallRunner)
-        .options(
-            name=RUNNER_ACTOR_NAME,
-            namespace=constants.RAY_NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_restarts=-1,
-            max_concurrency=1000,
-            resources={"node:__internal_head__": 0.001},
-        )
-        .remote(signing_key)
-    )
+    handle = start_head_actor(CallRunner, RUNNER_ACTOR_NAME, signing_key, max_concurrency=1000)
     ray.get(handle.ping.remote())
     return handle
 

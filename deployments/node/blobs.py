@@ -11,6 +11,7 @@ from typing import Any
 import ray
 
 from deployments import constants
+from deployments.head_actors import start_head_actor
 from deployments.weights_location import BLOB_NAME, WeightsLocation, blob_name
 
 CHUNK_BYTES = 32 * 2**20
@@ -80,20 +81,8 @@ class WeightBlobs:
 def start_blobs(directory: str) -> Any:
     from deployments.store.actor import get_store
 
-    handle = (
-        ray.remote(WeightBlobs)
-        .options(
-            name=constants.WEIGHT_BLOBS_ACTOR_NAME,
-            namespace=constants.RAY_NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_restarts=-1,
-            max_task_retries=-1,
-            max_concurrency=32,
-            resources={"node:__internal_head__": 0.001},
-        )
-        .remote(directory, get_store())
+    handle = start_head_actor(
+        WeightBlobs, constants.WEIGHT_BLOBS_ACTOR_NAME, directory, get_store(), max_concurrency=32, retry_tasks=True
     )
     ray.get(handle.has.remote("0" * 64))
     return handle

@@ -26,6 +26,7 @@ from deployments.calls.records import (
     is_call_id,
     new_call_id,
 )
+from deployments.head_actors import start_head_actor
 from deployments.store.db import ARRIVAL_RETENTION_S, RETENTION_TABLES, StateDB
 
 # A function's pickled code as the store keeps it (weights travel separately, as blobs).
@@ -391,18 +392,9 @@ class ControlPlaneStore:
 
 def start_store(db_path: str, admin_hash: str) -> Any:
     """Create the detached store actor on the head node, or return the running one."""
-    actor_cls = ray.remote(ControlPlaneStore).options(
-        name=constants.STORE_ACTOR_NAME,
-        namespace=constants.RAY_NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        num_cpus=0,
-        max_restarts=-1,
-        max_task_retries=-1,
-        max_concurrency=1000,
-        resources={"node:__internal_head__": 0.001},
+    handle = start_head_actor(
+        ControlPlaneStore, constants.STORE_ACTOR_NAME, db_path, admin_hash, max_concurrency=1000, retry_tasks=True
     )
-    handle = actor_cls.remote(db_path, admin_hash)
     ray.get(handle.ping.remote())
     return handle
 
