@@ -47,6 +47,15 @@ class Cluster:
         app, path, digest = load_app(str(file))
         return deploy_app(app, source_label(path, digest)).model_dump()
 
+    def deployed_app(self, file: Path):
+        """Deploy `file` and return its App as the SDK loads it (to call `fn.map`, `fn.spawn`, ...)."""
+        from raygpu.loader import load_app
+
+        result = self.deploy(file)
+        app, _, _ = load_app(str(file))
+        assert result["app"] == app.name
+        return app
+
     def status(self, app: str):
         from raygpu.deploy import app_status
 

@@ -16,12 +16,7 @@ from raygpu.errors import RemoteCallError
 
 @pytest.fixture(scope="module")
 def batch(cluster):
-    result = cluster.deploy(APPS / "batch.py")
-    assert result["app"] == "batch"
-    from raygpu.loader import load_app
-
-    app, _, _ = load_app(str(APPS / "batch.py"))
-    return app
+    return cluster.deployed_app(APPS / "batch.py")
 
 
 def replicas(cluster, fn: str) -> int:

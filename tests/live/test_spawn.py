@@ -17,12 +17,7 @@ from raygpu.errors import RemoteCallError
 
 @pytest.fixture(scope="module")
 def spawned(cluster):
-    result = cluster.deploy(APPS / "spawned.py")
-    assert result["app"] == "spawned"
-    from raygpu.loader import load_app
-
-    app, _, _ = load_app(str(APPS / "spawned.py"))
-    return app
+    return cluster.deployed_app(APPS / "spawned.py")
 
 
 def spawn(cluster, path: str, body: dict, headers: dict | None = None) -> str:
