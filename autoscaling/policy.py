@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from autoscaling.history import ArrivalHistory
+from autoscaling.history import ArrivalHistory, bin_edges
+from autoscaling.levels import ReplicaLevels
+from autoscaling.load import ArrivalRate, ServiceTime
+from autoscaling.warm_plan import GapPlan, cheapest_plan
 
 NEVER = math.inf
+_EDGES = bin_edges()
+START_SAMPLES = 5  # measured replica starts the planned start time is the median of
+MIN_START_TIME_S, MAX_START_TIME_S = 0.1, 3600.0
 
 
 @dataclass(frozen=True)
@@ -42,10 +48,14 @@ class ScalingConfig:
     # In-flight calls are averaged over this long before replicas beyond the first are added: a
     # backlog is worth a new replica when it lasts about as long as the replica takes to start.
     load_average_s: float | None = None  # None: start_time_s
-    max_keep_alive_s: float = 600.0  # never keep an idle replica longer than this on a prediction
-    prewarm_percentile: float = 5.0
-    keep_alive_percentile: float = 99.0
+    max_keep_alive_s: float = 1800.0  # never keep an idle replica longer than this on a prediction
+    # What sparing one call a cold start is worth, in replica starts of idle GPU time: the exchange
+    # rate between the two costs the learned plans trade (the start itself is one of them).
+    cold_start_worth_starts: float = 8.0
+    min_gaps: int = 10  # gaps seen before the learned plan replaces the idle window
     burst_gap_s: float = 1.0  # arrivals closer than this are one burst, not an idle gap
+    queue_clear_starts: float = 2.0  # queued work is to be cleared within this many replica starts
+    staffing_margin: float = 1.0  # spare replicas per square root of the replicas the load keeps busy
 
     @property
     def downscale_delay(self) -> float:
@@ -54,6 +64,16 @@ class ScalingConfig:
     @property
     def linger(self) -> float:
         return self.start_time_s if self.linger_s is None else self.linger_s
+
+    @property
+    def cold_start_cost(self) -> float:
+        """Idle replica-seconds one avoided cold start is worth."""
+        return self.cold_start_worth_starts * self.start_time_s
+
+    @property
+    def prewarm_lead_s(self) -> float:
+        """How early a pre-warm starts a replica: one start plus ATC'20's 10% margin and a second."""
+        return self.start_time_s * 1.1 + 1.0
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
@@ -71,6 +91,7 @@ class WarmPlan:
     prewarm_from: float = NEVER
     prewarm_until: float = -NEVER
     basis: str = "none"
+    keep_s: float = 0.0  # how long the replica stays after the function was last busy
 
 
 class RaygpuPolicy:
@@ -80,58 +101,121 @@ class RaygpuPolicy:
 
     def __init__(self, config: ScalingConfig, history: ArrivalHistory | None = None):
         self.config = config
-        self.history = history or ArrivalHistory(burst_gap_s=config.burst_gap_s)
-        self.plan = WarmPlan()
+        self.history = history or ArrivalHistory()
+        self.history.burst_gap_s = config.burst_gap_s
+        self.history.session_gap_s = config.start_time_s
+        self.plan = WarmPlan(keep_s=config.idle_window_s)  # until an arrival is seen: the idle window
+        self._gap_plan: GapPlan | None = None
+        self._gap_plan_at = -1  # gaps_seen when the gap plan was computed
         self.last_busy: float | None = None
         self.recent_wants: deque[tuple[float, int]] = deque()  # (time, wanted), wanted decreasing
-        # How long an extra replica stays unneeded before it goes: starts at one replica start and
-        # adapts, doubling when released replicas are wanted back soon (churn costs a start each
-        # time) and halving back when releases prove right.
-        self.release_delay_s = config.downscale_delay
-        self.last_release: float | None = None
+        # How long an extra replica stays unneeded before it goes: one replica start (or the
+        # configured delay) until released capacity was seen wanted back, then what that teaches.
+        self.levels = ReplicaLevels(
+            default_delay_s=config.downscale_delay,
+            cold_start_cost=config.cold_start_cost,
+            max_delay_s=config.max_keep_alive_s,
+            min_gaps=config.min_gaps,
+        )
         self.last_upscale: float = -NEVER
+        self.measured_starts: list[float] = []
         self.load_tau_s = max(0.1, config.load_average_s if config.load_average_s is not None else config.start_time_s)
         self.load_avg = 0.0
         self.load_level = 0.0
         self.load_at: float | None = None
+        self.service = ServiceTime()
+        self.arrival_rate = ArrivalRate(config.start_time_s)
+        self.queued_since: float | None = None
+        self.backlog_marks: deque[tuple[float, float]] = deque()  # (time, queued calls), a start's worth
         if self.history.last_arrival is not None:
             self._replan(self.history.last_arrival)
 
     # --- learning ------------------------------------------------------------------------------
     def observe_arrival(self, t: float) -> None:
         self.history.observe(t)
+        self.service.observe_arrival()
+        self.arrival_rate.observe_arrival(t)
         self._replan(t)
+
+    def observe_start(self, seconds: float) -> None:
+        """A measured replica start (from the scale-up decision to ready, a node's provisioning
+        included): the plans use the median of the last few instead of the configured guess."""
+        if not (MIN_START_TIME_S <= seconds <= MAX_START_TIME_S):
+            return
+        self.measured_starts = (self.measured_starts + [seconds])[-START_SAMPLES:]
+        ordered = sorted(self.measured_starts)
+        self._use_start_time(ordered[len(ordered) // 2])
+
+    def _use_start_time(self, start_time_s: float) -> None:
+        if start_time_s == self.config.start_time_s:
+            return
+        cfg = self.config = replace(self.config, start_time_s=start_time_s)
+        self.history.session_gap_s = start_time_s
+        self.levels.default_delay_s = cfg.downscale_delay
+        self.levels.cold_start_cost = cfg.cold_start_cost
+        self.levels.invalidate()
+        self.arrival_rate.tau_s = max(0.1, start_time_s)
+        if cfg.load_average_s is None:
+            self.load_tau_s = max(0.1, start_time_s)
+        self._gap_plan = None
+        if self.history.last_arrival is not None:
+            self._replan(self.history.last_arrival)
 
     def _replan(self, last: float) -> None:
         cfg = self.config
-        plan = WarmPlan(keep_until=last + cfg.idle_window_s, basis="fixed")
+        plan = WarmPlan(keep_until=last + cfg.idle_window_s, basis="fixed", keep_s=cfg.idle_window_s)
         if cfg.predictive:
-            lead = cfg.start_time_s * 1.1 + 1.0  # pre-warm with ATC'20's 10% margin
+            gap_plan = self.gap_plan()
             period = self.history.period()
-            if period is not None:
-                tolerance = max(2.0, 0.1 * period)
-                if period <= lead + cfg.linger:
-                    plan = WarmPlan(keep_until=last + period + tolerance, basis="period")
-                else:
-                    plan = WarmPlan(
-                        keep_until=last + cfg.linger,
-                        prewarm_from=last + period - lead,
-                        prewarm_until=last + period + tolerance,
-                        basis="period",
-                    )
-            elif self.history.representative():
-                low = self.history.percentile(cfg.prewarm_percentile, lower_edge=True)
-                high = min(self.history.percentile(cfg.keep_alive_percentile), cfg.max_keep_alive_s)
-                if low - lead > cfg.linger and high > low:
-                    plan = WarmPlan(
-                        keep_until=last + cfg.linger,
-                        prewarm_from=last + low - lead,
-                        prewarm_until=last + high,
-                        basis="histogram",
-                    )
-                else:
-                    plan = WarmPlan(keep_until=last + max(high, cfg.linger), basis="histogram")
+            if period is not None and self.history.session_start is not None:
+                plan = self._period_plan(last, period, gap_plan)
+            elif gap_plan is not None:
+                plan = WarmPlan(
+                    keep_until=last + gap_plan.keep_s,
+                    prewarm_from=last + gap_plan.prewarm_from_s - cfg.prewarm_lead_s,
+                    prewarm_until=last + gap_plan.prewarm_until_s,
+                    basis="histogram",
+                    keep_s=gap_plan.keep_s,
+                )
         self.plan = plan
+
+    def _period_plan(self, last: float, period: float, gap_plan: GapPlan | None) -> WarmPlan:
+        """Warm again in time for the next session of a periodic function (timer or cron burst)."""
+        cfg = self.config
+        assert self.history.session_start is not None
+        due = self.history.session_start + period
+        tolerance = max(2.0, min(0.1 * period, 1.5 * self.history.period_spread()))
+        # inside a session, linger as the gap histogram says (its pre-warm plan's keep), else a start
+        linger = gap_plan.keep_s if gap_plan is not None and gap_plan.prewarms else cfg.linger
+        if due - tolerance - cfg.prewarm_lead_s <= last + linger:
+            return WarmPlan(keep_until=max(last + linger, due + tolerance), basis="period", keep_s=linger)
+        return WarmPlan(
+            keep_until=last + linger,
+            prewarm_from=due - tolerance - cfg.prewarm_lead_s,
+            prewarm_until=due + tolerance,
+            basis="period",
+            keep_s=linger,
+        )
+
+    def gap_plan(self) -> GapPlan | None:
+        """The cheapest warm plan for the learned gaps (None until enough gaps were seen). Worked
+        out again as the histogram fills: after every gap at first, then every ~5% more gaps."""
+        history, cfg = self.history, self.config
+        if history.gaps_seen < cfg.min_gaps:
+            return None
+        if self._gap_plan is None or history.gaps_seen - self._gap_plan_at >= max(1, history.gaps_seen // 20):
+            counts, sums, beyond = history.decayed()
+            self._gap_plan = cheapest_plan(
+                _EDGES,
+                counts,
+                sums,
+                beyond,
+                cold_start_cost=cfg.cold_start_cost,
+                lead_s=cfg.prewarm_lead_s,
+                max_keep_s=cfg.max_keep_alive_s,
+            )
+            self._gap_plan_at = history.gaps_seen
+        return self._gap_plan
 
     # --- deciding ------------------------------------------------------------------------------
     def _idle_target(self, now: float) -> tuple[int, float]:
@@ -139,7 +223,7 @@ class RaygpuPolicy:
         plan = self.plan
         keep_until = plan.keep_until
         if self.last_busy is not None:
-            keep_until = max(keep_until, self.last_busy + min(self.config.linger, self.config.idle_window_s))
+            keep_until = max(keep_until, self.last_busy + plan.keep_s)
         if now < keep_until:
             return 1, keep_until
         if plan.prewarm_from <= now < plan.prewarm_until:
@@ -147,6 +231,49 @@ class RaygpuPolicy:
         if now < plan.prewarm_from:
             return 0, plan.prewarm_from
         return 0, NEVER
+
+    def _busy_target(self, now: float, running: int, starting: int, inflight: float) -> int:
+        """Replicas wanted while calls are in flight: the slots the arriving work keeps busy (rate of
+        the last start time x service time) plus enough to clear the queued work within about two
+        starts. A burst of queued short calls is a few replicas of work, not a replica per call; a
+        queue that does not drain (callers waiting on their previous calls) adds a replica a step."""
+        cfg = self.config
+        slots = cfg.inputs_per_replica
+        backlog = max(0.0, inflight - running * slots)
+        service = self.service.seconds()
+        if service is None:  # nothing measured yet: the time-averaged load, and Little's law
+            want = max(1, math.ceil(self.load_avg / slots - 0.05))
+            if backlog > 0 and running > 0 and self._drain_s(backlog, running) > cfg.start_time_s / 2:
+                want = max(want, math.ceil(inflight / slots))
+            return want
+        carried = min(self.load_avg, self.arrival_rate.at_time(now) * service) / slots
+        queued = backlog * service / (cfg.queue_clear_starts * cfg.start_time_s) / slots
+        # square-root staffing (Halfin-Whitt): spare replicas grow as the root of the load, so calls
+        # rarely wait at any load, and a large function runs nearly full
+        spare = cfg.staffing_margin * math.sqrt(carried)
+        want = max(1, math.ceil(carried + queued + spare - 0.05))
+        if self._queue_stuck(now, backlog):
+            # callers that call again when answered show their demand only as a standing queue:
+            # one more replica, then a start time to see whether the queue shrinks
+            want = max(want, running + starting + 1)
+            self.queued_since = now
+        return want
+
+    def _queue_stuck(self, now: float, backlog: float) -> bool:
+        """Whether calls have queued for a whole start time without the queue getting shorter."""
+        start = self.config.start_time_s
+        marks = self.backlog_marks
+        if backlog <= 0:
+            self.queued_since = None
+            marks.clear()
+            return False
+        if self.queued_since is None:
+            self.queued_since = now
+        if not marks or now - marks[-1][0] >= start / 8:
+            marks.append((now, backlog))
+        while len(marks) > 1 and marks[1][0] <= now - start:
+            marks.popleft()
+        return now - self.queued_since >= start and backlog >= marks[0][1]
 
     def _drain_s(self, backlog: float, running: int) -> float:
         """Expected time for the running replicas to work off `backlog` queued calls, from
@@ -164,21 +291,17 @@ class RaygpuPolicy:
         if self.load_at is not None and now > self.load_at:
             self.load_avg += (1 - math.exp((self.load_at - now) / self.load_tau_s)) * (self.load_level - self.load_avg)
         self.load_at, self.load_level = now, inflight
+        self.service.observe(now, inflight, running * cfg.inputs_per_replica)
         if inflight > 0:
             self.last_busy = now
-            want = max(1, math.ceil(self.load_avg / cfg.inputs_per_replica - 0.05))
-            backlog = inflight - running * cfg.inputs_per_replica
-            if backlog > 0 and running > 0 and self._drain_s(backlog, running) > cfg.start_time_s / 2:
-                # the queue outlasts half a start: new replicas will still find work
-                want = max(want, math.ceil(inflight / cfg.inputs_per_replica))
-            want += cfg.buffer_replicas
+            want = self._busy_target(now, running, starting, inflight) + cfg.buffer_replicas
         else:
             want, next_check = self._idle_target(now)
             if want and self.last_busy is not None and now - self.last_busy < cfg.downscale_delay:
                 want += cfg.buffer_replicas
         want = max(cfg.min_replicas, min(cfg.max_replicas, want))
-
-        self._learn_from_last_release(now, want, current)
+        if cfg.predictive and cfg.downscale_delay_s is None:
+            self.levels.observe_wanted(now, want)
         if want > current:
             self._recent_max(now, want)
             if current == 0:
@@ -197,22 +320,10 @@ class RaygpuPolicy:
                 return 0, next_check
             kept, until = self._recent_max(now, want)
             if kept < current:
-                self.last_release = now
                 return kept, min(next_check, until)
             return current, min(next_check, until)
         self._recent_max(now, want)
         return current, next_check
-
-    def _learn_from_last_release(self, now: float, want: int, current: int) -> None:
-        if self.last_release is None:
-            return
-        since = now - self.last_release
-        if want > current >= 1 and since < self.release_delay_s:
-            self.release_delay_s = min(2 * self.release_delay_s, 4 * self.config.downscale_delay)
-            self.last_release = None
-        elif since > 4 * self.release_delay_s:
-            self.release_delay_s = max(self.config.downscale_delay, self.release_delay_s / 2)
-            self.last_release = None
 
     def _recent_max(self, now: float, want: int) -> tuple[int, float]:
         """The most replicas wanted within the last downscale delay (each replica beyond the
@@ -221,28 +332,38 @@ class RaygpuPolicy:
         while recent and recent[-1][1] <= want:
             recent.pop()
         recent.append((now, want))
-        delay = self.release_delay_s
+        delay = self.levels.release_delay_s()
         while len(recent) > 1 and recent[0][0] + delay <= now:
             recent.popleft()
         return recent[0][1], (recent[0][0] + delay if len(recent) > 1 else NEVER)
 
     # --- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"history": self.history.to_dict(), "last_busy": self.last_busy, "release_delay_s": self.release_delay_s}
+        return {
+            "history": self.history.to_dict(),
+            "last_busy": self.last_busy,
+            "levels": self.levels.to_dict(),
+            "measured_starts": self.measured_starts,
+        }
 
     @classmethod
     def from_dict(cls, config: ScalingConfig, data: dict[str, Any] | None) -> "RaygpuPolicy":
         data = data or {}
         policy = cls(config, ArrivalHistory.from_dict(data.get("history")))
         policy.last_busy = data.get("last_busy")
-        policy.release_delay_s = data.get("release_delay_s", policy.release_delay_s)
+        policy.levels.restore(data.get("levels"))
+        for seconds in data.get("measured_starts") or []:
+            if isinstance(seconds, (int, float)):
+                policy.observe_start(float(seconds))
         return policy
 
     def describe(self) -> dict[str, Any]:
         return {
             "plan": asdict(self.plan),
             "period": self.history.period(),
-            "representative": self.history.representative(),
+            "gaps_seen": self.history.gaps_seen,
+            "start_time_s": self.config.start_time_s,
+            "release_delay_s": self.levels.release_delay_s(),
         }
 
 

@@ -18,6 +18,7 @@ import ray
 from autoscaling.clock import SteadyClock
 from autoscaling.decision import ServeObservation, decide
 from autoscaling.policy import RaygpuPolicy, ScalingConfig, gateway_replicas
+from autoscaling.start_times import planned_start_s
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
@@ -27,6 +28,7 @@ GATEWAY_INFLIGHT_METRIC = "raygpu_gateway_inflight"
 ARRIVAL_WAIT_S = 2.0  # each arrivals fetch waits up to this long for a new arrival (long poll)
 STATE_SAVE_INTERVAL_S = 10.0  # how often a policy's learned state is saved
 POLICY_ERROR_LOG_INTERVAL_S = 60.0  # a failing policy is logged at most this often
+START_TIMES_REFRESH_S = 15.0  # how often measured replica starts are read from the meter
 
 
 class _StoreLink:
@@ -82,7 +84,47 @@ class _StoreLink:
         return self._call("load_policy_state", app, function)
 
 
+class _MeterLink:
+    """The controller-side link to the meter's record of replica starts, shared by every policy:
+    one non-blocking read of the latest start of each function every START_TIMES_REFRESH_S."""
+
+    def __init__(self, actor_name: str, namespace: str):
+        self.actor_name = actor_name
+        self.namespace = namespace
+        self._inflight: "ray.ObjectRef | None" = None
+        self._asked_at = float("-inf")
+        self.latest: dict[str, tuple[Any, float]] = {}  # "app/function" -> ((replica, ts), seconds)
+
+    def poll(self) -> None:
+        if self._inflight is not None:
+            ready, _ = ray.wait([self._inflight], timeout=0)
+            if not ready:
+                return
+            try:
+                for key, start in (ray.get(self._inflight) or {}).items():
+                    seconds = planned_start_s(start.get("phases", {})) if isinstance(start, dict) else None
+                    if seconds is not None:
+                        self.latest[key] = ((start.get("replica"), start.get("ts")), seconds)
+            except Exception as exc:
+                logger.warning("raygpu: reading measured replica starts failed (%s)", exc)
+            self._inflight = None
+        if time.monotonic() - self._asked_at >= START_TIMES_REFRESH_S:
+            self._asked_at = time.monotonic()
+            try:
+                self._inflight = ray.get_actor(self.actor_name, namespace=self.namespace).start_phases.remote()
+            except Exception as exc:  # no meter (an unmetered cluster) or restarting: the guess stays
+                logger.debug("raygpu: meter unreachable for start times (%s)", exc)
+
+
 _links: dict[tuple[str, str], _StoreLink] = {}
+_meter_links: dict[tuple[str, str], _MeterLink] = {}
+
+
+def _meter_link(actor_name: str, namespace: str) -> _MeterLink:
+    key = (actor_name, namespace)
+    if key not in _meter_links:
+        _meter_links[key] = _MeterLink(actor_name, namespace)
+    return _meter_links[key]
 
 
 def _link(actor_name: str, namespace: str) -> _StoreLink:
@@ -95,13 +137,24 @@ def _link(actor_name: str, namespace: str) -> _StoreLink:
 class RaygpuServePolicy:
     """Instantiated once per deployment by Serve with `policy_kwargs`; called with a context."""
 
-    def __init__(self, app: str, function: str, store_actor: str, store_namespace: str, **config: Any):
+    def __init__(
+        self,
+        app: str,
+        function: str,
+        store_actor: str,
+        store_namespace: str,
+        meter_actor: str | None = None,
+        meter_namespace: str | None = None,
+        **config: Any,
+    ):
         self.app = app
         self.function = function
         self.key = f"{app}/{function}"
         self.config = ScalingConfig(**config)
         self.policy = RaygpuPolicy(self.config)
         self.store = _link(store_actor, store_namespace)
+        self.meter = _meter_link(meter_actor, meter_namespace or store_namespace) if meter_actor else None
+        self._start_seen: Any = None
         self._loading = self.store.load_state(app, function)
         self._saved_at = time.monotonic()
         self.clock = SteadyClock()
@@ -148,6 +201,12 @@ class RaygpuServePolicy:
         self._resume_learned_state()
         for t in self.store.take(self.key):
             self.policy.observe_arrival(self.clock.arrival(t))
+        if self.meter is not None:
+            self.meter.poll()
+            start = self.meter.latest.get(self.key)
+            if start is not None and start[0] != self._start_seen:
+                self._start_seen = start[0]
+                self.policy.observe_start(start[1])
         observation = ServeObservation(
             running=ctx.current_num_replicas,
             target=ctx.target_num_replicas,
@@ -198,6 +257,8 @@ def serve_autoscaling_config(
     store_actor: str,
     store_namespace: str,
     metrics_interval_s: float,
+    meter_actor: str | None = None,
+    meter_namespace: str | None = None,
     look_back_period_s: float,
     initial_replicas: int | None = None,
     **scaling: Any,
@@ -227,6 +288,7 @@ def serve_autoscaling_config(
                 "function": function,
                 "store_actor": store_actor,
                 "store_namespace": store_namespace,
+                **({"meter_actor": meter_actor, "meter_namespace": meter_namespace} if meter_actor else {}),
                 **scaling,
             },
         },

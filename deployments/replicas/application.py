@@ -8,6 +8,7 @@ from typing import Any
 from ray import serve
 
 from autoscaling.serve_adapter import serve_autoscaling_config
+from billing.constants import METER_ACTOR_NAME, METER_NAMESPACE
 from deployments import constants
 from deployments.kinds import kind_of
 from deployments.node.warm_pool import runtime_env_for
@@ -22,8 +23,10 @@ def deployment_options(
     store_namespace: str,
     initial_replicas: int | None = None,
     worker_resource: str | None = None,
+    metered: bool = True,
 ) -> dict[str, Any]:
-    """Serve options of one unit's deployment: resources, autoscaling, queue bounds.
+    """Serve options of one unit's deployment: resources, autoscaling, queue bounds (the policy
+    plans with the replica starts the meter measures, where there is a meter).
     `worker_resource`: a custom resource only non-head nodes have; asking for a sliver of it keeps
     user replicas off the head node (the control plane's) when the cluster has other nodes."""
     actor_options: dict[str, Any] = {"num_cpus": spec.cpu}
@@ -60,6 +63,8 @@ def deployment_options(
             start_time_s=constants.EXPECTED_START_TIME_S,
             store_actor=store_actor,
             store_namespace=store_namespace,
+            meter_actor=METER_ACTOR_NAME if metered else None,
+            meter_namespace=METER_NAMESPACE if metered else None,
             metrics_interval_s=constants.METRICS_INTERVAL_S,
             look_back_period_s=constants.LOOK_BACK_PERIOD_S,
             initial_replicas=initial_replicas,
@@ -92,6 +97,7 @@ def build_app_application(
             store_namespace,
             initial_replicas=(initial_replicas or {}).get(spec.name),
             worker_resource=worker_resource,
+            metered=metered,
         )
         deployment = serve.deployment(kind_of(spec).replica_class()).options(**options)
         bound.append((deployment, (app, version, spec.model_dump_json(), payload, accelerator, metered)))

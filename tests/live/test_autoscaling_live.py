@@ -46,7 +46,8 @@ def test_a_periodic_function_is_prewarmed_and_random_sparse_traffic_stays_at_zer
             if any(abs(now - o) < 0.3 for o in sparse_offsets):
                 assert scaling.post("/scaling/sparse", {"tick": tick}).status_code == 200
                 time.sleep(0.6)
-            if tick in (1, 2) and abs(now - (tick * period - 6.0)) < 0.3:
+            # 10 s after a timer call: past its linger (one start), before its pre-warm
+            if tick in (1, 2) and abs(now - (tick * period - 10.0)) < 0.3:
                 at_zero_between_timer_calls.append(replicas(scaling, "timer")[0])
                 time.sleep(0.6)
             time.sleep(0.1)
@@ -105,8 +106,8 @@ def test_b_d_load_step_scales_in_bounded_steps_then_down_without_failures_then_t
         for t in threads:
             t.join()
     targets = [e["to"] for e in peak_events if e["to"] > e["from"]]
-    assert targets[:3] == [1, 2, 4], peak_events  # 0→1 at once, then bounded steps, never 1→4
-    assert all(b <= 2 * a for a, b in zip(targets, targets[1:])), targets
+    assert targets[0] == 1, peak_events  # 0→1 at once...
+    assert all(b <= 2 * a for a, b in zip(targets, targets[1:])), targets  # ...then bounded steps, never 1→4
     assert results and all(code == 200 for code in results), sorted(set(results))
     scaling.wait_for(lambda: replicas(scaling, "work")[0] == 0, timeout=60, what="scale to zero after the load")
 

@@ -111,14 +111,13 @@ def test_random_sparse_traffic_falls_back_to_the_idle_window():
     assert p.decide(88.1, 1, 0, 0)[0] == 0
 
 
-def test_histogram_percentiles_and_representativeness():
+def test_histogram_counts_gaps_and_finds_a_timer_period():
     h = ArrivalHistory()
     for k in range(50):
         h.observe(100.0 * k)
-    assert h.representative() and h.period() == pytest.approx(100.0)
-    assert 80 <= h.percentile(5, lower_edge=True) <= 100 <= h.percentile(99) <= 125
+    assert h.gaps_seen == 49 and h.period() == pytest.approx(100.0)
     again = ArrivalHistory.from_dict(h.to_dict())
-    assert again.percentile(50) == h.percentile(50) and again.period() == h.period()
+    assert again.decayed() == h.decayed() and again.period() == h.period()
 
 
 def test_learned_state_round_trips():

@@ -1,0 +1,23 @@
+"""A replica start as the scaling policy plans with it: from the scale-up decision to a ready
+replica, the node's provisioning included (a call's own work and the decision's latency are not
+part of it). Pure: reads the phase durations the meter records per start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The phases between a scale-up decision and a ready replica (see deployments/replicas/start_phases.py).
+PLANNED_PHASES = ("provision", "scheduling", "process", "imports", "weights", "engine_init", "ready")
+
+
+def planned_start_s(phases: dict[str, Any]) -> float | None:
+    """Seconds one recorded start took, or None when it never reached `ready` or is malformed."""
+    if not isinstance(phases, dict) or "ready" not in phases:
+        return None
+    total = 0.0
+    for phase in PLANNED_PHASES:
+        seconds = phases.get(phase, 0.0)
+        if not isinstance(seconds, (int, float)) or not 0.0 <= seconds < 86_400.0:
+            return None
+        total += float(seconds)
+    return total

@@ -1,0 +1,234 @@
+"""The control plane as functions pile up at zero: Serve controller and gateway CPU while idle, deploy
+latency, `raygpu ls` latency, cold-call latency and head memory at N deployed functions, as ratios
+to N = 1 of the same run.
+
+    python -m benchmarks.scale [--sizes 1,100,300,1000] [--per-app 10] [--idle-s 20] --json OUT
+
+Functions are trivial, CPU-only, at zero replicas, deployed as apps of `--per-app` functions into
+one private local cluster, growing from the smallest size to the largest; each size is measured
+once everything deployed has settled: controller CPU (the `ray::ServeController` process) over
+`--idle-s` seconds, deploy latency (median of the last five app deploys before that size), `raygpu
+ls` (the CLI, a fresh process each time, median of three), a cold call (median over three functions
+never called before, through the gateway), and the resident memory of every process of the cluster.
+`--profile-at N` also records a py-spy profile of the controller at that size (py-spy must be
+installed: `pip install py-spy`), written beside the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+
+from benchmarks.harness import median, print_table, private_cluster, write_json
+
+APP_HEADER = 'import raygpu\n\napp = raygpu.App("{name}")\n'
+FUNCTION_SOURCE = """
+
+@app.function(scaledown_window=2)
+def {name}(x: int = 0) -> int:
+    return x
+"""
+
+
+def app_source(name: str, functions: int) -> str:
+    return APP_HEADER.format(name=name) + "".join(FUNCTION_SOURCE.format(name=f"f{i}") for i in range(functions))
+
+
+def serve_processes(temp_dir: str) -> tuple[psutil.Process | None, list[psutil.Process], list[psutil.Process]]:
+    """The cluster's Serve controller, its gateway replicas, and every process of the cluster."""
+    from raygpu.home import cluster_processes
+
+    everything = cluster_processes(temp_dir)
+    controller, gateways = None, []
+    for proc in everything:
+        try:
+            title = " ".join(proc.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if title.startswith("ray::ServeController"):
+            controller = proc
+        elif title.startswith("ray::ServeReplica:raygpu-gateway"):
+            gateways.append(proc)
+    return controller, gateways, everything
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+def idle_cpu(temp_dir: str, seconds: float) -> tuple[float, float]:
+    """Fraction of a core the controller and the gateway replicas used over `seconds` of no traffic."""
+    controller, gateways, _ = serve_processes(temp_dir)
+    if controller is None:
+        raise RuntimeError("no ray::ServeController process found in the cluster")
+    before = (cpu_seconds([controller]), cpu_seconds(gateways), time.monotonic())
+    time.sleep(seconds)
+    wall = time.monotonic() - before[2]
+    return (cpu_seconds([controller]) - before[0]) / wall, (cpu_seconds(gateways) - before[1]) / wall
+
+
+def head_memory_mb(temp_dir: str) -> float:
+    _, _, everything = serve_processes(temp_dir)
+    total = 0
+    for proc in everything:
+        try:
+            total += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total / 2**20
+
+
+def ls_seconds(repetitions: int = 3) -> float:
+    raygpu_cli = shutil.which("raygpu") or str(Path(sys.executable).with_name("raygpu"))
+    timings = []
+    for _ in range(repetitions):
+        started = time.perf_counter()
+        subprocess.run([raygpu_cli, "ls"], check=True, capture_output=True, env=os.environ.copy(), timeout=300)
+        timings.append(time.perf_counter() - started)
+    return median(timings)
+
+
+def cold_call_seconds(gateway_url: str, targets: list[str]) -> float:
+    timings = []
+    for target in targets:
+        started = time.perf_counter()
+        response = requests.post(f"{gateway_url}/{target}", json={"x": 1}, timeout=300)
+        response.raise_for_status()
+        timings.append(time.perf_counter() - started)
+    return median(timings)
+
+
+def profile_controller(temp_dir: str, out: Path, seconds: int) -> str | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    controller, _, _ = serve_processes(temp_dir)
+    if controller is None or not Path(py_spy).exists():
+        return None
+    subprocess.run(
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(controller.pid),
+            "--duration",
+            str(seconds),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=seconds + 120,
+    )
+    return str(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1,100,300,1000", help="function counts to measure at, ascending")
+    parser.add_argument("--per-app", type=int, default=10, help="functions per app")
+    parser.add_argument("--idle-s", type=float, default=20.0, help="seconds of idle CPU measured per size")
+    parser.add_argument("--settle-s", type=float, default=15.0, help="seconds waited after deploying, before measuring")
+    parser.add_argument(
+        "--profile-at", type=int, default=None, help="record a py-spy profile of the controller at this size"
+    )
+    parser.add_argument("--json", dest="json_path", default=None)
+    args = parser.parse_args()
+    sizes = sorted({int(s) for s in args.sizes.split(",") if s})
+    if not sizes or sizes[0] < 1:
+        parser.error("--sizes: positive function counts, e.g. 1,100,300,1000")
+    if args.per_app < 1:
+        parser.error("--per-app must be at least 1")
+
+    work = Path(tempfile.mkdtemp(prefix="raygpu-scalebench-"))
+    rows: list[dict[str, Any]] = []
+    with private_cluster(gpus=0) as info:
+        from raygpu.deploy import deploy_app, source_label
+        from raygpu.loader import load_app
+
+        deployed = 0
+        apps = 0
+        deploy_times: list[float] = []
+        never_called: list[str] = []
+        for size in sizes:
+            while deployed < size:
+                count = min(args.per_app, size - deployed)
+                name = f"scale{apps:04d}"
+                path = work / f"{name}.py"
+                path.write_text(app_source(name, count))
+                app, app_path, digest = load_app(str(path))
+                started = time.perf_counter()
+                deploy_app(app, source_label(app_path, digest))
+                deploy_times.append(time.perf_counter() - started)
+                never_called += [f"{name}/f{i}" for i in range(count)]
+                deployed += count
+                apps += 1
+            time.sleep(args.settle_s)
+            controller_cpu, gateway_cpu = idle_cpu(info.temp_dir, args.idle_s)
+            profile = None
+            if args.profile_at == size:
+                profile = profile_controller(info.temp_dir, work / f"controller-{size}.txt", int(args.idle_s))
+            ls_s = ls_seconds()
+            targets, never_called = never_called[:3], never_called[3:]
+            cold_s = cold_call_seconds(info.gateway_url, targets) if targets else None
+            row = {
+                "functions": deployed,
+                "apps": apps,
+                "controller_idle_core_fraction": controller_cpu,
+                "gateway_idle_core_fraction": gateway_cpu,
+                "deploy_s": median(deploy_times[-5:]),
+                "ls_s": ls_s,
+                "cold_call_s": cold_s,
+                "head_memory_mb": head_memory_mb(info.temp_dir),
+                "profile": profile,
+            }
+            rows.append(row)
+            print(f"  N={deployed}: {row}", flush=True)
+
+    base = rows[0]
+    for row in rows:
+        row["ratios_to_smallest"] = {
+            key: (row[key] / base[key] if base[key] else None)
+            for key in ("deploy_s", "ls_s", "cold_call_s", "head_memory_mb")
+            if row[key] is not None and base[key] is not None
+        }
+    print_table(
+        f"the control plane at N functions at zero (apps of {args.per_app}; ratios to N={base['functions']})",
+        [
+            (
+                str(r["functions"]),
+                f"{r['controller_idle_core_fraction']:.1%}",
+                f"{r['gateway_idle_core_fraction']:.1%}",
+                f"{r['deploy_s']:.2f} s ({r['ratios_to_smallest'].get('deploy_s', 0):.2f}x)",
+                f"{r['ls_s']:.2f} s ({r['ratios_to_smallest'].get('ls_s', 0):.2f}x)",
+                "-"
+                if r["cold_call_s"] is None
+                else f"{r['cold_call_s']:.2f} s ({r['ratios_to_smallest'].get('cold_call_s', 0):.2f}x)",
+                f"{r['head_memory_mb']:,.0f} MB",
+            )
+            for r in rows
+        ],
+        ("N", "controller idle", "gateway idle", "deploy", "raygpu ls", "cold call", "head memory"),
+    )
+    write_json(args.json_path, {"params": vars(args), "sizes": rows})
+
+
+if __name__ == "__main__":
+    main()
