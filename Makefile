@@ -63,6 +63,8 @@ bench: install
 	  --json benchmarks/results/autoscaling-azure2019.json
 	$(BIN)/python -m benchmarks.autoscaling --all --traces-dir ../shared/traces --half odd \
 	  --json benchmarks/results/autoscaling-all.json
+	$(BIN)/pip install --quiet py-spy
+	$(BIN)/python -m benchmarks.scale --profile-at 200 --json benchmarks/results/scale.json
 
 down:
 	$(BIN)/raygpu down

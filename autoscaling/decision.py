@@ -28,6 +28,7 @@ class ServeDecision:
     replicas: int
     scale_events: list[tuple[int, int]]  # (from, to) replica counts to record, in order
     policy_state: dict[str, Any]
+    next_check: float = float("inf")  # when the policy next wants to be asked if nothing changes
 
 
 def decide(policy: RaygpuPolicy, observation: ServeObservation, now: float) -> ServeDecision:
@@ -35,11 +36,11 @@ def decide(policy: RaygpuPolicy, observation: ServeObservation, now: float) -> S
     as starting; a target Serve changed on its own (its 0→1 path for a call at zero, which does
     not call the policy) is recorded as a scale event too."""
     starting = max(0, observation.target - observation.running)
-    replicas, _next_check = policy.decide(now, observation.running, starting, observation.inflight)
+    replicas, next_check = policy.decide(now, observation.running, starting, observation.inflight)
     events: list[tuple[int, int]] = []
     seen_target = observation.policy_state.get(SEEN_TARGET_KEY)
     if seen_target is not None and seen_target != observation.target:
         events.append((seen_target, observation.target))
     if replicas != observation.target:
         events.append((observation.target, replicas))
-    return ServeDecision(replicas, events, {SEEN_TARGET_KEY: replicas, PLAN_KEY: policy.plan.basis})
+    return ServeDecision(replicas, events, {SEEN_TARGET_KEY: replicas, PLAN_KEY: policy.plan.basis}, next_check)

@@ -16,7 +16,7 @@ from typing import Any
 import ray
 
 from autoscaling.clock import SteadyClock
-from autoscaling.decision import ServeObservation, decide
+from autoscaling.decision import SEEN_TARGET_KEY, ServeObservation, decide
 from autoscaling.policy import RaygpuPolicy, ScalingConfig, gateway_replicas
 from autoscaling.start_times import planned_start_s
 
@@ -29,6 +29,9 @@ ARRIVAL_WAIT_S = 2.0  # each arrivals fetch waits up to this long for a new arri
 STATE_SAVE_INTERVAL_S = 10.0  # how often a policy's learned state is saved
 POLICY_ERROR_LOG_INTERVAL_S = 60.0  # a failing policy is logged at most this often
 START_TIMES_REFRESH_S = 15.0  # how often measured replica starts are read from the meter
+# Serve calls every deployment's policy in one controller tick: the shared links look for news once
+# per tick (calls closer than this are the same tick), not once per deployment.
+SAME_TICK_S = 0.01
 
 
 class _StoreLink:
@@ -41,6 +44,7 @@ class _StoreLink:
         self.cursor = -1
         self.pending: dict[str, list[float]] = {}
         self._inflight: "ray.ObjectRef | None" = None
+        self._polled_at = float("-inf")
 
     def actor(self) -> Any:
         if self._actor is None:
@@ -56,7 +60,11 @@ class _StoreLink:
             return None
 
     def poll(self) -> None:
-        """Collect arrivals fetched since the last call and keep one long-poll fetch open."""
+        """Collect arrivals fetched since the last call and keep one long-poll fetch open (once
+        per controller tick, whichever deployment's policy asks first)."""
+        if time.monotonic() - self._polled_at < SAME_TICK_S:
+            return
+        self._polled_at = time.monotonic()
         if self._inflight is not None:
             ready, _ = ray.wait([self._inflight], timeout=0)
             if not ready:
@@ -72,7 +80,7 @@ class _StoreLink:
             self._inflight = self._call("arrivals_after", self.cursor, ARRIVAL_WAIT_S)
 
     def take(self, key: str) -> list[float]:
-        return self.pending.pop(key, [])
+        return self.pending.pop(key, []) if self.pending else []
 
     def record_scale_event(self, app: str, function: str, before: int, after: int) -> None:
         self._call("record_scale_events", [(app, function, time.time(), before, after)])
@@ -93,9 +101,13 @@ class _MeterLink:
         self.namespace = namespace
         self._inflight: "ray.ObjectRef | None" = None
         self._asked_at = float("-inf")
+        self._polled_at = float("-inf")
         self.latest: dict[str, tuple[Any, float]] = {}  # "app/function" -> ((replica, ts), seconds)
 
     def poll(self) -> None:
+        if time.monotonic() - self._polled_at < SAME_TICK_S:
+            return
+        self._polled_at = time.monotonic()
         if self._inflight is not None:
             ready, _ = ray.wait([self._inflight], timeout=0)
             if not ready:
@@ -157,6 +169,8 @@ class RaygpuServePolicy:
         self._start_seen: Any = None
         self._loading = self.store.load_state(app, function)
         self._saved_at = time.monotonic()
+        self._learned = False  # learned something since the state was last saved
+        self._next_check = float("-inf")  # when the policy next wants to be asked with nothing new
         self.clock = SteadyClock()
         self.failures = 0
         self._failure_logged_at = float("-inf")
@@ -199,7 +213,8 @@ class RaygpuServePolicy:
     def _decide(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         self.store.poll()
         self._resume_learned_state()
-        for t in self.store.take(self.key):
+        arrivals = self.store.take(self.key)
+        for t in arrivals:
             self.policy.observe_arrival(self.clock.arrival(t))
         if self.meter is not None:
             self.meter.poll()
@@ -207,17 +222,32 @@ class RaygpuServePolicy:
             if start is not None and start[0] != self._start_seen:
                 self._start_seen = start[0]
                 self.policy.observe_start(start[1])
+                self._learned = True
+        inflight = float(ctx.total_num_requests or 0.0)
+        now = self.clock.now()
+        if (
+            not arrivals
+            and inflight == 0
+            and ctx.current_num_replicas == ctx.target_num_replicas == 0
+            and now < self._next_check
+            and (ctx.policy_state or {}).get(SEEN_TARGET_KEY) == 0
+        ):
+            # At zero with nothing new: the policy already said when it next wants to be asked.
+            return 0, ctx.policy_state
         observation = ServeObservation(
             running=ctx.current_num_replicas,
             target=ctx.target_num_replicas,
-            inflight=float(ctx.total_num_requests or 0.0),
+            inflight=inflight,
             policy_state=dict(ctx.policy_state or {}),
         )
-        decision = decide(self.policy, observation, self.clock.now())
+        decision = decide(self.policy, observation, now)
+        self._next_check = decision.next_check
+        self._learned = self._learned or bool(arrivals)
         for before, after in decision.scale_events:
             self.store.record_scale_event(self.app, self.function, before, after)
-        if time.monotonic() - self._saved_at >= STATE_SAVE_INTERVAL_S and self._loading is None:
+        if self._learned and self._loading is None and time.monotonic() - self._saved_at >= STATE_SAVE_INTERVAL_S:
             self._saved_at = time.monotonic()
+            self._learned = False
             self.store.save_state(self.app, self.function, self.policy.to_dict())
         return decision.replicas, decision.policy_state
 

@@ -48,6 +48,19 @@ def test_idle_past_the_window_scales_to_zero():
     assert decision.replicas == 0 and decision.scale_events == [(1, 0)]
 
 
+def test_a_decision_at_zero_says_when_the_policy_next_wants_to_be_asked():
+    p = RaygpuPolicy(ScalingConfig(idle_window_s=30.0, start_time_s=5.0))
+    for k in range(12):  # a timer every 10 minutes: pre-warmed just before the next call
+        p.observe_arrival(600.0 * k)
+    at_zero = ServeObservation(running=0, target=0, inflight=0.0, policy_state={SEEN_TARGET_KEY: 0})
+    decision = decide(p, at_zero, now=6600.0 + 60.0)
+    assert decision.replicas == 0 and 6600.0 + 500.0 < decision.next_check < 6600.0 + 600.0
+    # nothing learned and no plan ahead: never, until something happens
+    quiet = RaygpuPolicy(ScalingConfig(idle_window_s=30.0, start_time_s=5.0))
+    quiet.observe_arrival(0.0)
+    assert decide(quiet, at_zero, now=100.0).next_check == float("inf")
+
+
 def test_refill_starts_what_is_missing_once_the_pool_settled():
     assert plan_refill(size=2, idle=0, pending=[], taken_at=0.0, now=100.0).start == 2
     assert plan_refill(size=2, idle=1, pending=[], taken_at=0.0, now=100.0).start == 1
