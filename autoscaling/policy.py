@@ -122,6 +122,9 @@ class RaygpuPolicy:
         self.load_tau_s = max(0.1, config.load_average_s if config.load_average_s is not None else config.start_time_s)
         self.load_avg = 0.0
         self.load_level = 0.0
+        self.busy_avg = 0.0  # the same average of the slots actually busy
+        self.busy_level = 0.0
+        self.inflight_peak = 0.0  # the most calls in flight lately (decays over the same time)
         self.load_at: float | None = None
         self.service = ServiceTime()
         self.arrival_rate = ArrivalRate(config.start_time_s)
@@ -246,11 +249,15 @@ class RaygpuPolicy:
             if backlog > 0 and running > 0 and self._drain_s(backlog, running) > cfg.start_time_s / 2:
                 want = max(want, math.ceil(inflight / slots))
             return want
-        carried = min(self.load_avg, self.arrival_rate.at_time(now) * service) / slots
+        # the work arriving (rate x service time), never less than the slots seen busy (calls that
+        # reach the replicas without an arrival record still count), never more than in flight
+        arrived_work = max(self.arrival_rate.at_time(now) * service, self.busy_avg)
+        carried = min(self.load_avg, arrived_work) / slots
         queued = backlog * service / (cfg.queue_clear_starts * cfg.start_time_s) / slots
         # square-root staffing (Halfin-Whitt): spare replicas grow as the root of the load, so calls
-        # rarely wait at any load, and a large function runs nearly full
-        spare = cfg.staffing_margin * math.sqrt(carried)
+        # rarely wait at any load, and a large function runs nearly full; never more spare than the
+        # calls lately in flight could use (one caller waiting on each answer needs one replica)
+        spare = min(cfg.staffing_margin * math.sqrt(carried), max(0.0, self.inflight_peak / slots - carried))
         want = max(1, math.ceil(carried + queued + spare - 0.05))
         if self._queue_stuck(now, backlog):
             # callers that call again when answered show their demand only as a standing queue:
@@ -289,8 +296,13 @@ class RaygpuPolicy:
         current = running + starting
         next_check = NEVER
         if self.load_at is not None and now > self.load_at:
-            self.load_avg += (1 - math.exp((self.load_at - now) / self.load_tau_s)) * (self.load_level - self.load_avg)
+            weight = 1 - math.exp((self.load_at - now) / self.load_tau_s)
+            self.load_avg += weight * (self.load_level - self.load_avg)
+            self.busy_avg += weight * (self.busy_level - self.busy_avg)
+            self.inflight_peak *= 1 - weight
+        self.inflight_peak = max(self.inflight_peak, inflight)
         self.load_at, self.load_level = now, inflight
+        self.busy_level = min(inflight, running * cfg.inputs_per_replica)
         self.service.observe(now, inflight, running * cfg.inputs_per_replica)
         if inflight > 0:
             self.last_busy = now

@@ -10,6 +10,8 @@ The learned state is saved to the store, so a redeploy or a controller restart r
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from typing import Any
 
@@ -29,103 +31,141 @@ ARRIVAL_WAIT_S = 2.0  # each arrivals fetch waits up to this long for a new arri
 STATE_SAVE_INTERVAL_S = 10.0  # how often a policy's learned state is saved
 POLICY_ERROR_LOG_INTERVAL_S = 60.0  # a failing policy is logged at most this often
 START_TIMES_REFRESH_S = 15.0  # how often measured replica starts are read from the meter
-# Serve calls every deployment's policy in one controller tick: the shared links look for news once
-# per tick (calls closer than this are the same tick), not once per deployment.
-SAME_TICK_S = 0.01
+MAX_PENDING_ARRIVALS = 100_000  # arrivals kept per function between two ticks of its policy
 
 
 class _StoreLink:
-    """The controller-side link to the store, shared by every deployment's policy instance."""
+    """The controller-side link to the store, shared by every deployment's policy instance.
+
+    Its Ray calls run on two threads of its own: one keeps a long-poll fetch of new arrivals open,
+    one sends what the policies record (scale events, learned state) and loads saved state. A policy's
+    tick only reads and appends to in-memory structures under a lock: Serve runs hundreds of policies
+    per controller tick, and a Ray call from the controller's loop costs milliseconds there."""
 
     def __init__(self, actor_name: str, namespace: str):
         self.actor_name = actor_name
         self.namespace = namespace
         self._actor: Any = None
         self.cursor = -1
-        self.pending: dict[str, list[float]] = {}
-        self._inflight: "ray.ObjectRef | None" = None
-        self._polled_at = float("-inf")
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[float]] = {}
+        self._loaded: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self._outbox: queue.SimpleQueue[tuple[str, tuple[Any, ...]]] = queue.SimpleQueue()
+        self._started = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Serve pickles the policy (with its links) into each deployment's version: a link travels
+        # as its actor's name, not with its lock, queue and threads (it starts them when used).
+        return _StoreLink, (self.actor_name, self.namespace)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=self._fetch_arrivals, name="raygpu-arrivals", daemon=True).start()
+        threading.Thread(target=self._send, name="raygpu-store-outbox", daemon=True).start()
 
     def actor(self) -> Any:
         if self._actor is None:
             self._actor = ray.get_actor(self.actor_name, namespace=self.namespace)
         return self._actor
 
-    def _call(self, method: str, *args: Any) -> "ray.ObjectRef | None":
-        try:
-            return getattr(self.actor(), method).remote(*args)
-        except Exception as exc:  # the store restarting: try again on a later call
-            self._actor = None
-            logger.warning("raygpu: control-plane store unreachable (%s)", exc)
-            return None
-
-    def poll(self) -> None:
-        """Collect arrivals fetched since the last call and keep one long-poll fetch open (once
-        per controller tick, whichever deployment's policy asks first)."""
-        if time.monotonic() - self._polled_at < SAME_TICK_S:
-            return
-        self._polled_at = time.monotonic()
-        if self._inflight is not None:
-            ready, _ = ray.wait([self._inflight], timeout=0)
-            if not ready:
-                return
+    def _fetch_arrivals(self) -> None:
+        while True:
             try:
-                self.cursor, new = ray.get(self._inflight)
-                for key, times in new.items():
-                    self.pending.setdefault(key, []).extend(times)
+                cursor, new = ray.get(
+                    self.actor().arrivals_after.remote(self.cursor, ARRIVAL_WAIT_S), timeout=ARRIVAL_WAIT_S + 30.0
+                )
+                self.cursor = cursor
+                if new:
+                    with self._lock:
+                        for key, times in new.items():
+                            kept = self._pending.setdefault(key, [])
+                            kept.extend(times)
+                            del kept[:-MAX_PENDING_ARRIVALS]  # a function no policy takes for any more
+            except Exception as exc:  # the store restarting: look it up again
+                self._actor = None
+                logger.warning("raygpu: fetching arrivals failed (%s); retrying", exc)
+                time.sleep(ARRIVAL_WAIT_S)
+
+    def _send(self) -> None:
+        while True:
+            method, args = self._outbox.get()
+            try:
+                result = getattr(self.actor(), method).remote(*args)
+                if method == "load_policy_state":
+                    loaded = ray.get(result, timeout=60.0)
+                    with self._lock:
+                        self._loaded[(args[0], args[1])] = loaded if isinstance(loaded, dict) else None
             except Exception as exc:
-                logger.warning("raygpu: fetching arrivals failed (%s)", exc)
-            self._inflight = None
-        if self._inflight is None:
-            self._inflight = self._call("arrivals_after", self.cursor, ARRIVAL_WAIT_S)
+                self._actor = None
+                logger.warning("raygpu: the control-plane store did not take %s (%s)", method, exc)
+                if method == "load_policy_state":
+                    with self._lock:
+                        self._loaded[(args[0], args[1])] = None
 
     def take(self, key: str) -> list[float]:
-        return self.pending.pop(key, []) if self.pending else []
+        """Arrivals of `key` fetched since the last take."""
+        self._start()
+        if not self._pending:
+            return []
+        with self._lock:
+            return self._pending.pop(key, [])
 
     def record_scale_event(self, app: str, function: str, before: int, after: int) -> None:
-        self._call("record_scale_events", [(app, function, time.time(), before, after)])
+        self._outbox.put(("record_scale_events", ([(app, function, time.time(), before, after)],)))
 
     def save_state(self, app: str, function: str, state: dict[str, Any]) -> None:
-        self._call("save_policy_state", app, function, state)
+        self._outbox.put(("save_policy_state", (app, function, state)))
 
-    def load_state(self, app: str, function: str) -> "ray.ObjectRef | None":
-        return self._call("load_policy_state", app, function)
+    def request_state(self, app: str, function: str) -> None:
+        self._start()
+        self._outbox.put(("load_policy_state", (app, function)))
+
+    def loaded_state(self, app: str, function: str) -> tuple[bool, dict[str, Any] | None]:
+        """(done, saved state) of a load asked for with request_state."""
+        with self._lock:
+            if (app, function) not in self._loaded:
+                return False, None
+            return True, self._loaded.pop((app, function))
 
 
 class _MeterLink:
-    """The controller-side link to the meter's record of replica starts, shared by every policy:
-    one non-blocking read of the latest start of each function every START_TIMES_REFRESH_S."""
+    """The controller-side link to the meter's record of replica starts, shared by every policy: a
+    thread of its own reads the latest start of each function every START_TIMES_REFRESH_S."""
 
     def __init__(self, actor_name: str, namespace: str):
         self.actor_name = actor_name
         self.namespace = namespace
-        self._inflight: "ray.ObjectRef | None" = None
-        self._asked_at = float("-inf")
-        self._polled_at = float("-inf")
         self.latest: dict[str, tuple[Any, float]] = {}  # "app/function" -> ((replica, ts), seconds)
+        self._lock = threading.Lock()
+        self._started = False
 
-    def poll(self) -> None:
-        if time.monotonic() - self._polled_at < SAME_TICK_S:
-            return
-        self._polled_at = time.monotonic()
-        if self._inflight is not None:
-            ready, _ = ray.wait([self._inflight], timeout=0)
-            if not ready:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _MeterLink, (self.actor_name, self.namespace)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
                 return
+            self._started = True
+        threading.Thread(target=self._refresh, name="raygpu-start-times", daemon=True).start()
+
+    def _refresh(self) -> None:
+        while True:
             try:
-                for key, start in (ray.get(self._inflight) or {}).items():
+                meter = ray.get_actor(self.actor_name, namespace=self.namespace)
+                starts = ray.get(meter.start_phases.remote(), timeout=60.0) or {}
+                latest = {}
+                for key, start in starts.items():
                     seconds = planned_start_s(start.get("phases", {})) if isinstance(start, dict) else None
                     if seconds is not None:
-                        self.latest[key] = ((start.get("replica"), start.get("ts")), seconds)
-            except Exception as exc:
-                logger.warning("raygpu: reading measured replica starts failed (%s)", exc)
-            self._inflight = None
-        if time.monotonic() - self._asked_at >= START_TIMES_REFRESH_S:
-            self._asked_at = time.monotonic()
-            try:
-                self._inflight = ray.get_actor(self.actor_name, namespace=self.namespace).start_phases.remote()
+                        latest[key] = ((start.get("replica"), start.get("ts")), seconds)
+                self.latest = latest  # replaced whole: readers see the old or the new one
             except Exception as exc:  # no meter (an unmetered cluster) or restarting: the guess stays
                 logger.debug("raygpu: meter unreachable for start times (%s)", exc)
+            time.sleep(START_TIMES_REFRESH_S)
 
 
 _links: dict[tuple[str, str], _StoreLink] = {}
@@ -167,7 +207,10 @@ class RaygpuServePolicy:
         self.store = _link(store_actor, store_namespace)
         self.meter = _meter_link(meter_actor, meter_namespace or store_namespace) if meter_actor else None
         self._start_seen: Any = None
-        self._loading = self.store.load_state(app, function)
+        self._loading = True
+        self.store.request_state(app, function)
+        if self.meter is not None:
+            self.meter.start()
         self._saved_at = time.monotonic()
         self._learned = False  # learned something since the state was last saved
         self._next_check = float("-inf")  # when the policy next wants to be asked with nothing new
@@ -176,22 +219,22 @@ class RaygpuServePolicy:
         self._failure_logged_at = float("-inf")
 
     def _resume_learned_state(self) -> None:
-        if self._loading is None:
+        if not self._loading:
             return
-        ready, _ = ray.wait([self._loading], timeout=0)
-        if not ready:
+        done, saved = self.store.loaded_state(self.app, self.function)
+        if not done:
+            return
+        self._loading = False
+        if not saved:
             return
         try:
-            saved = ray.get(self._loading)
-            if saved:
-                seen = self.policy.history.last_arrival
-                restored = RaygpuPolicy.from_dict(self.config, saved)
-                if seen is not None:  # arrivals observed while the state was loading
-                    restored.observe_arrival(seen)
-                self.policy = restored
+            seen = self.policy.history.last_arrival
+            restored = RaygpuPolicy.from_dict(self.config, saved)
+            if seen is not None:  # arrivals observed while the state was loading
+                restored.observe_arrival(seen)
+            self.policy = restored
         except Exception as exc:
             logger.warning("raygpu: could not load the learned state of %s (%s)", self.key, exc)
-        self._loading = None
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         """Never raises: Serve runs every deployment's policy in one controller tick, and an
@@ -211,13 +254,11 @@ class RaygpuServePolicy:
             return int(ctx.target_num_replicas), dict(ctx.policy_state or {})
 
     def _decide(self, ctx: Any) -> tuple[int, dict[str, Any]]:
-        self.store.poll()
         self._resume_learned_state()
         arrivals = self.store.take(self.key)
         for t in arrivals:
             self.policy.observe_arrival(self.clock.arrival(t))
         if self.meter is not None:
-            self.meter.poll()
             start = self.meter.latest.get(self.key)
             if start is not None and start[0] != self._start_seen:
                 self._start_seen = start[0]
@@ -245,7 +286,7 @@ class RaygpuServePolicy:
         self._learned = self._learned or bool(arrivals)
         for before, after in decision.scale_events:
             self.store.record_scale_event(self.app, self.function, before, after)
-        if self._learned and self._loading is None and time.monotonic() - self._saved_at >= STATE_SAVE_INTERVAL_S:
+        if self._learned and not self._loading and time.monotonic() - self._saved_at >= STATE_SAVE_INTERVAL_S:
             self._saved_at = time.monotonic()
             self._learned = False
             self.store.save_state(self.app, self.function, self.policy.to_dict())

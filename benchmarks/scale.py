@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -157,6 +158,8 @@ def main() -> None:
     if args.per_app < 1:
         parser.error("--per-app must be at least 1")
 
+    # a long run stopped with SIGTERM still stops its cluster (the context manager's exit)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="raygpu-scalebench-"))
     rows: list[dict[str, Any]] = []
     with private_cluster(gpus=0) as info:

@@ -188,6 +188,16 @@ def test_a_queue_that_does_not_drain_grows_the_replicas():
     assert replicas == 8
 
 
+def test_one_caller_waiting_on_each_answer_keeps_one_replica():
+    p, t = warmed_up_policy(5.0, 0.5, max_replicas=8, upscale_interval_s=0.0)
+    wanted = set()
+    for _ in range(200):  # one call in flight at any time, back to back
+        p.observe_arrival(t)
+        wanted.add(p.decide(t, 1, 0, 1)[0])
+        t += 0.5
+    assert wanted == {1}
+
+
 def test_measured_starts_replace_the_guess():
     p = RaygpuPolicy(ScalingConfig(start_time_s=5.0))
     for k in range(12):
