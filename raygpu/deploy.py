@@ -45,6 +45,7 @@ from raygpu.rollout import (
     wait_until_running,
     warm_handoff,
 )
+from raygpu.serve_apps import app_exists
 
 # Serve replica states of a replica on its way to running.
 STARTING_STATES = ("STARTING", "PENDING_MIGRATION", "UPDATING", "RECOVERING")
@@ -222,7 +223,7 @@ def roll_out(
     previous_label = f"v{live['version']} keeps serving" if live else "nothing was deployed"
 
     def refuse(reason: str) -> DeployError:
-        if serve_app in serve.status().applications:
+        if app_exists(serve_app):
             serve.delete(serve_app, _blocking=False)
         admin_call("mark_failed", app_name, version)
         return DeployError(f"{app_name} v{version} was not deployed ({previous_label}): {reason}")

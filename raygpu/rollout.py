@@ -19,6 +19,7 @@ from deployments import constants
 from deployments.replicas.start_check import start_checks
 from deployments.spec import FunctionSpec, version_app_prefix
 from raygpu.errors import DeployError
+from raygpu.serve_apps import app_names, app_state
 
 Unit = tuple[FunctionSpec, bytes, str | None]
 
@@ -79,15 +80,13 @@ def wait_until_running(serve_app: str, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
     last = ""
     while time.monotonic() < deadline:
-        status = serve.status().applications.get(serve_app)
-        if status is not None:
-            state = str(getattr(status.status, "value", status.status))
-            if state == "RUNNING":
+        status = app_state(serve_app)
+        if status.state != "NOT_STARTED":
+            if status.state == "RUNNING":
                 return
-            messages = [status.message] + [d.message for d in status.deployments.values()]
-            last = "; ".join(m for m in messages if m)
-            if state in ("DEPLOY_FAILED", "UNHEALTHY"):
-                raise DeployError(f"the new version did not start: {last or state}")
+            last = "; ".join(status.messages)
+            if status.state in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise DeployError(f"the new version did not start: {last or status.state}")
         time.sleep(0.25)
     raise DeployError(
         f"the new version did not start within {wait_s:g} s"
@@ -139,9 +138,7 @@ def retire_versions(app: str, keep: str) -> list[str]:
     calls first); return their names."""
     prefix = version_app_prefix(app)
     legacy = f"{constants.USER_APP_PREFIX}{app}"
-    retired = [
-        name for name in serve.status().applications if (name.startswith(prefix) or name == legacy) and name != keep
-    ]
+    retired = [name for name in app_names() if (name.startswith(prefix) or name == legacy) and name != keep]
     for name in retired:
         serve.delete(name, _blocking=False)
     return retired
