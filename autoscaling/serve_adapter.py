@@ -59,6 +59,8 @@ class _StoreLink:
         return _StoreLink, (self.actor_name, self.namespace)
 
     def _start(self) -> None:
+        if not ray.is_initialized():
+            return  # not in a Ray process (the controller always is): never start Ray from here
         with self._lock:
             if self._started:
                 return
@@ -114,13 +116,19 @@ class _StoreLink:
             return self._pending.pop(key, [])
 
     def record_scale_event(self, app: str, function: str, before: int, after: int) -> None:
-        self._outbox.put(("record_scale_events", ([(app, function, time.time(), before, after)],)))
+        if self._started:
+            self._outbox.put(("record_scale_events", ([(app, function, time.time(), before, after)],)))
 
     def save_state(self, app: str, function: str, state: dict[str, Any]) -> None:
-        self._outbox.put(("save_policy_state", (app, function, state)))
+        if self._started:
+            self._outbox.put(("save_policy_state", (app, function, state)))
 
     def request_state(self, app: str, function: str) -> None:
         self._start()
+        if not self._started:  # nothing to load from outside a Ray process
+            with self._lock:
+                self._loaded[(app, function)] = None
+            return
         self._outbox.put(("load_policy_state", (app, function)))
 
     def loaded_state(self, app: str, function: str) -> tuple[bool, dict[str, Any] | None]:
@@ -146,6 +154,8 @@ class _MeterLink:
         return _MeterLink, (self.actor_name, self.namespace)
 
     def start(self) -> None:
+        if not ray.is_initialized():
+            return
         with self._lock:
             if self._started:
                 return
