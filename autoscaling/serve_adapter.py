@@ -32,6 +32,8 @@ STATE_SAVE_INTERVAL_S = 10.0  # how often a policy's learned state is saved
 POLICY_ERROR_LOG_INTERVAL_S = 60.0  # a failing policy is logged at most this often
 START_TIMES_REFRESH_S = 15.0  # how often measured replica starts are read from the meter
 MAX_PENDING_ARRIVALS = 100_000  # arrivals kept per function between two ticks of its policy
+QUIET_FLUSH_S = 1.0  # quiet/busy changes of functions at zero reach the store within this long
+WAKE_REPORT_TOLERANCE_S = 1.0  # a planned wake time that moved less than this is not reported again
 
 
 class _StoreLink:
@@ -51,12 +53,14 @@ class _StoreLink:
         self._pending: dict[str, list[float]] = {}
         self._loaded: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._outbox: queue.SimpleQueue[tuple[str, tuple[Any, ...]]] = queue.SimpleQueue()
+        self._quiet_changes: dict[str, list[float | None] | None] = {}
         self._started = False
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Serve pickles the policy (with its links) into each deployment's version: a link travels
-        # as its actor's name, not with its lock, queue and threads (it starts them when used).
-        return _StoreLink, (self.actor_name, self.namespace)
+        # as its actor's name and comes back as this process's one link to that actor (one pair
+        # of threads per controller, however many deployments come and go).
+        return process_link, ("store", self.actor_name, self.namespace)
 
     def _start(self) -> None:
         if not ray.is_initialized():
@@ -93,7 +97,12 @@ class _StoreLink:
 
     def _send(self) -> None:
         while True:
-            method, args = self._outbox.get()
+            try:
+                method, args = self._outbox.get(timeout=QUIET_FLUSH_S)
+            except queue.Empty:
+                self._flush_quiet()
+                continue
+            self._flush_quiet()
             try:
                 result = getattr(self.actor(), method).remote(*args)
                 if method == "load_policy_state":
@@ -106,6 +115,26 @@ class _StoreLink:
                 if method == "load_policy_state":
                     with self._lock:
                         self._loaded[(args[0], args[1])] = None
+
+    def _flush_quiet(self) -> None:
+        if not self._quiet_changes:
+            return
+        with self._lock:
+            changes, self._quiet_changes = self._quiet_changes, {}
+        try:
+            self.actor().record_quiet.remote(changes)
+        except Exception as exc:
+            self._actor = None
+            logger.warning("raygpu: the control-plane store did not take quiet reports (%s)", exc)
+            with self._lock:
+                self._quiet_changes = {**changes, **self._quiet_changes}
+
+    def report_quiet(self, key: str, report: list[float | None] | None) -> None:
+        """`key` is quiet at zero ([since, wake_at], wall clock) or busy again (None); coalesced,
+        sent within QUIET_FLUSH_S (the parker reads them from the store)."""
+        if self._started:
+            with self._lock:
+                self._quiet_changes[key] = report
 
     def take(self, key: str) -> list[float]:
         """Arrivals of `key` fetched since the last take."""
@@ -151,7 +180,7 @@ class _MeterLink:
         self._started = False
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _MeterLink, (self.actor_name, self.namespace)
+        return process_link, ("meter", self.actor_name, self.namespace)
 
     def start(self) -> None:
         if not ray.is_initialized():
@@ -196,6 +225,16 @@ def _link(actor_name: str, namespace: str) -> _StoreLink:
     return _links[key]
 
 
+def process_link(kind: str, actor_name: str, namespace: str) -> Any:
+    """This process's one link of `kind` ("store" or "meter") to that actor, from this module as
+    imported here: Serve may hand a policy over pickled by value, with private copies of this
+    module's globals, and a link made from those would start threads of its own per deployment."""
+    import importlib
+
+    module = importlib.import_module("autoscaling.serve_adapter")
+    return module._link(actor_name, namespace) if kind == "store" else module._meter_link(actor_name, namespace)
+
+
 class RaygpuServePolicy:
     """Instantiated once per deployment by Serve with `policy_kwargs`; called with a context."""
 
@@ -214,8 +253,8 @@ class RaygpuServePolicy:
         self.key = f"{app}/{function}"
         self.config = ScalingConfig(**config)
         self.policy = RaygpuPolicy(self.config)
-        self.store = _link(store_actor, store_namespace)
-        self.meter = _meter_link(meter_actor, meter_namespace or store_namespace) if meter_actor else None
+        self.store = process_link("store", store_actor, store_namespace)
+        self.meter = process_link("meter", meter_actor, meter_namespace or store_namespace) if meter_actor else None
         self._start_seen: Any = None
         self._loading = True
         self.store.request_state(app, function)
@@ -225,6 +264,8 @@ class RaygpuServePolicy:
         self._learned = False  # learned something since the state was last saved
         self._next_check = float("-inf")  # when the policy next wants to be asked with nothing new
         self.clock = SteadyClock()
+        self._quiet_since: float | None = None  # wall clock; when the function last came to rest at zero
+        self._reported_wake: float | None = None
         self.failures = 0
         self._failure_logged_at = float("-inf")
 
@@ -282,8 +323,10 @@ class RaygpuServePolicy:
             and ctx.current_num_replicas == ctx.target_num_replicas == 0
             and now < self._next_check
             and (ctx.policy_state or {}).get(SEEN_TARGET_KEY) == 0
+            and self._quiet_since is not None
         ):
-            # At zero with nothing new: the policy already said when it next wants to be asked.
+            # At zero with nothing new, its rest reported: the policy already said when it next
+            # wants to be asked.
             return 0, ctx.policy_state
         observation = ServeObservation(
             running=ctx.current_num_replicas,
@@ -296,11 +339,33 @@ class RaygpuServePolicy:
         self._learned = self._learned or bool(arrivals)
         for before, after in decision.scale_events:
             self.store.record_scale_event(self.app, self.function, before, after)
-        if self._learned and not self._loading and time.monotonic() - self._saved_at >= STATE_SAVE_INTERVAL_S:
+        quiet = decision.replicas == 0 and ctx.current_num_replicas == 0 and inflight == 0 and not arrivals
+        due = time.monotonic() - self._saved_at >= STATE_SAVE_INTERVAL_S
+        if self._learned and not self._loading and (due or quiet):  # saved before it may be parked
             self._saved_at = time.monotonic()
             self._learned = False
             self.store.save_state(self.app, self.function, self.policy.to_dict())
+        self._report_quiet(quiet, decision.next_check - now)
         return decision.replicas, decision.policy_state
+
+    def _report_quiet(self, quiet: bool, wake_in_s: float) -> None:
+        """Tell the parker when the function comes to rest at zero (and when its plan next wants a
+        replica) and when it is busy again; only changes are sent."""
+        if not quiet:
+            if self._quiet_since is not None:
+                self._quiet_since = None
+                self.store.report_quiet(self.key, None)
+            return
+        wall = time.time()
+        wake_at = wall + wake_in_s if wake_in_s < 1e12 else None
+        if self._quiet_since is None:
+            self._quiet_since = wall
+        elif (wake_at is None) == (self._reported_wake is None) and (
+            wake_at is None or abs(wake_at - self._reported_wake) < WAKE_REPORT_TOLERANCE_S  # type: ignore[operator]
+        ):
+            return
+        self._reported_wake = wake_at
+        self.store.report_quiet(self.key, [self._quiet_since, wake_at])
 
 
 class GatewayPolicy:

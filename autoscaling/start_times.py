@@ -7,7 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 # The phases between a scale-up decision and a ready replica (see deployments/replicas/start_phases.py).
-PLANNED_PHASES = ("provision", "scheduling", "process", "imports", "weights", "engine_init", "ready")
+PLANNED_PHASES = (
+    "provision",
+    "scheduling",
+    "process",
+    "imports",
+    "engine_process",
+    "weights",
+    "kv_cache",
+    "warmup",
+    "engine_init",
+    "ready",
+)
 
 
 def planned_start_s(phases: dict[str, Any]) -> float | None:

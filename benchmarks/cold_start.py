@@ -6,9 +6,16 @@ Cases:
   trivial      a function returning a constant: raygpu function vs a plain `@serve.deployment`
   torch_500mb  30 x Linear(2048, 2048) fp32 (504 MB): raygpu torch_model (meta device, node weight
                cache, warm pool) vs a plain deployment that builds the module and `torch.load`s it
-  vllm_tiny    the tiny local Llama: raygpu vLLM deployment vs starting vLLM's own OpenAI server
+  vllm_large   (with --cases) a random Llama of 0.62 GB (bfloat16): the same, each start after its
+               weights were evicted from the page cache (posix_fadvise), and raygpu also as a second
+               start on the node with the file cached, to see what a cold read costs
+  vllm_tiny    the tiny local Llama: raygpu vLLM deployment vs starting vLLM's own OpenAI server,
+               both timed to the first streamed token of a completion (and to its end); raygpu's
+               replica lands on a warm worker of the vllm flavour, which hands it a warm engine
+               core (`--warm-pool`, the cluster's `raygpu up --warm-pool`), and its start is
+               reported by phase
 
-    python -m benchmarks.cold_start --json benchmarks/results/cold_start.json
+    python -m benchmarks.cold_start [--warm-pool torch=1,vllm=1] --json benchmarks/results/cold_start.json
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ app.torch_model("big", factory=make_net, weights={weights!r}, gpu=1, scaledown_w
 VLLM_SOURCE = """
 import raygpu
 
-app = raygpu.App("coldllm")
+app = raygpu.App("{app}")
 raygpu.vllm(app, "tiny", model={model!r}, served_model_name="tiny", engine_args={engine_args!r}, gpu=1,
             scaledown_window=2, timeout=300, image=raygpu.Image(env={env!r}))
 """
@@ -146,8 +153,25 @@ def timed_post(url: str, body, headers=None, timeout: float = 600) -> float:
     return elapsed
 
 
-def vllm_server_cold_start(model_dir: str, port: int) -> float:
-    """Seconds from starting vLLM's OpenAI server to its first completion."""
+STREAMED_COMPLETION = {"model": "tiny", "prompt": "hello", "max_tokens": 4, "stream": True}
+
+
+def timed_stream(url: str, body: dict, timeout: float = 600) -> tuple[float, float]:
+    """(seconds to the first streamed chunk, seconds to the end) of one streamed request."""
+    started = time.perf_counter()
+    first = None
+    with requests.post(url, json=body, stream=True, timeout=timeout) as response:
+        response.raise_for_status()
+        for chunk in response.iter_content(chunk_size=None):
+            if chunk.strip() and first is None:
+                first = time.perf_counter() - started
+    total = time.perf_counter() - started
+    return (first if first is not None else total), total
+
+
+def vllm_server_cold_start(model_dir: str, port: int) -> tuple[float, float]:
+    """Seconds from starting vLLM's OpenAI server to the first streamed token of a completion,
+    and to its end."""
     args = [
         sys.executable,
         "-m",
@@ -178,15 +202,13 @@ def vllm_server_cold_start(model_dir: str, port: int) -> float:
             if proc.poll() is not None:
                 raise RuntimeError(f"vLLM's server exited with {proc.returncode}")
             try:
-                r = requests.post(
-                    f"http://127.0.0.1:{port}/v1/completions",
-                    timeout=60,
-                    json={"model": "tiny", "prompt": "hello", "max_tokens": 4},
-                )
-                if r.status_code == 200:
-                    return time.perf_counter() - started
-            except requests.ConnectionError:
-                pass
+                requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=60).raise_for_status()
+            except (requests.ConnectionError, requests.HTTPError):
+                time.sleep(0.05)
+                continue
+            since_ready = time.perf_counter()
+            first, total = timed_stream(f"http://127.0.0.1:{port}/v1/completions", STREAMED_COMPLETION)
+            return since_ready - started + first, since_ready - started + total
             time.sleep(0.05)
     finally:
         proc.terminate()
@@ -196,11 +218,47 @@ def vllm_server_cold_start(model_dir: str, port: int) -> float:
             proc.kill()
 
 
+def evict(model_dir: str) -> bool:
+    """Drop a model's files from the page cache (POSIX_FADV_DONTNEED), so the next start reads
+    them from the disk as a node that never read them would."""
+    for path in Path(model_dir).iterdir():
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    return True
+
+
+def start_phases_after(deployment: tuple[str, str], previous: dict | None, timeout_s: float = 60.0) -> dict:
+    """The phases of the replica start that just answered (a report other than `previous`)."""
+    from raygpu.deploy import app_status
+
+    app_name, function = deployment
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = app_status(app_name.removeprefix("raygpu-app-"))
+        phases = next(f.last_start_phases for f in status.functions if f.name == function)
+        if ("first_response" in phases and phases != previous) or time.monotonic() > deadline:
+            return dict(phases)
+        time.sleep(0.2)
+
+
+def idle_workers(flavour: str) -> int:
+    from deployments.node.warm_pool import pool_stats
+
+    return sum(len(s.get("flavours", {}).get(flavour, {}).get("idle", [])) for s in pool_stats())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--cases", default="trivial,torch_500mb,vllm_tiny")
+    parser.add_argument(
+        "--warm-pool", default="torch=1,vllm=1", help="warm workers per flavour on the benchmark's node"
+    )
     args = parser.parse_args()
     cases = set(args.cases.split(","))
     work = Path(tempfile.mkdtemp(prefix="raygpu-coldbench-"))
@@ -219,8 +277,12 @@ def main() -> None:
 
     runs: dict[str, dict[str, list[float]]] = {}
     result_phases: dict[str, dict[str, float]] = {}
-    with private_cluster() as info:
-        from deployments.node.warm_pool import pool_stats
+    phase_runs: dict[str, list[dict[str, float]]] = {}
+    previous_phases: dict[str, dict[str, float]] = {}
+    from deployments.node.warm_pool import parse_pool_sizes
+
+    pool_sizes = parse_pool_sizes(args.warm_pool)
+    with private_cluster(warm_pool=pool_sizes) as info:
         from raygpu.deploy import deploy_app, source_label
         from raygpu.loader import load_app
 
@@ -250,26 +312,38 @@ def main() -> None:
                 ),
                 "plain_serve_s": (lambda: timed_post(f"{info.serve_url}/plain-big", {}), ("plain-big", "Big")),
             }
-        if "vllm_tiny" in cases:
-            from raygpu.testing import build_tiny_llama
+        from raygpu.local_cluster import free_port
+        from raygpu.testing import build_random_llama, build_tiny_llama
 
-            model_dir = str(build_tiny_llama(work / "tiny-llama"))
-            llm_file = work / "coldllm.py"
-            llm_file.write_text(VLLM_SOURCE.format(model=model_dir, engine_args=VLLM_ENGINE_ARGS, env=VLLM_ENV))
+        def vllm_case(app_name: str, model_dir: str, cold_read: bool) -> dict:
+            """raygpu's side (with the weights evicted from the page cache first when `cold_read`,
+            and also as a second start on the node, cache warm) and vLLM's own server's."""
+            llm_file = work / f"{app_name}.py"
+            llm_file.write_text(
+                VLLM_SOURCE.format(app=app_name, model=model_dir, engine_args=VLLM_ENGINE_ARGS, env=VLLM_ENV)
+            )
             llm, path, digest = load_app(str(llm_file))
             deploy_app(llm, source_label(path, digest))
-            from raygpu.local_cluster import free_port
-
-            targets["vllm_tiny"] = {
+            url = f"{info.gateway_url}/{app_name}/tiny/v1/completions"
+            deployment = (f"raygpu-app-{app_name}", "tiny")
+            sides = {
                 "raygpu_s": (
-                    lambda: timed_post(
-                        f"{info.gateway_url}/coldllm/tiny/v1/completions",
-                        {"model": "tiny", "prompt": "hello", "max_tokens": 4},
-                    ),
-                    ("raygpu-app-coldllm", "tiny"),
+                    lambda: (cold_read and evict(model_dir), timed_stream(url, STREAMED_COMPLETION))[1],
+                    deployment,
                 ),
-                "vllm_server_s": (lambda: vllm_server_cold_start(model_dir, free_port()), None),
+                "vllm_server_s": (
+                    lambda: (cold_read and evict(model_dir), vllm_server_cold_start(model_dir, free_port()))[1],
+                    None,
+                ),
             }
+            if cold_read:
+                sides["raygpu_cached_s"] = (lambda: timed_stream(url, STREAMED_COMPLETION), deployment)
+            return sides
+
+        if "vllm_tiny" in cases:
+            targets["vllm_tiny"] = vllm_case("coldllm", str(build_tiny_llama(work / "tiny-llama")), cold_read=False)
+        if "vllm_large" in cases:
+            targets["vllm_large"] = vllm_case("coldbig", str(build_random_llama(work / "random-llama")), cold_read=True)
         for case, sides in targets.items():
             runs[case] = {side: [] for side in sides}
             # one untimed round: one-time costs (the node weight cache's first read of the file, the
@@ -280,21 +354,26 @@ def main() -> None:
                     call, deployment = sides[side]
                     if deployment is not None:
                         wait_until(lambda: running(*deployment) == 0, 180, f"{deployment} at zero replicas")
-                    if side == "raygpu_s" and case != "vllm_tiny":
-                        # the steady state the pool is sized for: an idle warm worker on the node
-                        wait_until(lambda: any(s["idle"] for s in pool_stats()), 60, "an idle warm worker")
-                    seconds = call()
+                    flavour = "vllm" if case.startswith("vllm") else "torch"
+                    if side.startswith("raygpu") and pool_sizes.get(flavour):
+                        # the steady state the pool is sized for: an idle warm worker of the flavour
+                        wait_until(lambda: idle_workers(flavour) > 0, 180, f"an idle {flavour} warm worker")
+                    measured = call()
+                    seconds, total = measured if isinstance(measured, tuple) else (measured, measured)
                     if rep >= 0:
                         runs[case][side].append(seconds)
+                        if isinstance(measured, tuple):
+                            runs[case].setdefault(side.replace("_s", "_total_s"), []).append(total)
                     print(f"{case} rep {rep + 1}/{args.repetitions} {side}: {seconds:.3f} s", file=sys.stderr)
-            if "raygpu_s" in sides:
-                from raygpu.deploy import app_status
-
-                app_name, deployment = sides["raygpu_s"][1]
-                status = app_status(app_name.removeprefix("raygpu-app-"))
-                phases = next(f.last_start_phases for f in status.functions if f.name == deployment)
-                result_phases[case] = {k: round(v, 3) for k, v in phases.items()}
-                print(f"{case}: raygpu's last replica start by phase: {result_phases[case]}", file=sys.stderr)
+                    if side.startswith("raygpu") and rep >= 0:
+                        phases = start_phases_after(deployment, previous_phases.get(case))
+                        previous_phases[case] = phases
+                        phase_runs.setdefault(f"{case}/{side}", []).append(phases)
+            for key, starts in phase_runs.items():
+                if key.startswith(f"{case}/"):
+                    names = [p for p in starts[-1] if all(p in s for s in starts)]
+                    result_phases[key] = {p: round(median([s[p] for s in starts]), 3) for p in names}
+                    print(f"{key}: raygpu's start by phase (medians): {result_phases[key]}", file=sys.stderr)
 
     result: dict = {
         "cases": {},
@@ -304,14 +383,14 @@ def main() -> None:
         "settings": {
             "metrics_interval_s": constants.METRICS_INTERVAL_S,
             "control_loop_interval_s": constants.DEFAULT_CONTROL_LOOP_INTERVAL_S,
-            "warm_pool": constants.DEFAULT_WARM_POOL_SIZE,
+            "warm_pool": pool_sizes,
             "torch_model_mb": round(LAYERS * (WIDTH * WIDTH + WIDTH) * 4 / 1e6),
         },
     }
     rows = []
     for case, sides in runs.items():
         medians = {side: round(median(values), 3) for side, values in sides.items()}
-        baseline = "vllm_server_s" if case == "vllm_tiny" else "plain_serve_s"
+        baseline = "vllm_server_s" if case.startswith("vllm") else "plain_serve_s"
         medians["ratio"] = round(medians["raygpu_s"] / medians[baseline], 3)
         result["cases"][case] = medians
         rows.append(
@@ -323,10 +402,17 @@ def main() -> None:
             )
         )
     print_table(
-        "cold start from zero: first request to response, medians of interleaved repetitions",
+        "cold start from zero: first request to response (vllm_tiny: to the first streamed token), "
+        "medians of interleaved repetitions",
         rows,
         ("case", "raygpu s", "baseline s", "raygpu / baseline"),
     )
+    for case, phases in result_phases.items():
+        print_table(
+            f"{case}: raygpu's last replica start by phase (seconds each)",
+            [(phase, f"{seconds:.3f}") for phase, seconds in phases.items()],
+            ("phase", "s"),
+        )
     write_json(args.json_path, result)
 
 

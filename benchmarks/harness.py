@@ -18,7 +18,12 @@ import requests
 
 @contextmanager
 def private_cluster(
-    gpus: int = 2, include_dashboard: bool = False, fake_nodes: str | None = None, node_idle_timeout_s: float = 60.0
+    gpus: int = 2,
+    include_dashboard: bool = False,
+    fake_nodes: str | None = None,
+    node_idle_timeout_s: float = 60.0,
+    park_after_s: float | None = None,
+    warm_pool: dict[str, int] | int | None = None,
 ) -> Iterator[Any]:
     """A local raygpu cluster in a private RAYGPU_HOME on a free port, stopped by its pids on exit;
     `fake_nodes` (e.g. "A10G:1") adds GPU pools from zero nodes (Ray's fake multi-node autoscaler)."""
@@ -34,6 +39,8 @@ def private_cluster(
         include_dashboard=include_dashboard,
         fake_nodes=parse_fake_nodes(fake_nodes) if fake_nodes else None,
         node_idle_timeout_s=node_idle_timeout_s,
+        **({} if park_after_s is None else {"park_after_s": park_after_s}),
+        **({} if warm_pool is None else {"warm_pool": warm_pool}),
     )
     try:
         yield info

@@ -2,7 +2,7 @@
 latency, `raygpu ls` latency, cold-call latency and head memory at N deployed functions, as ratios
 to N = 1 of the same run.
 
-    python -m benchmarks.scale [--sizes 1,100,300,1000] [--per-app 10] [--idle-s 20] --json OUT
+    python -m benchmarks.scale [--sizes 1,100,300,1000] [--per-app 10] [--idle-s 20] [--park-after 10] --json OUT
 
 Functions are trivial, CPU-only, at zero replicas, deployed as apps of `--per-app` functions into
 one private local cluster, growing from the smallest size to the largest; each size is measured
@@ -10,6 +10,10 @@ once everything deployed has settled: controller CPU (the `ray::ServeController`
 `--idle-s` seconds, deploy latency (median of the last five app deploys before that size), `raygpu
 ls` (the CLI, a fresh process each time, median of three), a cold call (median over three functions
 never called before, through the gateway), and the resident memory of every process of the cluster.
+Functions at rest leave Serve after `--park-after` seconds (deployments/parking.py; the cluster's
+`raygpu up --park-after`): each size is measured once they have (or after `--settle-s` more), and its
+cold calls are calls of parked functions. `--park-after 0` keeps every function in Serve (the
+controller then works on each of them every tick).
 `--profile-at N` also records a py-spy profile of the controller at that size (py-spy must be
 installed: `pip install py-spy`), written beside the JSON.
 """
@@ -106,14 +110,42 @@ def ls_seconds(repetitions: int = 3) -> float:
     return median(timings)
 
 
+def wait_warm_pool(timeout_s: float = 60.0) -> None:
+    """Until every warm pool holds its idle workers again, so that each cold call starts as the
+    first one of a quiet cluster does (a pool refills in seconds after a replica takes a worker)."""
+    from deployments.node.warm_pool import pool_stats
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stats = pool_stats()
+        if all(len(p["idle"]) >= p["size"] or not p["available"] for p in stats):
+            return
+        time.sleep(0.5)
+
+
 def cold_call_seconds(gateway_url: str, targets: list[str]) -> float:
     timings = []
     for target in targets:
+        wait_warm_pool()
         started = time.perf_counter()
         response = requests.post(f"{gateway_url}/{target}", json={"x": 1}, timeout=300)
         response.raise_for_status()
         timings.append(time.perf_counter() - started)
     return median(timings)
+
+
+def wait_parked(functions: int, timeout_s: float) -> int:
+    """Wait until the parker holds `functions` functions out of Serve (or `timeout_s`); how many it does."""
+    import ray
+
+    from deployments.parking import get_parker
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        parked = sum(len(names) for names in ray.get(get_parker().state.remote())["parked"].values())
+        if parked >= functions or time.monotonic() >= deadline:
+            return parked
+        time.sleep(1.0)
 
 
 def profile_controller(temp_dir: str, out: Path, seconds: int) -> str | None:
@@ -141,6 +173,9 @@ def main() -> None:
     parser.add_argument("--idle-s", type=float, default=20.0, help="seconds of idle CPU measured per size")
     parser.add_argument("--settle-s", type=float, default=15.0, help="seconds waited after deploying, before measuring")
     parser.add_argument(
+        "--park-after", type=float, default=10.0, help="seconds at rest before a function leaves Serve (0: never)"
+    )
+    parser.add_argument(
         "--profile-at", type=int, default=None, help="record a py-spy profile of the controller at this size"
     )
     parser.add_argument("--json", dest="json_path", default=None)
@@ -155,7 +190,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="raygpu-scalebench-"))
     rows: list[dict[str, Any]] = []
-    with private_cluster(gpus=0) as info:
+    with private_cluster(gpus=0, park_after_s=args.park_after) as info:
         from raygpu.deploy import deploy_app, source_label
         from raygpu.loader import load_app
 
@@ -177,6 +212,9 @@ def main() -> None:
                 deployed += count
                 apps += 1
             time.sleep(args.settle_s)
+            # functions called before (the cold calls of smaller sizes) park once their plan allows
+            waited_for = len(never_called)
+            parked = wait_parked(waited_for, args.park_after + args.settle_s + 30.0) if args.park_after > 0 else 0
             controller_cpu, gateway_cpu = idle_cpu(info.temp_dir, args.idle_s)
             profile = None
             if args.profile_at == size:
@@ -187,6 +225,7 @@ def main() -> None:
             row = {
                 "functions": deployed,
                 "apps": apps,
+                "parked": parked,
                 "controller_idle_core_fraction": controller_cpu,
                 "gateway_idle_core_fraction": gateway_cpu,
                 "deploy_s": median(deploy_times[-5:]),
@@ -206,10 +245,12 @@ def main() -> None:
             if row[key] is not None and base[key] is not None
         }
     print_table(
-        f"the control plane at N functions at zero (apps of {args.per_app}; ratios to N={base['functions']})",
+        f"the control plane at N functions at zero (apps of {args.per_app}; ratios to N={base['functions']}; "
+        f"parking after {args.park_after:g} s)",
         [
             (
                 str(r["functions"]),
+                str(r["parked"]),
                 f"{r['controller_idle_core_fraction']:.1%}",
                 f"{r['gateway_idle_core_fraction']:.1%}",
                 f"{r['deploy_s']:.2f} s ({r['ratios_to_smallest'].get('deploy_s', 0):.2f}x)",
@@ -221,7 +262,7 @@ def main() -> None:
             )
             for r in rows
         ],
-        ("N", "controller idle", "gateway idle", "deploy", "raygpu ls", "cold call", "head memory"),
+        ("N", "parked", "controller idle", "gateway idle", "deploy", "raygpu ls", "cold call", "head memory"),
     )
     write_json(args.json_path, {"params": vars(args), "sizes": rows})
 

@@ -62,7 +62,8 @@ class UsageMetrics(Collector):
         )
         self.start_phase_duration = Histogram(
             "raygpu_cold_start_phase_seconds",
-            "Replica start by phase (process, imports, weights, engine_init, ready, first_response).",
+            "Replica start by phase (process, imports, engine_process, weights, kv_cache, warmup, engine_init, ready, "
+            "first_token, first_response).",
             ["app", "function", "phase"],
             buckets=COLD_START_BUCKETS_S,
             registry=self.registry,

@@ -97,6 +97,19 @@ GATEWAY_MAX_REPLICAS = 4
 RETENTION_INTERVAL_S = 3600.0  # how often the store deletes what is past retention (deployments/store/db.py)
 RETENTION_BATCH_BUDGET_S = 0.05  # the longest one retention batch may hold the store's loop
 
+# --- Parking: functions at rest leave Serve until wanted (deployments/parking.py) -------------
+PARKER_ACTOR_NAME = "raygpu-parker"
+# A function at zero this long, whose plan wants no replica within as long again, leaves Serve
+# (cluster setting "park_after_s"; `raygpu up --park-after`; 0 keeps every function in Serve).
+DEFAULT_PARK_AFTER_S = 600.0
+PARK_CHECK_INTERVAL_S = 2.0  # how often the parker looks for functions to park or bring back
+PARK_WAKE_LEAD_S = 20.0  # a parked function returns this long before its planned pre-warm
+PARK_APP_GONE_WAIT_S = 30.0
+# Between publishing that functions are parked and taking them out of Serve: every gateway has seen
+# the new routing table by then, and the calls it took before have recorded their arrival.
+PARK_PUBLISH_GRACE_S = 0.5  # how long bringing one back waits for its emptied application to go
+MAX_QUIET_REPORTS = 100_000  # quiet reports taken per call
+
 # --- Serve autoscaling knobs that make raygpu's idle window decide --------------------------
 METRICS_INTERVAL_S = 0.5  # replica/handle metrics push; Serve's default 10 s delays cold starts
 LOOK_BACK_PERIOD_S = 2.0

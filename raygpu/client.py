@@ -25,6 +25,8 @@ from raygpu.connection import connect, serve_handle
 from raygpu.control import store
 from raygpu.errors import NoClusterError, NotFoundError, RemoteCallError
 
+UNPARK_TIMEOUT_S = 60.0  # how long a call waits for a function at rest to be back in Serve
+
 
 class RemoteFunction:
     """A deployed function (or one method of a deployed class)."""
@@ -73,7 +75,7 @@ class RemoteFunction:
     def _call(self, method: str | None, kwargs: dict[str, Any]) -> Any:
         spec = self.deployed.spec
         store().record_arrivals.remote([(self.app, spec.name, time.time())])
-        handle = serve_handle(self.deployed.serve_app, self.deployed.deployment)
+        handle = self._handle()
         deadline = time.monotonic() + spec.timeout + spec.startup_timeout
         while True:
             status, body, _version, headers = handle.remote(method, kwargs).result(
@@ -86,6 +88,21 @@ class RemoteFunction:
         if status != 200:
             raise remote_error(status, payload)
         return payload
+
+    def _handle(self) -> Any:
+        """The deployment's handle, once a function at rest out of Serve (deployments/parking.py)
+        is back in it."""
+        from deployments.parking import get_parker
+
+        try:
+            back = ray.get(get_parker().unpark.remote(self.app, self.deployed.spec.name), timeout=UNPARK_TIMEOUT_S)
+        except Exception as exc:
+            raise RemoteCallError(
+                503, "Unavailable", f"{self._label} could not be brought back into Serve ({exc}); retry the call"
+            ) from None
+        if not back:
+            raise RemoteCallError(404, "NotFound", f"{self._label} is no longer deployed")
+        return serve_handle(self.deployed.serve_app, self.deployed.deployment)
 
     def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
         """Start the call in the background and return at once: a FunctionCall to poll (`.get()`),
@@ -182,7 +199,7 @@ class RemoteFunction:
     def _stream(self, method: str | None, arguments: dict[str, Any]) -> Iterator[Any]:
         spec = self.deployed.spec
         store().record_arrivals.remote([(self.app, spec.name, time.time())])
-        handle = serve_handle(self.deployed.serve_app, self.deployed.deployment).options(stream=True)
+        handle = self._handle().options(stream=True)
         deadline = time.monotonic() + spec.startup_timeout
         while True:
             stream = handle.stream.remote(method, arguments, 0, {})
@@ -236,14 +253,14 @@ def remote_error(status: int, payload: Any) -> RemoteCallError:
 def lookup(app: str, name: str, *, address: str | None = None) -> RemoteFunction:
     """Find a deployed function or class by app and name (connecting to the cluster if needed)."""
     connect(address)
-    apps = {a["name"]: a for a in ray.get(store().live_apps.remote())}
-    if app not in apps:
+    entry = ray.get(store().live_app.remote(app))
+    if entry is None:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
-    for raw in apps[app]["functions"]:
+    for raw in entry["functions"]:
         deployed = DeployedFunction.model_validate(raw)
         if deployed.spec.name == name:
             return RemoteFunction(app, deployed)
-    known = ", ".join(f["spec"]["name"] for f in apps[app]["functions"])
+    known = ", ".join(f["spec"]["name"] for f in entry["functions"])
     raise NotFoundError(f"app {app!r} has no function or class {name!r}; it has: {known}")
 
 

@@ -53,7 +53,7 @@ class FunctionStatus(BaseModel):
     last_start_phases: dict[str, float] = Field(
         default_factory=dict,
         description="the latest replica start, seconds per phase (detection, provision, scheduling, process, "
-        "imports, weights, engine_init, ready, first_response)",
+        "imports, engine_process, weights, kv_cache, warmup, engine_init, ready, first_token, first_response)",
     )
     waiting_for_node: str | None = Field(
         default=None, description="the node type a starting replica waits for the autoscaler to launch, if any"

@@ -46,27 +46,28 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    watch_nodes(stop, int(config.get("warm_pool", 0)))
+    watch_nodes(stop, config.get("warm_pool", 0))
 
 
-def watch_nodes(stop: threading.Event, warm_pool: int) -> None:
+def watch_nodes(stop: threading.Event, warm_pool: dict[str, int] | int) -> None:
     """Until stopped: give a warm pool to every GPU node a replica lands on, including nodes that
     joined after `raygpu up` (an autoscaler launch, a restarted node)."""
     import logging
 
     from deployments import constants
-    from deployments.node.warm_pool import nodes_without_pool, start_pools_on
+    from deployments.node.warm_pool import nodes_without_pool, parse_pool_sizes, start_pools_on
     from raygpu.deploy import replica_nodes
 
+    sizes = parse_pool_sizes(warm_pool)
     while not stop.wait(constants.NODE_WATCH_INTERVAL_S):
-        if warm_pool <= 0:
+        if not any(sizes.values()):
             continue
         try:
             missing = nodes_without_pool()
             if missing:  # only then ask Serve where replicas run (its details cost the controller)
                 busy = replica_nodes() & set(missing)
                 if busy:
-                    start_pools_on(warm_pool, busy)
+                    start_pools_on(sizes, busy)
         except Exception as exc:  # the GCS or Serve's controller is restarting: try again next round
             logging.getLogger(__name__).warning("raygpu: watching nodes failed: %s", exc)
 

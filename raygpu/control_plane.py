@@ -26,6 +26,7 @@ from deployments.capacity import NodeType, node_types_from_config
 from deployments.gateway.server import build_gateway_application
 from deployments.node.blobs import start_blobs
 from deployments.node.warm_pool import start_warm_pools
+from deployments.parking import start_parker
 from deployments.store.actor import start_store
 from raygpu.admin import admin_key_hash, ensure_admin_key
 from raygpu.admin_api import start_admin_api
@@ -111,7 +112,7 @@ def install_control_plane(
     serve_port: int | None = None,
     metrics_port: int = constants.DEFAULT_METRICS_PORT,
     prices_path: str | None = None,
-    warm_pool: int = constants.DEFAULT_WARM_POOL_SIZE,
+    warm_pool: dict[str, int] | int = constants.DEFAULT_WARM_POOL_SIZE,
     replicas_off_head: bool = False,
     node_types: list[dict[str, Any]] | None = None,
     autoscaling_config: str | None = None,
@@ -120,6 +121,7 @@ def install_control_plane(
     public_url: str | None = None,
     call_retention_s: float = DEFAULT_CALL_RETENTION_S,
     callback_allow: list[str] | None = None,
+    park_after_s: float = constants.DEFAULT_PARK_AFTER_S,
 ) -> dict[str, Any]:
     """Start (or find) the store actor, the meter, Serve and the gateway on the connected cluster.
     The autoscaler's node types (`node_types`, or read from the `autoscaling_config` YAML) are
@@ -169,7 +171,10 @@ def install_control_plane(
         types = read_node_types(autoscaling_config)
     ray.get(store.set_setting.remote(admin, "node_types", [t.model_dump() for t in types]))
     ray.get(store.set_setting.remote(admin, "metrics_url", f"http://{host}:{metrics_port}/metrics"))
+    # Functions at rest leave Serve after this long (0: never); the parker reads it on each pass.
+    ray.get(store.set_setting.remote(admin, "park_after_s", float(park_after_s)))
     restored, forgotten = restore_apps_serve_lost(store, admin)
+    ray.get(start_parker(admin).resync.remote())
     return {
         "gateway_url": gateway_url,
         "public_url": public_url or gateway_url,
@@ -194,7 +199,7 @@ def restore_apps_serve_lost(store: Any, admin: str) -> tuple[list[str], list[str
     on the same state dir) from the code payloads the store kept; apps whose code the store does
     not have (recorded before it kept code) are marked stopped, so the gateway never routes to a
     missing application. Returns (restored, forgotten)."""
-    from deployments.replicas.application import build_app_application
+    from deployments.replicas.application import ServeAppOptions, build_version_application, serve_app_options_key
     from deployments.spec import DeployedFunction
     from raygpu.deploy import worker_resource
     from raygpu.rollout import start
@@ -210,15 +215,12 @@ def restore_apps_serve_lost(store: Any, admin: str) -> tuple[list[str], list[str
             ray.get(store.delete_app.remote(admin, app["name"]))
             forgotten.append(app["name"])
             continue
-        units = [(f.spec, payloads[f.spec.name], f.accelerator) for f in functions]
-        application = build_app_application(
-            app["name"],
-            app["version"],
-            units,
-            constants.STORE_ACTOR_NAME,
-            constants.RAY_NAMESPACE,
-            worker_resource=worker_resource(),
-        )
-        start(application, functions[0].serve_app)
+        serve_app = functions[0].serve_app
+        saved = ray.get(store.get_setting.remote(serve_app_options_key(serve_app), None))
+        options = ServeAppOptions.model_validate(saved) if isinstance(saved, dict) else ServeAppOptions()
+        options = options.model_copy(update={"worker_resource": worker_resource(), "initial_replicas": {}})
+        ray.get(store.set_setting.remote(admin, serve_app_options_key(serve_app), options.model_dump()))
+        application = build_version_application(app["name"], app["version"], functions, payloads, options)
+        start(application, serve_app)
         restored.append(app["name"])
     return restored, forgotten

@@ -15,8 +15,9 @@ from deployments import constants
 from deployments.capacity import CapacityError, NodeType, ReplicaRequest, node_type_for, place
 from deployments.kinds import kind_of
 from deployments.node.weight_cache import fingerprint
-from deployments.replicas.application import build_app_application
+from deployments.replicas.application import ServeAppOptions, build_version_application, serve_app_options_key
 from deployments.replicas.start_phases import PHASES, TRIGGER_PHASES
+from deployments.serve_apps import app_exists
 from deployments.spec import DeployedFunction, FunctionSpec, version_app_name
 from deployments.weights_location import is_location, parse_location
 from raygpu.admin import admin_key
@@ -45,7 +46,6 @@ from raygpu.rollout import (
     wait_until_running,
     warm_handoff,
 )
-from raygpu.serve_apps import app_exists
 
 # Serve replica states of a replica on its way to running.
 STARTING_STATES = ("STARTING", "PENDING_MIGRATION", "UPDATING", "RECOVERING")
@@ -126,7 +126,7 @@ def worker_resource() -> str | None:
 
 
 def _live_entry(app: str) -> dict[str, Any] | None:
-    return next((a for a in ray.get(store().live_apps.remote()) if a["name"] == app), None)
+    return ray.get(store().live_app.remote(app))
 
 
 def live_serve_app(app: str) -> str:
@@ -238,16 +238,11 @@ def roll_out(
             raise refuse(_startup_failures(app_name, errors))
     running = running_replicas(previous[0].serve_app) if previous else {}
     initial = warm_handoff(running, specs, ray.available_resources().get("GPU", 0.0))
+    options = ServeAppOptions(metered=metered, initial_replicas=initial, worker_resource=off_head)
     try:
-        application = build_app_application(
-            app_name,
-            version,
-            units,
-            constants.STORE_ACTOR_NAME,
-            constants.RAY_NAMESPACE,
-            metered=metered,
-            initial_replicas=initial,
-            worker_resource=off_head,
+        admin_call("set_setting", serve_app_options_key(serve_app), options.model_dump())
+        application = build_version_application(
+            app_name, version, deployed, {spec.name: payload for spec, payload, _ in units}, options
         )
         start(application, serve_app)
     except Exception as exc:
@@ -327,12 +322,14 @@ def replica_nodes() -> set[str]:
     return nodes
 
 
+PARKED_MESSAGE = "at rest out of Serve (`raygpu up --park-after`); its next call or pre-warm brings it back"
+
+
 def app_status(app: str) -> AppStatus:
     control = store()
-    live = {a["name"]: a for a in ray.get(control.live_apps.remote())}
-    if app not in live:
+    entry = ray.get(control.live_app.remote(app))
+    if entry is None:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
-    entry = live[app]
     live_serve_app = entry["functions"][0]["serve_app"] if entry["functions"] else ""
     serve_app = _serve_details().get("applications", {}).get(live_serve_app, {})
     start_phases: dict[str, Any] = {}
@@ -340,11 +337,14 @@ def app_status(app: str) -> AppStatus:
         start_phases = ray.get(meter().start_phases.remote(app), timeout=10)
     except Exception:
         pass  # the meter is restarting: status without start phases
+    parked = set(ray.get(control.parked.remote()).get(app, []))
     functions = []
     node_types: list[NodeType] | None = None
     for raw in entry["functions"]:
         deployed = DeployedFunction.model_validate(raw)
         details = serve_app.get("deployments", {}).get(deployed.deployment, {})
+        if not details and deployed.spec.name in parked:
+            details = {"status": "PARKED", "target_num_replicas": 0, "message": PARKED_MESSAGE}
         replicas = details.get("replicas", [])
         waiting_for_node = None
         if any(not r.get("node_id") and r.get("state") in STARTING_STATES for r in replicas):
@@ -400,8 +400,7 @@ def app_status(app: str) -> AppStatus:
 
 def stop_app(app: str) -> None:
     control = store()
-    live = {a["name"] for a in ray.get(control.live_apps.remote())}
-    if app not in live:
+    if ray.get(control.live_app.remote(app)) is None:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
     _, generation = admin_call("delete_app", app)
     try:
@@ -419,11 +418,11 @@ def source_label(path: Path, digest: str) -> str:
 def push_weights(app: str, function: str, path: str, model: str | None = None) -> dict[str, Any]:
     """Make `path` the current weights of a model of a running torch deployment; its replicas load
     them between batches (no redeploy, no dropped call). Returns the new version."""
-    live = {a["name"]: a for a in ray.get(store().live_apps.remote())}
-    if app not in live:
+    entry = ray.get(store().live_app.remote(app))
+    if entry is None:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
     spec = next(
-        (FunctionSpec.model_validate(f["spec"]) for f in live[app]["functions"] if f["spec"]["name"] == function), None
+        (FunctionSpec.model_validate(f["spec"]) for f in entry["functions"] if f["spec"]["name"] == function), None
     )
     if spec is None or spec.torch_model is None:
         raise NotFoundError(

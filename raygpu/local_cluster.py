@@ -87,12 +87,13 @@ def start_local(
     logical_cpus: int = constants.DEFAULT_LOCAL_LOGICAL_CPUS,
     state_dir: str | None = None,
     include_dashboard: bool = True,
-    warm_pool: int = constants.DEFAULT_WARM_POOL_SIZE,
+    warm_pool: dict[str, int] | int = constants.DEFAULT_WARM_POOL_SIZE,
     control_loop_interval_s: float | None = None,
     fake_nodes: list[NodeType] | None = None,
     node_idle_timeout_s: float = constants.DEFAULT_FAKE_NODE_IDLE_TIMEOUT_S,
     call_retention_s: float = DEFAULT_CALL_RETENTION_S,
     callback_allow: list[str] | None = None,
+    park_after_s: float = constants.DEFAULT_PARK_AFTER_S,
 ) -> LocalCluster:
     """Start a persistent local Ray head with logical GPUs, then the raygpu control plane on it.
     `fake_nodes`: GPU node types Ray's fake multi-node autoscaler launches on this machine (each a
@@ -184,6 +185,7 @@ def start_local(
                 "node_types": [t.model_dump() for t in fake_nodes or []],
                 "call_retention_s": call_retention_s,
                 "callback_allow": list(callback_allow or []),
+                "park_after_s": park_after_s,
             },
         )
         cluster.pids.append(driver)

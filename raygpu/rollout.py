@@ -17,9 +17,9 @@ from ray import serve
 
 from deployments import constants
 from deployments.replicas.start_check import start_checks
+from deployments.serve_apps import app_names, app_state
 from deployments.spec import FunctionSpec, version_app_prefix
 from raygpu.errors import DeployError
-from raygpu.serve_apps import app_names, app_state
 
 Unit = tuple[FunctionSpec, bytes, str | None]
 

@@ -48,6 +48,6 @@ def webhook_secret(app: str) -> WebhookSecret:
     """The secret `app`'s webhooks are signed with (a receiver checks `x-raygpu-signature` with it)."""
     from deployments.calls.callbacks import webhook_secret as derive
 
-    if app not in {a["name"] for a in ray.get(store().live_apps.remote())}:
+    if ray.get(store().live_app.remote(app)) is None:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
     return WebhookSecret(app=app, secret=derive(admin_call("webhook_signing_key"), app))

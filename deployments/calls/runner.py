@@ -27,6 +27,7 @@ from deployments.calls.callbacks import (
     webhook_secret,
 )
 from deployments.head_actors import start_head_actor
+from deployments.parking import bring_back
 from deployments.spec import DeployedFunction
 from deployments.store.actor import get_store
 
@@ -84,12 +85,11 @@ class CallRunner:
             await asyncio.sleep(SWEEP_INTERVAL_S)
 
     async def _deployed(self, app: str, unit: str) -> DeployedFunction | None:
-        for entry in await self.store.live_apps.remote():
-            if entry["name"] == app:
-                for raw in entry["functions"]:
-                    deployed = DeployedFunction.model_validate(raw)
-                    if deployed.spec.name == unit:
-                        return deployed
+        entry = await self.store.live_app.remote(app)
+        for raw in entry["functions"] if entry else []:
+            deployed = DeployedFunction.model_validate(raw)
+            if deployed.spec.name == unit:
+                return deployed
         return None
 
     async def _run(self, call_id: str) -> None:
@@ -124,6 +124,16 @@ class CallRunner:
         if work["record"]["status"] == "pending" and not await self.store.start_call.remote(call_id):
             return  # cancelled before it started
         self.store.record_arrivals.remote([(app, deployed.spec.name, time.time())])
+        try:
+            back = await bring_back(app, deployed.spec.name)
+        except RuntimeError as exc:
+            await self.store.finish_call.remote(call_id, "failed", None, {"type": "Unavailable", "message": str(exc)})
+            return
+        if not back:
+            await self.store.finish_call.remote(
+                call_id, "failed", None, {"type": "NotFound", "message": f"{app}/{work['unit']} is no longer deployed"}
+            )
+            return
         status, payload = await self._call(deployed, work["method"], work["arguments"])
         if status == 200:
             await self.store.finish_call.remote(call_id, "succeeded", payload, None)

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+
+from deployments.engines.vllm_warm_core import WARM_CORES
+
+logger = logging.getLogger(__name__)
 
 # Quiet, offline, no usage reporting: vLLM must never reach out from a replica.
 for _name, _value in (("VLLM_NO_USAGE_STATS", "1"), ("DO_NOT_TRACK", "1"), ("HF_HUB_OFFLINE", "1")):
@@ -27,6 +32,17 @@ def sleep_mode_supported() -> tuple[bool, str]:
     return True, ""
 
 
+def import_vllm() -> None:
+    """Import what starting a server needs (a warm worker does this ahead of its replica)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: F401
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state  # noqa: F401
+    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client_from_engine_args  # noqa: F401
+    from vllm.entrypoints.launchers.app import build_app  # noqa: F401
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser  # noqa: F401
+
+
+# How long a start waits for a warm engine core still importing before spawning its own.
+WARM_CORE_WAIT_S = 60.0
 # How long vLLM's app may take to stop a request whose caller left before it is cancelled.
 DISCONNECT_GRACE_S = 2.0
 
@@ -53,6 +69,8 @@ class VllmServer:
     """vLLM's OpenAI server (FastAPI app + AsyncLLM engine) inside this process."""
 
     def __init__(self, app: Any, engine: Any, exit_stack: contextlib.AsyncExitStack, model_name: str):
+        # engine start phases a warm engine-core process reported (name -> time); empty otherwise
+        self.engine_phases: dict[str, float] = WARM_CORES.last_phases() if WARM_CORES.handed else {}
         self.app = app
         self.engine = engine
         self._exit_stack = exit_stack
@@ -93,6 +111,10 @@ class VllmServer:
                 raise ValueError(reason)
             args.enable_sleep_mode = True
         args.disable_uvicorn_access_log = True
+        if WARM_CORES.alive_count() and WARM_CORES.wait_ready(WARM_CORE_WAIT_S):
+            # this process started a warm engine core ahead (a warm worker): the engine takes it
+            if not WARM_CORES.install():
+                logger.warning("raygpu: warm vLLM engine cores unused: %s", WARM_CORES.reason)
         stack = contextlib.AsyncExitStack()
         try:
             engine = await stack.enter_async_context(

@@ -101,6 +101,10 @@ class RoutingTable:
         # Protection is the app's own state, not "has an active token": revoking the last token
         # leaves nobody able to call the app, never everybody.
         self.protected: set[str] = set(raw["protected"]) | set(self.token_hashes)
+        # Functions out of Serve until a call brings them back (deployments/parking.py).
+        self.parked: set[tuple[str, str]] = {
+            (app, name) for app, names in raw.get("parked", {}).items() for name in names
+        }
 
     def app_of(self, parts: list[str]) -> str:
         """The deployed app a path starts with (RouteError 404 otherwise)."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 from ray import serve
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -38,6 +38,7 @@ from deployments.gateway.http import (
     reuse_port_socket,
 )
 from deployments.gateway.routing import Route, RouteError, RoutingTable, path_parts
+from deployments.parking import get_parker
 from deployments.spec import DeployedFunction
 from deployments.store.actor import get_store
 
@@ -84,6 +85,7 @@ class Gateway:
         self.max_body_bytes = max_body_bytes
         self._admin_api: Any = None
         self._call_runner: Any = None
+        self._parker: Any = None
         self.store = get_store()
         self.table = RoutingTable(await self.store.routing_table.remote())
         # Serve handles by (Serve application, deployment): a new version is a new application.
@@ -145,6 +147,8 @@ class Gateway:
                 raw = await self.store.routing_table.remote(self.table.generation, constants.CONFIG_POLL_TIMEOUT_S)
                 if raw["generation"] != self.table.generation:
                     self.table = RoutingTable(raw)
+                    # a parked function keeps its handle: its router takes the deployment up again
+                    # when the function is brought back
                     live = {(d.serve_app, d.deployment) for d in self.table.functions.values()}
                     self.handles = {k: v for k, v in self.handles.items() if k in live}
             except Exception as exc:
@@ -200,6 +204,38 @@ class Gateway:
         self.pending_arrivals.add(arrival)
 
     # --- request path ----------------------------------------------------------------------
+    async def _bring_back(self, app: str, deployed: DeployedFunction, parked_under_us: bool = False) -> Response | None:
+        """Bring a parked function back into Serve before calling it (deployments/parking.py);
+        None when it is in Serve, or the answer when it cannot come back. `parked_under_us`: its
+        deployment went away during a call, whatever the routing table says yet."""
+        if not parked_under_us and (app, deployed.spec.name) not in self.table.parked:
+            return None
+        try:
+            if self._parker is None:
+                self._parker = get_parker()
+            back = await self._parker.unpark.remote(app, deployed.spec.name)
+        except Exception as exc:
+            self._parker = None
+            logger.warning("raygpu gateway: could not bring %s/%s back (%s)", app, deployed.spec.name, exc)
+            return error_response(
+                503,
+                "Unavailable",
+                f"{deployed.spec.name!r} is at rest out of Serve and the control plane could not bring it "
+                "back just now; retry shortly",
+                headers={"Retry-After": str(constants.RETRY_AFTER_S)},
+            )
+        if not back:
+            return error_response(404, "NotFound", f"{app}/{deployed.spec.name} is no longer deployed")
+        return None
+
+    def _unavailable(self, function: str) -> Response:
+        return error_response(
+            503,
+            "Unavailable",
+            f"{function!r} left Serve during the call and could not be reached again; retry shortly",
+            headers={"Retry-After": str(constants.RETRY_AFTER_S)},
+        )
+
     def _handle(self, app: str, deployed: DeployedFunction) -> Any:
         key = (deployed.serve_app, deployed.deployment)
         handle = self.handles.get(key)
@@ -362,6 +398,9 @@ class Gateway:
         budget = spec.timeout + spec.startup_timeout
         deadline = time.monotonic() + budget
         try:
+            refused = await self._bring_back(app, deployed)
+            if refused is not None:
+                return refused
             handle = self._handle(app, deployed)
             attempts = spec.retries + 1
             attempt = 0
@@ -369,6 +408,7 @@ class Gateway:
             # takes no calls; such a call is sent again, to the replacement, within its own deadline,
             # and a replica found gone after that is part of the same replacement, not a failure.
             replacing = False
+            brought_back = False
             while True:
                 response = handle.remote(method, body, bytes_in, headers or {})
                 try:
@@ -377,6 +417,14 @@ class Gateway:
                     )
                 except BackPressureError:
                     return self._queue_full(spec.name)
+                except DeploymentUnavailableError:
+                    # parked between the routing table's word and the call: brought back, sent again once
+                    refused = None if brought_back else await self._bring_back(app, deployed, parked_under_us=True)
+                    if brought_back or refused is not None:
+                        return refused or self._unavailable(spec.name)
+                    brought_back = True
+                    handle = self._handle(app, deployed)
+                    continue
                 except TimeoutError:
                     response.cancel()
                     return error_response(
@@ -496,18 +544,20 @@ class Gateway:
         )
 
     async def _open_stream(
-        self, route: Route, request: Request, invoke: Callable[[], Any]
+        self, route: Route, request: Request, invoke: Callable[[Any], Any]
     ) -> tuple[Any, Any] | Response:
-        """Start a streamed call (`invoke` sends it): the stream and its first item (the answer's
-        start), or the Response that ends the call: 499 when the client left first, 503 when the
-        queue is full, 504 past the deadline, 500 when the replica died on every attempt. A
-        replica being replaced answers that at once; the call then goes to its replacement."""
+        """Start a streamed call (`invoke` sends it through the streaming handle it is given): the
+        stream and its first item (the answer's start), or the Response that ends the call: 499 when
+        the client left first, 503 when the queue is full, 504 past the deadline, 500 when the
+        replica died on every attempt. A replica being replaced answers that at once; the call then
+        goes to its replacement. A function parked as the call was sent is brought back once."""
         app, spec = route.app, route.deployed.spec
         budget = spec.timeout + spec.startup_timeout
         deadline = time.monotonic() + budget
         attempt = 0
+        brought_back = False
         while True:
-            stream = invoke()
+            stream = invoke(self._handle(app, route.deployed).options(stream=True))
             try:
                 start = await _first_unless_disconnected(stream, request, max(deadline - time.monotonic(), 0.001))
                 if start is None:  # the client went away before the replica answered
@@ -515,6 +565,12 @@ class Gateway:
                     return Response(status_code=499)
             except BackPressureError:
                 return self._queue_full(spec.name)
+            except DeploymentUnavailableError:
+                refused = None if brought_back else await self._bring_back(app, route.deployed, parked_under_us=True)
+                if brought_back or refused is not None:
+                    return refused or self._unavailable(spec.name)
+                brought_back = True
+                continue
             except TimeoutError:
                 stream.cancel()
                 return error_response(504, "Timeout", f"no replica of {spec.name!r} answered within {budget:g} s")
@@ -558,12 +614,14 @@ class Gateway:
         it ends, or when the client goes away: then the engine's generation is cancelled too)."""
         app, spec = route.app, route.deployed.spec
         try:
-            handle = self._handle(app, route.deployed).options(stream=True)
+            refused = await self._bring_back(app, route.deployed)
+            if refused is not None:
+                return refused, False
             headers = {k: v for k, v in request.headers.items() if k in ("content-type", "accept")}
             opened = await self._open_stream(
                 route,
                 request,
-                lambda: handle.http.remote(
+                lambda handle: handle.http.remote(
                     request.method, route.target, request.url.query.encode(), headers, raw, len(raw)
                 ),
             )
@@ -585,9 +643,11 @@ class Gateway:
         `text/event-stream`. A failure after the first item ends the stream with an error item."""
         app, spec = route.app, route.deployed.spec
         try:
-            handle = self._handle(app, route.deployed).options(stream=True)
+            refused = await self._bring_back(app, route.deployed)
+            if refused is not None:
+                return refused, False
             opened = await self._open_stream(
-                route, request, lambda: handle.stream.remote(route.target, body, bytes_in, {})
+                route, request, lambda handle: handle.stream.remote(route.target, body, bytes_in, {})
             )
             if isinstance(opened, Response):
                 return opened, False

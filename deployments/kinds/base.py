@@ -30,6 +30,8 @@ class UnitKind(ABC):
     # True when the replica serves raw HTTP under the unit's path (the gateway streams it through)
     # instead of taking one JSON body of keyword arguments.
     forwards_http: ClassVar[bool] = False
+    # The warm-pool flavour whose workers have this kind's imports done (deployments/node/warm_pool.py).
+    warm_flavour: ClassVar[str] = "torch"
 
     def check_spec(self, spec: FunctionSpec) -> None:
         """Raise ValueError naming what `spec` lacks or has that this kind does not allow."""

@@ -17,6 +17,7 @@ class VllmKind(UnitKind):
     settings_field = "vllm_model"
     http_methods = ("GET", "POST")
     forwards_http = True
+    warm_flavour = "vllm"
 
     def routes(self, app: str, spec: FunctionSpec, code: Any) -> list[RouteSchema]:
         endpoints = EMBED_ENDPOINTS if spec.vllm_model.task == "embed" else GENERATE_ENDPOINTS

@@ -1,5 +1,7 @@
-"""The warm worker pool: idle Ray worker processes with torch and the replica code already imported,
-kept per node, on which new replicas land instead of starting a fresh Python process.
+"""The warm worker pool: idle Ray worker processes with the replica code already imported, kept per
+node and per flavour, on which new replicas land instead of starting a fresh Python process. A
+flavour is what a replica needs imported: `torch` (torch, the torch and function replicas) or `vllm`
+(also vLLM and its replica, and a warm vLLM engine-core process, deployments/engines/vllm_warm_core.py).
 
 Everything here that touches Ray internals (the raylet's `PrestartWorkers` gRPC call, the worker
 pool's matching by job and runtime env, `preload_python_modules`, idle workers titled `ray::IDLE`)
@@ -13,7 +15,7 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -25,13 +27,12 @@ from deployments.node.occupancy import release_due, runs_replicas
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
 WARM_ENV_VAR = "RAYGPU_WARM_WORKER"
-# The runtime env of replicas that may take a warm worker; Ray reuses a worker only for an
-# identical runtime env (and the same job).
-WARM_RUNTIME_ENV = {"env_vars": {WARM_ENV_VAR: "1"}}
+FLAVOURS = ("torch", "vllm")
 PRELOAD_MODULE = "deployments.node.warm_preload"
 IDLE_TITLE = "ray::IDLE"
 
 KEEP_ALIVE_S = 3600
+MAX_WORKERS_PER_FLAVOUR = 64
 # a prestarted worker needs a few seconds (import torch) before it shows up as idle
 PENDING_GRACE_S = 20.0
 REFILL_INTERVAL_S = 2.0
@@ -61,20 +62,65 @@ def internals_available() -> tuple[bool, str]:
     return True, ""
 
 
-def runtime_env_for(image_runtime_env: dict[str, Any]) -> dict[str, Any]:
-    """The runtime env a replica gets: the image's own when it adds pip packages or env vars (a
-    different environment, which a warm worker cannot serve), else the warm one."""
-    return dict(image_runtime_env) if image_runtime_env else dict(WARM_RUNTIME_ENV)
+def flavour_runtime_env(flavour: str) -> dict[str, Any]:
+    """The runtime env of a flavour's warm workers and of the replicas that may take them: Ray
+    reuses a worker only for an identical runtime env (and the same job)."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown warm-pool flavour {flavour!r}; flavours: {', '.join(FLAVOURS)}")
+    return {"env_vars": {WARM_ENV_VAR: flavour}}
 
 
-def _prestart(raylet_address: str, job_id_hex: str, count: int) -> None:
+def runtime_env_for(image_runtime_env: dict[str, Any], flavour: str = "torch") -> dict[str, Any]:
+    """The runtime env a replica gets: the image's own when it installs pip packages (a different
+    environment, which no warm worker has), else its flavour's warm one. Environment variables
+    alone do not need another environment: the replica sets them itself before it loads anything
+    (`apply_image_env`), so such a replica still lands on a warm worker."""
+    if image_runtime_env.get("pip"):
+        return dict(image_runtime_env)
+    return flavour_runtime_env(flavour)
+
+
+def apply_image_env(env: dict[str, str]) -> None:
+    """Set an image's environment variables in this replica process (before its code and engine
+    load), as Ray would have set them in a runtime env of their own."""
+    os.environ.update({str(k): str(v) for k, v in env.items()})
+
+
+def parse_pool_sizes(text: str | int | dict[str, int]) -> dict[str, int]:
+    """Warm workers per flavour: "torch=1,vllm=1", a plain count (torch workers), or a mapping."""
+    if isinstance(text, dict):
+        items = list(text.items())
+    elif isinstance(text, int) and not isinstance(text, bool):
+        items = [("torch", text)]
+    else:
+        raw = str(text).strip()
+        if raw.isdigit():
+            items = [("torch", int(raw))]
+        else:
+            items = []
+            for part in filter(None, (p.strip() for p in raw.split(","))):
+                name, sep, count = part.partition("=")
+                if not sep or not count.strip().isdigit():
+                    raise ValueError(f"warm pool {text!r}: write FLAVOUR=COUNT[,FLAVOUR=COUNT], e.g. torch=1,vllm=1")
+                items.append((name.strip(), int(count.strip())))
+    sizes: dict[str, int] = {}
+    for name, count in items:
+        if name not in FLAVOURS:
+            raise ValueError(f"warm pool: unknown flavour {name!r}; flavours: {', '.join(FLAVOURS)}")
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_WORKERS_PER_FLAVOUR:
+            raise ValueError(f"warm pool: {name}={count!r} must be a count from 0 to {MAX_WORKERS_PER_FLAVOUR}")
+        sizes[name] = count
+    return sizes
+
+
+def _prestart(raylet_address: str, job_id_hex: str, count: int, flavour: str) -> None:
     import grpc
     from ray._private.utils import get_runtime_env_info
     from ray.core.generated import node_manager_pb2, node_manager_pb2_grpc
     from ray.core.generated.common_pb2 import Language
     from ray.runtime_env import RuntimeEnv
 
-    info = get_runtime_env_info(RuntimeEnv(**WARM_RUNTIME_ENV), is_job_runtime_env=False, serialize=False)
+    info = get_runtime_env_info(RuntimeEnv(**flavour_runtime_env(flavour)), is_job_runtime_env=False, serialize=False)
     request = node_manager_pb2.PrestartWorkersRequest(
         language=Language.PYTHON,
         job_id=bytes.fromhex(job_id_hex),
@@ -97,9 +143,10 @@ def _serve_controller_job() -> tuple[str | None, bool]:
     return None, False
 
 
-def _idle_warm_workers(session_dir: str) -> list[Any]:
-    """This node's idle warm workers whose preload has finished (a worker still importing is not
-    warm yet). Workers are children of their node's raylet, as is the pool actor itself."""
+def _idle_warm_workers(session_dir: str, flavour: str | None = None) -> list[Any]:
+    """This node's idle warm workers (of `flavour`, or of any) whose preload has finished (a worker
+    still importing is not warm yet). Workers are children of their node's raylet, as is the pool
+    actor itself."""
     import psutil
 
     raylet_pid = os.getppid()
@@ -113,7 +160,8 @@ def _idle_warm_workers(session_dir: str) -> list[Any]:
             cmdline = proc.info["cmdline"] or []
             if not cmdline or not cmdline[0].startswith(IDLE_TITLE):
                 continue
-            if proc.environ().get(WARM_ENV_VAR) != "1" or str(proc.pid) not in ready:
+            kind = proc.environ().get(WARM_ENV_VAR)
+            if kind not in FLAVOURS or (flavour is not None and kind != flavour) or str(proc.pid) not in ready:
                 continue
             if proc.ppid() != raylet_pid:  # another node's worker (several raylets share a machine)
                 continue
@@ -154,12 +202,24 @@ def plan_refill(size: int, idle: int, pending: list[float], taken_at: float, now
     return RefillPlan(missing, waiting)
 
 
-class WarmPool:
-    """Keeps `size` idle warm workers on its node, refilled after replicas take them. On a node
-    other than the head (`release_when_unused`), it leaves once the node runs no replica."""
+@dataclass
+class FlavourPool:
+    """One flavour's part of a node's pool."""
 
-    def __init__(self, size: int, release_when_unused: bool = False):
-        self.size = size
+    size: int
+    pending: list[float] = field(default_factory=list)  # when each not-yet-idle prestart was asked for
+    taken_at: float = 0.0
+    started: int = 0
+    idle: list[Any] = field(default_factory=list)
+
+
+class WarmPool:
+    """Keeps `sizes[flavour]` idle warm workers of each flavour on its node, refilled after replicas
+    take them. On a node other than the head (`release_when_unused`), it leaves once the node runs
+    no replica."""
+
+    def __init__(self, sizes: dict[str, int] | int, release_when_unused: bool = False):
+        self.flavours = {name: FlavourPool(count) for name, count in parse_pool_sizes(sizes).items()}
         self.release_when_unused = release_when_unused
         self.last_busy = time.time()
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -167,16 +227,16 @@ class WarmPool:
         self.raylet = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
         self.session_dir = ray._private.worker._global_node.get_session_dir_path()
         self.available, self.reason = internals_available()
-        self.pending: list[float] = []  # when each not-yet-idle prestart was asked for
-        self.taken_at = 0.0
-        self.started = 0
         self.errors = 0
         self.last_error = ""
-        self._idle: list[Any] = []
         self._job: str | None = None
         self._task = asyncio.get_event_loop().create_task(self._keep_filled()) if self.available else None
         if not self.available:
             logger.warning("raygpu warm pool disabled: %s", self.reason)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.flavours.values())
 
     async def _keep_filled(self) -> None:
         while True:
@@ -209,60 +269,86 @@ class WarmPool:
 
     async def refill(self) -> int:
         loop = asyncio.get_running_loop()
-        idle = await loop.run_in_executor(None, _idle_warm_workers, self.session_dir)
         await loop.run_in_executor(None, _forget_exited_markers)
-        now = time.time()
-        if len(idle) < len(self._idle):
-            self.taken_at = now
-        self._idle = idle
-        plan = plan_refill(self.size, len(idle), self.pending, self.taken_at, now)
-        self.pending, missing = plan.pending, plan.start
-        if missing <= 0:
-            return 0
-        if self._job is None:
-            job, alive = await loop.run_in_executor(None, _serve_controller_job)
-            if job is None:
-                return 0  # Serve not up yet
-            if not alive:
-                self.reason = (
-                    f"Serve's controller belongs to job {job}, which has ended: start Serve from a "
-                    "long-lived driver (`raygpu up --local` does) for warm workers"
-                )
-                return 0
-            self._job, self.reason = job, ""
-        try:
-            await loop.run_in_executor(None, _prestart, self.raylet, self._job, missing)
-        except Exception:
-            self._job = None  # Serve may have restarted under a new job
-            raise
-        self.pending.extend([now] * missing)
-        self.started += missing
-        return missing
+        started = 0
+        for name, flavour in self.flavours.items():
+            idle = await loop.run_in_executor(None, _idle_warm_workers, self.session_dir, name)
+            now = time.time()
+            if len(idle) < len(flavour.idle):
+                flavour.taken_at = now
+            flavour.idle = idle
+            plan = plan_refill(flavour.size, len(idle), flavour.pending, flavour.taken_at, now)
+            flavour.pending, missing = plan.pending, plan.start
+            if missing <= 0 or not await self._find_job():
+                continue
+            try:
+                await loop.run_in_executor(None, _prestart, self.raylet, self._job, missing, name)
+            except Exception:
+                self._job = None  # Serve may have restarted under a new job
+                raise
+            flavour.pending.extend([now] * missing)
+            flavour.started += missing
+            started += missing
+        return started
+
+    async def _find_job(self) -> bool:
+        if self._job is not None:
+            return True
+        job, alive = await asyncio.get_running_loop().run_in_executor(None, _serve_controller_job)
+        if job is None:
+            return False  # Serve not up yet
+        if not alive:
+            self.reason = (
+                f"Serve's controller belongs to job {job}, which has ended: start Serve from a "
+                "long-lived driver (`raygpu up --local` does) for warm workers"
+            )
+            return False
+        self._job, self.reason = job, ""
+        return True
 
     async def stats(self) -> dict[str, Any]:
-        idle = []
-        for proc in self._idle:
-            try:
-                idle.append({"pid": proc.pid, "rss_bytes": proc.memory_info().rss})
-            except Exception:
-                continue
+        flavours = {}
+        for name, flavour in self.flavours.items():
+            idle = []
+            for proc in flavour.idle:
+                try:
+                    idle.append({"pid": proc.pid, "rss_bytes": proc.memory_info().rss})
+                except Exception:
+                    continue
+            flavours[name] = {
+                "size": flavour.size,
+                "idle": idle,
+                "idle_rss_bytes": sum(w["rss_bytes"] for w in idle),
+                "pending": len(flavour.pending),
+                "started": flavour.started,
+            }
         return {
             "node_id": self.node_id,
             "head": not self.release_when_unused,
             "size": self.size,
             "available": self.available,
             "reason": self.reason,
-            "idle": idle,
-            "idle_rss_bytes": sum(w["rss_bytes"] for w in idle),
-            "pending": len(self.pending),
-            "started": self.started,
+            "flavours": flavours,
+            "idle": [w for f in flavours.values() for w in f["idle"]],
+            "idle_rss_bytes": sum(f["idle_rss_bytes"] for f in flavours.values()),
+            "pending": sum(f["pending"] for f in flavours.values()),
+            "started": sum(f["started"] for f in flavours.values()),
             "errors": self.errors,
             "last_error": self.last_error,
         }
 
-    async def resize(self, size: int) -> int:
-        self.size = max(0, size)
-        return self.size
+    async def resize(self, sizes: dict[str, int] | int) -> dict[str, int]:
+        """New sizes for the flavours named; idle workers beyond a smaller size are stopped."""
+        for name, count in parse_pool_sizes(sizes).items():
+            flavour = self.flavours.setdefault(name, FlavourPool(count))
+            flavour.size = count
+            for proc in flavour.idle[count:]:
+                try:
+                    proc.terminate()
+                except Exception:
+                    pass
+            flavour.idle = flavour.idle[:count]
+        return {name: f.size for name, f in self.flavours.items()}
 
 
 def pool_actor_name(node_id: str) -> str:
@@ -273,8 +359,8 @@ def _is_head(node: dict[str, Any]) -> bool:
     return "node:__internal_head__" in node.get("Resources", {})
 
 
-def start_warm_pools(size: int) -> list[str]:
-    """A warm pool of `size` workers on the head when it has GPUs, or on the first node of a
+def start_warm_pools(size: dict[str, int] | int) -> list[str]:
+    """A warm pool of `size` workers (per flavour) on the head when it has GPUs, or on the first node of a
     cluster without any (`raygpu up`); GPU worker nodes get theirs from `start_pools_on` once a
     replica runs there. Returns the node ids covered."""
     nodes = [n for n in ray.nodes() if n["Alive"]]
@@ -298,13 +384,13 @@ def nodes_without_pool() -> list[str]:
     return missing
 
 
-def start_pools_on(size: int, node_ids: set[str]) -> list[str]:
+def start_pools_on(size: dict[str, int] | int, node_ids: set[str]) -> list[str]:
     """A warm pool on each of these alive nodes (the control-plane driver passes the GPU worker
     nodes without one that run replicas)."""
     return _start_pools(size, [n for n in ray.nodes() if n["Alive"] and n["NodeID"] in node_ids])
 
 
-def _start_pools(size: int, nodes: list[dict[str, Any]]) -> list[str]:
+def _start_pools(size: dict[str, int] | int, nodes: list[dict[str, Any]]) -> list[str]:
     handles = {}
     for node in nodes:
         handles[node["NodeID"]] = (
@@ -349,7 +435,7 @@ def landed_warm(replica_init: float) -> bool:
 
     preload = sys.modules.get(PRELOAD_MODULE)
     preloaded_at = getattr(preload, "PRELOADED_AT", None)
-    return preloaded_at is not None and preloaded_at < replica_init and os.environ.get(WARM_ENV_VAR) == "1"
+    return preloaded_at is not None and preloaded_at < replica_init and os.environ.get(WARM_ENV_VAR) in FLAVOURS
 
 
 def replica_start_time(replica_init: float) -> float:

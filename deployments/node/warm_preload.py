@@ -15,6 +15,7 @@ from deployments.constants import WARM_READY_DIR
 
 PRELOADED_AT: float | None = None
 IDLE_BEFORE_PRELOAD_S = 1.0
+WARM_CORE_READY_S = 300.0  # a vllm worker waits this long at most for its engine core to import
 
 
 def _idle() -> bool:
@@ -36,6 +37,17 @@ def _preload() -> None:
 
         from deployments.engines import torch_engine  # noqa: F401
         from deployments.replicas import function, torch_model  # noqa: F401
+
+        if FLAVOUR == "vllm":
+            from deployments.engines.vllm_warm_core import WARM_CORES
+
+            WARM_CORES.prestart(1)  # an engine-core process importing vLLM beside this worker
+            from deployments.engines.vllm_engine import import_vllm
+            from deployments.replicas import vllm  # noqa: F401
+
+            import_vllm()
+            # the worker counts as warm once its engine core is ready too
+            WARM_CORES.wait_ready(WARM_CORE_READY_S)
     except Exception:  # a replica imports what it needs itself
         return
     PRELOADED_AT = time.time()
@@ -47,7 +59,8 @@ def _preload() -> None:
         pass
 
 
-if os.environ.get("RAYGPU_WARM_WORKER") == "1":
+FLAVOUR = os.environ.get("RAYGPU_WARM_WORKER")
+if FLAVOUR in ("torch", "vllm"):
     # Serve's replica module has import cycles inside Ray Serve: imported in a thread while a replica
     # landing on this worker imports it too, one side sees it half-initialised and the replica fails
     # to start. Imported here, before the worker takes any work, it is complete for both.

@@ -21,7 +21,7 @@ from pydantic_core import to_jsonable_python
 from billing.client import MeterClient
 from billing.node_inventory import node_started_at
 from deployments import constants
-from deployments.node.warm_pool import replica_start_time
+from deployments.node.warm_pool import apply_image_env, replica_start_time
 from deployments.replicas.start_phases import StartPhases, start_trigger
 from deployments.spec import FunctionSpec
 from deployments.store.actor import get_store
@@ -82,6 +82,8 @@ class ReplicaBase:
         self.phases = StartPhases(process_start=replica_start_time(init_at), replica_init=init_at)
         self.app, self.version = app, version
         self.spec = FunctionSpec.model_validate_json(spec_json)
+        if not self.spec.image.pip:  # its variables were left out of the runtime env, to land warm
+            apply_image_env(self.spec.image.env)
         request = self.spec.gpu_request
         self.meter = MeterClient(
             app, self.spec.name, float(request.count) if request else 0.0, accelerator, enabled=metered

@@ -23,14 +23,17 @@ class VllmReplica(ReplicaBase):
     """One replica of an `app.vllm(...)` deployment."""
 
     async def _load(self, payload: bytes) -> None:
-        from deployments.engines.vllm_engine import VllmServer
+        from deployments.engines.vllm_engine import VllmServer, import_vllm
 
         model = self.spec.vllm_model
         self._last_call = time.monotonic()
+        import_vllm()  # done already on a warm worker of the vllm flavour
         self.phases.mark("imports")
         self.server = await VllmServer.start(
             model.model, model.served_model_name, model.task, model.engine_args, model.sleep_mode
         )
+        for phase, at in sorted(self.server.engine_phases.items(), key=lambda item: item[1]):
+            self.phases.mark(phase, at)  # reported by a warm engine-core process
         self.phases.mark("engine_init")
         if model.sleep_mode:
             self._sleeper = asyncio.get_running_loop().create_task(self._sleep_when_idle())
@@ -55,6 +58,8 @@ class VllmReplica(ReplicaBase):
                 async for item in self.server.request(method, path, query, forwarded, body):
                     if isinstance(item, bytes):
                         outcome.bytes_out += len(item)
+                        if item.strip():
+                            self.phases.mark("first_token")  # the first chunk the engine produced
                         yield item
                     else:
                         outcome.status = item.status

@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 
+from autoscaling.parking import QuietReport
 from deployments import constants
 from deployments.calls.records import (
     FINISHED,
@@ -65,6 +66,11 @@ class ControlPlaneStore:
         self._last_arrival: dict[str, float] = self.db.last_arrivals(time.time() - ARRIVAL_RETENTION_S)
         # Spawned calls someone waits on (`?wait=`), woken when they finish.
         self._call_finished: dict[str, asyncio.Event] = {}
+        # Functions at rest at zero ("app/function" -> [since, wake_at]), as their policies report
+        # them, and the functions the parker took out of Serve (app -> names): both live in memory
+        # only; the policies report again and the parker publishes again after a restart.
+        self._quiet: dict[str, list[float | None]] = {}
+        self._parked: dict[str, list[str]] = {}
 
     def _bump(self) -> int:
         self.generation += 1
@@ -134,6 +140,11 @@ class ControlPlaneStore:
     async def live_apps(self) -> list[dict[str, Any]]:
         return self.db.live_apps()
 
+    async def live_app(self, app: str) -> dict[str, Any] | None:
+        """One live app with its live version's functions (None when it is not live)."""
+        found = self.db.live_apps(app) if isinstance(app, str) else []
+        return found[0] if found else None
+
     async def routing_table(self, known_generation: int = 0, wait_s: float = 0.0) -> dict[str, Any]:
         """The gateway's view; with `wait_s` > 0 it long-polls until the generation moves past `known`."""
         if wait_s > 0 and known_generation == self.generation:
@@ -146,6 +157,7 @@ class ControlPlaneStore:
             "apps": {app["name"]: app for app in self.db.live_apps()},
             "token_hashes": self.db.active_token_hashes(),
             "protected": self.db.protected_apps(),
+            "parked": dict(self._parked),
         }
 
     # --- tokens --------------------------------------------------------------------------------
@@ -228,6 +240,49 @@ class ControlPlaneStore:
         except TimeoutError:
             return last, new
         return self.db.arrivals_after(cursor)
+
+    # --- parking: functions at rest leave Serve (deployments/parking.py) ----------------------
+    async def record_quiet(self, changes: dict[str, Any]) -> int:
+        """Policies' reports: "app/function" -> [since, wake_at] at rest at zero, or None when busy
+        again. Malformed entries are skipped; returns how many were taken."""
+        if not isinstance(changes, dict):
+            return 0
+        taken = 0
+        for key, raw in list(changes.items())[: constants.MAX_QUIET_REPORTS]:
+            if not isinstance(key, str) or key.count("/") != 1:
+                continue
+            if raw is None:
+                self._quiet.pop(key, None)
+            elif QuietReport.from_wire(raw) is not None:
+                self._quiet[key] = [float(raw[0]), None if raw[1] is None else float(raw[1])]
+            else:
+                continue
+            taken += 1
+        return taken
+
+    async def quiet_functions(self) -> dict[str, list[float | None]]:
+        return dict(self._quiet)
+
+    async def forget_quiet(self, keys: list[str]) -> None:
+        for key in keys if isinstance(keys, list) else []:
+            self._quiet.pop(key, None)
+
+    async def set_parked(self, credential: str, app: str, names: list[str]) -> int:
+        """Publish which functions of `app` are out of Serve: callers bring one back (the parker's
+        `unpark`) before calling it. Admin only: a parked function answers slower."""
+        self._check_admin(credential)
+        if not isinstance(app, str) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("set_parked takes an app name and a list of function names")
+        if sorted(names) == self._parked.get(app, []):
+            return self.generation
+        if names:
+            self._parked[app] = sorted(names)
+        else:
+            self._parked.pop(app, None)
+        return self._bump()
+
+    async def parked(self) -> dict[str, list[str]]:
+        return dict(self._parked)
 
     async def save_policy_state(self, app: str, function: str, state: dict[str, Any]) -> None:
         self.db.save_policy_state(app, function, state)

@@ -239,13 +239,18 @@ class StateDB:
             self.conn.execute("DELETE FROM version_payloads WHERE app = ?", (app,))
         return cur.rowcount > 0
 
-    def live_apps(self) -> list[dict[str, Any]]:
-        """Every live app with its live version's functions (the gateway's routing table)."""
-        rows = self.conn.execute(
+    def live_apps(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every live app (or the one named) with its live version's functions (the gateway's
+        routing table)."""
+        query = (
             "SELECT a.name, a.live_version, v.functions, v.live_at, v.source, a.created_at "
             "FROM apps a JOIN app_versions v ON v.app = a.name AND v.version = a.live_version "
-            "WHERE a.deleted_at IS NULL ORDER BY a.name"
-        ).fetchall()
+            "WHERE a.deleted_at IS NULL"
+        )
+        if name is None:
+            rows = self.conn.execute(query + " ORDER BY a.name").fetchall()
+        else:
+            rows = self.conn.execute(query + " AND a.name = ?", (name,)).fetchall()
         return [
             {
                 "name": r["name"],

@@ -56,10 +56,11 @@ DEFAULT_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
 )
 @click.option(
     "--warm-pool",
-    default=constants.DEFAULT_WARM_POOL_SIZE,
+    default=f"torch={constants.DEFAULT_WARM_POOL_SIZE}",
     show_default=True,
-    type=click.IntRange(0, 64),
-    help="Idle warm worker processes (torch imported) kept per GPU node for replica starts; 0 disables.",
+    help="Idle warm worker processes kept per GPU node for replica starts, per flavour: torch (torch and "
+    "the replica code imported) and vllm (also vLLM, and a warm vLLM engine-core process), e.g. "
+    "torch=1,vllm=1; a plain number is torch workers; 0 disables.",
 )
 @click.option(
     "--control-loop-interval",
@@ -112,6 +113,14 @@ DEFAULT_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
     help="A network (CIDR) webhooks of spawned calls may post to although it is loopback, link-local or "
     "private, e.g. 10.0.0.0/8; repeat for more. Without it such callbacks are refused.",
 )
+@click.option(
+    "--park-after",
+    default=f"{constants.DEFAULT_PARK_AFTER_S:g}s",
+    show_default=True,
+    help="A function at zero replicas this long, with no pre-warm planned within as long again, leaves "
+    "Serve until a call or its pre-warm brings it back (Serve's controller then spends nothing on it; "
+    "that call waits a controller tick longer): seconds, or a number with s, m, h or d; 0 never.",
+)
 @address_option
 def up(
     local: bool,
@@ -124,7 +133,7 @@ def up(
     http_host: str | None,
     state_dir: str | None,
     prices_path: str | None,
-    warm_pool: int,
+    warm_pool: str,
     control_loop_interval: float,
     fake_nodes: str | None,
     node_idle_timeout: float,
@@ -134,15 +143,19 @@ def up(
     public_url: str | None,
     call_retention: str,
     callback_allow: tuple[str, ...],
+    park_after: str,
     address: str | None,
 ) -> None:
     """Start a local cluster (--local), or install raygpu on a running Ray cluster (--address)."""
     from deployments.calls.callbacks import parse_networks
+    from deployments.node.warm_pool import parse_pool_sizes
     from raygpu.home import raygpu_home
     from raygpu.local_cluster import start_local
 
     try:
         call_retention_s = parse_duration(call_retention)
+        pool_sizes = parse_pool_sizes(warm_pool)
+        park_after_s = parse_duration(park_after, "--park-after", least_s=1.0, allow_zero=True)
         parse_networks(callback_allow)
     except ValueError as exc:
         fail(str(exc))
@@ -168,12 +181,13 @@ def up(
                     state_dir=state_dir,
                     metrics_port=metrics_port,
                     prices_path=prices_path,
-                    warm_pool=warm_pool,
+                    warm_pool=pool_sizes,
                     control_loop_interval_s=control_loop_interval,
                     fake_nodes=pools,
                     node_idle_timeout_s=node_idle_timeout,
                     call_retention_s=call_retention_s,
                     callback_allow=list(callback_allow),
+                    park_after_s=park_after_s,
                 )
             )
         console.print(f"[green]local cluster up[/green] at {info.address}")
@@ -210,7 +224,7 @@ def up(
         "serve_port": serve_port,
         "metrics_port": metrics_port or constants.DEFAULT_METRICS_PORT,
         "prices_path": str(Path(prices_path).resolve()) if prices_path else None,
-        "warm_pool": warm_pool,
+        "warm_pool": pool_sizes,
         "replicas_off_head": True,
         "autoscaling_config": _bootstrap_config(autoscaling_config),
         "tls_cert": str(Path(tls_cert).resolve()) if tls_cert else None,
@@ -218,6 +232,7 @@ def up(
         "public_url": public_url,
         "call_retention_s": call_retention_s,
         "callback_allow": list(callback_allow),
+        "park_after_s": park_after_s,
     }
     from raygpu.admin import admin_key_path, ensure_admin_key
 
@@ -240,17 +255,23 @@ def up(
 DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def parse_duration(text: str) -> float:
-    """`--call-retention`: seconds, or a number with s, m, h or d (at least a minute)."""
+def parse_duration(
+    text: str, option: str = "--call-retention", least_s: float = 60.0, allow_zero: bool = False
+) -> float:
+    """A duration option: seconds, or a number with s, m, h or d (at least `least_s`, or 0 when
+    `allow_zero`), at most ten years."""
     raw = text.strip().lower()
     unit = DURATION_UNITS.get(raw[-1:], None)
     number = raw[:-1] if unit else raw
     try:
         seconds = float(number) * (unit or 1.0)
     except ValueError:
-        raise ValueError(f"--call-retention {text!r} is not a duration such as 3600, 12h or 7d") from None
-    if not 60 <= seconds <= 10 * 365 * 86400:
-        raise ValueError(f"--call-retention {text!r} must be between a minute and ten years")
+        raise ValueError(f"{option} {text!r} is not a duration such as 3600, 12h or 7d") from None
+    if allow_zero and seconds == 0:
+        return 0.0
+    if not least_s <= seconds <= 10 * 365 * 86400:
+        lower = f"{least_s:g} s" + (" (or 0)" if allow_zero else "")
+        raise ValueError(f"{option} {text!r} must be between {lower} and ten years")
     return seconds
 
 
@@ -291,18 +312,20 @@ def pool(as_json: bool, address: str | None) -> None:
         return
     if not stats:
         fail("no warm pool runs on this cluster; `raygpu up` starts one per GPU node (--warm-pool N)")
-    table = Table("node", "size", "idle", "starting", "memory", "started", "state")
+    table = Table("node", "flavour", "size", "idle", "starting", "memory", "started", "state")
     for s in stats:
         state = "ok" if s["available"] and not s["errors"] else (s["reason"] or s["last_error"] or "errors")
-        table.add_row(
-            s["node_id"][:12],
-            str(s["size"]),
-            ", ".join(str(w["pid"]) for w in s["idle"]) or "-",
-            str(s["pending"]),
-            f"{s['idle_rss_bytes'] / 2**20:.0f} MiB",
-            str(s["started"]),
-            state,
-        )
+        for name, f in s.get("flavours", {}).items():
+            table.add_row(
+                s["node_id"][:12],
+                name,
+                str(f["size"]),
+                ", ".join(str(w["pid"]) for w in f["idle"]) or "-",
+                str(f["pending"]),
+                f"{f['idle_rss_bytes'] / 2**20:.0f} MiB",
+                str(f["started"]),
+                state,
+            )
     console.print(table)
 
 

@@ -57,3 +57,23 @@ def test_the_steady_clock_ignores_steps_of_the_system_clock():
     assert clock.arrival(clocks.wall - 0.5) == 1_000_011.5
     assert clock.arrival(clocks.wall - 100) == 1_000_011.5  # never before the previous arrival
     assert clock.arrival(clocks.wall + 100) == clock.now()  # never in the future
+
+
+def test_a_policy_handed_over_pickled_by_value_shares_the_process_link():
+    """Serve may pickle a policy with copies of its module's globals; its links must still be the
+    process's one link per actor (a link per deployment would start threads per deployment)."""
+    import pickle
+
+    import cloudpickle
+
+    import autoscaling.serve_adapter as adapter
+
+    policy = RaygpuServePolicy("shop", "add", "store", "ns", meter_actor="meter", meter_namespace="ns")
+    cloudpickle.register_pickle_by_value(adapter)
+    try:
+        blob = cloudpickle.dumps(policy)
+    finally:
+        cloudpickle.unregister_pickle_by_value(adapter)
+    first, second = pickle.loads(blob), pickle.loads(blob)
+    assert first.store is second.store is adapter._links[("store", "ns")]
+    assert first.meter is second.meter is adapter._meter_links[("meter", "ns")]

@@ -21,6 +21,7 @@ def test_versions_and_live_apps(tmp_path):
         {"spec": {"name": "g"}, "serve_app": "raygpu-app-app--v2"}
     ]
     assert db.known_units() == {"app/f", "app/g"}
+    assert db.live_apps("app") == live and db.live_apps("other") == []  # one app's entry alone
     assert [v["status"] for v in db.versions("app")] == ["superseded", "live"]
     v3 = db.begin_version("app", "a.py@3", [])
     db.mark_failed("app", v3)

@@ -32,3 +32,16 @@ def app_exists(serve_app: str) -> bool:
 def app_names() -> list[str]:
     """The names of every Serve application (statuses only, no details)."""
     return [overview.name for overview in _get_global_client().list_serve_statuses()]
+
+
+def deployments_of(serve_app: str) -> set[str]:
+    """The deployments Serve's controller runs for one application (none when it does not exist)."""
+    return {d.name for d in _get_global_client().get_serve_status(serve_app).deployment_statuses}
+
+
+def deployments_by_app() -> dict[str, set[str]]:
+    """The deployment names of every Serve application (statuses only)."""
+    return {
+        overview.name: {d.name for d in overview.deployment_statuses}
+        for overview in _get_global_client().list_serve_statuses()
+    }

@@ -1,0 +1,298 @@
+"""The parker: takes functions at rest out of Serve and brings them back when wanted.
+
+Serve's controller works on every deployment on every tick, replicas or not; a head with a
+thousand functions at zero spends most of a core on them. A function quiet at zero for
+`park_after_s`, whose plan wants no replica within as long again (autoscaling/parking.py), leaves its
+version's Serve application (the application is deployed again without it; every other deployment
+keeps its replicas, as each is versioned by its digest). The store publishes which functions are
+parked; a caller (gateway, call runner, Python client) asks `unpark` first and the function is back
+in Serve within a controller tick, with its learned policy state; a parked function also returns
+PARK_WAKE_LEAD_S ahead of the pre-warm its plan made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray import serve
+
+from autoscaling.parking import QuietReport, parked_after
+from deployments import constants
+from deployments.head_actors import start_head_actor
+from deployments.replicas.application import ServeAppOptions, build_version_application, serve_app_options_key
+from deployments.serve_apps import app_exists, deployments_by_app, deployments_of
+from deployments.spec import DeployedFunction
+from deployments.store.actor import get_store
+
+logger = logging.getLogger(f"ray.serve.{__name__}")
+
+
+@dataclass
+class LiveVersion:
+    """The parker's view of one app's live version."""
+
+    app: str
+    version: int
+    serve_app: str
+    functions: list[DeployedFunction]
+    parked: set[str] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    payloads: dict[str, bytes] | None = None  # a version's code never changes: read once
+    options: ServeAppOptions | None = None
+    back_at: dict[str, float] = field(default_factory=dict)  # when each function was last brought back
+
+    def quiet_since(self, name: str, raw_reports: dict[str, Any]) -> float:
+        report = QuietReport.from_wire(raw_reports.get(f"{self.app}/{name}"))
+        return max(report.since if report else time.time(), self.back_at.get(name, 0.0))
+
+    @property
+    def names(self) -> set[str]:
+        return {f.spec.name for f in self.functions}
+
+
+class Parker:
+    """Head actor; every change to a version's Serve application goes through its lock for that app."""
+
+    def __init__(self, credential: str):
+        self._credential = credential
+        self.store = get_store()
+        self.live: dict[str, LiveVersion] = {}
+        self.parks = 0
+        self.unparks = 0
+        self.last_error: str | None = None
+        self._synced = False
+        self._read_generation = -1  # the routing table's generation when live versions were last read
+        self._loop = asyncio.get_running_loop().create_task(self._run())
+
+    # --- what callers use ----------------------------------------------------------------------
+    async def unpark(self, app: str, function: str) -> bool:
+        """Bring `app/function` back into Serve if it is parked; True once it is deployed (or was).
+        False when the app or function is not live (the caller answers as for any unknown one)."""
+        await self._sync_once()
+        entry = self.live.get(app)
+        if entry is None or not isinstance(function, str) or function not in entry.names:
+            entry = await self._refresh_app(app)
+            if entry is None or function not in entry.names:
+                return False
+        if function not in entry.parked and not entry.lock.locked():
+            return True
+        async with entry.lock:  # a pass may be parking it right now: wait for it, then look again
+            if function in entry.parked and self.live.get(app) is entry:
+                await self._apply(entry, entry.parked - {function}, called=function)
+                entry.back_at[function] = time.time()
+                self.unparks += 1
+                await self.store.forget_quiet.remote([f"{app}/{function}"])
+        return True
+
+    async def state(self) -> dict[str, Any]:
+        return {
+            "parked": {app: sorted(e.parked) for app, e in self.live.items() if e.parked},
+            "parks": self.parks,
+            "unparks": self.unparks,
+            "last_error": self.last_error,
+        }
+
+    async def resync(self) -> dict[str, list[str]]:
+        """Read what is parked from Serve again (after the control plane redeployed applications)."""
+        self._synced = False
+        await self._sync_once()
+        return {app: sorted(e.parked) for app, e in self.live.items() if e.parked}
+
+    # --- the loop --------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(constants.PARK_CHECK_INTERVAL_S)
+            try:
+                await self._pass()
+                self.last_error = None
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.exception("raygpu parker: a pass failed; the next one tries again")
+
+    async def _pass(self) -> None:
+        await self._sync_once()
+        park_after_s = await self._park_after_s()
+        live = await self._read_live()
+        raw_reports = await self.store.quiet_functions.remote()
+        for app, entry in live.items():
+            if not any(f"{app}/{name}" in raw_reports for name in entry.names) and not entry.parked:
+                continue  # nothing at rest here
+            async with entry.lock:  # decided under the lock: a call may have brought one back meanwhile
+                if self.live.get(app) is not entry:
+                    continue
+                wanted = self._wanted(entry, raw_reports, park_after_s)
+                newly = wanted - entry.parked
+                if newly:
+                    # published first: callers from now on come through `unpark` (this lock); a call
+                    # a gateway took before it saw that recorded its arrival meanwhile, and keeps its
+                    # function in Serve (a call queued for a deployment Serve deletes would hang)
+                    await self.store.set_parked.remote(self._credential, app, sorted(wanted | entry.parked))
+                    await asyncio.sleep(constants.PARK_PUBLISH_GRACE_S)
+                    since = min(entry.quiet_since(n, raw_reports) for n in newly)
+                    arrived = await self.store.last_arrivals.remote(since)
+                    wanted -= {n for n in newly if arrived.get(f"{app}/{n}", 0.0) >= entry.quiet_since(n, raw_reports)}
+                if wanted == entry.parked:
+                    continue
+                woken = entry.parked - wanted
+                self.parks += len(wanted - entry.parked)
+                self.unparks += len(woken)
+                await self._apply(entry, wanted)
+                entry.back_at.update({n: time.time() for n in woken})
+                if woken:
+                    await self.store.forget_quiet.remote([f"{app}/{n}" for n in woken])
+        published = await self.store.parked.remote()
+        for app, entry in live.items():
+            if sorted(entry.parked) != published.get(app, []):
+                await self.store.set_parked.remote(self._credential, app, sorted(entry.parked))
+        for app in set(published) - set(live):  # stopped apps
+            await self.store.set_parked.remote(self._credential, app, [])
+
+    def _wanted(self, entry: LiveVersion, raw_reports: dict[str, Any], park_after_s: float) -> set[str]:
+        """The functions of `entry` parked after this pass; a function brought back after its
+        report came to rest only when it was brought back."""
+        reports = {}
+        for name in entry.names:
+            report = QuietReport.from_wire(raw_reports.get(f"{entry.app}/{name}"))
+            if report is not None:
+                back_at = entry.back_at.get(name, 0.0)
+                reports[name] = report if report.since >= back_at else QuietReport(back_at, report.wake_at)
+        minimums = {f.spec.name: f.spec.min_containers for f in entry.functions}
+        return parked_after(time.time(), minimums, entry.parked, reports, park_after_s, constants.PARK_WAKE_LEAD_S)
+
+    async def _park_after_s(self) -> float:
+        value = await self.store.get_setting.remote("park_after_s", constants.DEFAULT_PARK_AFTER_S)
+        try:
+            return max(0.0, float(value))
+        except (TypeError, ValueError):
+            logger.warning("raygpu parker: setting park_after_s=%r is not a number; parking is off", value)
+            return 0.0
+
+    async def _read_live(self, force: bool = False) -> dict[str, LiveVersion]:
+        """The live versions, keeping what is known of those unchanged; a new live version is a
+        new Serve application holding every function. Read again only when the routing table
+        moved (a deploy, a stop, a park), so an idle pass costs the store next to nothing."""
+        generation = (await self.store.ping.remote())["generation"]
+        if not force and generation == self._read_generation:
+            return self.live
+        self._read_generation = generation
+        current: dict[str, LiveVersion] = {}
+        for raw in await self.store.live_apps.remote():
+            functions = [DeployedFunction.model_validate(f) for f in raw["functions"]]
+            if not functions:
+                continue
+            known = self.live.get(raw["name"])
+            if known is not None and known.version == raw["version"]:
+                current[raw["name"]] = known
+            else:
+                current[raw["name"]] = LiveVersion(raw["name"], raw["version"], functions[0].serve_app, functions)
+        self.live = current
+        return current
+
+    async def _refresh_app(self, app: str) -> LiveVersion | None:
+        await self._read_live(force=True)
+        return self.live.get(app)
+
+    async def _sync_once(self) -> None:
+        """What is parked is what the live versions hold that their Serve applications lack."""
+        if self._synced:
+            return
+        self._synced = True
+        live = await self._read_live(force=True)
+        deployed = await asyncio.to_thread(deployments_by_app)
+        for entry in live.values():
+            entry.parked = entry.names - deployed.get(entry.serve_app, set())
+
+    # --- changing a Serve application ----------------------------------------------------------
+    async def _apply(self, entry: LiveVersion, parked: set[str], called: str | None = None) -> None:
+        """Deploy `entry`'s Serve application with every function but `parked` (delete it when
+        that is none). Parking publishes first (callers then come through `unpark`, which waits on
+        this app's lock); bringing back publishes once Serve has the deployments. A function brought
+        back for a call (`called`) starts its replica with the deployment, without waiting for
+        the call to be seen; one brought back for its pre-warm starts at its minimum and its
+        policy starts the replica when planned."""
+        if not await self._still_live(entry):
+            return  # a new version went live meanwhile: its application holds every function
+        newly_parked = parked - entry.parked
+        if newly_parked:
+            await self.store.set_parked.remote(self._credential, entry.app, sorted(parked | entry.parked))
+        kept = entry.names - parked
+        if kept:
+            payloads, options = await self._version_code(entry)
+            initial = dict(options.initial_replicas)
+            minimums = {f.spec.name: f.spec.min_containers for f in entry.functions}
+            for name in entry.parked - parked:  # coming back: a new deployment, with new options
+                initial[name] = max(minimums[name], 1 if name == called else 0)
+            if initial != options.initial_replicas:
+                # every later build gives the deployments in Serve the options they run with
+                options = entry.options = options.model_copy(update={"initial_replicas": initial})
+                key = serve_app_options_key(entry.serve_app)
+                await self.store.set_setting.remote(self._credential, key, options.model_dump())
+            application = build_version_application(
+                entry.app, entry.version, entry.functions, payloads, options, only=kept
+            )
+            if not entry.names - entry.parked:  # it was emptied: wait for Serve to have deleted it
+                await asyncio.to_thread(_wait_gone, entry.serve_app, constants.PARK_APP_GONE_WAIT_S)
+            await asyncio.to_thread(serve._run, application, _blocking=False, name=entry.serve_app, route_prefix=None)
+            await asyncio.to_thread(_wait_deployed, entry.serve_app, kept, constants.PARK_APP_GONE_WAIT_S)
+        else:
+            await asyncio.to_thread(serve.delete, entry.serve_app, False)
+        entry.parked = set(parked)
+        await self.store.set_parked.remote(self._credential, entry.app, sorted(parked))
+        logger.info(
+            "raygpu parker: %s v%d runs %d function(s), %d parked", entry.app, entry.version, len(kept), len(parked)
+        )
+
+    async def _still_live(self, entry: LiveVersion) -> bool:
+        """Asked right before changing Serve: a rollout may have retired this version just now."""
+        raw = await self.store.live_app.remote(entry.app)
+        return raw is not None and raw["version"] == entry.version
+
+    async def _version_code(self, entry: LiveVersion) -> tuple[dict[str, bytes], ServeAppOptions]:
+        if entry.payloads is None:
+            entry.payloads = await self.store.version_payloads.remote(self._credential, entry.app, entry.version)
+        if entry.options is None:
+            saved = await self.store.get_setting.remote(serve_app_options_key(entry.serve_app), None)
+            entry.options = ServeAppOptions.model_validate(saved) if isinstance(saved, dict) else ServeAppOptions()
+        return entry.payloads, entry.options
+
+
+def _wait_deployed(serve_app: str, names: set[str], wait_s: float) -> None:
+    """Until Serve's controller has every deployment of `names` (a handle can be opened then)."""
+    deadline = time.monotonic() + wait_s
+    while not names <= deployments_of(serve_app):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"Serve did not add {sorted(names)} to {serve_app} within {wait_s:g} s")
+        time.sleep(0.02)
+
+
+def _wait_gone(serve_app: str, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while app_exists(serve_app) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+async def bring_back(app: str, function: str, wait_s: float = constants.PARK_APP_GONE_WAIT_S) -> bool:
+    """For callers that do not follow the published parked set (spawned calls, the Python client):
+    make sure `app/function` is in Serve, retrying while the parker restarts. False when it is not
+    deployed at all; raises RuntimeError when the parker stays unreachable for `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return bool(await get_parker().unpark.remote(app, function))
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"the control plane's parker is unreachable ({exc}); retry the call") from None
+            await asyncio.sleep(0.5)
+
+
+def start_parker(credential: str) -> Any:
+    return start_head_actor(Parker, constants.PARKER_ACTOR_NAME, credential, max_concurrency=64)
+
+
+def get_parker() -> Any:
+    return ray.get_actor(constants.PARKER_ACTOR_NAME, namespace=constants.RAY_NAMESPACE)
