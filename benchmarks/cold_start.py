@@ -245,6 +245,15 @@ def start_phases_after(deployment: tuple[str, str], previous: dict | None, timeo
         time.sleep(0.2)
 
 
+def pool_at_rest() -> bool:
+    """Every flavour of every pool holds its idle workers, none being started."""
+    from deployments.node.warm_pool import pool_stats
+
+    return all(
+        len(f["idle"]) >= f["size"] and not f["pending"] for s in pool_stats() for f in s.get("flavours", {}).values()
+    )
+
+
 def idle_workers(flavour: str) -> int:
     from deployments.node.warm_pool import pool_stats
 
@@ -355,7 +364,11 @@ def main() -> None:
                     if deployment is not None:
                         wait_until(lambda: running(*deployment) == 0, 180, f"{deployment} at zero replicas")
                     flavour = "vllm" if case.startswith("vllm") else "torch"
-                    if side.startswith("raygpu") and pool_sizes.get(flavour):
+                    if case.startswith("vllm"):
+                        # either side on a node at rest: the pool refilled and done importing (a vllm
+                        # worker's refill imports vLLM twice; on a small node it would slow either side)
+                        wait_until(pool_at_rest, 600, "the warm pool at rest")
+                    elif side.startswith("raygpu") and pool_sizes.get(flavour):
                         # the steady state the pool is sized for: an idle warm worker of the flavour
                         wait_until(lambda: idle_workers(flavour) > 0, 180, f"an idle {flavour} warm worker")
                     measured = call()
@@ -363,7 +376,7 @@ def main() -> None:
                     if rep >= 0:
                         runs[case][side].append(seconds)
                         if isinstance(measured, tuple):
-                            runs[case].setdefault(side.replace("_s", "_total_s"), []).append(total)
+                            runs[case].setdefault(side.removesuffix("_s") + "_total_s", []).append(total)
                     print(f"{case} rep {rep + 1}/{args.repetitions} {side}: {seconds:.3f} s", file=sys.stderr)
                     if side.startswith("raygpu") and rep >= 0:
                         phases = start_phases_after(deployment, previous_phases.get(case))

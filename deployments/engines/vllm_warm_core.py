@@ -69,9 +69,27 @@ def capability() -> tuple[bool, str]:
 
 
 # --- the warm process ---------------------------------------------------------------------------
+PARENT_CHECK_S = 1.0  # how often a warm process looks whether the process that started it is gone
+
+
+def _die_with_parent() -> None:
+    """Exit once the process that started this one is gone, however it went (a replica killed
+    outright would otherwise leave its engine core running for nobody)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="raygpu-parent-watch", daemon=True).start()
+
+
 def _warm_main(conn: Connection, modules: tuple[str, ...]) -> None:
     """A warm process: import, say so, wait for an engine to run (or for the pipe to close)."""
     import importlib
+
+    _die_with_parent()
 
     for name in modules:
         try:

@@ -86,17 +86,28 @@ def path_parts(path: str) -> list[str]:
 
 
 class RoutingTable:
-    """The gateway's view of live apps, rebuilt whenever the store's generation moves."""
+    """The gateway's view of live apps, rebuilt whenever the store's generation moves. `previous`:
+    the table it replaces, whose parsed functions of apps still at the same version are reused
+    (the generation also moves when a token, a protection or a parked set changes: with hundreds of
+    apps, validating every function again each time would cost the gateway more than the change)."""
 
-    def __init__(self, raw: dict[str, Any]):
+    def __init__(self, raw: dict[str, Any], previous: "RoutingTable | None" = None):
         self.generation: int = raw["generation"]
         self.apps: dict[str, dict[str, Any]] = {}
         self.functions: dict[tuple[str, str], DeployedFunction] = {}
+        self._by_app: dict[str, dict[str, DeployedFunction]] = {}
         for name, app in raw["apps"].items():
             self.apps[name] = app
-            for entry in app["functions"]:
-                deployed = DeployedFunction.model_validate(entry)
-                self.functions[(name, deployed.spec.name)] = deployed
+            known = previous.apps.get(name) if previous is not None else None
+            if previous is not None and known is not None and known.get("version") == app.get("version"):
+                parsed = previous._by_app[name]
+            else:
+                parsed = {}
+                for entry in app["functions"]:
+                    deployed = DeployedFunction.model_validate(entry)
+                    parsed[deployed.spec.name] = deployed
+            self._by_app[name] = parsed
+            self.functions.update({(name, fn): deployed for fn, deployed in parsed.items()})
         self.token_hashes: dict[str, set[str]] = {app: set(h) for app, h in raw["token_hashes"].items()}
         # Protection is the app's own state, not "has an active token": revoking the last token
         # leaves nobody able to call the app, never everybody.

@@ -146,7 +146,7 @@ class Gateway:
             try:
                 raw = await self.store.routing_table.remote(self.table.generation, constants.CONFIG_POLL_TIMEOUT_S)
                 if raw["generation"] != self.table.generation:
-                    self.table = RoutingTable(raw)
+                    self.table = RoutingTable(raw, previous=self.table)
                     # a parked function keeps its handle: its router takes the deployment up again
                     # when the function is brought back
                     live = {(d.serve_app, d.deployment) for d in self.table.functions.values()}

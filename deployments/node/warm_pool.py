@@ -39,6 +39,11 @@ REFILL_INTERVAL_S = 2.0
 # after a worker is taken, wait before starting its replacement so it does not compete for CPU
 # with the replica that just took one
 REFILL_DELAY_S = 5.0
+# A vllm worker's replacement imports vLLM twice (the worker and its engine core): started while the
+# replica that took the last one still starts its engine, it would take half of a small node's CPU.
+REFILL_DELAY_BY_FLAVOUR_S = {"torch": REFILL_DELAY_S, "vllm": 60.0}
+# A vllm worker shows up idle only once it and its engine core have imported vLLM.
+PENDING_GRACE_BY_FLAVOUR_S = {"torch": PENDING_GRACE_S, "vllm": 300.0}
 
 
 def system_config() -> dict[str, Any]:
@@ -191,13 +196,21 @@ class RefillPlan:
     pending: list[float]
 
 
-def plan_refill(size: int, idle: int, pending: list[float], taken_at: float, now: float) -> RefillPlan:
+def plan_refill(
+    size: int,
+    idle: int,
+    pending: list[float],
+    taken_at: float,
+    now: float,
+    delay_s: float = REFILL_DELAY_S,
+    grace_s: float = PENDING_GRACE_S,
+) -> RefillPlan:
     """Pre-start the workers missing from `size`, counting prestarts asked for within the last
-    PENDING_GRACE_S as on their way, and none within REFILL_DELAY_S after a replica took a
+    PENDING_GRACE_S as on their way, and none within `delay_s` after a replica took a
     worker (a replacement would compete for CPU with the replica that just started)."""
-    waiting = [t for t in pending if now - t < PENDING_GRACE_S][: max(0, size - idle)]
+    waiting = [t for t in pending if now - t < grace_s][: max(0, size - idle)]
     missing = size - idle - len(waiting)
-    if missing <= 0 or now - taken_at < REFILL_DELAY_S:
+    if missing <= 0 or now - taken_at < delay_s:
         return RefillPlan(0, waiting)
     return RefillPlan(missing, waiting)
 
@@ -273,11 +286,19 @@ class WarmPool:
         started = 0
         for name, flavour in self.flavours.items():
             idle = await loop.run_in_executor(None, _idle_warm_workers, self.session_dir, name)
+            for proc in idle[flavour.size :]:  # the flavour was made smaller: its extra workers stop
+                try:
+                    proc.terminate()
+                except Exception:
+                    pass
+            idle = idle[: flavour.size]
             now = time.time()
             if len(idle) < len(flavour.idle):
                 flavour.taken_at = now
             flavour.idle = idle
-            plan = plan_refill(flavour.size, len(idle), flavour.pending, flavour.taken_at, now)
+            delay_s = REFILL_DELAY_BY_FLAVOUR_S.get(name, REFILL_DELAY_S)
+            grace_s = PENDING_GRACE_BY_FLAVOUR_S.get(name, PENDING_GRACE_S)
+            plan = plan_refill(flavour.size, len(idle), flavour.pending, flavour.taken_at, now, delay_s, grace_s)
             flavour.pending, missing = plan.pending, plan.start
             if missing <= 0 or not await self._find_job():
                 continue

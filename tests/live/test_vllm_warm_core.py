@@ -97,3 +97,33 @@ def test_without_a_ready_warm_core_the_engine_starts_the_way_vllm_does(tiny_llam
         vllm_engine.WARM_CORES = saved
     assert cores.handed == [] and cores.fallbacks == 1
     assert any('"text"' in c for c in chunks) and server.engine_phases == {}
+
+
+def test_a_warm_engine_core_exits_when_the_process_that_started_it_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    script = tmp_path / "starter.py"
+    script.write_text(
+        "import sys, time\n"
+        "from deployments.engines.vllm_warm_core import WarmCore\n"
+        "if __name__ == '__main__':\n"
+        "    core = WarmCore(modules=())\n"
+        "    print(core.process.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    starter = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        warm_pid = int(starter.stdout.readline())
+        assert psutil.pid_exists(warm_pid)
+    finally:
+        starter.send_signal(signal.SIGKILL)
+        starter.wait()
+    deadline = time.monotonic() + 15
+    while psutil.pid_exists(warm_pid) and psutil.Process(warm_pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the warm engine core outlived the process that started it"
+        time.sleep(0.2)

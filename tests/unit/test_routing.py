@@ -188,3 +188,26 @@ def test_a_generator_is_streamed_not_spawned():
     assert refused.value.status == 400 and refused.value.error_type == "GeneratorFunction"
     with pytest.raises(ValueError, match="does not define"):
         FunctionSpec(name="tail", generators=["other"])
+
+
+def test_a_new_table_reuses_the_parsed_functions_of_apps_whose_version_did_not_move():
+    def raw(generation: int, shop_version: int) -> dict:
+        entry = {"spec": {"name": "add"}, "deployment": "add", "serve_app": f"raygpu-app-shop--v{shop_version}"}
+        other = {"spec": {"name": "mul"}, "deployment": "mul", "serve_app": "raygpu-app-calc--v1"}
+        return {
+            "generation": generation,
+            "apps": {
+                "shop": {"name": "shop", "version": shop_version, "functions": [entry]},
+                "calc": {"name": "calc", "version": 1, "functions": [other]},
+            },
+            "token_hashes": {},
+            "protected": [],
+        }
+
+    first = RoutingTable(raw(1, 1))
+    same = RoutingTable(raw(2, 1), previous=first)
+    moved = RoutingTable(raw(3, 2), previous=same)
+    assert same.functions[("shop", "add")] is first.functions[("shop", "add")]
+    assert moved.functions[("shop", "add")] is not first.functions[("shop", "add")]
+    assert moved.functions[("shop", "add")].serve_app == "raygpu-app-shop--v2"
+    assert moved.functions[("calc", "mul")] is first.functions[("calc", "mul")]
