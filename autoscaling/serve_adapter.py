@@ -13,12 +13,13 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import ray
 
 from autoscaling.clock import SteadyClock
-from autoscaling.decision import SEEN_TARGET_KEY, ServeObservation, decide
+from autoscaling.decision import SEEN_TARGET_KEY, ServeDecision, ServeObservation, decide
 from autoscaling.policy import RaygpuPolicy, ScalingConfig, gateway_replicas
 from autoscaling.start_times import planned_start_s
 
@@ -33,7 +34,10 @@ POLICY_ERROR_LOG_INTERVAL_S = 60.0  # a failing policy is logged at most this of
 START_TIMES_REFRESH_S = 15.0  # how often measured replica starts are read from the meter
 MAX_PENDING_ARRIVALS = 100_000  # arrivals kept per function between two ticks of its policy
 QUIET_FLUSH_S = 1.0  # quiet/busy changes of functions at zero reach the store within this long
-WAKE_REPORT_TOLERANCE_S = 1.0  # a planned wake time that moved less than this is not reported again
+WAKE_REPORT_TOLERANCE_S = 1.0
+INITIAL_HOLD_S = (
+    5.0  # see RaygpuServePolicy._held  # a planned wake time that moved less than this is not reported again
+)
 
 
 class _StoreLink:
@@ -266,6 +270,11 @@ class RaygpuServePolicy:
         self.clock = SteadyClock()
         self._quiet_since: float | None = None  # wall clock; when the function last came to rest at zero
         self._reported_wake: float | None = None
+        # Replicas the deployment started with (`initial_replicas`: a function brought back for a
+        # call, a version taking over a running one) are kept until one runs and its first calls
+        # had INITIAL_HOLD_S to arrive: the call that caused them is not in flight yet.
+        self._hold: int | None = None
+        self._hold_until: float | None = None
         self.failures = 0
         self._failure_logged_at = float("-inf")
 
@@ -335,6 +344,7 @@ class RaygpuServePolicy:
             policy_state=dict(ctx.policy_state or {}),
         )
         decision = decide(self.policy, observation, now)
+        decision = self._held(decision, ctx, now)
         self._next_check = decision.next_check
         self._learned = self._learned or bool(arrivals)
         for before, after in decision.scale_events:
@@ -347,6 +357,30 @@ class RaygpuServePolicy:
             self.store.save_state(self.app, self.function, self.policy.to_dict())
         self._report_quiet(quiet, decision.next_check - now)
         return decision.replicas, decision.policy_state
+
+    def _held(self, decision: ServeDecision, ctx: Any, now: float) -> ServeDecision:
+        """No fewer replicas than the deployment started with until one of them runs and then
+        for INITIAL_HOLD_S (set on the first tick that finds replicas starting and none running)."""
+        if self._hold is None and self._hold_until is None:
+            starting = int(ctx.target_num_replicas or 0)
+            self._hold = starting if starting > 0 and not ctx.current_num_replicas else 0
+        if not self._hold:
+            return decision
+        if ctx.current_num_replicas and self._hold_until is None:
+            self._hold_until = now + INITIAL_HOLD_S
+        if self._hold_until is not None and now >= self._hold_until:
+            self._hold = 0
+            return decision
+        if decision.replicas >= self._hold:
+            return decision
+        dropped = (int(ctx.target_num_replicas or 0), decision.replicas)
+        return replace(
+            decision,
+            replicas=self._hold,
+            scale_events=[e for e in decision.scale_events if e != dropped],
+            policy_state={**decision.policy_state, SEEN_TARGET_KEY: self._hold},
+            next_check=min(decision.next_check, now + 0.5),
+        )
 
     def _report_quiet(self, quiet: bool, wake_in_s: float) -> None:
         """Tell the parker when the function comes to rest at zero (and when its plan next wants a

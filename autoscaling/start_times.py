@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-# The phases between a scale-up decision and a ready replica (see deployments/replicas/start_phases.py).
-PLANNED_PHASES = (
-    "provision",
-    "scheduling",
+# A replica's own start phases, in order (deployments/replicas/start_phases.py marks them): a plain
+# function has no weights or engine; a vLLM replica also reports its engine's phases and its first
+# streamed token.
+REPLICA_PHASES = (
     "process",
     "imports",
     "engine_process",
@@ -18,7 +18,11 @@ PLANNED_PHASES = (
     "warmup",
     "engine_init",
     "ready",
+    "first_token",
+    "first_response",
 )
+# The phases between a scale-up decision and a ready replica.
+PLANNED_PHASES = ("provision", "scheduling", *REPLICA_PHASES[: REPLICA_PHASES.index("ready") + 1])
 
 
 def planned_start_s(phases: dict[str, Any]) -> float | None:

@@ -7,21 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from autoscaling.start_times import REPLICA_PHASES
+
 # In order; a replica marks those it passes (a plain function has no weights or engine). A vLLM
 # replica also marks its engine's: the engine-core process running (`engine_process`), weights
 # loaded, KV cache allocated, warm-up done, and its first streamed token (`first_token`).
-PHASES = (
-    "process",
-    "imports",
-    "engine_process",
-    "weights",
-    "kv_cache",
-    "warmup",
-    "engine_init",
-    "ready",
-    "first_token",
-    "first_response",
-)
+PHASES = REPLICA_PHASES
 # Before the replica exists: the call that found no replica → the autoscaler's scale-up decision
 # (detection) → the node registered, when one had to be launched (provision) → the replica's
 # process start or its landing on a warm worker (scheduling). Provisioning is not billed.

@@ -182,3 +182,26 @@ def test_a_function_that_reaches_zero_after_its_replica_stopped_reports_its_rest
     for _ in range(3):  # at zero with nothing new
         _, state = policy(context(0, 0, state=state))
     assert link.quiet and link.quiet[-1][0] == "shop/add" and link.quiet[-1][1] is not None
+
+
+def test_a_function_brought_back_for_a_call_keeps_its_starting_replica_until_it_ran():
+    """Brought back with one replica starting, the call that caused it not yet in flight: the
+    policy must not stop that replica on its first ticks (a short idle window has passed already)."""
+    policy = RaygpuServePolicy("shop", "add", "no-such-store", "no-such-namespace", idle_window_s=0.0)
+    policy.store = RecordingLink()
+    replicas, state = policy(context(1, 0))  # the deployment started with one replica, none running
+    assert replicas == 1
+    replicas, state = policy(context(1, 0, state=state))
+    assert replicas == 1
+    replicas, state = policy(context(1, 1, state=state))  # running: held a little longer for its call
+    assert replicas == 1
+    policy._hold_until = 0.0  # the hold is over
+    replicas, _ = policy(context(1, 1, state=state))
+    assert replicas == 0
+
+
+def test_a_deployment_started_at_zero_holds_nothing():
+    policy = RaygpuServePolicy("shop", "add", "no-such-store", "no-such-namespace", idle_window_s=0.0)
+    policy.store = RecordingLink()
+    assert policy(context(0, 0))[0] == 0
+    assert policy(context(1, 1, inflight=0.0))[0] == 0  # a later start is the policy's own business
