@@ -107,7 +107,10 @@ PARK_WAKE_LEAD_S = 20.0  # a parked function returns this long before its planne
 PARK_APP_GONE_WAIT_S = 30.0
 # Between publishing that functions are parked and taking them out of Serve: every gateway has seen
 # the new routing table by then, and the calls it took before have recorded their arrival.
-PARK_PUBLISH_GRACE_S = 0.5  # how long bringing one back waits for its emptied application to go
+PARK_PUBLISH_GRACE_S = 0.5
+# A handle whose deployment was parked and brought back answers "unavailable" until its router has
+# Serve's news that it is back; calls are sent again for this long.
+ROUTER_CATCH_UP_S = 10.0  # how long bringing one back waits for its emptied application to go
 MAX_QUIET_REPORTS = 100_000  # quiet reports taken per call
 
 # --- Serve autoscaling knobs that make raygpu's idle window decide --------------------------

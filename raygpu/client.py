@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import ray
+from ray.serve.exceptions import DeploymentUnavailableError
 
 from deployments import constants
 from deployments.signature import bind_positional
@@ -77,10 +78,19 @@ class RemoteFunction:
         store().record_arrivals.remote([(self.app, spec.name, time.time())])
         handle = self._handle()
         deadline = time.monotonic() + spec.timeout + spec.startup_timeout
+        back_at = time.monotonic()
         while True:
-            status, body, _version, headers = handle.remote(method, kwargs).result(
-                timeout_s=max(deadline - time.monotonic(), 0.001)
-            )
+            try:
+                status, body, _version, headers = handle.remote(method, kwargs).result(
+                    timeout_s=max(deadline - time.monotonic(), 0.001)
+                )
+            except DeploymentUnavailableError:
+                # parked meanwhile, or back while this process's router still thinks it gone
+                if time.monotonic() - back_at > constants.ROUTER_CATCH_UP_S:
+                    raise RemoteCallError(503, "Unavailable", f"{self._label} could not be reached; retry") from None
+                handle = self._handle()
+                time.sleep(constants.DRAINING_RETRY_S)
+                continue
             if constants.DRAINING_HEADER not in headers or time.monotonic() >= deadline:
                 break
             time.sleep(constants.DRAINING_RETRY_S)  # that replica is being replaced: go to another

@@ -408,7 +408,7 @@ class Gateway:
             # takes no calls; such a call is sent again, to the replacement, within its own deadline,
             # and a replica found gone after that is part of the same replacement, not a failure.
             replacing = False
-            brought_back = False
+            brought_back = 0.0
             while True:
                 response = handle.remote(method, body, bytes_in, headers or {})
                 try:
@@ -418,12 +418,17 @@ class Gateway:
                 except BackPressureError:
                     return self._queue_full(spec.name)
                 except DeploymentUnavailableError:
-                    # parked between the routing table's word and the call: brought back, sent again once
-                    refused = None if brought_back else await self._bring_back(app, deployed, parked_under_us=True)
-                    if brought_back or refused is not None:
-                        return refused or self._unavailable(spec.name)
-                    brought_back = True
-                    handle = self._handle(app, deployed)
+                    # parked between the routing table's word and the call, or brought back while this
+                    # handle's router still holds Serve's word that it was gone: brought back, and sent
+                    # again until the router has caught up
+                    if not brought_back:
+                        refused = await self._bring_back(app, deployed, parked_under_us=True)
+                        if refused is not None:
+                            return refused
+                        brought_back = time.monotonic()
+                    elif time.monotonic() - brought_back > constants.ROUTER_CATCH_UP_S:
+                        return self._unavailable(spec.name)
+                    await asyncio.sleep(constants.DRAINING_RETRY_S)
                     continue
                 except TimeoutError:
                     response.cancel()
@@ -555,7 +560,7 @@ class Gateway:
         budget = spec.timeout + spec.startup_timeout
         deadline = time.monotonic() + budget
         attempt = 0
-        brought_back = False
+        brought_back = 0.0
         while True:
             stream = invoke(self._handle(app, route.deployed).options(stream=True))
             try:
@@ -566,10 +571,14 @@ class Gateway:
             except BackPressureError:
                 return self._queue_full(spec.name)
             except DeploymentUnavailableError:
-                refused = None if brought_back else await self._bring_back(app, route.deployed, parked_under_us=True)
-                if brought_back or refused is not None:
-                    return refused or self._unavailable(spec.name)
-                brought_back = True
+                if not brought_back:
+                    refused = await self._bring_back(app, route.deployed, parked_under_us=True)
+                    if refused is not None:
+                        return refused
+                    brought_back = time.monotonic()
+                elif time.monotonic() - brought_back > constants.ROUTER_CATCH_UP_S:
+                    return self._unavailable(spec.name)
+                await asyncio.sleep(constants.DRAINING_RETRY_S)
                 continue
             except TimeoutError:
                 stream.cancel()
