@@ -228,6 +228,24 @@ class Gateway:
             return error_response(404, "NotFound", f"{app}/{deployed.spec.name} is no longer deployed")
         return None
 
+    async def _retry_unavailable(
+        self, app: str, deployed: DeployedFunction, brought_back: float
+    ) -> tuple[Response | None, float]:
+        """A call whose deployment Serve says is gone: parked between the routing table's word and
+        the call, or brought back while this handle's router still has Serve's word that it was
+        gone. The first time it is brought back; then the call is sent again (after a pause) until
+        the router has caught up, for ROUTER_CATCH_UP_S. Returns (the answer ending the call, or
+        None to send it again; when it was brought back)."""
+        if not brought_back:
+            refused = await self._bring_back(app, deployed, parked_under_us=True)
+            if refused is not None:
+                return refused, brought_back
+            brought_back = time.monotonic()
+        elif time.monotonic() - brought_back > constants.ROUTER_CATCH_UP_S:
+            return self._unavailable(deployed.spec.name), brought_back
+        await asyncio.sleep(constants.DRAINING_RETRY_S)
+        return None, brought_back
+
     def _unavailable(self, function: str) -> Response:
         return error_response(
             503,
@@ -418,17 +436,9 @@ class Gateway:
                 except BackPressureError:
                     return self._queue_full(spec.name)
                 except DeploymentUnavailableError:
-                    # parked between the routing table's word and the call, or brought back while this
-                    # handle's router still holds Serve's word that it was gone: brought back, and sent
-                    # again until the router has caught up
-                    if not brought_back:
-                        refused = await self._bring_back(app, deployed, parked_under_us=True)
-                        if refused is not None:
-                            return refused
-                        brought_back = time.monotonic()
-                    elif time.monotonic() - brought_back > constants.ROUTER_CATCH_UP_S:
-                        return self._unavailable(spec.name)
-                    await asyncio.sleep(constants.DRAINING_RETRY_S)
+                    refused, brought_back = await self._retry_unavailable(app, deployed, brought_back)
+                    if refused is not None:
+                        return refused
                     continue
                 except TimeoutError:
                     response.cancel()
@@ -571,14 +581,9 @@ class Gateway:
             except BackPressureError:
                 return self._queue_full(spec.name)
             except DeploymentUnavailableError:
-                if not brought_back:
-                    refused = await self._bring_back(app, route.deployed, parked_under_us=True)
-                    if refused is not None:
-                        return refused
-                    brought_back = time.monotonic()
-                elif time.monotonic() - brought_back > constants.ROUTER_CATCH_UP_S:
-                    return self._unavailable(spec.name)
-                await asyncio.sleep(constants.DRAINING_RETRY_S)
+                refused, brought_back = await self._retry_unavailable(app, route.deployed, brought_back)
+                if refused is not None:
+                    return refused
                 continue
             except TimeoutError:
                 stream.cancel()
