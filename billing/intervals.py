@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from billing.prices import PriceTable, cost_usd, to_decimal_seconds
+from billing.prices import PriceTable, exact_cost_usd, round_usd, to_decimal_seconds
 
 EventKind = Literal["requested", "started", "ready", "serving", "idle", "stopped", "heartbeat"]
 Phase = Literal["cold_start", "active", "idle"]
@@ -222,7 +222,7 @@ def bill(
         gpu_s = to_decimal_seconds(piece.seconds) * Decimal(repr(piece.gpus))
         rate = prices.rate(versions[piece.price_version], piece.accelerator)
         line.gpu_seconds[piece.phase] += gpu_s
-        line.cost_usd[piece.phase] += cost_usd(gpu_s, rate)
+        line.cost_usd[piece.phase] += exact_cost_usd(gpu_s, rate)
         key = (piece.app, piece.function, piece.replica)
         per_replica[key] += to_decimal_seconds(piece.seconds)
         first_piece.setdefault(key, piece)
@@ -234,5 +234,9 @@ def bill(
         if seconds < minimum:
             extra = (minimum - seconds) * Decimal(repr(piece.gpus))
             line.gpu_seconds["idle"] += extra
-            line.cost_usd["idle"] += cost_usd(extra, prices.rate(versions[piece.price_version], piece.accelerator))
+            line.cost_usd["idle"] += exact_cost_usd(
+                extra, prices.rate(versions[piece.price_version], piece.accelerator)
+            )
+    for line in lines.values():
+        line.cost_usd = {phase: round_usd(amount) for phase, amount in line.cost_usd.items()}
     return sorted(lines.values(), key=lambda line: (line.app, line.function, line.day or ""))

@@ -92,8 +92,13 @@ def load_price_table(path: str | Path | None = None) -> PriceTable:
     return PriceTable.model_validate(data)
 
 
-def cost_usd(gpu_seconds: Decimal, usd_per_gpu_hour: Decimal) -> Decimal:
-    return (gpu_seconds * usd_per_gpu_hour / Decimal(3600)).quantize(MICRO, rounding=ROUND_HALF_UP)
+def exact_cost_usd(gpu_seconds: Decimal, usd_per_gpu_hour: Decimal) -> Decimal:
+    """Unrounded cost: a bill sums these and rounds each phase once, so pieces add no rounding error."""
+    return gpu_seconds * usd_per_gpu_hour / Decimal(3600)
+
+
+def round_usd(amount: Decimal) -> Decimal:
+    return amount.quantize(MICRO, rounding=ROUND_HALF_UP)
 
 
 def to_decimal_seconds(seconds: float) -> Decimal:

@@ -91,6 +91,30 @@ def test_bill_by_phase_in_decimal():
     assert line.total_cost_usd == Decimal("0.100000") and line.replica_starts == 1
 
 
+def test_many_short_pieces_are_rounded_once_per_phase():
+    # 40 active pieces of 0.3 s at $3.95/h cost $0.000329166.. each: rounding each piece would bill
+    # 40 x $0.000329 = $0.013160, rounding the phase once bills the true $0.013167.
+    events = [ev("started", T0), ev("ready", T0 + 1)]
+    for i in range(40):
+        events += [ev("serving", T0 + 2 + i), ev("idle", T0 + 2.3 + i)]
+    events.append(ev("stopped", T0 + 50))
+    (line,) = bill(
+        replica_intervals(events),
+        table(
+            versions=[
+                {
+                    "version": 1,
+                    "effective_from": "2025-01-01T00:00:00Z",
+                    "usd_per_gpu_hour": {"H100": "3.95", "A10G": "1"},
+                }
+            ]
+        ),
+    )
+    assert line.gpu_seconds["active"] == Decimal("12.000")
+    assert line.cost_usd["active"] == (Decimal("12") * Decimal("3.95") / 3600).quantize(Decimal("0.000001"))
+    assert line.cost_usd["active"] == Decimal("0.013167")
+
+
 def test_gpus_multiply_and_default_type_is_charged_for_untyped_gpus():
     events = [
         ev("started", T0, gpus=2, accelerator=None),
