@@ -64,7 +64,7 @@ bench: install
 	$(BIN)/python -m benchmarks.autoscaling --all --traces-dir ../shared/traces --half odd \
 	  --json benchmarks/results/autoscaling-all.json
 	$(BIN)/pip install --quiet py-spy
-	$(BIN)/python -m benchmarks.scale --profile-at 200 --json benchmarks/results/scale.json
+	$(BIN)/python -m benchmarks.scale --profile-at 1,1000 --json benchmarks/results/scale.json
 
 down:
 	$(BIN)/raygpu down

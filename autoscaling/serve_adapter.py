@@ -270,6 +270,9 @@ class RaygpuServePolicy:
         self.clock = SteadyClock()
         self._quiet_since: float | None = None  # wall clock; when the function last came to rest at zero
         self._reported_wake: float | None = None
+        # The first decision reports either way: a report left by this function's previous policy
+        # (an earlier version, a restarted controller) must not stand for this one.
+        self._rest_reported = False
         # Replicas the deployment started with (`initial_replicas`: a function brought back for a
         # call, a version taking over a running one) are kept until one runs and its first calls
         # had INITIAL_HOLD_S to arrive: the call that caused them is not in flight yet.
@@ -386,8 +389,9 @@ class RaygpuServePolicy:
         """Tell the parker when the function comes to rest at zero (and when its plan next wants a
         replica) and when it is busy again; only changes are sent."""
         if not quiet:
-            if self._quiet_since is not None:
+            if self._quiet_since is not None or not self._rest_reported:
                 self._quiet_since = None
+                self._rest_reported = True
                 self.store.report_quiet(self.key, None)
             return
         wall = time.time()
@@ -399,6 +403,7 @@ class RaygpuServePolicy:
         ):
             return
         self._reported_wake = wake_at
+        self._rest_reported = True
         self.store.report_quiet(self.key, [self._quiet_since, wake_at])
 
 

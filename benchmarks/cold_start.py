@@ -7,8 +7,9 @@ Cases:
   torch_500mb  30 x Linear(2048, 2048) fp32 (504 MB): raygpu torch_model (meta device, node weight
                cache, warm pool) vs a plain deployment that builds the module and `torch.load`s it
   vllm_large   (with --cases) a random Llama of 0.62 GB (bfloat16): the same, each start after its
-               weights were evicted from the page cache (posix_fadvise), and raygpu also as a second
-               start on the node with the file cached, to see what a cold read costs
+               weights were evicted from the page cache (posix_fadvise); raygpu both as the first
+               replica on the node (nothing staged: it reads the evicted file) and as a later one
+               (the first staged the weights in node memory: deployments/engines/model_stage.py)
   vllm_tiny    the tiny local Llama: raygpu vLLM deployment vs starting vLLM's own OpenAI server,
                both timed to the first streamed token of a completion (and to its end); raygpu's
                replica lands on a warm worker of the vllm flavour, which hands it a warm engine
@@ -321,12 +322,15 @@ def main() -> None:
                 ),
                 "plain_serve_s": (lambda: timed_post(f"{info.serve_url}/plain-big", {}), ("plain-big", "Big")),
             }
+        from deployments.engines.model_stage import clear as clear_staged
+        from deployments.engines.model_stage import staged_path
         from raygpu.local_cluster import free_port
         from raygpu.testing import build_random_llama, build_tiny_llama
 
         def vllm_case(app_name: str, model_dir: str, cold_read: bool) -> dict:
-            """raygpu's side (with the weights evicted from the page cache first when `cold_read`,
-            and also as a second start on the node, cache warm) and vLLM's own server's."""
+            """raygpu's side and vLLM's own server's; with `cold_read`, each after the weights were
+            evicted from the page cache, and raygpu also as the node's first replica (its staged
+            copy removed first)."""
             llm_file = work / f"{app_name}.py"
             llm_file.write_text(
                 VLLM_SOURCE.format(app=app_name, model=model_dir, engine_args=VLLM_ENGINE_ARGS, env=VLLM_ENV)
@@ -335,18 +339,25 @@ def main() -> None:
             deploy_app(llm, source_label(path, digest))
             url = f"{info.gateway_url}/{app_name}/tiny/v1/completions"
             deployment = (f"raygpu-app-{app_name}", "tiny")
+
+            def later_replica_start():
+                if cold_read:  # a replica before it on the node staged the weights; the source is cold
+                    wait_until(lambda: staged_path(model_dir) is not None, 120, "the weights staged on the node")
+                    evict(model_dir)
+                return timed_stream(url, STREAMED_COMPLETION)
+
             sides = {
-                "raygpu_s": (
-                    lambda: (cold_read and evict(model_dir), timed_stream(url, STREAMED_COMPLETION))[1],
-                    deployment,
-                ),
+                "raygpu_s": (later_replica_start, deployment),
                 "vllm_server_s": (
                     lambda: (cold_read and evict(model_dir), vllm_server_cold_start(model_dir, free_port()))[1],
                     None,
                 ),
             }
             if cold_read:
-                sides["raygpu_cached_s"] = (lambda: timed_stream(url, STREAMED_COMPLETION), deployment)
+                sides["raygpu_first_on_node_s"] = (
+                    lambda: (evict(model_dir), clear_staged(model_dir), timed_stream(url, STREAMED_COMPLETION))[2],
+                    deployment,
+                )
             return sides
 
         if "vllm_tiny" in cases:

@@ -27,9 +27,14 @@ def private_cluster(
 ) -> Iterator[Any]:
     """A local raygpu cluster in a private RAYGPU_HOME on a free port, stopped by its pids on exit;
     `fake_nodes` (e.g. "A10G:1") adds GPU pools from zero nodes (Ray's fake multi-node autoscaler)."""
-    os.environ["RAYGPU_HOME"] = tempfile.mkdtemp(prefix="raygpu-bench-")
+    home = tempfile.mkdtemp(prefix="raygpu-bench-")
+    os.environ["RAYGPU_HOME"] = home
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ.pop("RAYGPU_ADDRESS", None)
+    from deployments.engines.model_stage import DEFAULT_STAGE_DIR, STAGE_DIR_ENV
+
+    # models its vLLM replicas stage in node memory, apart from any other cluster's on the machine
+    os.environ[STAGE_DIR_ENV] = f"{DEFAULT_STAGE_DIR}-{Path(home).name}"
     from deployments.capacity import parse_fake_nodes
     from raygpu.local_cluster import free_port, start_local, stop_local
 

@@ -7,21 +7,27 @@ to N = 1 of the same run.
 Functions are trivial, CPU-only, at zero replicas, deployed as apps of `--per-app` functions into
 one private local cluster, growing from the smallest size to the largest; each size is measured
 once everything deployed has settled: controller CPU (the `ray::ServeController` process) over
-`--idle-s` seconds, deploy latency (median of the last five app deploys before that size), `raygpu
+`--idle-s` seconds, deploy latency (bulk: median of the last five app deploys before that size,
+deployed back to back while earlier ones park; settled: median of three apps deployed into the
+settled cluster, then stopped), `raygpu
 ls` (the CLI, a fresh process each time, median of three), a cold call (median over three functions
 never called before, through the gateway), and the resident memory of every process of the cluster.
 Functions at rest leave Serve after `--park-after` seconds (deployments/parking.py; the cluster's
 `raygpu up --park-after`): each size is measured once they have (or after `--settle-s` more), and its
 cold calls are calls of parked functions. `--park-after 0` keeps every function in Serve (the
 controller then works on each of them every tick).
-`--profile-at N` also records a py-spy profile of the controller at that size (py-spy must be
-installed: `pip install py-spy`), written beside the JSON.
+`--profile-at N[,M]` also records a py-spy profile of the controller at that size (py-spy must be
+installed: `pip install py-spy`), and a cProfile of the driver's last five deploys before that size
+(where a deploy's wall time goes: which calls it waits on), both under the work directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
+import pstats
 import shutil
 import signal
 import subprocess
@@ -166,6 +172,35 @@ def profile_controller(temp_dir: str, out: Path, seconds: int) -> str | None:
     return str(out)
 
 
+def settled_deploy_seconds(work: Path, size: int, per_app: int, count: int = 3) -> float:
+    """Median time to deploy an app of `per_app` functions into the settled cluster (nothing else
+    deploying or parking); the probe apps are stopped again, so N stays as it was."""
+    from raygpu.deploy import deploy_app, source_label, stop_app
+    from raygpu.loader import load_app
+
+    timings, names = [], []
+    for i in range(count):
+        name = f"probe{size:05d}x{i}"
+        path = work / f"{name}.py"
+        path.write_text(app_source(name, per_app))
+        app, app_path, digest = load_app(str(path))
+        started = time.perf_counter()
+        deploy_app(app, source_label(app_path, digest))
+        timings.append(time.perf_counter() - started)
+        names.append(name)
+    for name in names:
+        stop_app(name)
+    return median(timings)
+
+
+def deploy_profile_summary(profiler: cProfile.Profile, out: Path, lines: int = 40) -> str:
+    """The driver's deploy profile by cumulative time, written to `out`."""
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(lines)
+    out.write_text(text.getvalue())
+    return str(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1,100,300,1000", help="function counts to measure at, ascending")
@@ -176,11 +211,12 @@ def main() -> None:
         "--park-after", type=float, default=10.0, help="seconds at rest before a function leaves Serve (0: never)"
     )
     parser.add_argument(
-        "--profile-at", type=int, default=None, help="record a py-spy profile of the controller at this size"
+        "--profile-at", default="", help="sizes (comma-separated) to profile the controller and the deploys at"
     )
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
     sizes = sorted({int(s) for s in args.sizes.split(",") if s})
+    profile_sizes = {int(s) for s in args.profile_at.split(",") if s}
     if not sizes or sizes[0] < 1:
         parser.error("--sizes: positive function counts, e.g. 1,100,300,1000")
     if args.per_app < 1:
@@ -199,14 +235,20 @@ def main() -> None:
         deploy_times: list[float] = []
         never_called: list[str] = []
         for size in sizes:
+            profiler = cProfile.Profile() if size in profile_sizes else None
             while deployed < size:
                 count = min(args.per_app, size - deployed)
                 name = f"scale{apps:04d}"
                 path = work / f"{name}.py"
                 path.write_text(app_source(name, count))
                 app, app_path, digest = load_app(str(path))
+                profiled = profiler is not None and deployed + count > size - 5 * args.per_app
                 started = time.perf_counter()
+                if profiled:
+                    profiler.enable()
                 deploy_app(app, source_label(app_path, digest))
+                if profiled:
+                    profiler.disable()
                 deploy_times.append(time.perf_counter() - started)
                 never_called += [f"{name}/f{i}" for i in range(count)]
                 deployed += count
@@ -217,8 +259,12 @@ def main() -> None:
             parked = wait_parked(waited_for, args.park_after + args.settle_s + 30.0) if args.park_after > 0 else 0
             controller_cpu, gateway_cpu = idle_cpu(info.temp_dir, args.idle_s)
             profile = None
-            if args.profile_at == size:
-                profile = profile_controller(info.temp_dir, work / f"controller-{size}.txt", int(args.idle_s))
+            if profiler is not None:
+                profile = {
+                    "controller": profile_controller(info.temp_dir, work / f"controller-{size}.txt", int(args.idle_s)),
+                    "deploys": deploy_profile_summary(profiler, work / f"deploys-{size}.txt"),
+                }
+            settled_deploy_s = settled_deploy_seconds(work, size, args.per_app)
             ls_s = ls_seconds()
             targets, never_called = never_called[:3], never_called[3:]
             cold_s = cold_call_seconds(info.gateway_url, targets) if targets else None
@@ -229,6 +275,7 @@ def main() -> None:
                 "controller_idle_core_fraction": controller_cpu,
                 "gateway_idle_core_fraction": gateway_cpu,
                 "deploy_s": median(deploy_times[-5:]),
+                "deploy_settled_s": settled_deploy_s,
                 "ls_s": ls_s,
                 "cold_call_s": cold_s,
                 "head_memory_mb": head_memory_mb(info.temp_dir),
@@ -241,7 +288,7 @@ def main() -> None:
     for row in rows:
         row["ratios_to_smallest"] = {
             key: (row[key] / base[key] if base[key] else None)
-            for key in ("deploy_s", "ls_s", "cold_call_s", "head_memory_mb")
+            for key in ("deploy_s", "deploy_settled_s", "ls_s", "cold_call_s", "head_memory_mb")
             if row[key] is not None and base[key] is not None
         }
     print_table(
@@ -254,6 +301,7 @@ def main() -> None:
                 f"{r['controller_idle_core_fraction']:.1%}",
                 f"{r['gateway_idle_core_fraction']:.1%}",
                 f"{r['deploy_s']:.2f} s ({r['ratios_to_smallest'].get('deploy_s', 0):.2f}x)",
+                f"{r['deploy_settled_s']:.2f} s ({r['ratios_to_smallest'].get('deploy_settled_s', 0):.2f}x)",
                 f"{r['ls_s']:.2f} s ({r['ratios_to_smallest'].get('ls_s', 0):.2f}x)",
                 "-"
                 if r["cold_call_s"] is None
@@ -262,7 +310,17 @@ def main() -> None:
             )
             for r in rows
         ],
-        ("N", "parked", "controller idle", "gateway idle", "deploy", "raygpu ls", "cold call", "head memory"),
+        (
+            "N",
+            "parked",
+            "controller idle",
+            "gateway idle",
+            "deploy (bulk)",
+            "deploy (settled)",
+            "raygpu ls",
+            "cold call",
+            "head memory",
+        ),
     )
     write_json(args.json_path, {"params": vars(args), "sizes": rows})
 

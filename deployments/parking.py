@@ -20,6 +20,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.serve.context import _get_global_client
 
 from autoscaling.parking import QuietReport, parked_after
 from deployments import constants
@@ -45,14 +46,27 @@ class LiveVersion:
     payloads: dict[str, bytes] | None = None  # a version's code never changes: read once
     options: ServeAppOptions | None = None
     back_at: dict[str, float] = field(default_factory=dict)  # when each function was last brought back
+    live_at: float = 0.0  # when this version went live: its functions were not at rest before
 
     def quiet_since(self, name: str, raw_reports: dict[str, Any]) -> float:
         report = QuietReport.from_wire(raw_reports.get(f"{self.app}/{name}"))
-        return max(report.since if report else time.time(), self.back_at.get(name, 0.0))
+        return max(report.since if report else time.time(), self.back_at.get(name, 0.0), self.live_at)
 
     @property
     def names(self) -> set[str]:
         return {f.spec.name for f in self.functions}
+
+    def parked_after(self, raw_reports: dict[str, Any], park_after_s: float, now: float) -> set[str]:
+        """The functions parked after this pass. A function is at rest no earlier than its version
+        went live or it was last brought back, whatever an earlier report says."""
+        reports = {}
+        for name in self.names:
+            report = QuietReport.from_wire(raw_reports.get(f"{self.app}/{name}"))
+            if report is not None:
+                floor = max(self.back_at.get(name, 0.0), self.live_at)
+                reports[name] = report if report.since >= floor else QuietReport(floor, report.wake_at)
+        minimums = {f.spec.name: f.spec.min_containers for f in self.functions}
+        return parked_after(now, minimums, self.parked, reports, park_after_s, constants.PARK_WAKE_LEAD_S)
 
 
 class Parker:
@@ -74,6 +88,7 @@ class Parker:
         """Bring `app/function` back into Serve if it is parked; True once it is deployed (or was).
         False when the app or function is not live (the caller answers as for any unknown one)."""
         await self._sync_once()
+        await self._read_live()  # a new version may have gone live: it holds every function
         entry = self.live.get(app)
         if entry is None or not isinstance(function, str) or function not in entry.names:
             entry = await self._refresh_app(app)
@@ -125,7 +140,7 @@ class Parker:
             async with entry.lock:  # decided under the lock: a call may have brought one back meanwhile
                 if self.live.get(app) is not entry:
                     continue
-                wanted = self._wanted(entry, raw_reports, park_after_s)
+                wanted = entry.parked_after(raw_reports, park_after_s, time.time())
                 newly = wanted - entry.parked
                 if newly:
                     # published first: callers from now on come through `unpark` (this lock); a call
@@ -136,6 +151,8 @@ class Parker:
                     since = min(entry.quiet_since(n, raw_reports) for n in newly)
                     arrived = await self.store.last_arrivals.remote(since)
                     wanted -= {n for n in newly if arrived.get(f"{app}/{n}", 0.0) >= entry.quiet_since(n, raw_reports)}
+                    # and Serve agrees: no replica and none wanted (a report can trail the policy)
+                    wanted -= await asyncio.to_thread(_busy_in_serve, entry.serve_app, newly & wanted)
                 if wanted == entry.parked:
                     continue
                 woken = entry.parked - wanted
@@ -151,18 +168,6 @@ class Parker:
                 await self.store.set_parked.remote(self._credential, app, sorted(entry.parked))
         for app in set(published) - set(live):  # stopped apps
             await self.store.set_parked.remote(self._credential, app, [])
-
-    def _wanted(self, entry: LiveVersion, raw_reports: dict[str, Any], park_after_s: float) -> set[str]:
-        """The functions of `entry` parked after this pass; a function brought back after its
-        report came to rest only when it was brought back."""
-        reports = {}
-        for name in entry.names:
-            report = QuietReport.from_wire(raw_reports.get(f"{entry.app}/{name}"))
-            if report is not None:
-                back_at = entry.back_at.get(name, 0.0)
-                reports[name] = report if report.since >= back_at else QuietReport(back_at, report.wake_at)
-        minimums = {f.spec.name: f.spec.min_containers for f in entry.functions}
-        return parked_after(time.time(), minimums, entry.parked, reports, park_after_s, constants.PARK_WAKE_LEAD_S)
 
     async def _park_after_s(self) -> float:
         value = await self.store.get_setting.remote("park_after_s", constants.DEFAULT_PARK_AFTER_S)
@@ -189,7 +194,9 @@ class Parker:
             if known is not None and known.version == raw["version"]:
                 current[raw["name"]] = known
             else:
-                current[raw["name"]] = LiveVersion(raw["name"], raw["version"], functions[0].serve_app, functions)
+                current[raw["name"]] = LiveVersion(
+                    raw["name"], raw["version"], functions[0].serve_app, functions, live_at=float(raw["live_at"] or 0.0)
+                )
         self.live = current
         return current
 
@@ -268,6 +275,23 @@ def _wait_deployed(serve_app: str, names: set[str], wait_s: float) -> None:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"Serve did not add {sorted(names)} to {serve_app} within {wait_s:g} s")
         time.sleep(0.02)
+
+
+def _busy_in_serve(serve_app: str, names: set[str]) -> set[str]:
+    """Those of `names` whose deployment Serve runs or starts a replica of, or wants one for; a
+    deployment Serve cannot answer for counts as busy (it is parked on a later pass, if at all)."""
+    if not names:
+        return set()
+    controller = _get_global_client()._controller
+    busy = set()
+    for name in names:
+        try:
+            details = ray.get(controller.get_deployment_details.remote(serve_app, name), timeout=10)
+            if details.target_num_replicas > 0 or details.replicas:
+                busy.add(name)
+        except Exception:
+            busy.add(name)
+    return busy
 
 
 def _wait_gone(serve_app: str, wait_s: float) -> None:

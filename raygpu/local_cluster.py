@@ -20,6 +20,7 @@ import yaml
 from deployments import constants
 from deployments.calls.records import DEFAULT_CALL_RETENTION_S
 from deployments.capacity import NodeType
+from deployments.engines.model_stage import clear_all as clear_all_staged
 from deployments.node.warm_pool import system_config
 from raygpu.connection import connect, disconnect
 from raygpu.control_plane import ray_env, start_control_driver
@@ -278,6 +279,7 @@ def stop_local(timeout_s: float = 15.0, ports_timeout_s: float = 30.0) -> list[i
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=5)
+    clear_all_staged()  # models staged in this machine's memory go with its cluster
     local_state_path().unlink(missing_ok=True)
     wait_for_ports(cluster.http_host, cluster.ports, ports_timeout_s)
     return sorted(procs)

@@ -77,11 +77,14 @@ def cluster():
     from raygpu.local_cluster import free_port
 
     port = free_port()
-    env = dict(os.environ, RAYGPU_HOME=str(home), RAY_AUTH_MODE="disabled")
+    # models staged in node memory by this session's vLLM replicas (`raygpu down` removes them)
+    stage_dir = str(Path("/dev/shm" if Path("/dev/shm").is_dir() else home) / f"raygpu-test-models-{home.name}")
+    env = dict(os.environ, RAYGPU_HOME=str(home), RAY_AUTH_MODE="disabled", RAYGPU_MODEL_STAGE_DIR=stage_dir)
     env.pop("RAYGPU_ADDRESS", None)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAYGPU_HOME", str(home))
         patch.setenv("RAY_AUTH_MODE", "disabled")
+        patch.setenv("RAYGPU_MODEL_STAGE_DIR", stage_dir)
         patch.delenv("RAYGPU_ADDRESS", raising=False)
         yield from _run_cluster(home, port, env)
 
@@ -126,6 +129,7 @@ def _run_cluster(home: Path, port: int, env: dict[str, str]):
         [str(Path(sys.executable).parent / "raygpu"), "down"], env=env, capture_output=True, text=True, timeout=120
     )
     assert down.returncode == 0, down.stderr
+    assert not Path(env["RAYGPU_MODEL_STAGE_DIR"]).exists(), "`raygpu down` left staged models in node memory"
     from raygpu.local_cluster import client_servers
 
     leftover = cluster_processes(info.temp_dir) + client_servers(int(info.address.rsplit(":", 1)[1]))

@@ -8,15 +8,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from deployments.engines.model_stage import stage, staged_path
 from deployments.replicas.base import ReplicaBase, encode_json
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 # Request headers vLLM sees; the rest (authorization above all) stay at the gateway.
 FORWARDED_TO_ENGINE = ("content-type", "accept")
+STAGE_AFTER_S = 5.0  # the longest a first replica waits for its first call before staging its weights
+STAGE_FINISH_ON_STOP_S = 60.0  # how long a stopping replica lets a staging under way finish
 
 
 class VllmReplica(ReplicaBase):
@@ -27,11 +31,23 @@ class VllmReplica(ReplicaBase):
 
         model = self.spec.vllm_model
         self._last_call = time.monotonic()
+        self._first_call_done = threading.Event()
         import_vllm()  # done already on a warm worker of the vllm flavour
         self.phases.mark("imports")
+        # a replica before this one on the node staged the weights in node memory: load from there
+        staged = staged_path(model.model)
         self.server = await VllmServer.start(
-            model.model, model.served_model_name, model.task, model.engine_args, model.sleep_mode
+            str(staged) if staged else model.model, model.model_name, model.task, model.engine_args, model.sleep_mode
         )
+        if staged is None:
+            self._stager = threading.Thread(
+                target=self._stage_after_first_call, args=(model.model,), name="raygpu-model-stage", daemon=True
+            )
+            self._stager.start()
+        else:
+            logger.info(
+                "raygpu: %s/%s loaded its weights from the node's staged copy %s", self.app, self.spec.name, staged
+            )
         for phase, at in sorted(self.server.engine_phases.items(), key=lambda item: item[1]):
             self.phases.mark(phase, at)  # reported by a warm engine-core process
         self.phases.mark("engine_init")
@@ -69,6 +85,19 @@ class VllmReplica(ReplicaBase):
                         }
             finally:
                 self._last_call = time.monotonic()
+                self._first_call_done.set()
+
+    def _stage_after_first_call(self, model: str) -> None:
+        """Stage the weights in node memory for the replicas after this one, once the call that
+        started it is answered (or a few seconds passed): the copy reads what the engine just read."""
+        self._first_call_done.wait(timeout=STAGE_AFTER_S)
+        try:
+            staged = stage(model)
+        except OSError as exc:
+            logger.warning("raygpu: %s/%s: could not stage %s in node memory: %s", self.app, self.spec.name, model, exc)
+            return
+        if staged is not None:
+            logger.info("raygpu: %s/%s staged %s for later replicas on this node", self.app, self.spec.name, staged)
 
     async def _sleep_when_idle(self) -> None:
         """Offload the engine after half the scaledown window without calls (CUDA only)."""
@@ -93,3 +122,7 @@ class VllmReplica(ReplicaBase):
     def _release(self) -> None:
         if getattr(self, "_sleeper", None) is not None:
             self._sleeper.cancel()
+        stager = getattr(self, "_stager", None)
+        if stager is not None:  # a staging under way finishes (bounded): a stop would waste its read
+            self._first_call_done.set()
+            stager.join(timeout=STAGE_FINISH_ON_STOP_S)

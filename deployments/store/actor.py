@@ -119,6 +119,7 @@ class ControlPlaneStore:
     async def mark_live(self, credential: str, app: str, version: int) -> int:
         self._check_admin(credential)
         self.db.mark_live(app, version)
+        self._parked.pop(app, None)  # a new live version's application holds every function
         return self._bump()
 
     async def mark_failed(self, credential: str, app: str, version: int) -> None:
@@ -128,6 +129,7 @@ class ControlPlaneStore:
     async def delete_app(self, credential: str, app: str) -> tuple[bool, int]:
         self._check_admin(credential)
         deleted = self.db.delete_app(app)
+        self._parked.pop(app, None)
         return deleted, self._bump()
 
     async def known_units(self) -> list[str]:

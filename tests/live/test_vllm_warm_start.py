@@ -3,6 +3,7 @@ engine-core process ready, the replica's image sets only environment variables (
 warm), and its start is reported by phase, engine phases and first token included."""
 
 import json
+from pathlib import Path
 
 import pytest
 import ray
@@ -53,6 +54,7 @@ def warm_llm(cluster, tmp_path_factory):
         app_file = tmp_path_factory.mktemp("warmllm") / "warmllm.py"
         app_file.write_text(APP_SOURCE.format(model=str(model)))
         cluster.deploy(app_file)
+        cluster.model = str(model)
         yield cluster
     finally:
         cluster.cli("stop", "warmllm")
@@ -81,3 +83,25 @@ def test_a_vllm_replica_from_zero_starts_on_a_warm_vllm_worker_with_a_warm_engin
     # engine phases come only from a warm engine-core process: the replica was handed one
     for phase in ("imports", "engine_process", "weights", "kv_cache", "warmup", "engine_init", "ready", "first_token"):
         assert phase in found, found
+
+
+def test_a_later_replica_on_the_node_loads_the_weights_the_first_staged_in_node_memory(warm_llm):
+    from deployments.engines.model_stage import stage_root, staged_path
+
+    cluster = warm_llm
+    completion = {"model": "tiny", "prompt": "def main(", "max_tokens": 2}
+    assert cluster.post("/warmllm/tiny/v1/completions", completion, timeout=300).status_code == 200
+    root = stage_root()
+    staged = cluster.wait_for(lambda: staged_path(cluster.model, root), timeout=60, what="the weights staged")
+    assert (staged / "model.safetensors").stat().st_size == (Path(cluster.model) / "model.safetensors").stat().st_size
+    cluster.wait_for(
+        lambda: next(f for f in cluster.status("warmllm").functions if f.name == "tiny").replicas.running == 0,
+        timeout=120,
+        what="scale to zero",
+    )
+    models = requests.get(f"{cluster.url}/warmllm/tiny/v1/models", timeout=300)
+    assert models.status_code == 200, models.text
+    (card,) = models.json()["data"]
+    # the engine of the new replica loaded the staged copy; clients still name the model as deployed
+    assert card["id"] == "tiny" and card["root"] == str(staged), card
+    assert cluster.post("/warmllm/tiny/v1/completions", completion, timeout=300).json()["choices"]

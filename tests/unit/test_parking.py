@@ -205,3 +205,49 @@ def test_a_deployment_started_at_zero_holds_nothing():
     policy.store = RecordingLink()
     assert policy(context(0, 0))[0] == 0
     assert policy(context(1, 1, inflight=0.0))[0] == 0  # a later start is the policy's own business
+
+
+def test_a_new_policy_clears_the_rest_its_predecessor_reported():
+    """A function's previous policy (an earlier version, a restarted controller) may have left a
+    rest report behind; the new one's first busy decision must replace it, or the function is
+    parked under a call."""
+    policy = RaygpuServePolicy("shop", "add", "no-such-store", "no-such-namespace", idle_window_s=60.0)
+    link = RecordingLink()
+    policy.store = link
+    policy(context(1, 0, inflight=1.0))  # its first decision: busy
+    assert link.quiet == [("shop/add", None)]
+    policy(context(1, 0, inflight=1.0))
+    assert link.quiet == [("shop/add", None)]  # only changes after that
+
+
+def live_version(names, live_at=0.0, back_at=None, parked=()):
+    from deployments.parking import LiveVersion
+    from deployments.spec import DeployedFunction, FunctionSpec
+
+    functions = [DeployedFunction(spec=FunctionSpec(name=n), deployment=n, serve_app="app--v2") for n in names]
+    return LiveVersion("shop", 2, "app--v2", functions, set(parked), back_at=back_at or {}, live_at=live_at)
+
+
+def test_a_new_version_is_at_rest_no_earlier_than_it_went_live():
+    reports = {"shop/add": [NOW - 5000.0, None], "shop/mul": [NOW - 5000.0, None]}
+    fresh = live_version(["add", "mul"], live_at=NOW - 5.0)
+    assert fresh.parked_after(reports, 600.0, NOW) == set()  # the old version's rest does not count
+    assert fresh.parked_after(reports, 600.0, NOW + 600.0) == {"add", "mul"}
+    back = live_version(["add", "mul"], back_at={"add": NOW - 10.0})
+    assert back.parked_after(reports, 600.0, NOW) == {"mul"}  # brought back just now: not at rest
+
+
+def test_a_new_live_version_clears_what_was_published_parked(tmp_path):
+    async def main():
+        store = ControlPlaneStore(str(tmp_path / "state.db"), ADMIN_HASH)
+        spec = {"spec": {"name": "add"}, "deployment": "add"}
+        v1 = await store.begin_version(ADMIN, "shop", "shop.py", [spec], {})
+        await store.mark_live(ADMIN, "shop", v1)
+        await store.set_parked(ADMIN, "shop", ["add"])
+        parked_before = (await store.routing_table())["parked"]
+        v2 = await store.begin_version(ADMIN, "shop", "shop.py", [spec], {})
+        await store.mark_live(ADMIN, "shop", v2)
+        return parked_before, (await store.routing_table())["parked"]
+
+    before, after = asyncio.run(main())
+    assert before == {"shop": ["add"]} and after == {}
