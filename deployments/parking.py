@@ -20,13 +20,12 @@ from typing import Any
 
 import ray
 from ray import serve
-from ray.serve.context import _get_global_client
 
 from autoscaling.parking import QuietReport, parked_after
 from deployments import constants
 from deployments.head_actors import start_head_actor
 from deployments.replicas.application import ServeAppOptions, build_version_application, serve_app_options_key
-from deployments.serve_apps import app_exists, deployments_by_app, deployments_of
+from deployments.serve_apps import app_exists, busy_deployments, deployments_by_app, deployments_of
 from deployments.spec import DeployedFunction
 from deployments.store.actor import get_store
 
@@ -152,7 +151,7 @@ class Parker:
                     arrived = await self.store.last_arrivals.remote(since)
                     wanted -= {n for n in newly if arrived.get(f"{app}/{n}", 0.0) >= entry.quiet_since(n, raw_reports)}
                     # and Serve agrees: no replica and none wanted (a report can trail the policy)
-                    wanted -= await asyncio.to_thread(_busy_in_serve, entry.serve_app, newly & wanted)
+                    wanted -= await asyncio.to_thread(busy_deployments, entry.serve_app, newly & wanted)
                 if wanted == entry.parked:
                     continue
                 woken = entry.parked - wanted
@@ -275,23 +274,6 @@ def _wait_deployed(serve_app: str, names: set[str], wait_s: float) -> None:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"Serve did not add {sorted(names)} to {serve_app} within {wait_s:g} s")
         time.sleep(0.02)
-
-
-def _busy_in_serve(serve_app: str, names: set[str]) -> set[str]:
-    """Those of `names` whose deployment Serve runs or starts a replica of, or wants one for; a
-    deployment Serve cannot answer for counts as busy (it is parked on a later pass, if at all)."""
-    if not names:
-        return set()
-    controller = _get_global_client()._controller
-    busy = set()
-    for name in names:
-        try:
-            details = ray.get(controller.get_deployment_details.remote(serve_app, name), timeout=10)
-            if details.target_num_replicas > 0 or details.replicas:
-                busy.add(name)
-        except Exception:
-            busy.add(name)
-    return busy
 
 
 def _wait_gone(serve_app: str, wait_s: float) -> None:

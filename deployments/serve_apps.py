@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ray
 from ray.serve.context import _get_global_client
 
 
@@ -45,3 +46,18 @@ def deployments_by_app() -> dict[str, set[str]]:
         overview.name: {d.name for d in overview.deployment_statuses}
         for overview in _get_global_client().list_serve_statuses()
     }
+
+
+def busy_deployments(serve_app: str, names: set[str]) -> set[str]:
+    """Those of `names` in one application that Serve runs or starts a replica of, or wants one for
+    (target above zero); a deployment the controller cannot answer for counts as busy."""
+    controller = _get_global_client()._controller
+    busy = set()
+    for name in names:
+        try:
+            details = ray.get(controller.get_deployment_details.remote(serve_app, name), timeout=10)
+            if details.target_num_replicas > 0 or details.replicas:
+                busy.add(name)
+        except Exception:
+            busy.add(name)
+    return busy
