@@ -87,7 +87,6 @@ class Parker:
         """Bring `app/function` back into Serve if it is parked; True once it is deployed (or was).
         False when the app or function is not live (the caller answers as for any unknown one)."""
         await self._sync_once()
-        await self._read_live()  # a new version may have gone live: it holds every function
         entry = self.live.get(app)
         if entry is None or not isinstance(function, str) or function not in entry.names:
             entry = await self._refresh_app(app)
@@ -95,6 +94,10 @@ class Parker:
                 return False
         if function not in entry.parked and not entry.lock.locked():
             return True
+        await self._read_live()  # a version that went live since holds every function
+        entry = self.live.get(app)
+        if entry is None or function not in entry.names:
+            return False
         async with entry.lock:  # a pass may be parking it right now: wait for it, then look again
             if function in entry.parked and self.live.get(app) is entry:
                 await self._apply(entry, entry.parked - {function}, called=function)
