@@ -24,12 +24,20 @@ LLM_S_PER_CONTEXT_TOKEN = 0.0002
 DEFAULT_SERVICE_S = 1.0  # a function missing from durations.csv
 
 
+DISPLAY_PART_CHARS = 8  # each part of a function's key shown in tables (keys are whole names)
+
+
 @dataclass
 class FunctionTrace:
-    name: str
+    name: str  # the whole key: distinct functions never share one
     arrivals: list[float]  # seconds from the trace start, sorted
     service_s: list[float]  # per arrival
     trigger: str = ""
+
+    @property
+    def display_name(self) -> str:
+        """The key abbreviated for tables: each `:`-separated part cut to a few characters."""
+        return ":".join(part[:DISPLAY_PART_CHARS] for part in self.name.split(":"))
 
 
 @dataclass
@@ -42,6 +50,18 @@ class Trace:
     @property
     def invocations(self) -> int:
         return sum(len(f.arrivals) for f in self.functions)
+
+    def find(self, name: str) -> FunctionTrace:
+        """The function keyed `name`, or the only one whose key or display name starts with it."""
+        exact = [f for f in self.functions if f.name == name]
+        if exact:
+            return exact[0]
+        matches = [f for f in self.functions if f.name.startswith(name) or f.display_name.startswith(name)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise KeyError(f"the trace has no function {name!r}")
+        raise KeyError(f"{name!r} names {len(matches)} functions of the trace; give more of the name")
 
 
 HALVES = ("even", "odd")
@@ -99,7 +119,7 @@ def _load_azure2019(path: Path, seed: int, half: str | None = None) -> Trace:
                     arrivals.extend(start + 60.0 * rng.random() for _ in range(count))
             arrivals.sort()
             trace.functions.append(
-                FunctionTrace(name=row[2][:12], arrivals=arrivals, service_s=[service] * len(arrivals), trigger=row[3])
+                FunctionTrace(name=key, arrivals=arrivals, service_s=[service] * len(arrivals), trigger=row[3])
             )
     return trace
 
@@ -110,7 +130,7 @@ def _load_azure2021(path: Path, seed: int) -> Trace:
         for row in csv.DictReader(f):
             duration = float(row["duration"])
             arrival = float(row["end_timestamp"]) - duration
-            per_function.setdefault(f"{row['app'][:8]}:{row['func'][:8]}", []).append((arrival, duration))
+            per_function.setdefault(f"{row['app']}:{row['func']}", []).append((arrival, duration))
     trace = Trace(format="azure2021", path=str(path))
     start = min((a for rows in per_function.values() for a, _ in rows), default=0.0)
     end = max((a + d for rows in per_function.values() for a, d in rows), default=0.0)

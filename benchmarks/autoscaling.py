@@ -112,7 +112,7 @@ def summary_row(label: str, result: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trace", help="one trace file (with --format)")
     parser.add_argument("--format", choices=FORMATS)
@@ -123,6 +123,11 @@ def main() -> None:
     parser.add_argument("--start-time", type=float, default=30.0)
     parser.add_argument("--price", type=float, default=3.95)
     parser.add_argument("--json", dest="json_path", default=None)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     params = SimulationParams(start_time_s=args.start_time, usd_per_gpu_hour=args.price)
 

@@ -68,8 +68,28 @@ import raygpu
 
 app = raygpu.App("{app}")
 raygpu.vllm(app, "tiny", model={model!r}, served_model_name="tiny", engine_args={engine_args!r}, gpu=1,
-            scaledown_window=2, timeout=300, image=raygpu.Image(env={env!r}))
+            scaledown_window={scaledown_window}, timeout=300, image=raygpu.Image(env={env!r}))
 """
+
+
+def torch_app_source(weights: str) -> str:
+    """The app of the trivial and torch cases: a constant function and the 504 MB torch model."""
+    return APP_SOURCE.format(width=WIDTH, layers=LAYERS, weights=weights)
+
+
+def vllm_app_source(app: str, model: str, scaledown_window: float = 2) -> str:
+    """An app serving the local Llama at `model` with the benchmark's engine settings."""
+    return VLLM_SOURCE.format(
+        app=app, model=model, engine_args=VLLM_ENGINE_ARGS, env=VLLM_ENV, scaledown_window=scaledown_window
+    )
+
+
+def app_sources(work: Path) -> dict[str, str]:
+    """Every app this benchmark deploys, by file name (for checks that need no cluster)."""
+    return {
+        "coldbench.py": torch_app_source(str(work / "big.safetensors")),
+        "coldllm.py": vllm_app_source("coldllm", str(work / "tiny-llama")),
+    }
 
 
 def make_net():
@@ -261,7 +281,7 @@ def idle_workers(flavour: str) -> int:
     return sum(len(s.get("flavours", {}).get(flavour, {}).get("idle", [])) for s in pool_stats())
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--repetitions", type=int, default=5)
@@ -269,7 +289,11 @@ def main() -> None:
     parser.add_argument(
         "--warm-pool", default="torch=1,vllm=1", help="warm workers per flavour on the benchmark's node"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     cases = set(args.cases.split(","))
     work = Path(tempfile.mkdtemp(prefix="raygpu-coldbench-"))
 
@@ -298,7 +322,7 @@ def main() -> None:
 
         serve_baselines(str(weights_pt), constants.METRICS_INTERVAL_S)
         app_file = work / "coldbench.py"
-        app_file.write_text(APP_SOURCE.format(width=WIDTH, layers=LAYERS, weights=str(weights_st)))
+        app_file.write_text(torch_app_source(str(weights_st)))
         app, path, digest = load_app(str(app_file))
         deploy_app(app, source_label(path, digest))
 
@@ -332,9 +356,7 @@ def main() -> None:
             evicted from the page cache, and raygpu also as the node's first replica (its staged
             copy removed first)."""
             llm_file = work / f"{app_name}.py"
-            llm_file.write_text(
-                VLLM_SOURCE.format(app=app_name, model=model_dir, engine_args=VLLM_ENGINE_ARGS, env=VLLM_ENV)
-            )
+            llm_file.write_text(vllm_app_source(app_name, model_dir))
             llm, path, digest = load_app(str(llm_file))
             deploy_app(llm, source_label(path, digest))
             url = f"{info.gateway_url}/{app_name}/tiny/v1/completions"

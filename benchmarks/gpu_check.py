@@ -104,10 +104,14 @@ def check_vllm(work: Path, cuda: bool) -> tuple[bool, float, str]:
     return asyncio.run(run())
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", dest="json_path", default=None)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     report: dict = {"torch": torch.__version__, "checks": {}, "timings_s": {}, "skipped": {}}
     checks, timings, skipped = report["checks"], report["timings_s"], report["skipped"]
     cuda = torch.cuda.is_available()

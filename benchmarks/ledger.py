@@ -138,13 +138,17 @@ def timed_bill(path: Path, day: int) -> tuple[float, list[dict]]:
     return took, lines
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--days", type=int, default=1000, help="days of traffic in the large ledger")
     parser.add_argument("--events-per-day", type=int, default=10_000)
     parser.add_argument("--repetitions", type=int, default=5)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     work = Path(tempfile.mkdtemp(prefix="raygpu-ledger-bench-"))
     sizes = {"small": 1, "large": args.days}
     taken: dict[str, int] = {}

@@ -35,14 +35,23 @@ def ping(text: str = "") -> str:
 """
 
 
-def main() -> None:
+def app_sources(work: Path) -> dict[str, str]:
+    """Every app this benchmark deploys, by file name (for checks that need no cluster)."""
+    return {f"{name}.py": APP_SOURCE.format(name=name) for name in ("metered", "unmetered")}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--sequential", type=int, default=300)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--duration", type=float, default=8.0)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     with private_cluster() as info:
         import ray

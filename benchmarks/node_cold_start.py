@@ -35,6 +35,11 @@ def trivial() -> str:
 """
 
 
+def app_sources(work: Path) -> dict[str, str]:
+    """The app this benchmark deploys, by file name (for checks that need no cluster)."""
+    return {"nodebench.py": APP_SOURCE}
+
+
 def nodes_alive() -> list:
     from billing.node_inventory import list_nodes
 
@@ -68,11 +73,15 @@ def one_start(url: str, replicas_gone) -> tuple[float, float]:
     return cold, time.monotonic() - stopped
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--repetitions", type=int, default=3)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     from ray.serve.context import _get_global_client
 

@@ -55,6 +55,11 @@ def app_source(name: str, functions: int) -> str:
     return APP_HEADER.format(name=name) + "".join(FUNCTION_SOURCE.format(name=f"f{i}") for i in range(functions))
 
 
+def app_sources(work: Path) -> dict[str, str]:
+    """An app of the kind this benchmark deploys, by file name (for checks that need no cluster)."""
+    return {"scale0.py": app_source("scale0", 3)}
+
+
 def serve_processes(temp_dir: str) -> tuple[psutil.Process | None, list[psutil.Process], list[psutil.Process]]:
     """The cluster's Serve controller, its gateway replicas, and every process of the cluster."""
     from raygpu.home import cluster_processes
@@ -201,7 +206,7 @@ def deploy_profile_summary(profiler: cProfile.Profile, out: Path, lines: int = 4
     return str(out)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1,100,300,1000", help="function counts to measure at, ascending")
     parser.add_argument("--per-app", type=int, default=10, help="functions per app")
@@ -214,6 +219,11 @@ def main() -> None:
         "--profile-at", default="", help="sizes (comma-separated) to profile the controller and the deploys at"
     )
     parser.add_argument("--json", dest="json_path", default=None)
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     sizes = sorted({int(s) for s in args.sizes.split(",") if s})
     profile_sizes = {int(s) for s in args.profile_at.split(",") if s}

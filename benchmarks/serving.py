@@ -36,14 +36,23 @@ def ping() -> str:
 """
 
 
-def main() -> None:
+def app_sources(work: Path) -> dict[str, str]:
+    """The app this benchmark deploys, by file name (for checks that need no cluster)."""
+    return {"bench_app.py": APP_SOURCE}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--sequential", type=int, default=500)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     with private_cluster() as info:
         from ray import serve

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from benchmarks.cold_start import VLLM_ENGINE_ARGS, VLLM_ENV, VLLM_SOURCE
+from benchmarks.cold_start import VLLM_ENGINE_ARGS, VLLM_ENV, vllm_app_source
 from benchmarks.harness import median, print_table, private_cluster, write_json
 
 
@@ -96,13 +96,25 @@ def start_vllm_server(model_dir: str, port: int) -> subprocess.Popen:
     raise RuntimeError("vLLM's server did not start within 300 s")
 
 
-def main() -> None:
+APP_NAME = "llmbench"
+
+
+def app_sources(work: Path) -> dict[str, str]:
+    """The app this benchmark deploys, by file name (for checks that need no cluster)."""
+    return {f"{APP_NAME}.py": vllm_app_source(APP_NAME, str(work / "tiny-llama"), scaledown_window=600)}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=192)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     work = Path(tempfile.mkdtemp(prefix="raygpu-vllmbench-"))
     from raygpu.testing import build_tiny_llama
 
@@ -113,19 +125,15 @@ def main() -> None:
         from raygpu.loader import load_app
         from raygpu.local_cluster import free_port
 
-        app_file = work / "coldllm.py"
-        app_file.write_text(
-            VLLM_SOURCE.replace("scaledown_window=2", "scaledown_window=600").format(
-                model=model_dir, engine_args=VLLM_ENGINE_ARGS, env=VLLM_ENV
-            )
-        )
+        app_file = work / f"{APP_NAME}.py"
+        app_file.write_text(vllm_app_source(APP_NAME, model_dir, scaledown_window=600))
         app, path, digest = load_app(str(app_file))
         deploy_app(app, source_label(path, digest))
         port = free_port()
         server = start_vllm_server(model_dir, port)
         try:
             urls = {
-                "raygpu": f"{info.gateway_url}/coldllm/tiny/v1/completions",
+                "raygpu": f"{info.gateway_url}/{APP_NAME}/tiny/v1/completions",
                 "vllm_server": f"http://127.0.0.1:{port}/v1/completions",
             }
             for url in urls.values():  # warm both at full size (the raygpu replica starts here)

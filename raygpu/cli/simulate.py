@@ -49,8 +49,11 @@ def simulate(
     except (OSError, ValueError, KeyError) as exc:
         fail(f"cannot read {trace_path} as {trace_format}: {exc}")
     function = timeline_function or (default_timeline_function(trace) if plot_path else None)
-    if function is not None and function not in {f.name for f in trace.functions}:
-        fail(f"the trace has no function {function!r}")
+    if function is not None:
+        try:
+            function = trace.find(function).name
+        except KeyError as exc:
+            fail(exc.args[0])
     params = SimulationParams(
         start_time_s=start_time,
         inputs_per_replica=inputs_per_replica,
