@@ -34,10 +34,10 @@ POLICY_ERROR_LOG_INTERVAL_S = 60.0  # a failing policy is logged at most this of
 START_TIMES_REFRESH_S = 15.0  # how often measured replica starts are read from the meter
 MAX_PENDING_ARRIVALS = 100_000  # arrivals kept per function between two ticks of its policy
 QUIET_FLUSH_S = 1.0  # quiet/busy changes of functions at zero reach the store within this long
-WAKE_REPORT_TOLERANCE_S = 1.0
-INITIAL_HOLD_S = (
-    5.0  # see RaygpuServePolicy._held  # a planned wake time that moved less than this is not reported again
-)
+WAKE_REPORT_TOLERANCE_S = 1.0  # a planned wake time that moved less than this is not reported again
+# How long the replicas a deployment started with are held after one runs, for the calls that caused
+# them to arrive (see RaygpuServePolicy._held).
+INITIAL_HOLD_S = 5.0
 
 
 class _StoreLink:

@@ -1,6 +1,6 @@
-"""Every default raygpu uses, named and explained in one place.
-
-Other modules import these names; changing a default here changes it everywhere.
+"""The names and defaults that more than one module of raygpu shares (actor names, spec defaults,
+gateway limits, timings), each explained; changing one here changes it everywhere. A tuning value
+that only one module uses is named and explained at the top of that module instead.
 """
 
 from __future__ import annotations
@@ -77,14 +77,14 @@ KEEP_ALIVE_TIMEOUT_S = 60.0  # an idle keep-alive connection is closed after thi
 DRAINING_HEADER = "x-raygpu-draining"
 DRAINING_RETRY_S = 0.2
 REPLICA_HEALTH_CHECK_PERIOD_S = 1.0  # Serve replaces a replica after 3 failed checks in a row
-MAX_PENDING_ARRIVALS = 100_000
+MAX_PENDING_ARRIVALS = 100_000  # arrivals a gateway replica buffers while the store is away; older ones drop
 # A custom resource every non-head node of a raygpu cluster declares (cluster.yaml); user replicas
 # ask for a sliver of it whenever the cluster has it, so they never land on the head node.
 WORKER_RESOURCE = "raygpu_worker"
 WORKER_RESOURCE_SLIVER = 0.001
 # After the gateway serves a new version, the old one is deleted this much later (calls routed to
 # it just before the switch still land on running replicas, which finish them).
-RETIRE_DELAY_S = 0.5  # arrivals a gateway replica buffers while the store is away; older ones drop
+RETIRE_DELAY_S = 0.5
 RETRY_AFTER_S = 1  # Retry-After of a 503 while a function's queue is full
 # A call to a function idle this long goes to the store at once (it may be at zero replicas).
 IMMEDIATE_ARRIVAL_AFTER_IDLE_S = 1.0
@@ -104,13 +104,13 @@ PARKER_ACTOR_NAME = "raygpu-parker"
 DEFAULT_PARK_AFTER_S = 600.0
 PARK_CHECK_INTERVAL_S = 2.0  # how often the parker looks for functions to park or bring back
 PARK_WAKE_LEAD_S = 20.0  # a parked function returns this long before its planned pre-warm
-PARK_APP_GONE_WAIT_S = 30.0
+PARK_APP_GONE_WAIT_S = 30.0  # how long bringing one back waits for its emptied application to go
 # Between publishing that functions are parked and taking them out of Serve: every gateway has seen
 # the new routing table by then, and the calls it took before have recorded their arrival.
 PARK_PUBLISH_GRACE_S = 0.5
 # A handle whose deployment was parked and brought back answers "unavailable" until its router has
 # Serve's news that it is back; calls are sent again for this long.
-ROUTER_CATCH_UP_S = 10.0  # how long bringing one back waits for its emptied application to go
+ROUTER_CATCH_UP_S = 10.0
 MAX_QUIET_REPORTS = 100_000  # quiet reports taken per call
 
 # --- Serve autoscaling knobs that make raygpu's idle window decide --------------------------

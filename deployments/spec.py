@@ -232,6 +232,12 @@ class FunctionSpec(BaseModel):
         return self.callable_key(method) in self.generators
 
     @property
+    def queue_bound(self) -> int:
+        """The calls a function admits at once, running or waiting, before callers get 503 QueueFull:
+        `max_containers x max_inputs + max_queue` (spawned calls open count against it the same way)."""
+        return self.max_containers * self.max_inputs + self.max_queue
+
+    @property
     def gpu_request(self) -> GpuRequest | None:
         return parse_gpu(self.gpu)
 

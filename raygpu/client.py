@@ -128,7 +128,7 @@ class RemoteFunction:
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{self._label}.spawn: the arguments must be JSON values ({exc})") from None
         spec = self.deployed.spec
-        bound = spec.max_containers * spec.max_inputs + spec.max_queue
+        bound = spec.queue_bound
         record = ray.get(store().create_call.remote(self.app, spec.name, method, arguments, None, bound))
         if record is None:
             raise RemoteCallError(

@@ -101,7 +101,7 @@ def startup_errors_of_running(serve_app: str, names: set[str], wait_s: float) ->
     for name in sorted(names):
         handle = serve.get_deployment_handle(name, app_name=serve_app)
         try:
-            error = handle.startup_status.remote().result(timeout_s=wait_s)
+            error = handle.start_check.remote().result(timeout_s=wait_s)
         finally:
             handle.shutdown()  # its router would otherwise push metrics on after the driver detaches
         if error:

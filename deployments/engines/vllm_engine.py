@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from deployments.engines.cpu_caps import CpuCaps, cpu_engine_dtype, explain_engine_death, host_caps
 from deployments.engines.vllm_warm_core import WARM_CORES
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,35 @@ def sleep_mode_supported() -> tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, "vLLM sleep mode needs a CUDA GPU; on CPU a replica is either running or stopped"
     return True, ""
+
+
+def on_cpu() -> bool:
+    """Whether vLLM runs on the CPU platform in this process (no GPU it can use)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def choose_dtype(args: Any) -> tuple[CpuCaps | None, str]:
+    """On a CPU host, set the engine's dtype to one whose kernels this host can run (see
+    cpu_caps.cpu_engine_dtype); the host's capabilities and why the dtype changed (or "")."""
+    if not on_cpu():
+        return None, ""
+    caps = host_caps()
+    dtype, why = cpu_engine_dtype(getattr(args, "dtype", None), caps)
+    if dtype is not None:
+        args.dtype = dtype
+    if why:
+        logger.warning("raygpu: %s", why)
+    return caps, why
+
+
+@dataclass
+class EngineDeath:
+    """How an engine that stopped serving ended: its process's exit code and what it means."""
+
+    exitcode: int | None
+    message: str
 
 
 def import_vllm() -> None:
@@ -59,6 +89,19 @@ async def stop_app_task(task: asyncio.Task, grace_s: float) -> None:
                 await asyncio.wait_for(task, timeout=5.0)
 
 
+class _NoServer:
+    should_exit = False
+
+
+def engine_core_processes(engine: Any) -> list[Any]:
+    """The engine-core processes of an AsyncLLM (vLLM's internals; none where it has no such list)."""
+    try:
+        manager = engine.engine_core.resources.engine_manager
+        return list(getattr(manager, "processes", []) or [])
+    except AttributeError:
+        return []
+
+
 @dataclass
 class ResponseStart:
     status: int
@@ -68,9 +111,20 @@ class ResponseStart:
 class VllmServer:
     """vLLM's OpenAI server (FastAPI app + AsyncLLM engine) inside this process."""
 
-    def __init__(self, app: Any, engine: Any, exit_stack: contextlib.AsyncExitStack, model_name: str):
+    def __init__(
+        self,
+        app: Any,
+        engine: Any,
+        exit_stack: contextlib.AsyncExitStack,
+        model_name: str,
+        caps: CpuCaps | None = None,
+        dtype_note: str = "",
+    ):
         # engine start phases a warm engine-core process reported (name -> time); empty otherwise
         self.engine_phases: dict[str, float] = WARM_CORES.last_phases() if WARM_CORES.handed else {}
+        self.caps = caps  # the CPU host's capabilities (None on a GPU host)
+        self.dtype = str(engine.model_config.dtype).removeprefix("torch.")
+        self.dtype_note = dtype_note  # why raygpu chose the dtype, when it did
         self.app = app
         self.engine = engine
         self._exit_stack = exit_stack
@@ -111,6 +165,7 @@ class VllmServer:
                 raise ValueError(reason)
             args.enable_sleep_mode = True
         args.disable_uvicorn_access_log = True
+        caps, dtype_note = choose_dtype(args)
         if WARM_CORES.alive_count() and WARM_CORES.wait_ready(WARM_CORE_WAIT_S):
             # this process started a warm engine core ahead (a warm worker): the engine takes it
             if not WARM_CORES.install():
@@ -123,10 +178,13 @@ class VllmServer:
             supported_tasks = await engine.get_supported_tasks()
             app = build_app(args, supported_tasks, engine.model_config)
             await init_app_state(engine, app.state, args, supported_tasks)
+            # vLLM's handlers of a dead engine ask the uvicorn server that would run the app to
+            # stop: here there is none, and the replica reports the death itself (engine_death)
+            app.state.server = _NoServer()
         except BaseException:
             await stack.aclose()
             raise
-        return cls(app, engine, stack, served_model_name or model)
+        return cls(app, engine, stack, served_model_name or model, caps, dtype_note)
 
     async def request(
         self,
@@ -207,9 +265,29 @@ class VllmServer:
         if completed:
             await task
 
+    def engine_death(self) -> EngineDeath | None:
+        """None while the engine serves; once it died, its exit code and what that means."""
+        if not self.engine.errored:
+            return None
+        exitcode = None
+        for process in engine_core_processes(self.engine):
+            code = process.exitcode
+            if code not in (None, 0):
+                exitcode = code
+                break
+        return EngineDeath(exitcode, explain_engine_death(exitcode, self.caps, self.caps is not None))
+
+    def engine_core_pids(self) -> list[int]:
+        return [p.pid for p in engine_core_processes(self.engine) if p.pid is not None]
+
     def unfinished_requests(self) -> int:
-        """Requests the engine is still generating or has queued."""
-        return int(self.engine.get_num_unfinished_requests())
+        """Requests the engine is still generating or has queued (0 once it is dead)."""
+        try:
+            return int(self.engine.get_num_unfinished_requests())
+        except Exception:
+            if self.engine.errored:
+                return 0
+            raise
 
     async def sleep(self, level: int = 1) -> float:
         started = time.perf_counter()

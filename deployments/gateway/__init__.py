@@ -1,1 +1,2 @@
-"""The cluster-wide HTTP gateway: routing (pure), OpenAPI (pure), HTTP plumbing and the Serve app."""
+"""The cluster-wide HTTP gateway: routing and body rules (pure), the arrival buffer, HTTP plumbing
+and the gateway's Serve app (server.py)."""

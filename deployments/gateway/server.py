@@ -181,7 +181,7 @@ class Gateway:
         once its body is accepted (`_arrival`): a refused body never wakes a replica."""
         spec = deployed.spec
         key = (app, spec.name)
-        if self.inflight.get(key, 0) >= spec.max_containers * spec.max_inputs + spec.max_queue:
+        if self.inflight.get(key, 0) >= spec.queue_bound:
             return False
         self.inflight[key] = self.inflight.get(key, 0) + 1
         return True
@@ -508,7 +508,7 @@ class Gateway:
                 route.target,
                 body if body is not None else {},
                 callback.strip() if callback else None,
-                spec.max_containers * spec.max_inputs + spec.max_queue,
+                spec.queue_bound,
             )
         except Exception:
             return internal_error(f"spawn of {app}/{spec.name}")
@@ -592,6 +592,8 @@ class Gateway:
                 attempt += 1
                 if attempt <= spec.retries:
                     continue
+                if route.kind.forwards_http:  # an engine in the replica's own process died with it
+                    return error_response(503, "EngineDied", engine_process_died(spec.name, exc))
                 return error_response(
                     500,
                     "ReplicaDied",
@@ -705,6 +707,20 @@ def _sse_event(chunk: tuple[str, Any]) -> bytes:
     if kind == "error":
         return b"event: error\ndata: " + json.dumps(value, separators=(",", ":")).encode() + b"\n\n"
     return b"data: " + value + b"\n\n"
+
+
+def engine_process_died(name: str, exc: BaseException) -> str:
+    """What a caller learns when the replica process running an engine died under its call: Ray's
+    account of the exit, and the usual cause of an engine that dies in its first forward pass."""
+    detail = str(getattr(exc, "error_msg", "") or exc)
+    exit_detail = detail.partition("Worker exit detail:")[2].split(".")[0].strip()
+    return (
+        f"the replica running the engine of {name!r} died during the call"
+        + (f" ({exit_detail})" if exit_detail else f" ({type(exc).__name__})")
+        + "; a process killed by a signal in its engine's first forward pass on a CPU host is most often an "
+        "instruction the CPU advertises but cannot run: `raygpu doctor` shows what the host runs, and "
+        "RAYGPU_CPU_CAPS=amx=0 or engine_args dtype='float32' avoids it; `raygpu logs` has the replica's output"
+    )
 
 
 def internal_error(what: str) -> Response:

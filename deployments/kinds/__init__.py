@@ -1,5 +1,7 @@
 """The registry of unit kinds: function, class, torch model, vLLM. Adding a kind is one module
-beside these and one entry in `KINDS`; nothing else switches on a unit's kind."""
+beside these and one entry in `KINDS`: its rules, routes, OpenAPI, gateway matching and replica class
+live there. Elsewhere code reads a unit's settings (a deploy uploads the weight files a torch model
+names), never which kind it is."""
 
 from __future__ import annotations
 

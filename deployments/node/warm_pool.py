@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,6 +227,21 @@ class FlavourPool:
     idle: list[Any] = field(default_factory=list)
 
 
+def probe_cpu_kernels() -> None:
+    """Find once per node, ahead of any vLLM replica, which CPU kernels a process here can run
+    (deployments.engines.cpu_caps): a replica then reads the answer instead of probing."""
+    from importlib.util import find_spec
+
+    if find_spec("vllm") is None:
+        return
+    try:
+        from deployments.engines.cpu_caps import host_caps
+
+        host_caps()
+    except Exception as exc:
+        logger.warning("raygpu warm pool: CPU kernel probe failed (%s)", exc)
+
+
 class WarmPool:
     """Keeps `sizes[flavour]` idle warm workers of each flavour on its node, refilled after replicas
     take them. On a node other than the head (`release_when_unused`), it leaves once the node runs
@@ -244,6 +260,7 @@ class WarmPool:
         self.last_error = ""
         self._job: str | None = None
         self._task = asyncio.get_event_loop().create_task(self._keep_filled()) if self.available else None
+        threading.Thread(target=probe_cpu_kernels, name="raygpu-cpu-probe", daemon=True).start()
         if not self.available:
             logger.warning("raygpu warm pool disabled: %s", self.reason)
 

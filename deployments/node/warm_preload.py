@@ -46,6 +46,9 @@ def _preload() -> None:
             from deployments.replicas import vllm  # noqa: F401
 
             import_vllm()
+            from deployments.engines.cpu_caps import host_caps
+
+            host_caps()  # which CPU kernels the engine may use, probed once per node
             # the worker counts as warm once its engine core is ready too
             WARM_CORES.wait_ready(WARM_CORE_READY_S)
     except Exception:  # a replica imports what it needs itself

@@ -47,9 +47,9 @@ def deployment_options(
         "name": spec.name,
         "ray_actor_options": actor_options,
         "max_ongoing_requests": spec.max_inputs,
-        # The gateway admits up to max_containers x max_inputs + max_queue calls per function; at
-        # zero replicas all of them wait in Serve's router, which must not refuse them first.
-        "max_queued_requests": spec.max_containers * spec.max_inputs + max(spec.max_queue, 1),
+        # The gateway admits up to the function's queue bound; at zero replicas all of those calls
+        # wait in Serve's router, which must not refuse them first (and holds at least one).
+        "max_queued_requests": spec.queue_bound + (0 if spec.max_queue else 1),
         "graceful_shutdown_timeout_s": min(spec.timeout, constants.MAX_GRACEFUL_SHUTDOWN_S),
         "graceful_shutdown_wait_loop_s": 0.5,
         "health_check_period_s": constants.REPLICA_HEALTH_CHECK_PERIOD_S,

@@ -179,6 +179,11 @@ class ReplicaBase:
         except Exception as exc:
             logger.debug("raygpu: no scale event for this start (%s)", exc)
 
+    async def start_check(self) -> str | None:
+        """What a deploy's start check reports: why the unit cannot serve (None when it can). Kinds
+        whose load does not prove they can answer (an engine) run one request here."""
+        return self.startup_error
+
     async def startup_status(self) -> str | None:
         """Why this replica's unit could not start (None when it did): how a deploy checks a version."""
         return self.startup_error

@@ -26,8 +26,10 @@ class StartCheck:
         replica_class = kind_of(self.spec).replica_class()
         replica = replica_class.__new__(replica_class)
         await replica_class.__init__(replica, *self.args)
-        error = replica.startup_error
-        await replica.close()
+        try:
+            error = await replica.start_check()
+        finally:
+            await replica.close()
         return error
 
 

@@ -1,7 +1,11 @@
-"""The control plane's SQLite database: app registry, versions, token hashes, arrivals, scale events.
+"""The control plane's SQLite database, one table per concern: `apps` (registry, live version),
+`app_versions` (each deploy's spec), `version_payloads` (the code of live versions), `tokens`
+(hashes), `app_auth` (whether an app is protected), `arrivals` and `scale_events` (what the
+autoscaler learns from), `policy_state` (what it learned), `settings` (cluster settings, the webhook
+signing key among them), `weights` (torch model weight versions) and `calls` (spawned calls).
 
-Plain SQLite in WAL mode with no Ray import; the store actor (deployments/store.py) owns the one
-connection that writes to it.
+Plain SQLite in WAL mode with no Ray import; the store actor (deployments/store/actor.py) owns the
+one connection that writes to it.
 """
 
 from __future__ import annotations

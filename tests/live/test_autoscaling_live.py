@@ -151,7 +151,15 @@ def test_learned_state_survives_a_redeploy(scaling):
     before = ray.get(store.load_policy_state.remote("scaling", "sparse"))["history"]
     scaling.deploy(APPS / "scaling.py")  # a new version: Serve builds new policy instances
     assert scaling.post("/scaling/sparse", {"tick": 99}).status_code == 200
-    time.sleep(12)  # past the save interval of the new instance
-    after = ray.get(store.load_policy_state.remote("scaling", "sparse"))["history"]
-    assert after["last_arrival"] > before["last_arrival"]
+    after = scaling.wait_for(
+        lambda: (
+            (
+                (h := ray.get(store.load_policy_state.remote("scaling", "sparse"))["history"])["last_arrival"]
+                > before["last_arrival"]
+            )
+            and h
+        ),
+        timeout=40,
+        what="the new version's policy to save what it learned from the new call",
+    )
     assert after["total"] >= before["total"] > 0  # resumed, not relearned from nothing

@@ -36,11 +36,20 @@ def audit_against_ray(cluster, app: str, function: str, killed_pids: frozenset[i
         return found if found and all(a["State"] == "DEAD" and a["EndTime"] for a in found) else None
 
     actors = {a["Pid"]: a for a in cluster.wait_for(dead_replicas, timeout=120, what="replica actors to end")}
-    time.sleep(2.0)  # the stop events' last flush
-    by_replica: dict[str, list] = {}
-    for iv in ray.get(meter().intervals.remote(app, function)):
-        by_replica.setdefault(iv["replica"], []).append(iv)
-    assert by_replica and set(int(r.split("-")[0]) for r in by_replica) == set(actors)
+
+    def stops_recorded() -> dict[str, list] | None:
+        """Intervals by replica once the ledger has every replica and each one's stop (a killed
+        replica sends none: it is billed to its last heartbeat)."""
+        found: dict[str, list] = {}
+        for iv in ray.get(meter().intervals.remote(app, function)):
+            found.setdefault(iv["replica"], []).append(iv)
+        ends = {int(r.split("-")[0]): max(iv["end"] for iv in ivs) for r, ivs in found.items()}
+        if set(ends) != set(actors):
+            return None
+        stopped = all(ends[pid] >= actors[pid]["EndTime"] / 1000 - 0.15 for pid in actors if pid not in killed_pids)
+        return found if stopped else None
+
+    by_replica = cluster.wait_for(stops_recorded, timeout=30, what="every replica's stop in the ledger")
     workers = {
         w.pid: w
         for w in list_workers(
@@ -103,9 +112,9 @@ def test_ledger_counts_every_call_and_bills_agree_with_ray_state(cluster):
     assert counts == {200: 6, 422: 1}
 
     by_replica = audit_against_ray(cluster, "metered", "infer")
-    for ivs in by_replica.values():
-        active = sum(iv["end"] - iv["start"] for iv in ivs if iv["phase"] == "active")
-        assert active >= 6 * 0.3 * 0.9 / len(by_replica) or len(by_replica) > 1
+    # six calls of 0.3 s each, on whichever replicas ran them: at least that much active time in all
+    active = sum(iv["end"] - iv["start"] for ivs in by_replica.values() for iv in ivs if iv["phase"] == "active")
+    assert active >= 6 * 0.3 * 0.95, by_replica
 
     out = cluster.cli("bill", "metered", "--json")
     assert out.returncode == 0, out.stderr

@@ -19,12 +19,17 @@ AT_REST = {"rare", "other", "countdown"}
 
 @pytest.fixture(scope="module")
 def parked_app(cluster):
+    """The parked app, under a park-after short enough to test (the cluster's setting, as `raygpu up
+    --park-after` sets it), put back as it was for the modules after this one."""
+    previous = ray.get(get_store().get_setting.remote("park_after_s"))
     admin_call("set_setting", "park_after_s", PARK_AFTER_S)
     try:
         cluster.deploy(APPS / "parked.py")
         yield cluster, None
     finally:
-        admin_call("set_setting", "park_after_s", constants.DEFAULT_PARK_AFTER_S)
+        admin_call(
+            "set_setting", "park_after_s", constants.DEFAULT_PARK_AFTER_S if previous is None else previous
+        )
 
 
 def serve_app() -> str:

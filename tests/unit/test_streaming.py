@@ -4,7 +4,6 @@ after its reader leaves; errors reach the reader."""
 
 import asyncio
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -13,26 +12,30 @@ from deployments.replicas.streaming import HANDOFF_ITEMS, close_source, item_sou
 
 
 def test_items_arrive_as_they_are_produced():
-    def slow():
-        for i in range(3):
-            time.sleep(0.2)
-            yield i
+    reader_has_first = threading.Event()
+
+    def gated():
+        yield 0
+        # item 1 is produced only once the reader holds item 0: a source that waited for the whole
+        # generator before handing anything over would never get here
+        assert reader_has_first.wait(5), "the first item did not reach the reader before the next was made"
+        yield 1
+        yield 2
 
     async def read():
-        arrivals = []
-        started = time.monotonic()
-        async for item in iterate_in_thread(slow(), ThreadPoolExecutor(1)):
-            arrivals.append((item, time.monotonic() - started))
-        return arrivals
+        items = []
+        async for item in iterate_in_thread(gated(), ThreadPoolExecutor(1)):
+            items.append(item)
+            reader_has_first.set()
+        return items
 
-    arrivals = asyncio.run(read())
-    assert [item for item, _ in arrivals] == [0, 1, 2]
-    assert arrivals[0][1] < 0.45  # the first item came before the last was produced
+    assert asyncio.run(read()) == [0, 1, 2]
 
 
 def test_a_sync_generator_runs_only_a_few_items_ahead_and_stops_when_its_reader_leaves():
     produced: list[int] = []
     closed = threading.Event()
+    bound = 2 + HANDOFF_ITEMS + 1  # two read, a full hand-off, one made and waiting for room
 
     def endless():
         try:
@@ -47,13 +50,16 @@ def test_a_sync_generator_runs_only_a_few_items_ahead_and_stops_when_its_reader_
     async def read_two():
         source = iterate_in_thread(endless(), ThreadPoolExecutor(1))
         got = [await anext(source), await anext(source)]
-        await asyncio.sleep(0.3)
-        assert len(produced) <= 2 + HANDOFF_ITEMS + 1  # bounded hand-off, not a runaway thread
+        for _ in range(500):  # wait (at most ~5 s) until the producer has made all it may
+            if len(produced) >= bound:
+                break
+            await asyncio.sleep(0.01)
         await close_source(source)
         return got
 
     assert asyncio.run(read_two()) == [0, 1]
     assert closed.wait(2), "the generator was not closed after its reader left"
+    assert len(produced) == bound, produced  # it reached the bound, and never ran past it
 
 
 def test_an_error_in_the_generator_reaches_the_reader_after_its_items():
