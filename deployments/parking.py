@@ -19,13 +19,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray import serve
 
 from autoscaling.parking import QuietReport, parked_after
 from deployments import constants
 from deployments.head_actors import start_head_actor
-from deployments.replicas.application import ServeAppOptions, build_version_application, serve_app_options_key
-from deployments.serve_apps import app_exists, busy_deployments, deployments_by_app, deployments_of
+from deployments.serve_apps import (
+    ServeAppOptions,
+    busy_deployments,
+    delete_app,
+    deployments_by_app,
+    options_from,
+    options_key,
+    run_version,
+    wait_deployed,
+    wait_gone,
+)
 from deployments.spec import DeployedFunction
 from deployments.store.actor import get_store
 
@@ -239,17 +247,16 @@ class Parker:
             if initial != options.initial_replicas:
                 # every later build gives the deployments in Serve the options they run with
                 options = entry.options = options.model_copy(update={"initial_replicas": initial})
-                key = serve_app_options_key(entry.serve_app)
+                key = options_key(entry.serve_app)
                 await self.store.set_setting.remote(self._credential, key, options.model_dump())
-            application = build_version_application(
-                entry.app, entry.version, entry.functions, payloads, options, only=kept
-            )
             if not entry.names - entry.parked:  # it was emptied: wait for Serve to have deleted it
-                await asyncio.to_thread(_wait_gone, entry.serve_app, constants.PARK_APP_GONE_WAIT_S)
-            await asyncio.to_thread(serve._run, application, _blocking=False, name=entry.serve_app, route_prefix=None)
-            await asyncio.to_thread(_wait_deployed, entry.serve_app, kept, constants.PARK_APP_GONE_WAIT_S)
+                await asyncio.to_thread(wait_gone, entry.serve_app, constants.PARK_APP_GONE_WAIT_S)
+            await asyncio.to_thread(
+                run_version, entry.serve_app, entry.app, entry.version, entry.functions, payloads, options, kept
+            )
+            await asyncio.to_thread(wait_deployed, entry.serve_app, kept, constants.PARK_APP_GONE_WAIT_S)
         else:
-            await asyncio.to_thread(serve.delete, entry.serve_app, False)
+            await asyncio.to_thread(delete_app, entry.serve_app)
         entry.parked = set(parked)
         await self.store.set_parked.remote(self._credential, entry.app, sorted(parked))
         logger.info(
@@ -265,24 +272,8 @@ class Parker:
         if entry.payloads is None:
             entry.payloads = await self.store.version_payloads.remote(self._credential, entry.app, entry.version)
         if entry.options is None:
-            saved = await self.store.get_setting.remote(serve_app_options_key(entry.serve_app), None)
-            entry.options = ServeAppOptions.model_validate(saved) if isinstance(saved, dict) else ServeAppOptions()
+            entry.options = options_from(await self.store.get_setting.remote(options_key(entry.serve_app), None))
         return entry.payloads, entry.options
-
-
-def _wait_deployed(serve_app: str, names: set[str], wait_s: float) -> None:
-    """Until Serve's controller has every deployment of `names` (a handle can be opened then)."""
-    deadline = time.monotonic() + wait_s
-    while not names <= deployments_of(serve_app):
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"Serve did not add {sorted(names)} to {serve_app} within {wait_s:g} s")
-        time.sleep(0.02)
-
-
-def _wait_gone(serve_app: str, wait_s: float) -> None:
-    deadline = time.monotonic() + wait_s
-    while app_exists(serve_app) and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 async def bring_back(app: str, function: str, wait_s: float = constants.PARK_APP_GONE_WAIT_S) -> bool:

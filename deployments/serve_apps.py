@@ -1,14 +1,92 @@
-"""What a deploy asks Serve about its applications, one application at a time: `serve.status()` and
-the instance details build every application's full record (configs, replicas, topology) on the
-controller and validate it in the driver, which grows with every function deployed; a rollout only
-needs its own application's status and the names of its app's other versions."""
+"""The one owner of raygpu's Serve applications: building and running a version's application, the
+options it was built with (kept in the store so a rebuild changes no other deployment), deleting
+it, and every query raygpu makes of Serve's controller. Serve's private API is used here and
+nowhere else: when it changes, this file changes.
+
+Queries go one application at a time: `serve.status()` and the instance details build every
+application's full record (configs, replicas, topology) on the controller and validate it in the
+driver, which grows with every function deployed."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import ray
+from pydantic import BaseModel, Field
+from ray import serve
 from ray.serve.context import _get_global_client
+
+from deployments import constants
+from deployments.replicas.application import build_app_application
+from deployments.spec import DeployedFunction
+
+
+class ServeAppOptions(BaseModel):
+    """How a version's Serve application was built, kept in the store (setting `options_key`) so
+    that building it again with functions added or removed gives every other deployment the very
+    same options (Serve would otherwise restart it)."""
+
+    metered: bool = True
+    initial_replicas: dict[str, int] = Field(default_factory=dict)
+    worker_resource: str | None = None
+
+
+def options_key(serve_app: str) -> str:
+    """The store setting that keeps a version application's ServeAppOptions."""
+    return f"serve_app_options:{serve_app}"
+
+
+def options_from(saved: Any) -> ServeAppOptions:
+    """Options as the store kept them (the defaults where it kept none)."""
+    return ServeAppOptions.model_validate(saved) if isinstance(saved, dict) else ServeAppOptions()
+
+
+def build_version(
+    app: str,
+    version: int,
+    functions: list[DeployedFunction],
+    payloads: dict[str, bytes],
+    options: ServeAppOptions,
+    only: set[str] | None = None,
+) -> Any:
+    """The Serve application of a recorded version from what the store keeps (specs, digests,
+    code), with the deployments of `only` (default: every function), each versioned by its digest."""
+    chosen = [f for f in functions if only is None or f.spec.name in only]
+    missing = [f.spec.name for f in chosen if f.spec.name not in payloads]
+    if missing:
+        raise ValueError(f"{app} v{version}: the store has no code for {', '.join(missing)}")
+    return build_app_application(
+        app,
+        version,
+        [(f.spec, payloads[f.spec.name], f.accelerator) for f in chosen],
+        constants.STORE_ACTOR_NAME,
+        constants.RAY_NAMESPACE,
+        metered=options.metered,
+        initial_replicas=options.initial_replicas,
+        worker_resource=options.worker_resource,
+        versions={f.spec.name: f.digest for f in chosen if f.digest},
+    )
+
+
+def run_version(
+    serve_app: str,
+    app: str,
+    version: int,
+    functions: list[DeployedFunction],
+    payloads: dict[str, bytes],
+    options: ServeAppOptions,
+    only: set[str] | None = None,
+) -> None:
+    """Build a version's application and hand it to Serve without waiting (see wait_until_running)."""
+    application = build_version(app, version, functions, payloads, options, only)
+    serve._run(application, _blocking=False, name=serve_app, route_prefix=None)
+
+
+def delete_app(serve_app: str, blocking: bool = False) -> None:
+    """Delete a Serve application (its replicas finish their calls first)."""
+    serve.delete(serve_app, _blocking=blocking)
 
 
 @dataclass(frozen=True)
@@ -48,6 +126,24 @@ def deployments_by_app() -> dict[str, set[str]]:
     }
 
 
+def serve_details() -> dict[str, Any]:
+    """Serve's full record of every application (replicas and their states): for status views,
+    never on a path that runs per call or per tick. Empty when Serve does not answer."""
+    try:
+        return _get_global_client().get_serve_details()
+    except Exception:
+        return {}
+
+
+def running_replicas(serve_app: str) -> dict[str, int]:
+    """Running replicas per deployment of a Serve application (none when it does not exist)."""
+    app = serve_details().get("applications", {}).get(serve_app, {})
+    return {
+        name: sum(1 for r in deployment.get("replicas", []) if str(r.get("state")).endswith("RUNNING"))
+        for name, deployment in app.get("deployments", {}).items()
+    }
+
+
 def busy_deployments(serve_app: str, names: set[str]) -> set[str]:
     """Those of `names` in one application that Serve runs or starts a replica of, or wants one for
     (target above zero); a deployment the controller cannot answer for counts as busy."""
@@ -61,3 +157,19 @@ def busy_deployments(serve_app: str, names: set[str]) -> set[str]:
         except Exception:
             busy.add(name)
     return busy
+
+
+def wait_deployed(serve_app: str, names: set[str], wait_s: float) -> None:
+    """Until Serve's controller has every deployment of `names` (a handle can be opened then)."""
+    deadline = time.monotonic() + wait_s
+    while not names <= deployments_of(serve_app):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"Serve did not add {sorted(names)} to {serve_app} within {wait_s:g} s")
+        time.sleep(0.02)
+
+
+def wait_gone(serve_app: str, wait_s: float) -> None:
+    """Until Serve no longer has the application (or `wait_s` passed)."""
+    deadline = time.monotonic() + wait_s
+    while app_exists(serve_app) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -122,7 +122,7 @@ def _dump(value: Any) -> Any:
 
 def _operations() -> dict[str, tuple[type[_Body], Callable[[Any], Any]]]:
     from deployments.node.blobs import blobs
-    from raygpu import deploy, tokens, usage
+    from raygpu import deploy, rollout, tokens, usage
     from raygpu.admin import admin_key
     from raygpu.logs import replica_logs
 
@@ -131,7 +131,7 @@ def _operations() -> dict[str, tuple[type[_Body], Callable[[Any], Any]]]:
         return ray.get(blobs().put.remote(admin_key(), a.name, a.offset, data))
 
     def deploy_units(a: DeployArgs) -> Any:
-        return deploy.roll_out(a.app, a.source, a.units, check=a.check)
+        return rollout.roll_out(a.app, a.source, a.units, check=a.check)
 
     return {
         "ls": (NoArgs, lambda a: deploy.list_apps()),

@@ -199,12 +199,11 @@ def restore_apps_serve_lost(store: Any, admin: str) -> tuple[list[str], list[str
     on the same state dir) from the code payloads the store kept; apps whose code the store does
     not have (recorded before it kept code) are marked stopped, so the gateway never routes to a
     missing application. Returns (restored, forgotten)."""
-    from deployments.replicas.application import ServeAppOptions, build_version_application, serve_app_options_key
+    from deployments.serve_apps import app_names, options_from, options_key, run_version
     from deployments.spec import DeployedFunction
-    from raygpu.deploy import worker_resource
-    from raygpu.rollout import start
+    from raygpu.placement import worker_resource
 
-    running = set(serve.status().applications)
+    running = set(app_names())
     restored, forgotten = [], []
     for app in ray.get(store.live_apps.remote()):
         functions = [DeployedFunction.model_validate(f) for f in app["functions"]]
@@ -216,11 +215,9 @@ def restore_apps_serve_lost(store: Any, admin: str) -> tuple[list[str], list[str
             forgotten.append(app["name"])
             continue
         serve_app = functions[0].serve_app
-        saved = ray.get(store.get_setting.remote(serve_app_options_key(serve_app), None))
-        options = ServeAppOptions.model_validate(saved) if isinstance(saved, dict) else ServeAppOptions()
+        options = options_from(ray.get(store.get_setting.remote(options_key(serve_app), None)))
         options = options.model_copy(update={"worker_resource": worker_resource(), "initial_replicas": {}})
-        ray.get(store.set_setting.remote(admin, serve_app_options_key(serve_app), options.model_dump()))
-        application = build_version_application(app["name"], app["version"], functions, payloads, options)
-        start(application, serve_app)
+        ray.get(store.set_setting.remote(admin, options_key(serve_app), options.model_dump()))
+        run_version(serve_app, app["name"], app["version"], functions, payloads, options)
         restored.append(app["name"])
     return restored, forgotten

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 import ray
-from ray import serve
 
 from deployments import constants
-from deployments.capacity import CapacityError, NodeType, ReplicaRequest, node_type_for, place
+from deployments.capacity import NodeType, node_type_for
 from deployments.kinds import kind_of
 from deployments.node.weight_cache import fingerprint
-from deployments.replicas.application import ServeAppOptions, build_version_application, serve_app_options_key
 from deployments.replicas.start_phases import PHASES, TRIGGER_PHASES
-from deployments.serve_apps import app_exists
-from deployments.spec import DeployedFunction, FunctionSpec, version_app_name
+from deployments.serve_apps import serve_details
+from deployments.spec import DeployedFunction, FunctionSpec
 from deployments.weights_location import is_location, parse_location
 from raygpu.admin import admin_key
 from raygpu.app import App
@@ -35,56 +32,11 @@ from raygpu.contracts import (
 )
 from raygpu.control import admin_call, gateway_url, meter, public_url, store, wait_for_gateway
 from raygpu.errors import DeployError, NoClusterError, NotFoundError
-from raygpu.rollout import (
-    digest_of,
-    functions_to_check,
-    retire_versions,
-    run_start_checks,
-    running_replicas,
-    start,
-    startup_errors_of_running,
-    wait_until_running,
-    warm_handoff,
-)
+from raygpu.placement import cluster_node_types, replica_request, worker_resource
+from raygpu.rollout import retire_versions, roll_out
 
 # Serve replica states of a replica on its way to running.
 STARTING_STATES = ("STARTING", "PENDING_MIGRATION", "UPDATING", "RECOVERING")
-
-
-def live_node_resources() -> list[dict[str, float]]:
-    """Total resources of every alive node."""
-    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
-
-
-def cluster_node_types() -> list[NodeType]:
-    """The node types the cluster's autoscaler can launch, as `raygpu up` recorded them."""
-    raw = ray.get(store().get_setting.remote("node_types", [])) or []
-    return [NodeType.model_validate(t) for t in raw]
-
-
-def replica_request(spec: FunctionSpec, off_head: str | None) -> ReplicaRequest:
-    """The resources one replica of `spec` asks Ray for (see deployment_options)."""
-    request = spec.gpu_request
-    return ReplicaRequest(
-        cpus=spec.cpu,
-        gpus=request.count if request else 0,
-        accelerators=tuple(request.types or ()) if request else (),
-        memory_bytes=spec.memory * 1024 * 1024 if spec.memory else None,
-        custom=((off_head, constants.WORKER_RESOURCE_SLIVER),) if off_head else (),
-    )
-
-
-def resolve_accelerator(app: str, spec: FunctionSpec, off_head: str | None = None) -> str | None:
-    """The accelerator type this cluster will run `spec` on: one a live node has, else one a node
-    type of the autoscaler can launch (a GPU pool at zero nodes). Refuse what neither can hold."""
-    try:
-        placement = place(replica_request(spec, off_head), live_node_resources(), cluster_node_types())
-    except CapacityError as exc:
-        raise DeployError(
-            f"{app}/{spec.name} {exc}. Ask for what a node type offers, add a node type to cluster.yaml, or "
-            "locally start `raygpu up --local --gpus N --accelerator TYPE` (or `--fake-nodes TYPE:N`)"
-        ) from None
-    return placement.accelerator if spec.gpu_request and spec.gpu_request.types else None
 
 
 def stored_weights(where: str, path: str) -> str:
@@ -113,16 +65,6 @@ def stored_weights(where: str, path: str) -> str:
     except PermissionError as exc:
         raise DeployError(f"{where}: the cluster refused the upload ({exc})") from None
     return location.uri
-
-
-def worker_resource() -> str | None:
-    """The resource that keeps user replicas off the head node: asked for when the cluster has
-    non-head nodes that declare it, or was installed as a multi-node cluster."""
-    if ray.cluster_resources().get(constants.WORKER_RESOURCE):
-        return constants.WORKER_RESOURCE
-    if ray.get(store().get_setting.remote("replicas_off_head", False)):
-        return constants.WORKER_RESOURCE
-    return None
 
 
 def _live_entry(app: str) -> dict[str, Any] | None:
@@ -169,117 +111,6 @@ def deploy_app(
     return roll_out(app.name, source, prepare_units(app), wait_s=wait_s, metered=metered, check=check)
 
 
-def roll_out(
-    app_name: str,
-    source: str,
-    prepared: list[PreparedUnit],
-    wait_s: float = constants.READY_TIMEOUT_S,
-    metered: bool = True,
-    check: bool = False,
-) -> DeployResult:
-    """Record a new version and roll it out beside the live one; the live version keeps serving
-    until the new one is live, and keeps serving if the new one cannot start.
-
-    The new version is checked before it takes traffic through the replicas of functions with
-    `min_containers > 0`, and with `check=True` (`raygpu deploy --check`) through a start check of
-    every function that changed since the live version. A failed check removes the new version and
-    raises DeployError with the unit's startup error.
-
-    `metered=False` (Python API only, for operators measuring metering overhead) keeps the app's
-    replicas out of the ledger: nothing of it is billed."""
-    units: list[tuple[FunctionSpec, bytes, str | None]] = []
-    off_head = worker_resource()
-    deployed: list[DeployedFunction] = []
-    for unit in prepared:
-        spec = unit.spec
-        for model_id, path in (spec.torch_model.weights if spec.torch_model else {}).items():
-            if not is_location(path):
-                raise DeployError(f"{app_name}/{spec.name}: model {model_id!r}: {path} was not uploaded")
-        accelerator = resolve_accelerator(app_name, spec, off_head)
-        units.append((spec, unit.payload, accelerator))
-        deployed.append(
-            DeployedFunction(
-                spec=spec,
-                deployment=spec.name,
-                accelerator=accelerator,
-                routes=unit.routes,
-                digest=digest_of(spec, unit.payload),
-            )
-        )
-    live = _live_entry(app_name)
-    previous = [DeployedFunction.model_validate(f) for f in live["functions"]] if live else []
-    specs = {spec.name: spec for spec, _, _ in units}
-    kept_running, start_checked = functions_to_check(
-        specs, {d.spec.name: d.digest for d in deployed}, {d.spec.name: d.digest for d in previous}, check
-    )
-    version = admin_call(
-        "begin_version",
-        app_name,
-        source,
-        [d.model_dump(mode="json") for d in deployed],
-        {spec.name: payload for spec, payload, _ in units},
-    )
-    serve_app = version_app_name(app_name, version)
-    previous_label = f"v{live['version']} keeps serving" if live else "nothing was deployed"
-
-    def refuse(reason: str) -> DeployError:
-        if app_exists(serve_app):
-            serve.delete(serve_app, _blocking=False)
-        admin_call("mark_failed", app_name, version)
-        return DeployError(f"{app_name} v{version} was not deployed ({previous_label}): {reason}")
-
-    for spec, _, _ in units:
-        if spec.torch_model is not None:  # the weights a deploy names become current unless they already are
-            for model_id, path in spec.torch_model.weights.items():
-                admin_call("set_weights", app_name, spec.name, model_id, path, fingerprint(path), "deploy", True)
-    if start_checked:
-        errors = run_start_checks(app_name, version, [u for u in units if u[0].name in start_checked], off_head, wait_s)
-        if errors:
-            raise refuse(_startup_failures(app_name, errors))
-    running = running_replicas(previous[0].serve_app) if previous else {}
-    initial = warm_handoff(running, specs, ray.available_resources().get("GPU", 0.0))
-    options = ServeAppOptions(metered=metered, initial_replicas=initial, worker_resource=off_head)
-    try:
-        admin_call("set_setting", serve_app_options_key(serve_app), options.model_dump())
-        application = build_version_application(
-            app_name, version, deployed, {spec.name: payload for spec, payload, _ in units}, options
-        )
-        start(application, serve_app)
-    except Exception as exc:
-        raise refuse(f"Serve refused it: {exc}") from None
-    try:
-        wait_until_running(serve_app, wait_s)
-        errors = startup_errors_of_running(serve_app, kept_running, wait_s)
-    except DeployError as exc:
-        raise refuse(str(exc)) from None
-    if errors:
-        raise refuse(_startup_failures(app_name, errors))
-    generation = admin_call("mark_live", app_name, version)
-    url = None
-    try:
-        wait_for_gateway(gateway_url(), generation, wait_s)
-        url = public_url()
-    except NoClusterError:
-        pass
-    time.sleep(constants.RETIRE_DELAY_S)  # calls routed just before the switch reach the old version
-    retire_versions(app_name, keep=serve_app)
-    return DeployResult(
-        app=app_name,
-        version=version,
-        functions=[unit.spec.name for unit in prepared],
-        routes=[r.path for d in deployed for r in d.routes],
-        gateway_url=url,
-        checked=sorted(kept_running | start_checked),
-    )
-
-
-def _startup_failures(app: str, errors: dict[str, str]) -> str:
-    return "; ".join(
-        f"{app}/{name} could not start: {error} (`raygpu logs {app}/{name}` has the traceback)"
-        for name, error in sorted(errors.items())
-    )
-
-
 def list_apps() -> AppList:
     apps = ray.get(store().live_apps.remote())
     return AppList(
@@ -296,15 +127,6 @@ def list_apps() -> AppList:
     )
 
 
-def _serve_details() -> dict[str, Any]:
-    from ray.serve.context import _get_global_client
-
-    try:
-        return _get_global_client().get_serve_details()
-    except Exception:
-        return {}
-
-
 def in_phase_order(phases: dict[str, float]) -> dict[str, float]:
     """Start phases from the call that found no replica to the first response."""
     order = {name: i for i, name in enumerate((*TRIGGER_PHASES, *PHASES))}
@@ -314,7 +136,7 @@ def in_phase_order(phases: dict[str, float]) -> dict[str, float]:
 def replica_nodes() -> set[str]:
     """The nodes that run a replica of a user app now."""
     nodes = set()
-    for name, details in _serve_details().get("applications", {}).items():
+    for name, details in serve_details().get("applications", {}).items():
         if not name.startswith(constants.USER_APP_PREFIX):
             continue
         for deployment in details.get("deployments", {}).values():
@@ -331,7 +153,7 @@ def app_status(app: str) -> AppStatus:
     if entry is None:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
     live_serve_app = entry["functions"][0]["serve_app"] if entry["functions"] else ""
-    serve_app = _serve_details().get("applications", {}).get(live_serve_app, {})
+    serve_app = serve_details().get("applications", {}).get(live_serve_app, {})
     start_phases: dict[str, Any] = {}
     try:
         start_phases = ray.get(meter().start_phases.remote(app), timeout=10)
@@ -407,8 +229,7 @@ def stop_app(app: str) -> None:
         wait_for_gateway(gateway_url(), generation, constants.GATEWAY_PICKUP_TIMEOUT_S)
     except (NoClusterError, DeployError):
         pass
-    for name in retire_versions(app, keep=""):
-        serve.delete(name)
+    retire_versions(app, keep="", blocking=True)
 
 
 def source_label(path: Path, digest: str) -> str:

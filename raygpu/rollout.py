@@ -10,16 +10,29 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
 
 import ray
 from ray import serve
 
 from deployments import constants
+from deployments.node.weight_cache import fingerprint
 from deployments.replicas.start_check import start_checks
-from deployments.serve_apps import app_names, app_state
-from deployments.spec import FunctionSpec, version_app_prefix
-from raygpu.errors import DeployError
+from deployments.serve_apps import (
+    ServeAppOptions,
+    app_exists,
+    app_names,
+    app_state,
+    delete_app,
+    options_key,
+    run_version,
+    running_replicas,
+)
+from deployments.spec import DeployedFunction, FunctionSpec, version_app_name, version_app_prefix
+from deployments.weights_location import is_location
+from raygpu.contracts import DeployResult, PreparedUnit
+from raygpu.control import admin_call, gateway_url, public_url, store, wait_for_gateway
+from raygpu.errors import DeployError, NoClusterError
+from raygpu.placement import resolve_accelerator, worker_resource
 
 Unit = tuple[FunctionSpec, bytes, str | None]
 
@@ -53,25 +66,6 @@ def warm_handoff(running: dict[str, int], specs: dict[str, FunctionSpec], free_g
             free_gpus -= max(wanted - spec.min_containers, 0) * request.count
         initial[name] = max(wanted, spec.min_containers)
     return initial
-
-
-def running_replicas(serve_app: str) -> dict[str, int]:
-    """Running replicas per deployment of a Serve application (none when it does not exist)."""
-    from ray.serve.context import _get_global_client
-
-    try:
-        details = _get_global_client().get_serve_details()
-    except Exception:
-        return {}
-    app = details.get("applications", {}).get(serve_app, {})
-    return {
-        name: sum(1 for r in deployment.get("replicas", []) if str(r.get("state")).endswith("RUNNING"))
-        for name, deployment in app.get("deployments", {}).items()
-    }
-
-
-def start(application: Any, serve_app: str) -> None:
-    serve._run(application, _blocking=False, name=serve_app, route_prefix=None)
 
 
 def wait_until_running(serve_app: str, wait_s: float) -> None:
@@ -133,12 +127,120 @@ def run_start_checks(
     return errors
 
 
-def retire_versions(app: str, keep: str) -> list[str]:
+def retire_versions(app: str, keep: str, blocking: bool = False) -> list[str]:
     """Delete the Serve applications of every other version of `app` (their replicas finish their
-    calls first); return their names."""
+    calls first; `blocking` waits until they are gone); return their names."""
     prefix = version_app_prefix(app)
     legacy = f"{constants.USER_APP_PREFIX}{app}"
     retired = [name for name in app_names() if (name.startswith(prefix) or name == legacy) and name != keep]
     for name in retired:
-        serve.delete(name, _blocking=False)
+        delete_app(name, blocking=blocking)
     return retired
+
+
+def roll_out(
+    app_name: str,
+    source: str,
+    prepared: list[PreparedUnit],
+    wait_s: float = constants.READY_TIMEOUT_S,
+    metered: bool = True,
+    check: bool = False,
+) -> DeployResult:
+    """Record a new version and roll it out beside the live one; the live version keeps serving
+    until the new one is live, and keeps serving if the new one cannot start.
+
+    The new version is checked before it takes traffic through the replicas of functions with
+    `min_containers > 0`, and with `check=True` (`raygpu deploy --check`) through a start check of
+    every function that changed since the live version. A failed check removes the new version and
+    raises DeployError with the unit's startup error.
+
+    `metered=False` (Python API only, for operators measuring metering overhead) keeps the app's
+    replicas out of the ledger: nothing of it is billed."""
+    units: list[tuple[FunctionSpec, bytes, str | None]] = []
+    off_head = worker_resource()
+    deployed: list[DeployedFunction] = []
+    for unit in prepared:
+        spec = unit.spec
+        for model_id, path in (spec.torch_model.weights if spec.torch_model else {}).items():
+            if not is_location(path):
+                raise DeployError(f"{app_name}/{spec.name}: model {model_id!r}: {path} was not uploaded")
+        accelerator = resolve_accelerator(app_name, spec, off_head)
+        units.append((spec, unit.payload, accelerator))
+        deployed.append(
+            DeployedFunction(
+                spec=spec,
+                deployment=spec.name,
+                accelerator=accelerator,
+                routes=unit.routes,
+                digest=digest_of(spec, unit.payload),
+            )
+        )
+    live = ray.get(store().live_app.remote(app_name))
+    previous = [DeployedFunction.model_validate(f) for f in live["functions"]] if live else []
+    specs = {spec.name: spec for spec, _, _ in units}
+    kept_running, start_checked = functions_to_check(
+        specs, {d.spec.name: d.digest for d in deployed}, {d.spec.name: d.digest for d in previous}, check
+    )
+    version = admin_call(
+        "begin_version",
+        app_name,
+        source,
+        [d.model_dump(mode="json") for d in deployed],
+        {spec.name: payload for spec, payload, _ in units},
+    )
+    serve_app = version_app_name(app_name, version)
+    previous_label = f"v{live['version']} keeps serving" if live else "nothing was deployed"
+
+    def refuse(reason: str) -> DeployError:
+        if app_exists(serve_app):
+            delete_app(serve_app)
+        admin_call("mark_failed", app_name, version)
+        return DeployError(f"{app_name} v{version} was not deployed ({previous_label}): {reason}")
+
+    for spec, _, _ in units:
+        if spec.torch_model is not None:  # the weights a deploy names become current unless they already are
+            for model_id, path in spec.torch_model.weights.items():
+                admin_call("set_weights", app_name, spec.name, model_id, path, fingerprint(path), "deploy", True)
+    if start_checked:
+        errors = run_start_checks(app_name, version, [u for u in units if u[0].name in start_checked], off_head, wait_s)
+        if errors:
+            raise refuse(_startup_failures(app_name, errors))
+    running = running_replicas(previous[0].serve_app) if previous else {}
+    initial = warm_handoff(running, specs, ray.available_resources().get("GPU", 0.0))
+    options = ServeAppOptions(metered=metered, initial_replicas=initial, worker_resource=off_head)
+    try:
+        admin_call("set_setting", options_key(serve_app), options.model_dump())
+        run_version(serve_app, app_name, version, deployed, {spec.name: payload for spec, payload, _ in units}, options)
+    except Exception as exc:
+        raise refuse(f"Serve refused it: {exc}") from None
+    try:
+        wait_until_running(serve_app, wait_s)
+        errors = startup_errors_of_running(serve_app, kept_running, wait_s)
+    except DeployError as exc:
+        raise refuse(str(exc)) from None
+    if errors:
+        raise refuse(_startup_failures(app_name, errors))
+    generation = admin_call("mark_live", app_name, version)
+    url = None
+    try:
+        wait_for_gateway(gateway_url(), generation, wait_s)
+        url = public_url()
+    except NoClusterError:
+        pass
+    time.sleep(constants.RETIRE_DELAY_S)  # calls routed just before the switch reach the old version
+    retire_versions(app_name, keep=serve_app)
+    return DeployResult(
+        app=app_name,
+        version=version,
+        functions=[unit.spec.name for unit in prepared],
+        routes=[r.path for d in deployed for r in d.routes],
+        gateway_url=url,
+        checked=sorted(kept_running | start_checked),
+    )
+
+
+def _startup_failures(app: str, errors: dict[str, str]) -> str:
+    return "; ".join(
+        f"{app}/{name} could not start: {error} (`raygpu logs {app}/{name}` has the traceback)"
+        for name, error in sorted(errors.items())
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
 from ray import serve
 
 from autoscaling.serve_adapter import serve_autoscaling_config
@@ -13,7 +12,7 @@ from billing.constants import METER_ACTOR_NAME, METER_NAMESPACE
 from deployments import constants
 from deployments.kinds import kind_of
 from deployments.node.warm_pool import runtime_env_for
-from deployments.spec import DeployedFunction, FunctionSpec
+from deployments.spec import FunctionSpec
 
 
 def deployment_options(
@@ -111,44 +110,3 @@ def build_app_application(
     ingress_deployment, ingress_args = bound[0]
     siblings = [deployment.bind(*args) for deployment, args in bound[1:]]
     return ingress_deployment.bind(*ingress_args, *siblings)
-
-
-class ServeAppOptions(BaseModel):
-    """How a version's Serve application was built, kept in the store (setting
-    `serve_app_options_key(serve_app)`) so that building it again with functions added or removed
-    gives every other deployment the very same options (Serve would otherwise restart it)."""
-
-    metered: bool = True
-    initial_replicas: dict[str, int] = Field(default_factory=dict)
-    worker_resource: str | None = None
-
-
-def serve_app_options_key(serve_app: str) -> str:
-    return f"serve_app_options:{serve_app}"
-
-
-def build_version_application(
-    app: str,
-    version: int,
-    functions: list[DeployedFunction],
-    payloads: dict[str, bytes],
-    options: ServeAppOptions,
-    only: set[str] | None = None,
-) -> Any:
-    """The Serve application of a recorded version from what the store keeps (specs, digests,
-    code), with the deployments of `only` (default: every function), each versioned by its digest."""
-    chosen = [f for f in functions if only is None or f.spec.name in only]
-    missing = [f.spec.name for f in chosen if f.spec.name not in payloads]
-    if missing:
-        raise ValueError(f"{app} v{version}: the store has no code for {', '.join(missing)}")
-    return build_app_application(
-        app,
-        version,
-        [(f.spec, payloads[f.spec.name], f.accelerator) for f in chosen],
-        constants.STORE_ACTOR_NAME,
-        constants.RAY_NAMESPACE,
-        metered=options.metered,
-        initial_replicas=options.initial_replicas,
-        worker_resource=options.worker_resource,
-        versions={f.spec.name: f.digest for f in chosen if f.digest},
-    )

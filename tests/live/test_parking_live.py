@@ -27,9 +27,7 @@ def parked_app(cluster):
         cluster.deploy(APPS / "parked.py")
         yield cluster, None
     finally:
-        admin_call(
-            "set_setting", "park_after_s", constants.DEFAULT_PARK_AFTER_S if previous is None else previous
-        )
+        admin_call("set_setting", "park_after_s", constants.DEFAULT_PARK_AFTER_S if previous is None else previous)
 
 
 def serve_app() -> str:
