@@ -146,7 +146,7 @@ def serve_baselines(weights_pt: str, metrics_interval_s: float):
 def running(app_name: str, deployment: str) -> int:
     from ray.serve.context import _get_global_client
 
-    from raygpu.deploy import live_serve_app
+    from raygpu.ops.deploy import live_serve_app
 
     if app_name.startswith("raygpu-app-"):  # a raygpu app: its live version's Serve application
         app_name = live_serve_app(app_name.removeprefix("raygpu-app-"))
@@ -254,7 +254,7 @@ def evict(model_dir: str) -> bool:
 
 def start_phases_after(deployment: tuple[str, str], previous: dict | None, timeout_s: float = 60.0) -> dict:
     """The phases of the replica start that just answered (a report other than `previous`)."""
-    from raygpu.deploy import app_status
+    from raygpu.ops.deploy import app_status
 
     app_name, function = deployment
     deadline = time.monotonic() + timeout_s
@@ -317,8 +317,8 @@ def main() -> None:
 
     pool_sizes = parse_pool_sizes(args.warm_pool)
     with private_cluster(warm_pool=pool_sizes) as info:
-        from raygpu.deploy import deploy_app, source_label
-        from raygpu.loader import load_app
+        from raygpu.ops.deploy import deploy_app, source_label
+        from raygpu.sdk.loader import load_app
 
         serve_baselines(str(weights_pt), constants.METRICS_INTERVAL_S)
         app_file = work / "coldbench.py"
@@ -348,8 +348,8 @@ def main() -> None:
             }
         from deployments.engines.model_stage import clear as clear_staged
         from deployments.engines.model_stage import staged_path
-        from raygpu.local_cluster import free_port
-        from raygpu.testing import build_random_llama, build_tiny_llama
+        from raygpu.controlplane.local_cluster import free_port
+        from raygpu.sdk.testing import build_random_llama, build_tiny_llama
 
         def vllm_case(app_name: str, model_dir: str, cold_read: bool) -> dict:
             """raygpu's side and vLLM's own server's; with `cold_read`, each after the weights were

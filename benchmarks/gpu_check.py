@@ -57,7 +57,7 @@ def check_vllm(work: Path, cuda: bool) -> tuple[bool, float, str]:
 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from deployments.engines.vllm_engine import ResponseStart, VllmServer
-    from raygpu.testing import build_tiny_llama
+    from raygpu.sdk.testing import build_tiny_llama
 
     model = str(build_tiny_llama(work / "tiny-llama"))
     engine_args = {"enforce_eager": True, "max_model_len": 256, "distributed_executor_backend": "uni", "seed": 0}

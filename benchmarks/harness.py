@@ -35,17 +35,20 @@ def private_cluster(
 
     # models its vLLM replicas stage in node memory, apart from any other cluster's on the machine
     os.environ[STAGE_DIR_ENV] = f"{DEFAULT_STAGE_DIR}-{Path(home).name}"
-    from deployments.capacity import parse_fake_nodes
-    from raygpu.local_cluster import free_port, start_local, stop_local
+    from raygpu.controlplane.local_cluster import free_port, local_options, start_local, stop_local
+    from raygpu.ops.capacity import parse_fake_nodes
 
-    info = start_local(
-        gpus=gpus,
+    options = local_options(
         http_port=free_port(),
+        **({} if park_after_s is None else {"park_after_s": park_after_s}),
+        **({} if warm_pool is None else {"warm_pool": warm_pool}),
+    )
+    info = start_local(
+        options,
+        gpus=gpus,
         include_dashboard=include_dashboard,
         fake_nodes=parse_fake_nodes(fake_nodes) if fake_nodes else None,
         node_idle_timeout_s=node_idle_timeout_s,
-        **({} if park_after_s is None else {"park_after_s": park_after_s}),
-        **({} if warm_pool is None else {"warm_pool": warm_pool}),
     )
     try:
         yield info

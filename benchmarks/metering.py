@@ -57,8 +57,8 @@ def main() -> None:
         import ray
 
         from billing.constants import METER_ACTOR_NAME, METER_NAMESPACE
-        from raygpu.deploy import deploy_app, source_label
-        from raygpu.loader import load_app
+        from raygpu.ops.deploy import deploy_app, source_label
+        from raygpu.sdk.loader import load_app
 
         folder = Path(tempfile.mkdtemp())
         for name, metered in (("metered", True), ("unmetered", False)):

@@ -86,8 +86,8 @@ def main() -> None:
     from ray.serve.context import _get_global_client
 
     from deployments import constants
-    from raygpu.deploy import app_status, deploy_app
-    from raygpu.loader import load_app
+    from raygpu.ops.deploy import app_status, deploy_app
+    from raygpu.sdk.loader import load_app
 
     def replicas(app_name: str, deployment: str) -> int:
         details = _get_global_client().get_serve_details().get("applications", {})

@@ -62,7 +62,7 @@ def app_sources(work: Path) -> dict[str, str]:
 
 def serve_processes(temp_dir: str) -> tuple[psutil.Process | None, list[psutil.Process], list[psutil.Process]]:
     """The cluster's Serve controller, its gateway replicas, and every process of the cluster."""
-    from raygpu.home import cluster_processes
+    from raygpu.sdk.home import cluster_processes
 
     everything = cluster_processes(temp_dir)
     controller, gateways = None, []
@@ -180,8 +180,8 @@ def profile_controller(temp_dir: str, out: Path, seconds: int) -> str | None:
 def settled_deploy_seconds(work: Path, size: int, per_app: int, count: int = 3) -> float:
     """Median time to deploy an app of `per_app` functions into the settled cluster (nothing else
     deploying or parking); the probe apps are stopped again, so N stays as it was."""
-    from raygpu.deploy import deploy_app, source_label, stop_app
-    from raygpu.loader import load_app
+    from raygpu.ops.deploy import deploy_app, source_label, stop_app
+    from raygpu.sdk.loader import load_app
 
     timings, names = [], []
     for i in range(count):
@@ -237,8 +237,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="raygpu-scalebench-"))
     rows: list[dict[str, Any]] = []
     with private_cluster(gpus=0, park_after_s=args.park_after) as info:
-        from raygpu.deploy import deploy_app, source_label
-        from raygpu.loader import load_app
+        from raygpu.ops.deploy import deploy_app, source_label
+        from raygpu.sdk.loader import load_app
 
         deployed = 0
         apps = 0

@@ -57,8 +57,8 @@ def main() -> None:
     with private_cluster() as info:
         from ray import serve
 
-        from raygpu.deploy import deploy_app, source_label
-        from raygpu.loader import load_app
+        from raygpu.ops.deploy import deploy_app, source_label
+        from raygpu.sdk.loader import load_app
 
         @serve.deployment(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
         class Plain:

@@ -116,14 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     work = Path(tempfile.mkdtemp(prefix="raygpu-vllmbench-"))
-    from raygpu.testing import build_tiny_llama
+    from raygpu.sdk.testing import build_tiny_llama
 
     model_dir = str(build_tiny_llama(work / "tiny-llama"))
     runs: dict[str, list[float]] = {"raygpu": [], "vllm_server": []}
     with private_cluster() as info:
-        from raygpu.deploy import deploy_app, source_label
-        from raygpu.loader import load_app
-        from raygpu.local_cluster import free_port
+        from raygpu.controlplane.local_cluster import free_port
+        from raygpu.ops.deploy import deploy_app, source_label
+        from raygpu.sdk.loader import load_app
 
         app_file = work / f"{APP_NAME}.py"
         app_file.write_text(vllm_app_source(APP_NAME, model_dir, scaledown_window=600))

@@ -11,7 +11,7 @@ else
   echo "== starting a local cluster (2 logical H100s, gateway on port $PORT)"
   raygpu up --local --gpus 2 --accelerator H100 --port "$PORT"
 fi
-URL="$(python -c 'from raygpu.connection import connect; connect(); from raygpu.control import gateway_url; print(gateway_url())' 2>/dev/null)"
+URL="$(python -c 'from raygpu.sdk.connection import connect; connect(); from raygpu.sdk.control import gateway_url; print(gateway_url())' 2>/dev/null)"
 
 echo "== deploying examples/hello.py and examples/embeddings.py"
 raygpu deploy examples/hello.py

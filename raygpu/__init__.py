@@ -8,10 +8,11 @@ def hello(name: str) -> str:
 """
 
 from deployments.spec import FunctionSpec, Image
-from raygpu.app import App, Function, Model, enter, exit, method, torch_model, vllm
-from raygpu.calls import FunctionCall
-from raygpu.client import lookup
-from raygpu.errors import (
+from raygpu import _moved
+from raygpu.sdk.app import App, Function, Model, enter, exit, method, torch_model, vllm
+from raygpu.sdk.calls import FunctionCall
+from raygpu.sdk.client import lookup
+from raygpu.sdk.errors import (
     DeployError,
     InvalidSpecError,
     NoClusterError,
@@ -21,6 +22,8 @@ from raygpu.errors import (
 )
 
 __version__ = "0.1.0"
+
+_moved.install()  # raygpu.deploy, raygpu.client, ...: the paths from before the rooms still import
 
 __all__ = [
     "App",

@@ -41,15 +41,15 @@ class Cluster:
         return requests.post(f"{self.url}{path}", json=json_body, timeout=kwargs.pop("timeout", 120), **kwargs)
 
     def deploy(self, file: str | Path) -> dict:
-        from raygpu.deploy import deploy_app, source_label
-        from raygpu.loader import load_app
+        from raygpu.ops.deploy import deploy_app, source_label
+        from raygpu.sdk.loader import load_app
 
         app, path, digest = load_app(str(file))
         return deploy_app(app, source_label(path, digest)).model_dump()
 
     def deployed_app(self, file: Path):
         """Deploy `file` and return its App as the SDK loads it (to call `fn.map`, `fn.spawn`, ...)."""
-        from raygpu.loader import load_app
+        from raygpu.sdk.loader import load_app
 
         result = self.deploy(file)
         app, _, _ = load_app(str(file))
@@ -57,7 +57,7 @@ class Cluster:
         return app
 
     def status(self, app: str):
-        from raygpu.deploy import app_status
+        from raygpu.ops.deploy import app_status
 
         return app_status(app)
 
@@ -74,7 +74,7 @@ class Cluster:
 @pytest.fixture(scope="session")
 def cluster():
     home = Path(tempfile.mkdtemp(prefix="raygpu-test-home-"))
-    from raygpu.local_cluster import free_port
+    from raygpu.controlplane.local_cluster import free_port
 
     port = free_port()
     # models staged in node memory by this session's vLLM replicas (`raygpu down` removes them)
@@ -117,8 +117,8 @@ def _run_cluster(home: Path, port: int, env: dict[str, str]):
         timeout=300,
     )
     assert up.returncode == 0, f"raygpu up failed:\n{up.stdout}\n{up.stderr}"
-    from raygpu.connection import connect, disconnect
-    from raygpu.home import cluster_processes, read_local_cluster
+    from raygpu.sdk.connection import connect, disconnect
+    from raygpu.sdk.home import cluster_processes, read_local_cluster
 
     connect()
     info = read_local_cluster()
@@ -130,7 +130,7 @@ def _run_cluster(home: Path, port: int, env: dict[str, str]):
     )
     assert down.returncode == 0, down.stderr
     assert not Path(env["RAYGPU_MODEL_STAGE_DIR"]).exists(), "`raygpu down` left staged models in node memory"
-    from raygpu.local_cluster import client_servers
+    from raygpu.controlplane.local_cluster import client_servers
 
     leftover = cluster_processes(info.temp_dir) + client_servers(int(info.address.rsplit(":", 1)[1]))
     assert not leftover, f"`raygpu down` left processes running: {[p.pid for p in leftover]}"

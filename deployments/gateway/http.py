@@ -1,8 +1,9 @@
-"""HTTP plumbing of the gateway: JSON answers, the shared listening socket and uvicorn embedded
-in a replica."""
+"""HTTP plumbing of the gateway: JSON answers, reading a request's body within the size and time
+limits, the shared listening socket and uvicorn embedded in a replica."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -10,8 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from deployments import constants
 
 _CAP_BODY = b'{"error":{"type":"TooManyConnections","message":"this gateway replica has all the connections it takes"}}'
 CONNECTION_CAP_RESPONSE = (
@@ -153,3 +157,58 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.setblocking(False)
     return sock
+
+
+async def read_body(request: Request, max_body_bytes: int) -> bytes | Response:
+    """The whole body, or the answer refusing it: 413 past the size limit (read before only as
+    far as needed for the client to see it), 408 when it does not arrive in time."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+        return await too_large(request, max_body_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(constants.BODY_TIMEOUT_S):
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    return Response(status_code=499)  # nobody is listening for an answer
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > max_body_bytes:
+                    return await too_large(request, max_body_bytes)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        return error_response(
+            408,
+            "RequestTimeout",
+            f"the request body did not arrive within {constants.BODY_TIMEOUT_S:g} s",
+            headers={"Connection": "close"},
+        )
+
+
+async def too_large(request: Request, max_body_bytes: int) -> Response:
+    """413, closing the connection. A client waiting on `Expect: 100-continue` (curl) is answered
+    at once; one that sends the whole body first (requests, urllib) has it read and discarded,
+    up to a bound, so it reads the 413 instead of a reset connection."""
+    if "100-continue" not in request.headers.get("expect", "").lower():
+        drained = 0
+        try:
+            async with asyncio.timeout(constants.BODY_TIMEOUT_S):
+                while drained <= constants.MAX_DRAIN_BYTES:
+                    message = await request.receive()
+                    if message["type"] == "http.disconnect":
+                        break
+                    drained += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            pass
+    return error_response(
+        413,
+        "PayloadTooLarge",
+        f"request body exceeds the gateway limit of {max_body_bytes} bytes",
+        headers={"Connection": "close"},
+    )

@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from raygpu.cli.common import address_option, cluster, console, fail, run, when
-from raygpu.contracts import AppStatus
+from raygpu.ops.contracts import AppStatus
 
 
 @click.command()
@@ -23,8 +23,8 @@ def deploy(target: str, as_json: bool, check: bool, address: str | None) -> None
     """Deploy FILE[::APP]: a new version, rolled out beside the live one without dropping requests.
     Functions with min_containers > 0 (and, with --check, every changed one) must start before it
     goes live."""
-    from raygpu.deploy import source_label
-    from raygpu.loader import load_app
+    from raygpu.ops.deploy import source_label
+    from raygpu.sdk.loader import load_app
 
     app, path, digest = run(lambda: load_app(target))
     target_cluster = cluster(address)
@@ -113,8 +113,8 @@ def status(app: str, as_json: bool, address: str | None) -> None:
 @address_option
 def call(target: str, data: str, token: str | None, url: str | None, address: str | None) -> None:
     """Call APP/FN (or APP/Class/method) over HTTP through the gateway and print the result."""
-    from raygpu.client import call_over_http
-    from raygpu.errors import RaygpuError, RemoteCallError
+    from raygpu.sdk.client import call_over_http
+    from raygpu.sdk.errors import RaygpuError, RemoteCallError
 
     if url is None:
         target_cluster = cluster(address)

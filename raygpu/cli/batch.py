@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from raygpu.cli.common import address_option, cluster, fail, run
-from raygpu.errors import RemoteCallError
+from raygpu.sdk.errors import RemoteCallError
 
 
 def read_inputs(path: Path) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from rich.table import Table
 from billing.cost import CostComparison
 from billing.node_bill import NodeBill
 from raygpu.cli.common import address_option, cluster, console, fail, run
-from raygpu.contracts import Bill
+from raygpu.ops.contracts import Bill
 
 PHASES = ("cold_start", "active", "idle")
 OPTION_TITLES = {
@@ -154,7 +154,7 @@ def bill_command(
 ) -> None:
     """GPU-seconds by phase (cold start, active, idle) and cost per function; with --nodes, the
     GPU nodes' own GPU-seconds and where those not billed to functions went."""
-    from raygpu.usage import parse_time
+    from raygpu.ops.usage import parse_time
 
     lo, hi = run(lambda: (parse_time(since), parse_time(until)))
     target_cluster = cluster(address)
@@ -211,7 +211,7 @@ def cost(
     address: str | None,
 ) -> None:
     """Which is cheaper for my traffic: as billed, dedicated GPUs by the hour, or per request."""
-    from raygpu.usage import parse_time
+    from raygpu.ops.usage import parse_time
 
     lo, hi = run(lambda: (parse_time(since), parse_time(until)))
     target_cluster = cluster(address)

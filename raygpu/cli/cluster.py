@@ -147,23 +147,53 @@ def up(
     address: str | None,
 ) -> None:
     """Start a local cluster (--local), or install raygpu on a running Ray cluster (--address)."""
-    from deployments.calls.callbacks import parse_networks
-    from deployments.node.warm_pool import parse_pool_sizes
-    from raygpu.home import raygpu_home
-    from raygpu.local_cluster import start_local
+    from pydantic import ValidationError
 
+    from raygpu.controlplane.local_cluster import local_options, start_local
+    from raygpu.controlplane.options import ControlPlaneOptions
+    from raygpu.sdk.home import raygpu_home
+
+    if not local and fake_nodes:
+        fail("--fake-nodes starts a local fake multi-node cluster: use it with --local")
+    if not local and not address:
+        fail(
+            "say where: `raygpu up --local` for this machine, or `raygpu up --address HOST:PORT` "
+            "for a cluster started with `ray up cluster.yaml`"
+        )
+    home = raygpu_home()
+    settings = {
+        "http_port": http_port,
+        "serve_port": serve_port,
+        "metrics_port": metrics_port,
+        "prices_path": str(Path(prices_path).resolve()) if prices_path else None,
+        "warm_pool": warm_pool,
+        "callback_allow": list(callback_allow),
+    }
     try:
-        call_retention_s = parse_duration(call_retention)
-        pool_sizes = parse_pool_sizes(warm_pool)
-        park_after_s = parse_duration(park_after, "--park-after", least_s=1.0, allow_zero=True)
-        parse_networks(callback_allow)
+        settings["call_retention_s"] = parse_duration(call_retention)
+        settings["park_after_s"] = parse_duration(park_after, "--park-after", least_s=1.0, allow_zero=True)
+        if local:
+            options = local_options(state_dir, **({"http_host": http_host} if http_host else {}), **settings)
+        else:
+            options = ControlPlaneOptions(
+                state_dir=str(Path(state_dir or home).expanduser().resolve()),
+                http_host=http_host or "0.0.0.0",
+                replicas_off_head=True,
+                autoscaling_config=_bootstrap_config(autoscaling_config),
+                tls_cert=str(Path(tls_cert).resolve()) if tls_cert else None,
+                tls_key=str(Path(tls_key).resolve()) if tls_key else None,
+                public_url=public_url,
+                **{**settings, "metrics_port": metrics_port or constants.DEFAULT_METRICS_PORT},
+            )
+    except ValidationError as exc:
+        fail("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()))
     except ValueError as exc:
         fail(str(exc))
 
     if local:
         pools = None
         if fake_nodes:
-            from deployments.capacity import parse_fake_nodes
+            from raygpu.ops.capacity import parse_fake_nodes
 
             try:
                 pools = parse_fake_nodes(fake_nodes)
@@ -172,22 +202,13 @@ def up(
         with console.status("starting a local Ray cluster and the raygpu gateway..."):
             info = run(
                 lambda: start_local(
+                    options,
                     gpus=gpus,
                     accelerator=accelerator or None,
-                    http_port=http_port,
-                    http_host=http_host or constants.DEFAULT_HTTP_HOST,
-                    serve_port=serve_port,
                     logical_cpus=cpus,
-                    state_dir=state_dir,
-                    metrics_port=metrics_port,
-                    prices_path=prices_path,
-                    warm_pool=pool_sizes,
                     control_loop_interval_s=control_loop_interval,
                     fake_nodes=pools,
                     node_idle_timeout_s=node_idle_timeout,
-                    call_retention_s=call_retention_s,
-                    callback_allow=list(callback_allow),
-                    park_after_s=park_after_s,
                 )
             )
         console.print(f"[green]local cluster up[/green] at {info.address}")
@@ -200,55 +221,26 @@ def up(
             console.print(f"  node pool  {pool_type.describe()}, from zero (fake nodes)")
         console.print(f"  state      {info.state_dir}")
         return
-    if fake_nodes:
-        fail("--fake-nodes starts a local fake multi-node cluster: use it with --local")
-    if bool(tls_cert) != bool(tls_key):
-        fail("give both --tls-cert and --tls-key (PEM files), or neither")
-    if public_url and not public_url.startswith(("http://", "https://")):
-        fail(f"--public-url {public_url!r} must start with http:// or https://")
-    if not address:
-        fail(
-            "say where: `raygpu up --local` for this machine, or `raygpu up --address HOST:PORT` "
-            "for a cluster started with `ray up cluster.yaml`"
-        )
-    from raygpu.control_plane import start_control_driver
+    from raygpu.controlplane.control_plane import start_control_driver
 
     # The control plane is installed by a driver that keeps running here (run this on the head node:
     # `ray exec cluster.yaml "raygpu up --address auto"`): Serve's controller belongs to its job,
     # and the warm pools need that job alive.
-    home = raygpu_home()
-    config = {
-        "state_dir": str(Path(state_dir or home).expanduser().resolve()),
-        "http_host": http_host or "0.0.0.0",
-        "http_port": http_port,
-        "serve_port": serve_port,
-        "metrics_port": metrics_port or constants.DEFAULT_METRICS_PORT,
-        "prices_path": str(Path(prices_path).resolve()) if prices_path else None,
-        "warm_pool": pool_sizes,
-        "replicas_off_head": True,
-        "autoscaling_config": _bootstrap_config(autoscaling_config),
-        "tls_cert": str(Path(tls_cert).resolve()) if tls_cert else None,
-        "tls_key": str(Path(tls_key).resolve()) if tls_key else None,
-        "public_url": public_url,
-        "call_retention_s": call_retention_s,
-        "callback_allow": list(callback_allow),
-        "park_after_s": park_after_s,
-    }
-    from raygpu.admin import admin_key_path, ensure_admin_key
+    from raygpu.sdk.admin import admin_key_path, ensure_admin_key
 
     new_credential = not admin_key_path().exists()
     with console.status("installing the raygpu control plane..."):
-        pid = run(lambda: start_control_driver(address, home, "cluster", config, local=False))
+        pid = run(lambda: start_control_driver(address, home, "cluster", options, local=False))
     if new_credential:
         console.print(
             "admin token (shown once; the cluster keeps only its hash; `raygpu login URL --token ...` "
             f"on your machine):\n{ensure_admin_key()}"
         )
-    host = "127.0.0.1" if config["http_host"] in ("0.0.0.0", "::") else config["http_host"]
+    host = "127.0.0.1" if options.http_host in ("0.0.0.0", "::") else options.http_host
     scheme = "https" if tls_cert else "http"
     console.print(
         f"[green]raygpu is up[/green]; gateway {public_url or f'{scheme}://{host}:{http_port}'}, metrics "
-        f"http://{host}:{config['metrics_port']}/metrics (head only; control-plane driver pid {pid})"
+        f"http://{host}:{options.metrics_port}/metrics (head only; control-plane driver pid {pid})"
     )
 
 
@@ -287,8 +279,8 @@ def _bootstrap_config(given: str | None) -> str | None:
 @click.command()
 def down() -> None:
     """Stop the local cluster started by `raygpu up --local` (only its own processes)."""
-    from raygpu.home import read_local_cluster
-    from raygpu.local_cluster import stop_local
+    from raygpu.controlplane.local_cluster import stop_local
+    from raygpu.sdk.home import read_local_cluster
 
     if read_local_cluster() is None:
         console.print("no local raygpu cluster is running")
@@ -337,7 +329,7 @@ def doctor(as_json: bool, host_only: bool, address: str | None) -> None:
     """What this host and each node of the cluster can run: GPUs, the CPU instructions a process can
     really use (AMX, AVX-512: probed by running vLLM's kernels once per host, RAYGPU_CPU_CAPS forces
     them), torch and vLLM builds, free memory and shared memory."""
-    from raygpu.doctor import doctor as examine
+    from raygpu.ops.doctor import doctor as examine
 
     result = run(lambda: examine(address, nodes=not host_only))
     if as_json:
@@ -409,7 +401,7 @@ def login(url: str, token: str) -> None:
     """Use the cluster behind the gateway at URL from this machine: later commands (deploy, status,
     logs, tokens, weights, bill, ...) go through the gateway with the admin token, kept in
     $RAYGPU_HOME/login.json (mode 0600). `--address` still attaches as a Ray driver."""
-    from raygpu.operations import GatewayOperations, Login, save_login
+    from raygpu.ops.operations import GatewayOperations, Login, save_login
 
     if not url.startswith(("http://", "https://")):
         fail(f"{url!r} is not a gateway URL: give http(s)://HOST:PORT")
@@ -422,7 +414,7 @@ def login(url: str, token: str) -> None:
 @click.command()
 def logout() -> None:
     """Forget the login of `raygpu login` (commands use the local cluster or --address again)."""
-    from raygpu.operations import login_path
+    from raygpu.ops.operations import login_path
 
     path = login_path()
     if path.exists():

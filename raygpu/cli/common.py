@@ -11,7 +11,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 
-from raygpu.errors import RaygpuError
+from raygpu.sdk.errors import RaygpuError
 
 T = TypeVar("T")
 
@@ -39,7 +39,7 @@ def run(fn: Callable[[], T]) -> T:
 
 
 def connect(address: str | None) -> None:
-    from raygpu.connection import connect as attach
+    from raygpu.sdk.connection import connect as attach
 
     run(lambda: attach(address))
 
@@ -55,7 +55,7 @@ def echo_json(payload: Any) -> None:
 
 def cluster(address: str | None) -> Any:
     """The cluster to act on: as a Ray driver (--address, the local cluster) or over the gateway
-    of `raygpu login` (see raygpu.operations)."""
-    from raygpu.operations import operations
+    of `raygpu login` (see raygpu.ops.operations)."""
+    from raygpu.ops.operations import operations
 
     return run(lambda: operations(address))

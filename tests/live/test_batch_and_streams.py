@@ -11,7 +11,7 @@ import requests
 from conftest import APPS
 
 import raygpu
-from raygpu.errors import RemoteCallError
+from raygpu.sdk.errors import RemoteCallError
 
 
 @pytest.fixture(scope="module")

@@ -143,7 +143,7 @@ def test_tokens_guard_every_route_of_an_app(cluster):
     out = cluster.cli("auth", "off", "guarded", "--yes")
     assert out.returncode == 0, out.stderr
     assert cluster.post("/guarded/add", {"a": 1}).json() == 2
-    from raygpu.home import read_local_cluster
+    from raygpu.sdk.home import read_local_cluster
 
     logs = Path(read_local_cluster().temp_dir, "session_latest", "logs")
     for path in logs.rglob("*"):
@@ -204,10 +204,10 @@ def test_a_restarted_control_plane_redeploys_the_live_versions_serve_lost(cluste
     from ray import serve
 
     from deployments.store.actor import get_store
-    from raygpu.admin import admin_key
-    from raygpu.control_plane import restore_apps_serve_lost
-    from raygpu.deploy import live_serve_app
-    from raygpu.tokens import create_token, set_auth
+    from raygpu.controlplane.control_plane import restore_apps_serve_lost
+    from raygpu.ops.deploy import live_serve_app
+    from raygpu.ops.tokens import create_token, set_auth
+    from raygpu.sdk.admin import admin_key
 
     store = get_store()
     admin = admin_key()
@@ -238,9 +238,9 @@ def test_a_restarted_control_plane_redeploys_the_live_versions_serve_lost(cluste
 def test_a_revocation_reaches_every_gateway_replica_within_a_second(cluster):
     import ray
 
-    from raygpu.admin import admin_key
-    from raygpu.control import store
-    from raygpu.tokens import create_token, set_auth
+    from raygpu.ops.tokens import create_token, set_auth
+    from raygpu.sdk.admin import admin_key
+    from raygpu.sdk.control import store
 
     cluster.deploy(APPS / "guarded.py")
     created = create_token("guarded")
@@ -303,7 +303,7 @@ def test_a_version_that_cannot_start_never_replaces_the_live_one(cluster, tmp_pa
 def ray_versions(app: str) -> list[dict]:
     import ray
 
-    from raygpu.control import store
+    from raygpu.sdk.control import store
 
     return ray.get(store().versions.remote(app))
 
@@ -314,8 +314,8 @@ def test_a_killed_store_keeps_what_it_acknowledged_and_the_gateway_follows_it(cl
 
     import ray
 
-    from raygpu.control import store
-    from raygpu.tokens import create_token, set_auth
+    from raygpu.ops.tokens import create_token, set_auth
+    from raygpu.sdk.control import store
 
     cluster.deploy(APPS / "guarded.py")
     created = create_token("guarded")
@@ -345,7 +345,7 @@ def test_a_killed_store_keeps_what_it_acknowledged_and_the_gateway_follows_it(cl
 def _ping_or_none():
     import ray
 
-    from raygpu.control import store
+    from raygpu.sdk.control import store
 
     try:
         return ray.get(store().ping.remote(), timeout=5)

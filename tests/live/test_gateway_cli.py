@@ -31,7 +31,7 @@ def laptop(home: Path, *args: str, extra: dict | None = None, timeout: float = 3
 
 @pytest.fixture(scope="module")
 def admin_token(cluster):
-    from raygpu.admin import admin_key
+    from raygpu.sdk.admin import admin_key
 
     return admin_key()
 

@@ -8,7 +8,7 @@ import pytest
 import requests
 from conftest import APPS
 
-from raygpu.deploy import live_serve_app
+from raygpu.ops.deploy import live_serve_app
 
 
 def meter():
@@ -190,7 +190,7 @@ def scripted_requests() -> list[dict]:
 def scripted_usage(cluster):
     import ray
 
-    from raygpu.control import admin_call
+    from raygpu.sdk.control import admin_call
 
     # the meter bills only units the store knows: record a (never started) version naming this one
     version = admin_call(
@@ -368,8 +368,8 @@ def test_prometheus_scrapes_the_exporter(cluster, scripted_usage, tmp_path):
     import shutil
     import subprocess
 
-    from raygpu.home import read_local_cluster
-    from raygpu.local_cluster import free_port
+    from raygpu.controlplane.local_cluster import free_port
+    from raygpu.sdk.home import read_local_cluster
 
     binary = shutil.which("prometheus")
     assert binary, "the Prometheus server is missing: `make prometheus` (apt-get install prometheus) installs it"

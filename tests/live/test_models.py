@@ -39,7 +39,7 @@ def models_app(cluster, tmp_path_factory):
 def stats(function: str) -> dict:
     from ray import serve
 
-    from raygpu.deploy import live_serve_app
+    from raygpu.ops.deploy import live_serve_app
 
     handle = serve.get_deployment_handle(function, app_name=live_serve_app("models"))
     try:
@@ -185,7 +185,7 @@ def test_a_second_replica_starts_from_the_node_cache_without_the_file(cluster, m
 
     assert infer(cluster, function="cached").json()["outputs"] == [[4.0]]
     from deployments.weights_location import blob_name
-    from raygpu.deploy import live_serve_app
+    from raygpu.ops.deploy import live_serve_app
 
     first_pid = stats("cached")["pid"]
     stored_as = blob_name(models_app / "cached.safetensors")  # deploy uploaded it by content
@@ -235,6 +235,6 @@ def test_replica_starts_are_broken_into_phases(cluster, models_app):
 
 
 def _metrics_port() -> int:
-    from raygpu.home import read_local_cluster
+    from raygpu.sdk.home import read_local_cluster
 
     return read_local_cluster().metrics_port

@@ -11,7 +11,7 @@ from deployments import constants
 from deployments.parking import get_parker
 from deployments.serve_apps import deployments_of
 from deployments.store.actor import get_store
-from raygpu.control import admin_call
+from raygpu.sdk.control import admin_call
 
 PARK_AFTER_S = 3.0
 AT_REST = {"rare", "other", "countdown"}

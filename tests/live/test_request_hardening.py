@@ -229,7 +229,7 @@ def test_the_gateway_answers_json_errors_for_bad_requests(hardened):
 def test_deployed_code_cannot_change_the_control_plane_or_forge_a_bill(hardened):
     import ray
 
-    from raygpu.control import meter, store
+    from raygpu.sdk.control import meter, store
 
     hardened.deploy(APPS / "intruder.py")
     r = hardened.post("/intruder/attempt", {"victim": "hardened"})

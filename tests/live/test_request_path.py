@@ -129,7 +129,7 @@ def test_503_queue_full_with_retry_after(basic):
 def test_gateway_errors_never_wake_a_replica(basic):
     import ray
 
-    from raygpu.control import store
+    from raygpu.sdk.control import store
 
     assert replicas_of(basic, "basic", "cold") == 0
     before = len(ray.get(store().arrivals.remote("basic", "cold")))

@@ -12,7 +12,7 @@ from conftest import APPS
 
 import raygpu
 from deployments.calls.callbacks import SIGNATURE_HEADER, verify
-from raygpu.errors import RemoteCallError
+from raygpu.sdk.errors import RemoteCallError
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def llm(cluster, tmp_path_factory):
     import openai
 
-    from raygpu.testing import build_tiny_llama
+    from raygpu.sdk.testing import build_tiny_llama
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAYGPU_TEST_LLAMA", str(build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))))
@@ -78,7 +78,7 @@ def chat_handle():
     import ray
     from ray import serve
 
-    from raygpu.control import store
+    from raygpu.sdk.control import store
 
     entry = next(a for a in ray.get(store().live_apps.remote()) if a["name"] == "llm")
     return serve.get_deployment_handle("chat", app_name=entry["functions"][0]["serve_app"])

@@ -21,7 +21,7 @@ ENGINE_ARGS = {
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    from raygpu.testing import build_tiny_llama
+    from raygpu.sdk.testing import build_tiny_llama
 
     with pytest.MonkeyPatch.context() as patch:
         # the uni executor (no worker process of its own), as the test apps run it on CPU hosts

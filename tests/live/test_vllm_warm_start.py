@@ -47,7 +47,7 @@ def idle_vllm_workers() -> int:
 
 @pytest.fixture(scope="module")
 def warm_llm(cluster, tmp_path_factory):
-    from raygpu.testing import build_tiny_llama
+    from raygpu.sdk.testing import build_tiny_llama
 
     pool = head_pool()
     ray.get(pool.resize.remote({"vllm": 1}))
@@ -93,7 +93,7 @@ def test_a_vllm_replica_from_zero_starts_on_a_warm_vllm_worker_with_a_warm_engin
 def tiny_engine_info() -> dict:
     from ray import serve
 
-    from raygpu.control import store
+    from raygpu.sdk.control import store
 
     entry = next(a for a in ray.get(store().live_apps.remote()) if a["name"] == "warmllm")
     handle = serve.get_deployment_handle("tiny", app_name=entry["functions"][0]["serve_app"])

@@ -119,3 +119,12 @@ def test_every_import_of_raygpu_code_in_the_benchmarks_resolves():
                         except ImportError:
                             missing.append(f"{path.name}: from {node.module} import {alias.name}")
     assert not missing, missing
+
+
+def test_modules_that_moved_into_rooms_still_import_from_their_old_paths():
+    import importlib
+
+    from raygpu._moved import MOVED
+
+    for old, new in MOVED.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old

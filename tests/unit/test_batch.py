@@ -8,7 +8,7 @@ import time
 import pytest
 
 from deployments.signature import bind_positional, is_generator, positional_parameters
-from raygpu.batch import MAX_BATCH_WINDOW, batch_window, run_batch
+from raygpu.sdk.batch import MAX_BATCH_WINDOW, batch_window, run_batch
 
 
 class Recorder:
@@ -141,7 +141,7 @@ def test_generators_are_told_apart_from_functions():
 
 
 def test_map_inputs_of_different_lengths_are_refused():
-    from raygpu.client import zip_equal
+    from raygpu.sdk.client import zip_equal
 
     assert list(zip_equal(([1, 2], "ab"))) == [(1, "a"), (2, "b")]
     with pytest.raises(ValueError, match="same length; they have 2, 3"):

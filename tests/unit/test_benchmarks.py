@@ -31,7 +31,7 @@ WITH_APPS = [m for m in MODULES if hasattr(importlib.import_module(f"benchmarks.
 
 @pytest.mark.parametrize("name", WITH_APPS)
 def test_every_generated_app_loads(name, tmp_path):
-    from raygpu.loader import load_app
+    from raygpu.sdk.loader import load_app
 
     module = importlib.import_module(f"benchmarks.{name}")
     sources = module.app_sources(tmp_path)

@@ -4,7 +4,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from deployments.capacity import (
+from raygpu.ops.capacity import (
     CapacityError,
     NodeType,
     ReplicaRequest,

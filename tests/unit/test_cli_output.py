@@ -10,7 +10,7 @@ from billing.cost import CostComparison
 from raygpu.cli import main
 from raygpu.cli.apps import status_lines
 from raygpu.cli.billing import bill_csv, bill_table, cost_lines
-from raygpu.contracts import AppStatus, Bill, BillLineOut, FunctionStatus, ReplicaCounts, ScaleEvent
+from raygpu.ops.contracts import AppStatus, Bill, BillLineOut, FunctionStatus, ReplicaCounts, ScaleEvent
 
 
 def rendered(renderable) -> str:

@@ -43,7 +43,7 @@ def test_the_control_plane_imports_no_torch():
 
     code = (
         "import sys\n"
-        "import raygpu.cli, raygpu.control_plane, raygpu.control_driver, raygpu.deploy\n"
+        "import raygpu.cli, raygpu.controlplane.control_plane, raygpu.controlplane.control_driver, raygpu.ops.deploy\n"
         "import deployments.gateway.server, billing.meter, deployments.store.actor, deployments.node.warm_pool\n"
         "assert 'torch' not in sys.modules and 'vllm' not in sys.modules, sorted(sys.modules)\n"
     )

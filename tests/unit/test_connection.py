@@ -3,7 +3,7 @@ the CLI writes JSON) for stderr."""
 
 from ray._private import worker
 
-from raygpu.connection import ray_messages_to_stderr
+from raygpu.sdk.connection import ray_messages_to_stderr
 
 
 def test_ray_driver_messages_go_to_stderr(monkeypatch, capsys):

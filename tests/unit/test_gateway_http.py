@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from deployments.gateway.http import EmbeddedServer, gateway_config, json_response, reuse_port_socket
-from raygpu.local_cluster import free_port
+from raygpu.controlplane.local_cluster import free_port
 
 
 async def ok_app(scope, receive, send):

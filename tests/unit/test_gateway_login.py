@@ -7,9 +7,9 @@ import stat
 import pytest
 from pydantic import ValidationError
 
-from raygpu.admin_api import OPERATIONS, BlobChunk, DeployArgs, _operations
-from raygpu.errors import AdminCredentialError
-from raygpu.operations import GatewayOperations, Login, operations, read_login, save_login
+from raygpu.ops.operations import DriverOperations, GatewayOperations, Login, operations, read_login, save_login
+from raygpu.ops.table import OPERATIONS, BlobChunk, DeployArgs
+from raygpu.sdk.errors import AdminCredentialError
 
 
 @pytest.fixture()
@@ -45,14 +45,31 @@ def test_a_login_routes_commands_through_the_gateway_and_an_address_overrides_it
 
 
 def test_an_unreachable_gateway_says_so():
-    from raygpu.errors import NoClusterError
+    from raygpu.sdk.errors import NoClusterError
 
     with pytest.raises(NoClusterError, match="cannot reach the raygpu gateway at http://127.0.0.1:1"):
         GatewayOperations(Login(url="http://127.0.0.1:1", token="rga_x"), timeout_s=2).ls()
 
 
+def test_both_ways_to_a_cluster_are_made_from_the_one_table():
+    for name in OPERATIONS:
+        assert callable(getattr(DriverOperations, name)) and callable(getattr(GatewayOperations, name)), name
+
+
+def test_arguments_are_checked_on_the_client_before_anything_is_sent(monkeypatch):
+    sent = []
+    target = GatewayOperations(Login(url="http://127.0.0.1:1", token="rga_x"))
+    monkeypatch.setattr(target, "call", lambda name, **args: sent.append((name, args)) or {"by": "x"})
+    with pytest.raises(ValidationError):
+        target.bill("app", None, None, "week")  # `by` is function or day
+    with pytest.raises(TypeError, match="takes 2 arguments"):
+        target.weights_ls("a", "f", "extra")
+    assert sent == []
+    target.token_revoke("app", "abc")
+    assert sent == [("token_revoke", {"app": "app", "token_id": "abc"})]
+
+
 def test_admin_bodies_are_checked_before_anything_runs():
-    assert set(_operations()) == set(OPERATIONS)
     with pytest.raises(ValidationError):
         DeployArgs.model_validate({"app": "a", "source": "s", "units": [], "check": False})  # no units
     with pytest.raises(ValidationError):

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from raygpu import control
-from raygpu.errors import DeployError
+from raygpu.sdk import control
+from raygpu.sdk.errors import DeployError
 
 
 class Gateway:

@@ -9,9 +9,9 @@ import time
 import psutil
 import pytest
 
-from raygpu.errors import NoClusterError
-from raygpu.home import LocalCluster, local_state_path
-from raygpu.local_cluster import free_port, port_free, stop_local, wait_for_ports
+from raygpu.controlplane.local_cluster import free_port, port_free, stop_local, wait_for_ports
+from raygpu.sdk.errors import NoClusterError
+from raygpu.sdk.home import LocalCluster, local_state_path
 
 
 def sleeper() -> subprocess.Popen:
@@ -93,7 +93,7 @@ def test_two_control_planes_never_share_a_state_dir(tmp_path):
     import subprocess
     import sys
 
-    from raygpu.home import StateDirInUse, claim_state_dir
+    from raygpu.sdk.home import StateDirInUse, claim_state_dir
 
     state = tmp_path / "state"
     claim_state_dir(state, "10.0.0.1:6379", os.getpid())  # this process runs a control plane on it

@@ -91,7 +91,7 @@ def test_replica_answers_serialise_numpy_and_torch_values():
 def test_internal_errors_answer_an_id_that_the_gateway_log_holds():
     import logging
 
-    from deployments.gateway.server import internal_error, logger
+    from deployments.gateway.answers import internal_error, logger
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
@@ -113,7 +113,7 @@ def test_internal_errors_answer_an_id_that_the_gateway_log_holds():
 
 def test_which_functions_a_deploy_checks_before_the_version_goes_live():
     from deployments.spec import FunctionSpec
-    from raygpu.rollout import functions_to_check
+    from raygpu.ops.rollout import functions_to_check
 
     specs = {
         "kept": FunctionSpec(name="kept", min_containers=1),
@@ -129,7 +129,7 @@ def test_which_functions_a_deploy_checks_before_the_version_goes_live():
 
 def test_a_new_version_starts_as_warm_as_the_live_one_as_far_as_free_gpus_allow():
     from deployments.spec import FunctionSpec
-    from raygpu.rollout import warm_handoff
+    from raygpu.ops.rollout import warm_handoff
 
     specs = {
         "cpu": FunctionSpec(name="cpu", max_containers=3),

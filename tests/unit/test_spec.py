@@ -138,7 +138,7 @@ def test_spec_round_trips_as_json():
 
 def test_model_specs_validate_at_declaration(tmp_path):
     import raygpu
-    from raygpu.errors import InvalidSpecError
+    from raygpu.sdk.errors import InvalidSpecError
 
     app = raygpu.App("models-spec")
     model = app.torch_model(

@@ -29,10 +29,10 @@ from deployments.serve_apps import (
 )
 from deployments.spec import DeployedFunction, FunctionSpec, version_app_name, version_app_prefix
 from deployments.weights_location import is_location
-from raygpu.contracts import DeployResult, PreparedUnit
-from raygpu.control import admin_call, gateway_url, public_url, store, wait_for_gateway
-from raygpu.errors import DeployError, NoClusterError
-from raygpu.placement import resolve_accelerator, worker_resource
+from raygpu.ops.contracts import DeployResult, PreparedUnit
+from raygpu.ops.placement import resolve_accelerator, worker_resource
+from raygpu.sdk.control import admin_call, gateway_url, public_url, store, wait_for_gateway
+from raygpu.sdk.errors import DeployError, NoClusterError
 
 Unit = tuple[FunctionSpec, bytes, str | None]
 

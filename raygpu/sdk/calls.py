@@ -9,9 +9,9 @@ from typing import Any
 import ray
 
 from deployments.calls.records import MAX_WAIT_S
-from raygpu.connection import connect
-from raygpu.control import store
-from raygpu.errors import NotFoundError, RemoteCallError
+from raygpu.sdk.connection import connect
+from raygpu.sdk.control import store
+from raygpu.sdk.errors import NotFoundError, RemoteCallError
 
 
 class FunctionCall:

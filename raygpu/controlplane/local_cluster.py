@@ -13,19 +13,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
 
 from deployments import constants
-from deployments.calls.records import DEFAULT_CALL_RETENTION_S
-from deployments.capacity import NodeType
 from deployments.engines.model_stage import clear_all as clear_all_staged
 from deployments.node.warm_pool import system_config
-from raygpu.connection import connect, disconnect
-from raygpu.control_plane import ray_env, start_control_driver
-from raygpu.errors import NoClusterError
-from raygpu.home import (
+from raygpu.controlplane.control_plane import ray_env, start_control_driver
+from raygpu.controlplane.options import ControlPlaneOptions
+from raygpu.ops.capacity import NodeType
+from raygpu.sdk.connection import connect, disconnect
+from raygpu.sdk.errors import NoClusterError
+from raygpu.sdk.home import (
     LocalCluster,
     cluster_processes,
     default_state_dir,
@@ -77,29 +78,29 @@ def ensure_port_free(host: str, port: int, flag: str) -> None:
 
 
 def start_local(
+    control: ControlPlaneOptions | None = None,
     *,
     gpus: int = constants.DEFAULT_LOCAL_GPUS,
     accelerator: str | None = constants.DEFAULT_LOCAL_ACCELERATOR,
-    http_port: int = constants.DEFAULT_HTTP_PORT,
-    http_host: str = constants.DEFAULT_HTTP_HOST,
-    serve_port: int | None = None,
-    metrics_port: int | None = None,
-    prices_path: str | None = None,
     logical_cpus: int = constants.DEFAULT_LOCAL_LOGICAL_CPUS,
-    state_dir: str | None = None,
     include_dashboard: bool = True,
-    warm_pool: dict[str, int] | int = constants.DEFAULT_WARM_POOL_SIZE,
     control_loop_interval_s: float | None = None,
     fake_nodes: list[NodeType] | None = None,
     node_idle_timeout_s: float = constants.DEFAULT_FAKE_NODE_IDLE_TIMEOUT_S,
-    call_retention_s: float = DEFAULT_CALL_RETENTION_S,
-    callback_allow: list[str] | None = None,
-    park_after_s: float = constants.DEFAULT_PARK_AFTER_S,
 ) -> LocalCluster:
     """Start a persistent local Ray head with logical GPUs, then the raygpu control plane on it.
     `fake_nodes`: GPU node types Ray's fake multi-node autoscaler launches on this machine (each a
     raylet of its own) when a replica asks for what only they have, and removes after
-    `node_idle_timeout_s` idle: a GPU cluster whose pools scale from zero, on one machine."""
+    `node_idle_timeout_s` idle: a GPU cluster whose pools scale from zero, on one machine.
+    `control` (default: local_options()) says how the control plane runs; ports it leaves open are
+    picked free here."""
+    control = control or local_options()
+    http_host, http_port, serve_port, metrics_port = (
+        control.http_host,
+        control.http_port,
+        control.serve_port,
+        control.metrics_port,
+    )
     existing = read_local_cluster()
     if existing and local_cluster_alive(existing):
         raise NoClusterError(
@@ -163,7 +164,7 @@ def start_local(
         gpus=gpus,
         accelerator=accelerator if gpus else None,
         logical_cpus=logical_cpus,
-        state_dir=str(Path(state_dir).expanduser().resolve()) if state_dir else str(default_state_dir()),
+        state_dir=control.state_dir,
         fake_nodes=[t.model_dump() for t in fake_nodes or []],
         pids=[p.pid for p in cluster_processes(temp_dir)],
         started_at=time.time(),
@@ -175,19 +176,13 @@ def start_local(
             cluster.address,
             Path(cluster.temp_dir),
             cluster.temp_dir,
-            {
-                "state_dir": cluster.state_dir,
-                "http_host": http_host,
-                "http_port": http_port,
-                "serve_port": cluster.serve_port,
-                "metrics_port": cluster.metrics_port,
-                "prices_path": str(Path(prices_path).resolve()) if prices_path else None,
-                "warm_pool": warm_pool,
-                "node_types": [t.model_dump() for t in fake_nodes or []],
-                "call_retention_s": call_retention_s,
-                "callback_allow": list(callback_allow or []),
-                "park_after_s": park_after_s,
-            },
+            control.model_copy(
+                update={
+                    "serve_port": cluster.serve_port,
+                    "metrics_port": cluster.metrics_port,
+                    "node_types": list(fake_nodes or []),
+                }
+            ),
         )
         cluster.pids.append(driver)
         cluster.process_starts = _starts(cluster.pids)
@@ -200,6 +195,13 @@ def start_local(
     cluster.process_starts = _starts(cluster.pids)
     local_state_path().write_text(cluster.model_dump_json(indent=2))
     return cluster
+
+
+def local_options(state_dir: str | None = None, **options: Any) -> ControlPlaneOptions:
+    """The control plane's options for a cluster on this machine: the gateway on loopback, the state
+    in `state_dir` (default: $RAYGPU_HOME/state)."""
+    where = str(Path(state_dir).expanduser().resolve()) if state_dir else str(default_state_dir())
+    return ControlPlaneOptions(state_dir=where, **{"http_host": constants.DEFAULT_HTTP_HOST, **options})
 
 
 def fake_cluster_config(

@@ -7,10 +7,10 @@ from __future__ import annotations
 import ray
 
 from deployments import constants
-from deployments.capacity import CapacityError, NodeType, ReplicaRequest, place
 from deployments.spec import FunctionSpec
-from raygpu.control import store
-from raygpu.errors import DeployError
+from raygpu.ops.capacity import CapacityError, NodeType, ReplicaRequest, place
+from raygpu.sdk.control import store
+from raygpu.sdk.errors import DeployError
 
 
 def live_node_resources() -> list[dict[str, float]]:

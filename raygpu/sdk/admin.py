@@ -13,8 +13,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from raygpu.errors import AdminCredentialError
-from raygpu.home import raygpu_home
+from raygpu.sdk.errors import AdminCredentialError
+from raygpu.sdk.home import raygpu_home
 
 ADMIN_KEY_FILE = "admin.key"
 ADMIN_KEY_PREFIX = "rga_"

@@ -1,6 +1,7 @@
 """What the CLI does to a cluster, two ways: as a Ray driver next to it (`--address`, the local
 cluster), or over its gateway alone with the admin token of `raygpu login` (a laptop that reaches
-only the gateway's port). Both return the same JSON contracts."""
+only the gateway's port). Both are made from the one table of operations (raygpu.ops.table) and
+return the same JSON contracts."""
 
 from __future__ import annotations
 
@@ -14,23 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
-from billing.cost import CostComparison
-from billing.node_bill import NodeBill
-from raygpu.app import App
-from raygpu.contracts import (
-    AppList,
-    AppStatus,
-    AuthState,
-    Bill,
-    DeployResult,
-    TokenCreated,
-    TokenInfo,
-    WebhookSecret,
-)
-from raygpu.errors import AdminCredentialError, DeployError, NoClusterError, NotFoundError, RaygpuError
-from raygpu.home import raygpu_home
+from raygpu.ops.contracts import DeployResult
+from raygpu.ops.table import OPERATIONS, Args, Context, DeployArgs, WeightsPushArgs
+from raygpu.sdk.app import App
+from raygpu.sdk.errors import AdminCredentialError, DeployError, NoClusterError, NotFoundError, RaygpuError
+from raygpu.sdk.home import raygpu_home
 
 LOGIN_FILE = "login.json"
 GATEWAY_ENV = "RAYGPU_GATEWAY"
@@ -78,97 +69,68 @@ def read_login() -> Login | None:
         raise AdminCredentialError(f"{path} is not a raygpu login; run `raygpu login URL --token ...` again") from None
 
 
-class DriverOperations:
-    """The cluster as a Ray driver sees it."""
+class Operations:
+    """What both ways share: every operation of the table (raygpu.ops.table) as a method taking its
+    arguments in the order of its argument model's fields, validated before anything is sent."""
+
+    def _run(self, name: str, args: Args) -> Any:
+        raise NotImplementedError
+
+    def _store_weights(self, where: str, path: str) -> str:
+        raise NotImplementedError
+
+    def deploy(self, app: App, source: str, check: bool) -> DeployResult:
+        from raygpu.ops.deploy import prepare_units
+
+        units = prepare_units(app, self._store_weights)
+        return self._run("deploy", DeployArgs(app=app.name, source=source, units=units, check=check))
+
+
+def _operation_method(name: str) -> Any:
+    fields = list(OPERATIONS[name].args.model_fields)
+
+    def method(self: Operations, *args: Any, **kwargs: Any) -> Any:
+        if len(args) > len(fields):
+            raise TypeError(f"{name} takes {len(fields)} arguments ({', '.join(fields)}), not {len(args)}")
+        values = dict(zip(fields, args))
+        values.update(kwargs)
+        return self._run(name, OPERATIONS[name].args.model_validate(values))
+
+    method.__name__ = name
+    method.__doc__ = f"The control-plane operation {name!r} (raygpu.ops.table)."
+    return method
+
+
+for _name in OPERATIONS:
+    if not hasattr(Operations, _name):
+        setattr(Operations, _name, _operation_method(_name))
+
+
+class DriverOperations(Operations):
+    """The cluster as a Ray driver sees it: the table's operations run here."""
 
     def __init__(self, address: str | None):
-        from raygpu.connection import connect
+        from raygpu.sdk.connection import connect
 
         connect(address)
         self.address = address
 
-    def deploy(self, app: App, source: str, check: bool) -> DeployResult:
-        from raygpu.deploy import deploy_app
+    def _run(self, name: str, args: Args) -> Any:
+        return OPERATIONS[name].run(args, Context(remote=bool(self.address)))
 
-        return deploy_app(app, source, check=check)
+    def _store_weights(self, where: str, path: str) -> str:
+        from raygpu.ops.deploy import stored_weights
 
-    def ls(self) -> AppList:
-        from raygpu.deploy import list_apps
-
-        return list_apps()
-
-    def status(self, app: str) -> AppStatus:
-        from raygpu.deploy import app_status
-
-        return app_status(app)
-
-    def logs(self, target: str, lines: int) -> list[tuple[str, str]]:
-        from raygpu.logs import replica_logs
-
-        return replica_logs(target, lines, remote=bool(self.address))
-
-    def stop(self, app: str) -> None:
-        from raygpu.deploy import stop_app
-
-        stop_app(app)
-
-    def token_create(self, app: str) -> TokenCreated:
-        from raygpu.tokens import create_token
-
-        return create_token(app)
-
-    def webhook_secret(self, app: str) -> WebhookSecret:
-        from raygpu.tokens import webhook_secret
-
-        return webhook_secret(app)
-
-    def token_revoke(self, app: str, token_id: str) -> None:
-        from raygpu.tokens import revoke_token
-
-        revoke_token(app, token_id)
-
-    def token_ls(self, app: str | None) -> list[TokenInfo]:
-        from raygpu.tokens import list_tokens
-
-        return list_tokens(app)
-
-    def auth_set(self, app: str, protected: bool) -> AuthState:
-        from raygpu.tokens import set_auth
-
-        return set_auth(app, protected)
-
-    def auth_show(self, app: str) -> AuthState:
-        from raygpu.tokens import auth_state
-
-        return auth_state(app)
+        return stored_weights(where, path)
 
     def weights_push(self, app: str, function: str, path: str, model: str | None) -> dict[str, Any]:
-        from raygpu.deploy import push_weights
+        """A local file is checked against the model before it is uploaded (push_weights does both)."""
+        from raygpu.ops.deploy import push_weights
 
         return push_weights(app, function, path, model)
 
-    def weights_ls(self, app: str, function: str) -> dict[str, Any]:
-        from raygpu.deploy import current_weights
-
-        return current_weights(app, function)
-
-    def bill(self, app: str | None, since: float | None, until: float | None, by: str) -> Bill:
-        from raygpu.usage import bill
-
-        return bill(app, since, until, by)
-
-    def node_bill(self, since: float | None, until: float | None) -> NodeBill:
-        from raygpu.usage import node_bill
-
-        return node_bill(since, until)
-
-    def cost(self, target: str | None, since: float | None, until: float | None, dedicated, per_request):
-        from raygpu.usage import cost
-
-        return cost(target, since, until, dedicated, per_request)
-
     def gateway_url(self) -> str:
-        from raygpu.control import public_url
+        from raygpu.sdk.control import public_url
 
         return public_url()
 
@@ -177,7 +139,7 @@ class DriverOperations:
     ) -> Iterator[Any]:
         """One call of APP/FN (or APP/Class/method) per keyword-argument dict, through Serve
         handles as `lookup(...).map` does; outputs in input order, a failure as its RemoteCallError."""
-        from raygpu.client import lookup
+        from raygpu.sdk.client import lookup
 
         app, function, method = split_target(target)
         remote = lookup(app, function)
@@ -186,8 +148,9 @@ class DriverOperations:
         return remote.map_kwargs(inputs, return_exceptions=True, max_in_flight=concurrency)
 
 
-class GatewayOperations:
-    """The cluster through its gateway's admin routes, with the admin token."""
+class GatewayOperations(Operations):
+    """The cluster through its gateway's admin routes, with the admin token: the table's operations
+    run on the head, their answers parsed into the same contracts."""
 
     def __init__(self, login: Login, timeout_s: float = 900.0):
         if not login.token:
@@ -195,6 +158,14 @@ class GatewayOperations:
         self.login = login
         self.timeout_s = timeout_s
         self.session = requests.Session()
+
+    def _run(self, name: str, args: Args) -> Any:
+        answer = OPERATIONS[name].answer
+        result = self.call(name, **args.model_dump(mode="json"))
+        return None if answer is None else TypeAdapter(answer).validate_python(result)
+
+    def _store_weights(self, where: str, path: str) -> str:
+        return self.upload(where, path)
 
     def call(self, operation: str, **args: Any) -> Any:
         url = f"{self.login.url}/_raygpu/admin/{operation}"
@@ -231,9 +202,9 @@ class GatewayOperations:
         """One HTTP call of APP/FN per keyword-argument dict through the gateway (`token` for a
         protected app), `concurrency` at once; a call refused for a full queue is sent again after
         the Retry-After the gateway gives. Outputs in input order, a failure as its RemoteCallError."""
-        from raygpu.batch import run_batch
-        from raygpu.client import call_over_http
-        from raygpu.errors import RemoteCallError
+        from raygpu.sdk.batch import run_batch
+        from raygpu.sdk.client import call_over_http
+        from raygpu.sdk.errors import RemoteCallError
 
         split_target(target)
 
@@ -260,85 +231,29 @@ class GatewayOperations:
         if not resolved.is_file():
             raise DeployError(f"{where}: weights file {resolved} not found")
         name = blob_name(resolved)
-        if not self.call("blob_has", name=name):
+        if not self.blob_has(name):
             offset = 0
             with open(resolved, "rb") as f:
                 while True:
                     chunk = f.read(UPLOAD_CHUNK_BYTES)
                     if not chunk and offset:
                         break
-                    self.call("blob_put", name=name, offset=offset, data=base64.b64encode(chunk).decode())
+                    self.blob_put(name, offset, base64.b64encode(chunk).decode())
                     offset += len(chunk)
                     if not chunk:
                         break
-            self.call("blob_commit", name=name)
+            self.blob_commit(name)
         return f"raygpu-blob://{name}"
 
-    def deploy(self, app: App, source: str, check: bool) -> DeployResult:
-        from raygpu.deploy import prepare_units
-
-        units = prepare_units(app, self.upload)
-        result = self.call(
-            "deploy",
-            app=app.name,
-            source=source,
-            units=[json.loads(u.model_dump_json()) for u in units],
-            check=check,
-        )
-        return DeployResult.model_validate(result)
-
-    def ls(self) -> AppList:
-        return AppList.model_validate(self.call("ls"))
-
-    def status(self, app: str) -> AppStatus:
-        return AppStatus.model_validate(self.call("status", app=app))
-
-    def logs(self, target: str, lines: int) -> list[tuple[str, str]]:
-        return [(name, text) for name, text in self.call("logs", target=target, lines=lines)]
-
-    def stop(self, app: str) -> None:
-        self.call("stop", app=app)
-
-    def token_create(self, app: str) -> TokenCreated:
-        return TokenCreated.model_validate(self.call("token_create", app=app))
-
-    def webhook_secret(self, app: str) -> WebhookSecret:
-        return WebhookSecret.model_validate(self.call("webhook_secret", app=app))
-
-    def token_revoke(self, app: str, token_id: str) -> None:
-        self.call("token_revoke", app=app, token_id=token_id)
-
-    def token_ls(self, app: str | None) -> list[TokenInfo]:
-        return [TokenInfo.model_validate(t) for t in self.call("token_ls", app=app)]
-
-    def auth_set(self, app: str, protected: bool) -> AuthState:
-        return AuthState.model_validate(self.call("auth_set", app=app, protected=protected))
-
-    def auth_show(self, app: str) -> AuthState:
-        return AuthState.model_validate(self.call("auth_show", app=app))
-
     def weights_push(self, app: str, function: str, path: str, model: str | None) -> dict[str, Any]:
-        from raygpu.deploy import check_weights_readable
+        from raygpu.ops.deploy import check_weights_readable
 
         if not Path(path).expanduser().is_file() and not path.startswith(("file://", "raygpu-blob://")):
             raise DeployError(f"weights file {Path(path).expanduser().resolve()} not found")
         if Path(path).expanduser().is_file():
             check_weights_readable(str(Path(path).expanduser().resolve()))
         location = self.upload(f"{app}/{function}", path)
-        return self.call("weights_push", app=app, function=function, location=location, model=model)
-
-    def weights_ls(self, app: str, function: str) -> dict[str, Any]:
-        return self.call("weights_ls", app=app, function=function)
-
-    def bill(self, app: str | None, since: float | None, until: float | None, by: str) -> Bill:
-        return Bill.model_validate(self.call("bill", app=app, since=since, until=until, by=by))
-
-    def node_bill(self, since: float | None, until: float | None) -> NodeBill:
-        return NodeBill.model_validate(self.call("node_bill", since=since, until=until))
-
-    def cost(self, target: str | None, since: float | None, until: float | None, dedicated, per_request):
-        raw = self.call("cost", target=target, since=since, until=until, dedicated=dedicated, per_request=per_request)
-        return CostComparison.model_validate(raw)
+        return self._run("weights_push", WeightsPushArgs(app=app, function=function, location=location, model=model))
 
     def gateway_url(self) -> str:
         return self.login.url
@@ -352,7 +267,7 @@ def split_target(target: str) -> tuple[str, str, str | None]:
     return parts[0], parts[1], parts[2] if len(parts) == 3 else None
 
 
-def operations(address: str | None) -> DriverOperations | GatewayOperations:
+def operations(address: str | None) -> Operations:
     """`--address` (or RAYGPU_ADDRESS) attaches as a Ray driver; else a login (RAYGPU_GATEWAY or
     `raygpu login`) goes through the gateway; else the local cluster."""
     if address or os.environ.get("RAYGPU_ADDRESS"):

@@ -20,17 +20,17 @@ from billing.meter import start_meter
 from billing.prices import PRICES_ENV
 from deployments import constants
 from deployments.calls.callbacks import parse_networks
-from deployments.calls.records import DEFAULT_CALL_RETENTION_S
 from deployments.calls.runner import start_call_runner
-from deployments.capacity import NodeType, node_types_from_config
 from deployments.gateway.server import build_gateway_application
 from deployments.node.blobs import start_blobs
 from deployments.node.warm_pool import start_warm_pools
 from deployments.parking import start_parker
 from deployments.store.actor import start_store
-from raygpu.admin import admin_key_hash, ensure_admin_key
-from raygpu.admin_api import start_admin_api
-from raygpu.errors import NoClusterError
+from raygpu.controlplane.admin_api import start_admin_api
+from raygpu.controlplane.options import ControlPlaneOptions
+from raygpu.ops.capacity import NodeType, node_types_from_config
+from raygpu.sdk.admin import admin_key_hash, ensure_admin_key
+from raygpu.sdk.errors import NoClusterError
 
 # Inside a cluster's state dir.
 STORE_DB = "state.db"
@@ -53,9 +53,14 @@ def ray_env(local: bool) -> dict[str, str]:
 
 
 def start_control_driver(
-    address: str, workdir: Path, tag: str, config: dict[str, Any], timeout_s: float = 180.0, local: bool = True
+    address: str,
+    workdir: Path,
+    tag: str,
+    options: ControlPlaneOptions,
+    timeout_s: float = 180.0,
+    local: bool = True,
 ) -> int:
-    """Start the long-lived driver that installs the control plane (see raygpu.control_driver);
+    """Start the long-lived driver that installs the control plane (see raygpu.controlplane.control_driver);
     return its pid once the control plane is up, or raise with the reason it is not. `tag` goes on
     its command line (a local cluster's temp dir, so `raygpu down` finds it)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +70,7 @@ def start_control_driver(
     cmd = [
         sys.executable,
         "-m",
-        "raygpu.control_driver",
+        "raygpu.controlplane.control_driver",
         "--address",
         address,
         "--ready-file",
@@ -73,7 +78,7 @@ def start_control_driver(
         "--temp-dir",
         tag,
         "--config",
-        json.dumps(config),
+        options.model_dump_json(),
     ]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -104,35 +109,21 @@ def start_control_driver(
     raise NoClusterError(f"the control plane did not come up within {timeout_s:g} s; see {log}")
 
 
-def install_control_plane(
-    *,
-    state_dir: str,
-    http_host: str = "0.0.0.0",
-    http_port: int = constants.DEFAULT_HTTP_PORT,
-    serve_port: int | None = None,
-    metrics_port: int = constants.DEFAULT_METRICS_PORT,
-    prices_path: str | None = None,
-    warm_pool: dict[str, int] | int = constants.DEFAULT_WARM_POOL_SIZE,
-    replicas_off_head: bool = False,
-    node_types: list[dict[str, Any]] | None = None,
-    autoscaling_config: str | None = None,
-    tls_cert: str | None = None,
-    tls_key: str | None = None,
-    public_url: str | None = None,
-    call_retention_s: float = DEFAULT_CALL_RETENTION_S,
-    callback_allow: list[str] | None = None,
-    park_after_s: float = constants.DEFAULT_PARK_AFTER_S,
-) -> dict[str, Any]:
+def install_control_plane(options: ControlPlaneOptions) -> dict[str, Any]:
     """Start (or find) the store actor, the meter, Serve and the gateway on the connected cluster.
     The autoscaler's node types (`node_types`, or read from the `autoscaling_config` YAML) are
     recorded for deploys: a GPU pool at zero nodes is still a place a function can run."""
+    o = options
+    state_dir, http_host, http_port, serve_port = o.state_dir, o.http_host, o.http_port, o.serve_port
+    metrics_port = o.metrics_port or constants.DEFAULT_METRICS_PORT
+    tls_cert, tls_key, public_url = o.tls_cert, o.tls_key, o.public_url
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
     admin = ensure_admin_key()
     store = start_store(str(state / STORE_DB), admin_key_hash(admin))
     if not ray.get(store.check_admin.remote(admin)):
         raise NoClusterError("the running control-plane store does not accept this machine's admin credential")
-    prices_path = prices_path or os.environ.get(PRICES_ENV)
+    prices_path = o.prices_path or os.environ.get(PRICES_ENV)
     start_meter(
         str(state / LEDGER_DB),
         str(Path(prices_path).resolve()) if prices_path else None,
@@ -153,11 +144,11 @@ def install_control_plane(
         name=constants.GATEWAY_APP_NAME,
         route_prefix=None,
     )
-    start_warm_pools(warm_pool)
+    start_warm_pools(o.warm_pool)
     start_admin_api()
     # Spawned calls: how long their records are kept, where webhooks may go, and the runner.
-    ray.get(store.set_setting.remote(admin, "call_retention_s", float(call_retention_s)))
-    ray.get(store.set_setting.remote(admin, "callback_allow", [str(n) for n in parse_networks(callback_allow or [])]))
+    ray.get(store.set_setting.remote(admin, "call_retention_s", float(o.call_retention_s)))
+    ray.get(store.set_setting.remote(admin, "callback_allow", [str(n) for n in parse_networks(o.callback_allow)]))
     start_call_runner(ray.get(store.webhook_signing_key.remote(admin)))
 
     host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
@@ -165,14 +156,14 @@ def install_control_plane(
     ray.get(store.set_setting.remote(admin, "gateway_url", gateway_url))
     ray.get(store.set_setting.remote(admin, "public_url", public_url.rstrip("/") if public_url else None))
     # On a cluster the head runs the control plane only: user replicas go to worker nodes.
-    ray.get(store.set_setting.remote(admin, "replicas_off_head", replicas_off_head))
-    types = [NodeType.model_validate(t) for t in node_types or []]
-    if autoscaling_config:
-        types = read_node_types(autoscaling_config)
+    ray.get(store.set_setting.remote(admin, "replicas_off_head", o.replicas_off_head))
+    types = list(o.node_types)
+    if o.autoscaling_config:
+        types = read_node_types(o.autoscaling_config)
     ray.get(store.set_setting.remote(admin, "node_types", [t.model_dump() for t in types]))
     ray.get(store.set_setting.remote(admin, "metrics_url", f"http://{host}:{metrics_port}/metrics"))
     # Functions at rest leave Serve after this long (0: never); the parker reads it on each pass.
-    ray.get(store.set_setting.remote(admin, "park_after_s", float(park_after_s)))
+    ray.get(store.set_setting.remote(admin, "park_after_s", float(o.park_after_s)))
     restored, forgotten = restore_apps_serve_lost(store, admin)
     ray.get(start_parker(admin).resync.remote())
     return {
@@ -201,7 +192,7 @@ def restore_apps_serve_lost(store: Any, admin: str) -> tuple[list[str], list[str
     missing application. Returns (restored, forgotten)."""
     from deployments.serve_apps import app_names, options_from, options_key, run_version
     from deployments.spec import DeployedFunction
-    from raygpu.placement import worker_resource
+    from raygpu.ops.placement import worker_resource
 
     running = set(app_names())
     restored, forgotten = [], []

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ray
 
 from deployments import constants
-from raygpu.contracts import AuthState, TokenCreated, TokenInfo, WebhookSecret
-from raygpu.control import admin_call, gateway_url, store, wait_for_gateway
-from raygpu.errors import NotFoundError
+from raygpu.ops.contracts import AuthState, TokenCreated, TokenInfo, WebhookSecret
+from raygpu.sdk.control import admin_call, gateway_url, store, wait_for_gateway
+from raygpu.sdk.errors import NotFoundError
 
 
 def create_token(app: str) -> TokenCreated:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from deployments.spec import version_app_prefix
-from raygpu.home import read_local_cluster
+from raygpu.sdk.home import read_local_cluster
 
 
 def replica_logs(target: str, lines: int = 100, remote: bool = False) -> list[tuple[str, str]]:

@@ -17,9 +17,9 @@ from billing.cost import (
 )
 from billing.intervals import BillLine, Interval
 from billing.node_bill import NodeBill
-from raygpu.contracts import Bill, BillLineOut
-from raygpu.control import meter
-from raygpu.errors import NotFoundError
+from raygpu.ops.contracts import Bill, BillLineOut
+from raygpu.sdk.control import meter
+from raygpu.sdk.errors import NotFoundError
 
 
 def parse_time(text: str | None) -> float | None:

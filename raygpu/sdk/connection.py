@@ -10,8 +10,8 @@ import threading
 from typing import Any
 
 from deployments import constants
-from raygpu.errors import NoClusterError
-from raygpu.home import local_cluster_alive, read_local_cluster
+from raygpu.sdk.errors import NoClusterError
+from raygpu.sdk.home import local_cluster_alive, read_local_cluster
 
 ADDRESS_ENV = "RAYGPU_ADDRESS"
 

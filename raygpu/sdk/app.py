@@ -17,8 +17,8 @@ from deployments.kinds import checked
 from deployments.lifecycle import ENTER_MARK, EXIT_MARK, METHOD_MARK, method_names, run_enter_hooks
 from deployments.signature import is_generator, positional_parameters
 from deployments.spec import FunctionSpec, Image, TorchModelCode, TorchModelSpec, VllmModelSpec, validate_name
-from raygpu.client import lookup
-from raygpu.errors import InvalidSpecError
+from raygpu.sdk.client import lookup
+from raygpu.sdk.errors import InvalidSpecError
 
 T = TypeVar("T")
 

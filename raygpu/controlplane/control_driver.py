@@ -5,7 +5,7 @@ Serve's controller, and so every replica it creates, belongs to the job of the d
 started Serve. Ray keeps pre-started (warm) workers only for a live job, so the driver that starts
 Serve must outlive `raygpu up`: this process does, until `raygpu down` stops it.
 
-    python -m raygpu.control_driver --address HOST:PORT --ready-file F --temp-dir D --config JSON
+    python -m raygpu.controlplane.control_driver --address HOST:PORT --ready-file F --temp-dir D --config JSON
 """
 
 from __future__ import annotations
@@ -25,18 +25,19 @@ def main() -> None:
     parser.add_argument("--address", required=True)
     parser.add_argument("--ready-file", required=True)
     parser.add_argument("--temp-dir", required=True, help="the cluster's temp dir (how `raygpu down` finds us)")
-    parser.add_argument("--config", required=True, help="install_control_plane keyword arguments, as JSON")
+    parser.add_argument("--config", required=True, help="the ControlPlaneOptions, as JSON")
     args = parser.parse_args()
     ready = Path(args.ready_file)
     try:
-        from raygpu.connection import connect
-        from raygpu.control_plane import install_control_plane
-        from raygpu.home import claim_state_dir
+        from raygpu.controlplane.control_plane import install_control_plane
+        from raygpu.controlplane.options import ControlPlaneOptions
+        from raygpu.sdk.connection import connect
+        from raygpu.sdk.home import claim_state_dir
 
-        config = json.loads(args.config)
-        claim_state_dir(config["state_dir"], args.address, os.getpid())
+        options = ControlPlaneOptions.model_validate_json(args.config)
+        claim_state_dir(options.state_dir, args.address, os.getpid())
         connect(args.address)
-        out = install_control_plane(**config)
+        out = install_control_plane(options)
         ready.write_text(json.dumps({"ok": True, **out}))
     except BaseException as exc:  # report why, then exit: `raygpu up` prints it
         ready.write_text(
@@ -46,7 +47,7 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    watch_nodes(stop, config.get("warm_pool", 0))
+    watch_nodes(stop, options.warm_pool)
 
 
 def watch_nodes(stop: threading.Event, warm_pool: dict[str, int] | int) -> None:
@@ -56,7 +57,7 @@ def watch_nodes(stop: threading.Event, warm_pool: dict[str, int] | int) -> None:
 
     from deployments import constants
     from deployments.node.warm_pool import nodes_without_pool, parse_pool_sizes, start_pools_on
-    from raygpu.deploy import replica_nodes
+    from raygpu.ops.deploy import replica_nodes
 
     sizes = parse_pool_sizes(warm_pool)
     while not stop.wait(constants.NODE_WATCH_INTERVAL_S):

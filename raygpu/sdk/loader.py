@@ -14,8 +14,8 @@ from pathlib import Path
 
 import cloudpickle
 
-from raygpu.app import App
-from raygpu.errors import DeployError, InvalidSpecError
+from raygpu.sdk.app import App
+from raygpu.sdk.errors import DeployError, InvalidSpecError
 
 
 def split_target(target: str) -> tuple[Path, str | None]:

@@ -16,8 +16,8 @@ import ray
 
 from billing.constants import METER_ACTOR_NAME, METER_NAMESPACE
 from deployments.store.actor import get_store
-from raygpu.admin import admin_key
-from raygpu.errors import AdminCredentialError, DeployError, NoClusterError
+from raygpu.sdk.admin import admin_key
+from raygpu.sdk.errors import AdminCredentialError, DeployError, NoClusterError
 
 GATEWAY_URL_ENV = "RAYGPU_GATEWAY_URL"
 

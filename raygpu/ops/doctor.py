@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from deployments.node.host_report import host_report
-from raygpu.errors import NoClusterError
+from raygpu.sdk.errors import NoClusterError
 
 NODE_REPORT_TIMEOUT_S = 300.0  # a node probes its CPU kernels once (tens of seconds) and then answers from its cache
 
@@ -47,7 +47,7 @@ def node_reports(timeout_s: float = NODE_REPORT_TIMEOUT_S) -> list[dict[str, Any
 
 def doctor(address: str | None, nodes: bool = True) -> dict[str, Any]:
     """This host's report, and each node's when a cluster is reachable (the reason otherwise)."""
-    from raygpu.connection import connect
+    from raygpu.sdk.connection import connect
 
     result: dict[str, Any] = {"host": host_report(), "nodes": [], "cluster": None}
     if not nodes:

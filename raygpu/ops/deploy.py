@@ -10,16 +10,14 @@ import cloudpickle
 import ray
 
 from deployments import constants
-from deployments.capacity import NodeType, node_type_for
 from deployments.kinds import kind_of
 from deployments.node.weight_cache import fingerprint
 from deployments.replicas.start_phases import PHASES, TRIGGER_PHASES
 from deployments.serve_apps import serve_details
 from deployments.spec import DeployedFunction, FunctionSpec
 from deployments.weights_location import is_location, parse_location
-from raygpu.admin import admin_key
-from raygpu.app import App
-from raygpu.contracts import (
+from raygpu.ops.capacity import NodeType, node_type_for
+from raygpu.ops.contracts import (
     AppList,
     AppStatus,
     AppSummary,
@@ -30,10 +28,12 @@ from raygpu.contracts import (
     ReplicaInfo,
     ScaleEvent,
 )
-from raygpu.control import admin_call, gateway_url, meter, public_url, store, wait_for_gateway
-from raygpu.errors import DeployError, NoClusterError, NotFoundError
-from raygpu.placement import cluster_node_types, replica_request, worker_resource
-from raygpu.rollout import retire_versions, roll_out
+from raygpu.ops.placement import cluster_node_types, replica_request, worker_resource
+from raygpu.ops.rollout import retire_versions, roll_out
+from raygpu.sdk.admin import admin_key
+from raygpu.sdk.app import App
+from raygpu.sdk.control import admin_call, gateway_url, meter, public_url, store, wait_for_gateway
+from raygpu.sdk.errors import DeployError, NoClusterError, NotFoundError
 
 # Serve replica states of a replica on its way to running.
 STARTING_STATES = ("STARTING", "PENDING_MIGRATION", "UPDATING", "RECOVERING")
@@ -307,7 +307,7 @@ def check_weights_fit(app: str, function: str, model: str, path: str) -> None:
 def readable_here(path: str) -> str:
     """A file on this machine with the weights at `path` (a blob is fetched into $RAYGPU_HOME)."""
     from deployments.node.blobs import local_copy
-    from raygpu.home import raygpu_home
+    from raygpu.sdk.home import raygpu_home
 
     if not is_location(path):
         return path

@@ -20,11 +20,11 @@ from ray.serve.exceptions import DeploymentUnavailableError
 from deployments import constants
 from deployments.signature import bind_positional
 from deployments.spec import DeployedFunction
-from raygpu.batch import batch_window, run_batch
-from raygpu.calls import FunctionCall
-from raygpu.connection import connect, serve_handle
-from raygpu.control import store
-from raygpu.errors import NoClusterError, NotFoundError, RemoteCallError
+from raygpu.sdk.batch import batch_window, run_batch
+from raygpu.sdk.calls import FunctionCall
+from raygpu.sdk.connection import connect, serve_handle
+from raygpu.sdk.control import store
+from raygpu.sdk.errors import NoClusterError, NotFoundError, RemoteCallError
 
 UNPARK_TIMEOUT_S = 60.0  # how long a call waits for a function at rest to be back in Serve
 
