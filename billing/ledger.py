@@ -1,14 +1,14 @@
-"""The billing ledger: lifecycle events and per-request records in SQLite (WAL), idempotent by id.
+"""The billing ledger: lifecycle events and per-request records in SQLite (WAL), idempotent by id;
+the intervals and metric totals they roll up into (billing/totals.py) and node lifetimes
+(billing/node_records.py) live in the same file.
 
 No Ray: the meter actor owns the one writing connection; `raygpu bill` reads through the actor.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,8 +17,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from billing.intervals import Interval, LifecycleEvent, ReplicaTimeline, TimelineState, event_order, replica_intervals
+from billing.node_records import NodeRecords
 from billing.records import RequestRecord
 from billing.schema_versions import open_database, transaction
+from billing.totals import MetricTotals, Totals, migrate_to_totals
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
@@ -118,39 +120,12 @@ ROLLUP_AFTER_S = 3600.0
 # A replica running longer than this is checkpointed: its closed intervals are rolled up, its events
 # dropped, its open phase kept as a state the next events continue from.
 CHECKPOINT_AFTER_S = 3600.0
-# Histogram bounds of the metrics whose totals the ledger keeps (billing/metrics.py exports them).
-REQUEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-COLD_START_BUCKETS_S = (
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.0,
-    3.0,
-    5.0,
-    10.0,
-    20.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-)
-HISTOGRAM_BOUNDS = {
-    "request_duration": REQUEST_BUCKETS_S,
-    "cold_start_duration": COLD_START_BUCKETS_S,
-    "start_phase": COLD_START_BUCKETS_S,
-}
-
 EVENT_FIELDS = ("id", "app", "function", "replica", "kind", "ts", "gpus", "accelerator")
 PHASE_FIELDS = ("replica", "phase", "app", "function", "seconds", "ts")
 REQUEST_FIELDS = ("id", "app", "function", "replica", "status", "latency_s", "bytes_in", "bytes_out", "ts")
 
 
-class Ledger:
+class Ledger(MetricTotals, NodeRecords):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         # What is billed must survive a power loss once the meter has acknowledged it: every commit
@@ -179,7 +154,7 @@ class Ledger:
             )
             new_requests = self._insert_new("requests", REQUEST_FIELDS, requests)
             self._track_replicas(new_events)
-            totals = _Totals()
+            totals = Totals()
             for r in new_requests:
                 totals.count("requests", (r["app"], r["function"], str(r["status"])), 1)
                 totals.observe("request_duration", (r["app"], r["function"]), max(float(r["latency_s"]), 0.0))
@@ -222,33 +197,6 @@ class Ledger:
             "last_ts = MAX(last_ts, excluded.last_ts), stopped = MAX(stopped, excluded.stopped)",
             [(*key, first, last, stopped) for key, (first, last, stopped) in spans.items()],
         )
-
-    def _add_totals(self, totals: "_Totals") -> None:
-        for (metric, labels), (value, buckets) in totals.items.items():
-            key = json.dumps(labels)
-            row = self.conn.execute(
-                "SELECT value, buckets FROM totals WHERE metric = ? AND labels = ?", (metric, key)
-            ).fetchone()
-            if row is not None:
-                value += row["value"]
-                if buckets is not None and row["buckets"]:
-                    buckets = [a + b for a, b in zip(buckets, json.loads(row["buckets"]))]
-            self.conn.execute(
-                "INSERT OR REPLACE INTO totals (metric, labels, value, buckets) VALUES (?, ?, ?, ?)",
-                (metric, key, value, json.dumps(buckets) if buckets is not None else None),
-            )
-
-    def totals(self) -> list[tuple[str, tuple[str, ...], float, list[int] | None]]:
-        """(metric, labels, value, per-bucket counts) of everything the metrics count since the start."""
-        return [
-            (
-                r["metric"],
-                tuple(json.loads(r["labels"])),
-                r["value"],
-                json.loads(r["buckets"]) if r["buckets"] else None,
-            )
-            for r in self.conn.execute("SELECT metric, labels, value, buckets FROM totals")
-        ]
 
     def rollup(self, now: float, limit: int = 50, lost_after_s: float = ROLLUP_AFTER_S) -> int:
         """Roll up to `limit` finished replicas (stopped, or silent for `lost_after_s`): their events
@@ -312,7 +260,7 @@ class Ledger:
 
     def _keep_intervals(self, intervals: list[Interval]) -> None:
         """Store closed intervals and add them to the metric totals (inside a transaction)."""
-        totals = _Totals()
+        totals = Totals()
         for iv in intervals:
             totals.count("gpu_seconds", (iv.app, iv.function, iv.accelerator or "", iv.phase), iv.seconds * iv.gpus)
             if iv.phase == "cold_start":
@@ -390,52 +338,6 @@ class Ledger:
         self.conn.executemany(sql, [tuple(row.get(f) for f in fields) for row in new])
         return new
 
-    def record_nodes(self, nodes: Iterable[dict[str, Any]], now: float) -> None:
-        """Node lifetimes from one look at the cluster: alive nodes are seen now, dead ones end when
-        the cluster says, and recorded nodes the cluster no longer lists ended when last seen."""
-        nodes = list(nodes)
-        listed = {n["node_id"] for n in nodes}
-        with transaction(self.conn):
-            for n in nodes:
-                started = n.get("started_at") or now
-                self.conn.execute(
-                    "INSERT INTO nodes (node_id, node_type, accelerator, gpus, is_head, started_at, last_seen, ended_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
-                    "last_seen = CASE WHEN excluded.ended_at IS NULL THEN excluded.last_seen ELSE nodes.last_seen END, "
-                    "ended_at = COALESCE(nodes.ended_at, excluded.ended_at)",
-                    (
-                        n["node_id"],
-                        n.get("node_type") or "",
-                        n.get("accelerator"),
-                        float(n.get("gpus") or 0.0),
-                        int(bool(n.get("is_head"))),
-                        started,
-                        now,
-                        None if n.get("alive") else (n.get("ended_at") or now),
-                    ),
-                )
-            for (node_id,) in self.conn.execute("SELECT node_id FROM nodes WHERE ended_at IS NULL").fetchall():
-                if node_id not in listed:
-                    self.conn.execute("UPDATE nodes SET ended_at = last_seen WHERE node_id = ?", (node_id,))
-
-    def record_placements(self, placements: Iterable[dict[str, Any]]) -> None:
-        """The node each replica runs on (recorded once per replica)."""
-        with transaction(self.conn):
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO replica_nodes (replica, node_id) VALUES (?, ?)",
-                [(p["replica"], p["node_id"]) for p in placements],
-            )
-
-    def nodes(self, since: float | None = None) -> list[dict[str, Any]]:
-        query, params = "SELECT * FROM nodes", []
-        if since is not None:
-            query += " WHERE ended_at IS NULL OR ended_at > ?"
-            params.append(since)
-        return [dict(r) for r in self.conn.execute(query + " ORDER BY started_at", params)]
-
-    def placements(self) -> dict[str, str]:
-        return {r["replica"]: r["node_id"] for r in self.conn.execute("SELECT replica, node_id FROM replica_nodes")}
-
     def apply_start_phases(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Insert each replica's start phases once; return the rows that were new."""
         rows = [
@@ -452,7 +354,7 @@ class Ledger:
         ]
         with transaction(self.conn):
             new = self._insert_new("start_phases", PHASE_FIELDS, rows)
-            totals = _Totals()
+            totals = Totals()
             for r in new:
                 totals.observe("start_phase", (r["app"], r["function"], r["phase"]), max(float(r["seconds"]), 0.0))
             self._add_totals(totals)
@@ -556,49 +458,4 @@ class Ledger:
         return out
 
 
-class _Totals:
-    """Counter and histogram increments gathered for one write."""
-
-    def __init__(self) -> None:
-        self.items: dict[tuple[str, tuple[str, ...]], tuple[float, list[int] | None]] = {}
-
-    def count(self, metric: str, labels: tuple[str, ...], value: float) -> None:
-        current, buckets = self.items.get((metric, labels), (0.0, None))
-        self.items[(metric, labels)] = (current + value, buckets)
-
-    def observe(self, metric: str, labels: tuple[str, ...], value: float) -> None:
-        bounds = HISTOGRAM_BOUNDS[metric]
-        current, buckets = self.items.get((metric, labels), (0.0, None))
-        buckets = buckets or [0] * (len(bounds) + 1)
-        buckets[bisect.bisect_left(bounds, value)] += 1
-        self.items[(metric, labels)] = (current + value, buckets)
-
-
-def _migrate_to_totals(conn: sqlite3.Connection) -> None:
-    """2 -> 3: the replicas table and metric totals from what the ledger already holds (once)."""
-    conn.execute(
-        "INSERT OR IGNORE INTO replicas (app, function, replica, first_ts, last_ts, stopped) "
-        "SELECT app, function, replica, MIN(ts), MAX(ts), MAX(kind = 'stopped') FROM events "
-        "GROUP BY app, function, replica"
-    )
-    totals = _Totals()
-    for app, function, status, latency in conn.execute("SELECT app, function, status, latency_s FROM requests"):
-        try:
-            seconds = max(float(latency), 0.0)
-        except (TypeError, ValueError):
-            continue  # an invalid row: quarantined when it is next read
-        totals.count("requests", (app, function, str(status)), 1)
-        totals.observe("request_duration", (app, function), seconds)
-    for app, function, phase, seconds in conn.execute("SELECT app, function, phase, seconds FROM start_phases"):
-        try:
-            totals.observe("start_phase", (app, function, phase), max(float(seconds), 0.0))
-        except (TypeError, ValueError):
-            continue
-    for (metric, labels), (value, buckets) in totals.items.items():
-        conn.execute(
-            "INSERT OR REPLACE INTO totals (metric, labels, value, buckets) VALUES (?, ?, ?, ?)",
-            (metric, json.dumps(labels), value, json.dumps(buckets) if buckets is not None else None),
-        )
-
-
-LEDGER_MIGRATIONS = {3: _migrate_to_totals}
+LEDGER_MIGRATIONS = {3: migrate_to_totals}

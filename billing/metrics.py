@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from billing.intervals import PHASES, Interval, LifecycleEvent, ReplicaTimeline, TimelineState, event_order
-from billing.ledger import COLD_START_BUCKETS_S, REQUEST_BUCKETS_S
+from billing.totals import COLD_START_BUCKETS_S, REQUEST_BUCKETS_S
 
 # A replica silent for this long is gone (it died without a stop event): it leaves the replica
 # gauge and its time is closed at its last heartbeat, as the bill does.

@@ -5,7 +5,8 @@ autoscaler learns from), `policy_state` (what it learned), `settings` (cluster s
 signing key among them), `weights` (torch model weight versions) and `calls` (spawned calls).
 
 Plain SQLite in WAL mode with no Ray import; the store actor (deployments/store/actor.py) owns the
-one connection that writes to it.
+one connection that writes to it. The rows of spawned calls (call_rows.py) and of model weights
+(weight_rows.py) are read and written by parts of their own over the same connection.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from billing.schema_versions import open_database, transaction
-from deployments.calls.records import DEFAULT_CALL_RETENTION_S, CallRecord
+from deployments.calls.records import DEFAULT_CALL_RETENTION_S
 from deployments.spec import version_app_name
+from deployments.store.call_rows import CallRows
+from deployments.store.weight_rows import WeightRows
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
@@ -147,7 +150,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class StateDB:
+class StateDB(CallRows, WeightRows):
     """Typed access to the control-plane tables. Not thread-safe: one owner per connection."""
 
     def __init__(self, path: str | Path):
@@ -465,165 +468,7 @@ class StateDB:
             return None
         return {"time": row["ts"], "from": row["from_replicas"], "to": row["to_replicas"]}
 
-    # --- model weights -----------------------------------------------------------------------
-    def set_weights(
-        self,
-        app: str,
-        function: str,
-        model: str,
-        path: str,
-        fingerprint: str,
-        source: str,
-        only_if_changed: bool = False,
-    ) -> int:
-        """Record weights for a model; return its version. With `only_if_changed`, nothing new is
-        recorded when the same file is named again: by a deploy, when the last deploy named it (so
-        a redeploy keeps weights pushed since), otherwise when it is the latest version."""
-        with transaction(self.conn):
-            latest = self.conn.execute(
-                "SELECT version, fingerprint FROM weights WHERE app = ? AND function = ? AND model = ? "
-                "ORDER BY version DESC LIMIT 1",
-                (app, function, model),
-            ).fetchone()
-            if latest is not None and only_if_changed:
-                compared = latest
-                if source == "deploy":
-                    compared = self.conn.execute(
-                        "SELECT version, fingerprint FROM weights WHERE app = ? AND function = ? AND model = ? "
-                        "AND source = 'deploy' ORDER BY version DESC LIMIT 1",
-                        (app, function, model),
-                    ).fetchone()
-                if compared is not None and compared["fingerprint"] == fingerprint:
-                    return latest["version"]
-            version = (latest["version"] if latest else 0) + 1
-            self.conn.execute(
-                "INSERT INTO weights (app, function, model, version, path, fingerprint, source, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (app, function, model, version, path, fingerprint, source, time.time()),
-            )
-        return version
-
-    def current_weights(self, app: str, function: str) -> dict[str, dict[str, Any]]:
-        """Latest weights of each model of a function: {model: {version, path, fingerprint}}."""
-        rows = self.conn.execute(
-            "SELECT model, version, path, fingerprint, source, created_at FROM weights w WHERE app = ? AND function = ? "
-            "AND version = (SELECT MAX(version) FROM weights WHERE app = w.app AND function = w.function AND model = w.model)",
-            (app, function),
-        ).fetchall()
-        return {r["model"]: {k: r[k] for k in ("version", "path", "fingerprint", "source", "created_at")} for r in rows}
-
     # --- settings ----------------------------------------------------------------------------
-    # --- spawned calls -------------------------------------------------------------------------
-    def create_call(self, record: CallRecord, method: str | None, arguments: dict[str, Any]) -> None:
-        with transaction(self.conn):
-            self.conn.execute(
-                "INSERT INTO calls (call_id, app, function, method, status, created_at, arguments, callback) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.call_id,
-                    record.app,
-                    record.function,
-                    method,
-                    record.status,
-                    record.created_at,
-                    json.dumps(arguments),
-                    record.callback.model_dump_json() if record.callback else None,
-                ),
-            )
-
-    def call(self, call_id: str) -> CallRecord | None:
-        row = self.conn.execute("SELECT * FROM calls WHERE call_id = ?", (call_id,)).fetchone()
-        if row is None:
-            return None
-        return CallRecord(
-            call_id=row["call_id"],
-            app=row["app"],
-            function=row["function"],
-            status=row["status"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            result=json.loads(row["result"]) if row["result"] is not None else None,
-            error=json.loads(row["error"]) if row["error"] is not None else None,
-            callback=json.loads(row["callback"]) if row["callback"] is not None else None,
-        )
-
-    def call_work(self, call_id: str) -> tuple[str | None, dict[str, Any]] | None:
-        """The method and keyword arguments a spawned call runs with."""
-        row = self.conn.execute("SELECT method, arguments FROM calls WHERE call_id = ?", (call_id,)).fetchone()
-        return (row["method"], json.loads(row["arguments"])) if row else None
-
-    def start_call(self, call_id: str, now: float) -> bool:
-        """pending -> running; False when the call is no longer pending (cancelled meanwhile)."""
-        with transaction(self.conn):
-            return (
-                self.conn.execute(
-                    "UPDATE calls SET status = 'running', started_at = ? WHERE call_id = ? AND status = 'pending'",
-                    (now, call_id),
-                ).rowcount
-                == 1
-            )
-
-    def finish_call(self, call_id: str, status: str, result: Any, error: dict[str, Any] | None, now: float) -> bool:
-        """An open call ends with `status`; False when it had already ended (cancelled)."""
-        with transaction(self.conn):
-            return (
-                self.conn.execute(
-                    "UPDATE calls SET status = ?, finished_at = ?, result = ?, error = ? "
-                    "WHERE call_id = ? AND status IN ('pending', 'running')",
-                    (
-                        status,
-                        now,
-                        json.dumps(result) if status == "succeeded" else None,
-                        json.dumps(error) if error is not None else None,
-                        call_id,
-                    ),
-                ).rowcount
-                == 1
-            )
-
-    def cancel_call(self, call_id: str, now: float) -> str | None:
-        """Cancel an open call; the status it had (a finished one is left as it was), None when unknown."""
-        with transaction(self.conn):
-            row = self.conn.execute("SELECT status FROM calls WHERE call_id = ?", (call_id,)).fetchone()
-            if row is None:
-                return None
-            if row["status"] in ("pending", "running"):
-                self.conn.execute(
-                    "UPDATE calls SET status = 'cancelled', finished_at = ?, "
-                    "error = json_object('type', 'Cancelled', 'message', 'the call was cancelled') WHERE call_id = ?",
-                    (now, call_id),
-                )
-            return row["status"]
-
-    def set_callback(self, call_id: str, callback_json: str) -> None:
-        with transaction(self.conn):
-            self.conn.execute("UPDATE calls SET callback = ? WHERE call_id = ?", (callback_json, call_id))
-
-    def open_call_count(self, app: str, unit: str) -> int:
-        """Spawned calls of a function (or of any method of a class) not yet finished."""
-        return self.conn.execute(
-            "SELECT COUNT(*) FROM calls WHERE status IN ('pending', 'running') AND app = ? "
-            "AND (function = ? OR function LIKE ? ESCAPE '\\')",
-            (app, unit, unit.replace("_", "\\_") + ".%"),
-        ).fetchone()[0]
-
-    def open_calls(self) -> list[str]:
-        """Calls pending or running, oldest first (a restarted runner takes them up again)."""
-        rows = self.conn.execute(
-            "SELECT call_id FROM calls WHERE status IN ('pending', 'running') ORDER BY created_at"
-        ).fetchall()
-        return [r["call_id"] for r in rows]
-
-    def undelivered_callbacks(self) -> list[str]:
-        """Finished calls whose webhook is neither delivered nor given up."""
-        rows = self.conn.execute(
-            "SELECT call_id FROM calls WHERE callback IS NOT NULL AND status IN ('succeeded', 'failed', 'cancelled') "
-            "AND NOT json_extract(callback, '$.delivered') AND NOT json_extract(callback, '$.gave_up') "
-            "ORDER BY finished_at"
-        ).fetchall()
-        return [r["call_id"] for r in rows]
-
     def set_setting(self, key: str, value: Any) -> None:
         with transaction(self.conn):
             self.conn.execute(

@@ -128,3 +128,16 @@ def test_modules_that_moved_into_rooms_still_import_from_their_old_paths():
 
     for old, new in MOVED.items():
         assert importlib.import_module(old) is importlib.import_module(new), old
+
+
+def test_no_module_of_the_four_packages_is_over_500_lines():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    long = {
+        str(path.relative_to(root)): n
+        for package in ("raygpu", "deployments", "autoscaling", "billing")
+        for path in (root / package).rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 500
+    }
+    assert not long, f"split these along their concerns: {long}"

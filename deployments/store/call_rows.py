@@ -1,0 +1,127 @@
+"""Spawned calls in the control-plane database (the `calls` table): created, started, finished or
+cancelled once each, their callbacks' delivery state, and the open ones a restarted runner resumes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from billing.schema_versions import transaction
+from deployments.calls.records import CallRecord
+
+
+class CallRows:
+    """The `calls` table (a part of deployments.store.db.StateDB: uses its connection)."""
+
+    conn: sqlite3.Connection
+
+    def create_call(self, record: CallRecord, method: str | None, arguments: dict[str, Any]) -> None:
+        with transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO calls (call_id, app, function, method, status, created_at, arguments, callback) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.call_id,
+                    record.app,
+                    record.function,
+                    method,
+                    record.status,
+                    record.created_at,
+                    json.dumps(arguments),
+                    record.callback.model_dump_json() if record.callback else None,
+                ),
+            )
+
+    def call(self, call_id: str) -> CallRecord | None:
+        row = self.conn.execute("SELECT * FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+        if row is None:
+            return None
+        return CallRecord(
+            call_id=row["call_id"],
+            app=row["app"],
+            function=row["function"],
+            status=row["status"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            result=json.loads(row["result"]) if row["result"] is not None else None,
+            error=json.loads(row["error"]) if row["error"] is not None else None,
+            callback=json.loads(row["callback"]) if row["callback"] is not None else None,
+        )
+
+    def call_work(self, call_id: str) -> tuple[str | None, dict[str, Any]] | None:
+        """The method and keyword arguments a spawned call runs with."""
+        row = self.conn.execute("SELECT method, arguments FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+        return (row["method"], json.loads(row["arguments"])) if row else None
+
+    def start_call(self, call_id: str, now: float) -> bool:
+        """pending -> running; False when the call is no longer pending (cancelled meanwhile)."""
+        with transaction(self.conn):
+            return (
+                self.conn.execute(
+                    "UPDATE calls SET status = 'running', started_at = ? WHERE call_id = ? AND status = 'pending'",
+                    (now, call_id),
+                ).rowcount
+                == 1
+            )
+
+    def finish_call(self, call_id: str, status: str, result: Any, error: dict[str, Any] | None, now: float) -> bool:
+        """An open call ends with `status`; False when it had already ended (cancelled)."""
+        with transaction(self.conn):
+            return (
+                self.conn.execute(
+                    "UPDATE calls SET status = ?, finished_at = ?, result = ?, error = ? "
+                    "WHERE call_id = ? AND status IN ('pending', 'running')",
+                    (
+                        status,
+                        now,
+                        json.dumps(result) if status == "succeeded" else None,
+                        json.dumps(error) if error is not None else None,
+                        call_id,
+                    ),
+                ).rowcount
+                == 1
+            )
+
+    def cancel_call(self, call_id: str, now: float) -> str | None:
+        """Cancel an open call; the status it had (a finished one is left as it was), None when unknown."""
+        with transaction(self.conn):
+            row = self.conn.execute("SELECT status FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+            if row is None:
+                return None
+            if row["status"] in ("pending", "running"):
+                self.conn.execute(
+                    "UPDATE calls SET status = 'cancelled', finished_at = ?, "
+                    "error = json_object('type', 'Cancelled', 'message', 'the call was cancelled') WHERE call_id = ?",
+                    (now, call_id),
+                )
+            return row["status"]
+
+    def set_callback(self, call_id: str, callback_json: str) -> None:
+        with transaction(self.conn):
+            self.conn.execute("UPDATE calls SET callback = ? WHERE call_id = ?", (callback_json, call_id))
+
+    def open_call_count(self, app: str, unit: str) -> int:
+        """Spawned calls of a function (or of any method of a class) not yet finished."""
+        return self.conn.execute(
+            "SELECT COUNT(*) FROM calls WHERE status IN ('pending', 'running') AND app = ? "
+            "AND (function = ? OR function LIKE ? ESCAPE '\\')",
+            (app, unit, unit.replace("_", "\\_") + ".%"),
+        ).fetchone()[0]
+
+    def open_calls(self) -> list[str]:
+        """Calls pending or running, oldest first (a restarted runner takes them up again)."""
+        rows = self.conn.execute(
+            "SELECT call_id FROM calls WHERE status IN ('pending', 'running') ORDER BY created_at"
+        ).fetchall()
+        return [r["call_id"] for r in rows]
+
+    def undelivered_callbacks(self) -> list[str]:
+        """Finished calls whose webhook is neither delivered nor given up."""
+        rows = self.conn.execute(
+            "SELECT call_id FROM calls WHERE callback IS NOT NULL AND status IN ('succeeded', 'failed', 'cancelled') "
+            "AND NOT json_extract(callback, '$.delivered') AND NOT json_extract(callback, '$.gave_up') "
+            "ORDER BY finished_at"
+        ).fetchall()
+        return [r["call_id"] for r in rows]
