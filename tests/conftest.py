@@ -16,7 +16,10 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 APPS = Path(__file__).resolve().parent / "live" / "apps"
 FAKE_NODES = "A10G:2,L4:1:2"
-FAKE_NODE_IDLE_TIMEOUT_S = 20
+# The test cluster's periods, set through `raygpu up`'s own options where the product's are long: an
+# idle fake node goes after this long, a gateway connection has this long to send headers and body.
+FAKE_NODE_IDLE_TIMEOUT_S = 8
+CLIENT_TIMEOUT_S = 4
 CALLBACK_ALLOW = "127.0.0.1/32"
 
 
@@ -108,6 +111,10 @@ def _run_cluster(home: Path, port: int, env: dict[str, str]):
             # the webhook receivers the tests start listen on loopback
             "--callback-allow",
             CALLBACK_ALLOW,
+            "--header-timeout",
+            str(CLIENT_TIMEOUT_S),
+            "--body-timeout",
+            str(CLIENT_TIMEOUT_S),
             "--port",
             str(port),
         ],

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deployments import constants
-from deployments.gateway.http import error_response, read_body
+from deployments.gateway.http import ClientLimits, error_response, read_body
 
 logger = logging.getLogger("ray.serve.deployments.gateway")
 
@@ -19,8 +19,8 @@ logger = logging.getLogger("ray.serve.deployments.gateway")
 class AdminProxy:
     """Forwards admin requests of one gateway replica to the admin API actor."""
 
-    def __init__(self, max_body_bytes: int):
-        self.max_body_bytes = max_body_bytes
+    def __init__(self, limits: ClientLimits):
+        self.limits = limits
         self._admin_api: Any = None
 
     async def __call__(self, request: Request, parts: list[str]) -> Response:
@@ -38,7 +38,7 @@ class AdminProxy:
                 "admin operations need the cluster's admin token: `raygpu login URL --token ...`",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        raw = await read_body(request, self.max_body_bytes)
+        raw = await read_body(request, self.limits)
         if isinstance(raw, Response):
             return raw
         try:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -22,6 +23,17 @@ CONNECTION_CAP_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
     b"connection: close\r\ncontent-length: " + str(len(_CAP_BODY)).encode() + b"\r\n\r\n" + _CAP_BODY
 )
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """What the gateway allows a client (`raygpu up --header-timeout`, `--body-timeout`): a body up to
+    `max_body_bytes`, a request's headers within `header_timeout_s` of the connection opening (or of
+    the request's first byte), its body within `body_timeout_s`."""
+
+    max_body_bytes: int = constants.MAX_BODY_BYTES
+    header_timeout_s: float = constants.HEADER_TIMEOUT_S
+    body_timeout_s: float = constants.BODY_TIMEOUT_S
 
 
 class ClosingStreamingResponse(StreamingResponse):
@@ -159,24 +171,24 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def read_body(request: Request, max_body_bytes: int) -> bytes | Response:
+async def read_body(request: Request, limits: ClientLimits) -> bytes | Response:
     """The whole body, or the answer refusing it: 413 past the size limit (read before only as
     far as needed for the client to see it), 408 when it does not arrive in time."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-        return await too_large(request, max_body_bytes)
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        return await too_large(request, limits)
     chunks: list[bytes] = []
     size = 0
     try:
-        async with asyncio.timeout(constants.BODY_TIMEOUT_S):
+        async with asyncio.timeout(limits.body_timeout_s):
             while True:
                 message = await request.receive()
                 if message["type"] == "http.disconnect":
                     return Response(status_code=499)  # nobody is listening for an answer
                 chunk = message.get("body", b"")
                 size += len(chunk)
-                if size > max_body_bytes:
-                    return await too_large(request, max_body_bytes)
+                if size > limits.max_body_bytes:
+                    return await too_large(request, limits)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     return b"".join(chunks)
@@ -184,19 +196,19 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes | Response:
         return error_response(
             408,
             "RequestTimeout",
-            f"the request body did not arrive within {constants.BODY_TIMEOUT_S:g} s",
+            f"the request body did not arrive within {limits.body_timeout_s:g} s",
             headers={"Connection": "close"},
         )
 
 
-async def too_large(request: Request, max_body_bytes: int) -> Response:
+async def too_large(request: Request, limits: ClientLimits) -> Response:
     """413, closing the connection. A client waiting on `Expect: 100-continue` (curl) is answered
     at once; one that sends the whole body first (requests, urllib) has it read and discarded,
     up to a bound, so it reads the 413 instead of a reset connection."""
     if "100-continue" not in request.headers.get("expect", "").lower():
         drained = 0
         try:
-            async with asyncio.timeout(constants.BODY_TIMEOUT_S):
+            async with asyncio.timeout(limits.body_timeout_s):
                 while drained <= constants.MAX_DRAIN_BYTES:
                     message = await request.receive()
                     if message["type"] == "http.disconnect":
@@ -209,6 +221,6 @@ async def too_large(request: Request, max_body_bytes: int) -> Response:
     return error_response(
         413,
         "PayloadTooLarge",
-        f"request body exceeds the gateway limit of {max_body_bytes} bytes",
+        f"request body exceeds the gateway limit of {limits.max_body_bytes} bytes",
         headers={"Connection": "close"},
     )

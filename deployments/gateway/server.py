@@ -27,6 +27,7 @@ from deployments.gateway.arrivals import ArrivalRecorder
 from deployments.gateway.body import BodyError, parse_arguments
 from deployments.gateway.dispatch import Dispatcher
 from deployments.gateway.http import (
+    ClientLimits,
     EmbeddedServer,
     error_response,
     gateway_config,
@@ -71,11 +72,11 @@ class Gateway:
         self,
         http_host: str,
         http_port: int,
-        max_body_bytes: int = constants.MAX_BODY_BYTES,
+        limits: ClientLimits | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
     ):
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits = limits or ClientLimits()
         self.store = get_store()
         self.table = RoutingTable(await self.store.routing_table.remote())
         # Serve handles by (Serve application, deployment): a new version is a new application.
@@ -88,8 +89,8 @@ class Gateway:
             constants.ARRIVAL_FLUSH_INTERVAL_S,
         )
         self.dispatch = Dispatcher(self._handle, get_parker, lambda: self.table)
-        self.spawned = SpawnedCalls(self.store, max_body_bytes)
-        self.admin = AdminProxy(max_body_bytes)
+        self.spawned = SpawnedCalls(self.store, limits)
+        self.admin = AdminProxy(limits)
         loop = asyncio.get_running_loop()
         self._background = [
             loop.create_task(self._watch_routing_table()),
@@ -99,7 +100,7 @@ class Gateway:
         config = gateway_config(
             self.asgi,
             max_connections=constants.GATEWAY_MAX_CONNECTIONS,
-            header_timeout_s=constants.HEADER_TIMEOUT_S,
+            header_timeout_s=limits.header_timeout_s,
             keep_alive_s=constants.KEEP_ALIVE_TIMEOUT_S,
             tls_cert=tls_cert,
             tls_key=tls_key,
@@ -198,7 +199,7 @@ class Gateway:
 
         handed_over = False
         try:
-            raw = await read_body(request, self.max_body_bytes)
+            raw = await read_body(request, self.limits)
             if isinstance(raw, Response):
                 return raw
             if route.kind.forwards_http:
@@ -223,9 +224,9 @@ class Gateway:
 def build_gateway_application(
     http_host: str,
     http_port: int,
-    max_body_bytes: int = constants.MAX_BODY_BYTES,
+    limits: ClientLimits | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
 ) -> Any:
     """The gateway; with `tls_cert`/`tls_key` (PEM files on the head) it serves HTTPS only."""
-    return Gateway.bind(http_host, http_port, max_body_bytes, tls_cert, tls_key)
+    return Gateway.bind(http_host, http_port, limits or ClientLimits(), tls_cert, tls_key)

@@ -17,7 +17,7 @@ from deployments.calls.records import FINISHED, parse_wait
 from deployments.calls.runner import RUNNER_ACTOR_NAME
 from deployments.gateway.answers import internal_error, queue_full
 from deployments.gateway.body import BodyError, parse_arguments
-from deployments.gateway.http import error_response, json_response, read_body
+from deployments.gateway.http import ClientLimits, error_response, json_response, read_body
 from deployments.gateway.routing import Route
 
 logger = logging.getLogger("ray.serve.deployments.gateway")
@@ -26,9 +26,9 @@ logger = logging.getLogger("ray.serve.deployments.gateway")
 class SpawnedCalls:
     """The spawn and call-record routes of one gateway replica, over the control-plane store."""
 
-    def __init__(self, store: Any, max_body_bytes: int):
+    def __init__(self, store: Any, limits: ClientLimits):
         self.store = store
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits
         self._call_runner: Any = None
 
     def _runner(self) -> Any:
@@ -40,7 +40,7 @@ class SpawnedCalls:
         """`POST /{app}/{fn}/spawn`: record the call and answer 202 with its id at once; the call
         runner runs it, and posts the final record to `x-raygpu-callback` when one is given."""
         app, spec = route.app, route.deployed.spec
-        raw = await read_body(request, self.max_body_bytes)
+        raw = await read_body(request, self.limits)
         if isinstance(raw, Response):
             return raw
         try:

@@ -6,6 +6,7 @@ offloads its weights and frees its KV cache, a warm tier between running and zer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -84,25 +85,26 @@ class VllmReplica(ReplicaBase):
                 forwarded = [(k, v) for k, v in headers.items() if k.lower() in FORWARDED_TO_ENGINE]
                 started = False
                 try:
-                    async for item in self.server.request(method, path, query, forwarded, body):
-                        if isinstance(item, bytes):
-                            if started and item.startswith(SSE_DONE) and self._engine_died() is not None:
-                                event = self._engine_died_event()
-                                outcome.bytes_out += len(event)
-                                yield event
-                            outcome.bytes_out += len(item)
-                            if item.strip():
-                                self.phases.mark("first_token")  # the first chunk the engine produced
-                            yield item
-                            continue
-                        if item.status >= 500 and self._engine_died() is not None:
-                            break  # vLLM's own answer to a dead engine: raygpu's says why, below
-                        outcome.status = item.status
-                        started = True
-                        yield {
-                            "status": item.status,
-                            "headers": [(k, v) for k, v in item.headers if k.lower() != "content-length"],
-                        }
+                    async with contextlib.aclosing(self.server.request(method, path, query, forwarded, body)) as answer:
+                        async for item in answer:
+                            if isinstance(item, bytes):
+                                if started and item.startswith(SSE_DONE) and self._engine_died() is not None:
+                                    event = self._engine_died_event()
+                                    outcome.bytes_out += len(event)
+                                    yield event
+                                outcome.bytes_out += len(item)
+                                if item.strip():
+                                    self.phases.mark("first_token")  # the first chunk the engine produced
+                                yield item
+                                continue
+                            if item.status >= 500 and self._engine_died() is not None:
+                                break  # vLLM's own answer to a dead engine: raygpu's says why, below
+                            outcome.status = item.status
+                            started = True
+                            yield {
+                                "status": item.status,
+                                "headers": [(k, v) for k, v in item.headers if k.lower() != "content-length"],
+                            }
                 except Exception:
                     if self._engine_died() is None:
                         raise

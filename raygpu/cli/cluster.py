@@ -121,6 +121,18 @@ DEFAULT_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
     "Serve until a call or its pre-warm brings it back (Serve's controller then spends nothing on it; "
     "that call waits a controller tick longer): seconds, or a number with s, m, h or d; 0 never.",
 )
+@click.option(
+    "--header-timeout",
+    default=f"{constants.HEADER_TIMEOUT_S:g}s",
+    show_default=True,
+    help="A gateway connection that has not sent a request's headers within this is closed.",
+)
+@click.option(
+    "--body-timeout",
+    default=f"{constants.BODY_TIMEOUT_S:g}s",
+    show_default=True,
+    help="A request body not received within this is answered 408 and its connection closed.",
+)
 @address_option
 def up(
     local: bool,
@@ -144,6 +156,8 @@ def up(
     call_retention: str,
     callback_allow: tuple[str, ...],
     park_after: str,
+    header_timeout: str,
+    body_timeout: str,
     address: str | None,
 ) -> None:
     """Start a local cluster (--local), or install raygpu on a running Ray cluster (--address)."""
@@ -172,6 +186,8 @@ def up(
     try:
         settings["call_retention_s"] = parse_duration(call_retention)
         settings["park_after_s"] = parse_duration(park_after, "--park-after", least_s=1.0, allow_zero=True)
+        settings["header_timeout_s"] = parse_duration(header_timeout, "--header-timeout", least_s=1.0)
+        settings["body_timeout_s"] = parse_duration(body_timeout, "--body-timeout", least_s=1.0)
         if local:
             options = local_options(state_dir, **({"http_host": http_host} if http_host else {}), **settings)
         else:

@@ -21,6 +21,7 @@ from billing.prices import PRICES_ENV
 from deployments import constants
 from deployments.calls.callbacks import parse_networks
 from deployments.calls.runner import start_call_runner
+from deployments.gateway.http import ClientLimits
 from deployments.gateway.server import build_gateway_application
 from deployments.node.blobs import start_blobs
 from deployments.node.warm_pool import start_warm_pools
@@ -140,7 +141,13 @@ def install_control_plane(options: ControlPlaneOptions) -> dict[str, Any]:
         proxy_location="HeadOnly",
     )
     serve.run(
-        build_gateway_application(http_host, http_port, constants.MAX_BODY_BYTES, tls_cert, tls_key),
+        build_gateway_application(
+            http_host,
+            http_port,
+            ClientLimits(header_timeout_s=o.header_timeout_s, body_timeout_s=o.body_timeout_s),
+            tls_cert,
+            tls_key,
+        ),
         name=constants.GATEWAY_APP_NAME,
         route_prefix=None,
     )

@@ -37,6 +37,9 @@ class ControlPlaneOptions(BaseModel):
     call_retention_s: float = Field(default=DEFAULT_CALL_RETENTION_S, gt=0)
     callback_allow: list[str] = Field(default_factory=list)
     park_after_s: float = Field(default=constants.DEFAULT_PARK_AFTER_S, ge=0)
+    # how long a gateway connection may take to send a request's headers, and its body
+    header_timeout_s: float = Field(default=constants.HEADER_TIMEOUT_S, ge=1, le=600)
+    body_timeout_s: float = Field(default=constants.BODY_TIMEOUT_S, ge=1, le=3600)
 
     @field_validator("warm_pool", mode="before")
     @classmethod

@@ -29,8 +29,8 @@ def scale_events(fn, since):
 
 @pytest.mark.slow
 def test_a_periodic_function_is_prewarmed_and_random_sparse_traffic_stays_at_zero(scaling):
-    period = 20.0
-    sparse_offsets = [3.0, 31.0, 52.0, 74.0, 107.0]  # irregular gaps (28, 21, 22, 33 s): no period
+    period = 16.0
+    sparse_offsets = [3.0, 25.4, 42.2, 59.8, 86.2]  # irregular gaps (22.4, 16.8, 17.6, 26.4 s): no period
     started = time.monotonic()
     at_zero_between_timer_calls = []
     sparse_zero_checks = []
@@ -41,13 +41,13 @@ def test_a_periodic_function_is_prewarmed_and_random_sparse_traffic_stays_at_zer
         # between calls: sample replica counts while waiting for the next tick
         while time.monotonic() < due - 0.3:
             now = time.monotonic() - started
-            if any(abs(now - (o + 12.0)) < 0.3 for o in sparse_offsets):
+            if any(abs(now - (o + 12.0)) < 0.3 for o in sparse_offsets):  # past its idle window
                 sparse_zero_checks.append((round(now, 1), replicas(scaling, "sparse")[0]))
             if any(abs(now - o) < 0.3 for o in sparse_offsets):
                 assert scaling.post("/scaling/sparse", {"tick": tick}).status_code == 200
                 time.sleep(0.6)
-            # 10 s after a timer call: past its linger (one start), before its pre-warm
-            if tick in (1, 2) and abs(now - (tick * period - 10.0)) < 0.3:
+            # half a period after a timer call: past its linger (one start), before its pre-warm
+            if tick in (1, 2) and abs(now - (tick - 0.5) * period) < 0.3:
                 at_zero_between_timer_calls.append(replicas(scaling, "timer")[0])
                 time.sleep(0.6)
             time.sleep(0.1)

@@ -105,3 +105,18 @@ def test_a_laptop_deploys_calls_and_reads_status_and_the_bill_through_the_gatewa
     finally:
         assert laptop(home, "stop", "remote").returncode == 0
     assert laptop(home, "logout").returncode == 0 and not (home / "login.json").exists()
+
+
+def test_doctor_lists_what_each_node_can_run(cluster):
+    """`raygpu doctor --json` as a driver of the cluster: this host, and a report made on each node
+    (the head here; fake GPU nodes too while one is alive)."""
+    out = cluster.cli("doctor", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["cluster"] is None and report["nodes"], report
+    head = next(n for n in report["nodes"] if n["ray"]["head"])
+    assert head["ray"]["gpus"] == 8 and "H100" in head["ray"]["accelerators"]
+    cpu = head["cpu"]
+    assert set(cpu["usable"]) == {"amx", "avx512"} and set(cpu["advertised"]) == {"amx", "avx512"}
+    assert cpu["vllm_cpu_dtype"] in ("auto", "float32") and head["software"]["torch"]
+    assert head["memory"]["available_bytes"] > 0 and report["host"]["cpu"]["usable"] == cpu["usable"]

@@ -101,6 +101,29 @@ def test_a_call_at_zero_launches_a_node_and_the_node_goes_when_idle(pools):
     assert "fake_a10g" in text and "provisioning" in text
 
 
+def test_weights_deleted_from_the_deployers_disk_still_load_on_a_new_node(cluster, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "scaler.safetensors"
+    save_file({"weight": torch.full((1, 4), 5.0)}, str(weights))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAYGPU_TEST_POOLED_WEIGHTS", str(weights))
+        cluster.deploy(APPS / "pooled_model.py")
+    try:
+        weights.unlink()  # only the cluster's copy is left
+        wait_until_no_node(cluster, "fake_a10g")  # the replica needs a node launched after the deploy
+        response = cluster.post("/pooledmodel/scaler", {"inputs": [[1.0, 1.0, 1.0, 1.0]]}, timeout=300)
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"] == [[20.0]]
+        listed = json.loads(cluster.cli("weights", "ls", "pooledmodel/scaler", "--json").stdout)
+        assert listed["default"]["path"].startswith("raygpu-blob://")
+        # the node's weight cache and warm pool leave with its last replica: the idle node goes
+        # (the module's end waits for it, while the tests after this one run)
+    finally:
+        cluster.cli("stop", "pooledmodel")
+
+
 def test_functions_land_on_the_node_type_of_their_accelerator(pools):
     cluster = pools
     with ThreadPoolExecutor(2) as pool:
@@ -137,26 +160,3 @@ def test_a_node_that_joined_later_gets_a_warm_pool_that_its_next_replica_uses(po
     assert first.json()["pid"] in pids and len(pids) == 2, pids
     assert pids & warm, f"the second replica ({pids}) did not take a warm worker ({warm})"
     assert {a.json()["node_id"] for a in answers} == {node_id}
-
-
-def test_weights_deleted_from_the_deployers_disk_still_load_on_a_new_node(cluster, tmp_path):
-    import torch
-    from safetensors.torch import save_file
-
-    weights = tmp_path / "scaler.safetensors"
-    save_file({"weight": torch.full((1, 4), 5.0)}, str(weights))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAYGPU_TEST_POOLED_WEIGHTS", str(weights))
-        cluster.deploy(APPS / "pooled_model.py")
-    try:
-        weights.unlink()  # only the cluster's copy is left
-        wait_until_no_node(cluster, "fake_a10g")  # the replica needs a node launched after the deploy
-        response = cluster.post("/pooledmodel/scaler", {"inputs": [[1.0, 1.0, 1.0, 1.0]]}, timeout=300)
-        assert response.status_code == 200, response.text
-        assert response.json()["outputs"] == [[20.0]]
-        listed = json.loads(cluster.cli("weights", "ls", "pooledmodel/scaler", "--json").stdout)
-        assert listed["default"]["path"].startswith("raygpu-blob://")
-        # the node's weight cache and warm pool leave with its last replica: the idle node goes
-        wait_until_no_node(cluster, "fake_a10g")
-    finally:
-        cluster.cli("stop", "pooledmodel")

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 import requests
-from conftest import APPS, ROOT
+from conftest import APPS, CLIENT_TIMEOUT_S, ROOT
 
 from deployments import constants
 
@@ -171,8 +171,8 @@ def test_a_thousand_idle_connections_do_not_delay_a_call(hardened):
         )  # answered within 2 s, or requests raises
         assert r.status_code == 200 and time.monotonic() - started < 2
         # the header deadline closes connections that never sent a request's headers
-        idle[0].settimeout(constants.HEADER_TIMEOUT_S + 10)
-        idle[1].settimeout(constants.HEADER_TIMEOUT_S + 10)
+        idle[0].settimeout(CLIENT_TIMEOUT_S + 10)
+        idle[1].settimeout(CLIENT_TIMEOUT_S + 10)
         assert idle[0].recv(1) == b"" and idle[1].recv(1) == b""
     finally:
         for sock in idle:
@@ -218,7 +218,7 @@ def test_the_gateway_answers_json_errors_for_bad_requests(hardened):
         tuple(hardened.url.removeprefix("http://").split(":")[:1]) + (int(hardened.url.rsplit(":", 1)[1]),)
     ) as sock:
         sock.sendall(b"POST /hardened/total HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}")
-        sock.settimeout(constants.BODY_TIMEOUT_S + 15)
+        sock.settimeout(CLIENT_TIMEOUT_S + 15)
         answer = b""
         while chunk := sock.recv(65536):  # the gateway closes the connection after the 408
             answer += chunk

@@ -28,6 +28,7 @@ def test_what_up_builds_reaches_the_driver_unchanged(tmp_path):
         ({"warm_pool": "torch=-1"}, "warm pool"),
         ({"http_port": 70000}, "less than or equal to 65535"),
         ({"surprise": 1}, "Extra inputs"),
+        ({"body_timeout_s": 0}, "greater than or equal to 1"),
     ],
 )
 def test_bad_options_are_refused_naming_the_problem(settings, message):
