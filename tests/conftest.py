@@ -92,6 +92,12 @@ def cluster():
         yield from _run_cluster(home, port, env)
 
 
+@pytest.fixture(scope="session")
+def examples(cluster):
+    """The shipped hello and embeddings apps, deployed once for every module that calls them."""
+    return {name: cluster.deploy(ROOT / "examples" / f"{name}.py") for name in ("hello", "embeddings")}
+
+
 def _run_cluster(home: Path, port: int, env: dict[str, str]):
     up = subprocess.run(
         [

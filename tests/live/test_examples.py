@@ -3,12 +3,10 @@
 import math
 
 import pytest
-from conftest import ROOT
 
 
-def test_hello_example(cluster):
-    result = cluster.deploy(ROOT / "examples" / "hello.py")
-    assert result["routes"] == ["/hello/greet"]
+def test_hello_example(cluster, examples):
+    assert examples["hello"]["routes"] == ["/hello/greet"]
     assert cluster.post("/hello/greet", {"name": "ray", "excited": True}).json() == "hello ray!"
 
 
@@ -17,8 +15,7 @@ def cosine(a, b):
 
 
 @pytest.mark.slow
-def test_embeddings_example_ranks_a_paraphrase_above_an_unrelated_sentence(cluster):
-    cluster.deploy(ROOT / "examples" / "embeddings.py")
+def test_embeddings_example_ranks_a_paraphrase_above_an_unrelated_sentence(cluster, examples):
     sentences = ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply today."]
     r = cluster.post("/embeddings/Embedder/embed", {"sentences": sentences}, timeout=300)
     assert r.status_code == 200, r.text

