@@ -37,16 +37,32 @@ def audit_against_ray(cluster, app: str, function: str, killed_pids: frozenset[i
 
     actors = {a["Pid"]: a for a in cluster.wait_for(dead_replicas, timeout=120, what="replica actors to end")}
 
+    def billed_seconds(ivs: list) -> float:
+        return sum(iv["end"] - iv["start"] for iv in ivs if iv["phase"] in ("active", "idle"))
+
+    def lifetime_s(pid: int) -> float:
+        return (actors[pid]["EndTime"] - actors[pid]["StartTime"]) / 1000
+
+    def tolerance_s(pid: int) -> float:
+        # within 1%; a replica the autoscaler kept only a second or two is held to 0.15 s instead
+        # (Ray's own timestamps and the stop event's are ~0.1 s apart, which 1% of that cannot hold)
+        return max(0.01 * lifetime_s(pid), 0.15)
+
     def stops_recorded() -> dict[str, list] | None:
-        """Intervals by replica once the ledger has every replica and each one's stop (a killed
-        replica sends none: it is billed to its last heartbeat)."""
+        """Intervals by replica once the ledger has every replica and, for each one that stopped
+        (a killed replica sends no stop: it is billed to its last heartbeat), its stop: until then its
+        last phase ends at a heartbeat, up to one heartbeat short of its lifetime."""
         found: dict[str, list] = {}
         for iv in ray.get(meter().intervals.remote(app, function)):
             found.setdefault(iv["replica"], []).append(iv)
-        ends = {int(r.split("-")[0]): max(iv["end"] for iv in ivs) for r, ivs in found.items()}
-        if set(ends) != set(actors):
+        by_pid = {int(r.split("-")[0]): ivs for r, ivs in found.items()}
+        if set(by_pid) != set(actors):
             return None
-        stopped = all(ends[pid] >= actors[pid]["EndTime"] / 1000 - 0.15 for pid in actors if pid not in killed_pids)
+        stopped = all(
+            abs(billed_seconds(by_pid[pid]) - lifetime_s(pid)) <= tolerance_s(pid)
+            for pid in actors
+            if pid not in killed_pids
+        )
         return found if stopped else None
 
     by_replica = cluster.wait_for(stops_recorded, timeout=30, what="every replica's stop in the ledger")
@@ -74,10 +90,8 @@ def audit_against_ray(cluster, app: str, function: str, killed_pids: frozenset[i
         # Ray's actor lifetime runs from the actor being created to its death: the replica's
         # ready + active + idle time
         billed = phases["active"] + phases["idle"]
-        lifetime = (actors[pid]["EndTime"] - actors[pid]["StartTime"]) / 1000
-        # within 1%; a replica the autoscaler kept only a second or two is held to 0.15 s instead
-        # (Ray's own timestamps and the stop event's are ~0.1 s apart, which 1% of that cannot hold)
-        assert abs(billed - lifetime) <= max(0.01 * lifetime, 0.15), (billed, lifetime, phases)
+        lifetime = lifetime_s(pid)
+        assert abs(billed - lifetime) <= tolerance_s(pid), (billed, lifetime, phases)
         # the cold start runs from the replica worker's launch (Ray's own timestamp) to ready; a
         # replica that took an idle warm worker from the pool starts at its own construction
         cold = next(iv for iv in ivs if iv["phase"] == "cold_start")
