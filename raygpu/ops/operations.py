@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,15 +70,17 @@ def read_login() -> Login | None:
         raise AdminCredentialError(f"{path} is not a raygpu login; run `raygpu login URL --token ...` again") from None
 
 
-class Operations:
+class Operations(ABC):
     """What both ways share: every operation of the table (raygpu.ops.table) as a method taking its
     arguments in the order of its argument model's fields, validated before anything is sent."""
 
+    @abstractmethod
     def _run(self, name: str, args: Args) -> Any:
-        raise NotImplementedError
+        """Run operation `name` with its validated arguments; its answer as the table's contract."""
 
+    @abstractmethod
     def _store_weights(self, where: str, path: str) -> str:
-        raise NotImplementedError
+        """The stored location a deploy names instead of a weights file on this machine."""
 
     def deploy(self, app: App, source: str, check: bool) -> DeployResult:
         from raygpu.ops.deploy import prepare_units
