@@ -100,24 +100,34 @@ class MeterClient:
         if self.ongoing == 1:
             self.event("serving")
 
-    def call_finished(self, status: int, latency_s: float, bytes_in: int, bytes_out: int) -> None:
+    def call_finished(
+        self,
+        status: int,
+        latency_s: float,
+        bytes_in: int,
+        bytes_out: int,
+        call_id: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
         if not self.enabled:
             return
         self.ongoing -= 1
         now = time.time()
-        self.requests.append(
-            {
-                "id": self._id(),
-                "app": self.app,
-                "function": self.function,
-                "replica": self.replica,
-                "status": status,
-                "latency_s": latency_s,
-                "bytes_in": bytes_in,
-                "bytes_out": bytes_out,
-                "ts": now,
-            }
-        )
+        record: dict[str, Any] = {
+            "id": self._id(),
+            "app": self.app,
+            "function": self.function,
+            "replica": self.replica,
+            "status": status,
+            "latency_s": latency_s,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "ts": now,
+        }
+        if call_id is not None:
+            record["call_id"] = call_id
+            record["attempt"] = attempt or 1
+        self.requests.append(record)
         if len(self.requests) > MAX_BUFFERED:
             del self.requests[: len(self.requests) - MAX_BUFFERED]
         if self.ongoing == 0:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from billing.call_stages import CallStages, add_call_ids
 from billing.intervals import Interval, LifecycleEvent, ReplicaTimeline, TimelineState, event_order, replica_intervals
 from billing.node_records import NodeRecords
 from billing.records import RequestRecord
@@ -45,7 +46,9 @@ CREATE TABLE IF NOT EXISTS requests (
     latency_s REAL NOT NULL,
     bytes_in INTEGER NOT NULL,
     bytes_out INTEGER NOT NULL,
-    ts REAL NOT NULL
+    ts REAL NOT NULL,
+    call_id TEXT,
+    attempt INTEGER
 );
 CREATE INDEX IF NOT EXISTS requests_by_function ON requests (app, function, ts);
 CREATE INDEX IF NOT EXISTS events_by_replica ON events (app, function, replica, ts);
@@ -113,8 +116,9 @@ CREATE TABLE IF NOT EXISTS start_phases (
 
 # Version 1: events, requests, start phases; 2: the quarantine table for invalid rows; 3: replicas,
 # rolled-up intervals and metric totals (restart and bills cost what recent history costs); 4: node
-# lifetimes and the node of each replica (`raygpu bill --nodes`).
-LEDGER_SCHEMA_VERSION = 4
+# lifetimes and the node of each replica (`raygpu bill --nodes`); 5: the call id and attempt of each
+# request (`raygpu calls show`).
+LEDGER_SCHEMA_VERSION = 5
 # A replica silent this long without a stop event is gone: its events are rolled up too.
 ROLLUP_AFTER_S = 3600.0
 # A replica running longer than this is checkpointed: its closed intervals are rolled up, its events
@@ -122,10 +126,22 @@ ROLLUP_AFTER_S = 3600.0
 CHECKPOINT_AFTER_S = 3600.0
 EVENT_FIELDS = ("id", "app", "function", "replica", "kind", "ts", "gpus", "accelerator")
 PHASE_FIELDS = ("replica", "phase", "app", "function", "seconds", "ts")
-REQUEST_FIELDS = ("id", "app", "function", "replica", "status", "latency_s", "bytes_in", "bytes_out", "ts")
+REQUEST_FIELDS = (
+    "id",
+    "app",
+    "function",
+    "replica",
+    "status",
+    "latency_s",
+    "bytes_in",
+    "bytes_out",
+    "ts",
+    "call_id",
+    "attempt",
+)
 
 
-class Ledger(MetricTotals, NodeRecords):
+class Ledger(MetricTotals, NodeRecords, CallStages):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         # What is billed must survive a power loss once the meter has acknowledged it: every commit
@@ -138,6 +154,7 @@ class Ledger(MetricTotals, NodeRecords):
             migrations=LEDGER_MIGRATIONS,
             what="billing ledger",
         )
+        self.conn.execute("CREATE INDEX IF NOT EXISTS requests_by_call ON requests (call_id) WHERE call_id IS NOT NULL")
 
     def apply(
         self, events: Iterable[dict[str, Any]], requests: Iterable[dict[str, Any]]
@@ -458,4 +475,4 @@ class Ledger(MetricTotals, NodeRecords):
         return out
 
 
-LEDGER_MIGRATIONS = {3: migrate_to_totals}
+LEDGER_MIGRATIONS = {3: migrate_to_totals, 5: add_call_ids}

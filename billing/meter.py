@@ -188,6 +188,12 @@ class Meter:
             "requests": requests,
         }
 
+    async def call_stages(self, call_id: str) -> list[dict[str, Any]]:
+        """The requests recorded under one call id: each stage of a pipeline, each run of a call."""
+        if not isinstance(call_id, str) or not 1 <= len(call_id) <= 128:
+            raise ValueError("a call id is 1-128 characters")
+        return self.ledger.call_stages(call_id)
+
     async def start_phases(self, app: str | None = None) -> dict[str, dict[str, Any]]:
         """The latest replica start of each function, by phase: {"app/function": {replica, ts, phases}}."""
         latest: dict[str, dict[str, Any]] = {}

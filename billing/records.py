@@ -45,6 +45,8 @@ class RequestRecord(BaseModel):
     bytes_in: int = Field(ge=0)
     bytes_out: int = Field(ge=0)
     ts: float
+    call_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    attempt: int | None = Field(default=None, ge=1, le=1000)
 
     _ts = field_validator("ts")(_finite_ts)
 

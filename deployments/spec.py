@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deployments import constants
+from deployments.calls.retries import NO_RETRIES, Retries, as_retries
 
 
 class Image(BaseModel):
@@ -180,7 +181,8 @@ class FunctionSpec(BaseModel):
     startup_timeout: float = Field(
         default=constants.DEFAULT_STARTUP_TIMEOUT_S, gt=0, le=constants.MAX_STARTUP_TIMEOUT_S
     )
-    retries: int = Field(default=0, ge=0, le=constants.MAX_RETRIES)
+    # Runs again of a call whose code raised (an int n: n more runs, 1 s apart).
+    retries: Retries = Field(default=NO_RETRIES)
     max_inputs: int = Field(default=constants.DEFAULT_MAX_INPUTS, ge=1, le=10_000)
     max_queue: int = Field(default=constants.DEFAULT_MAX_QUEUE, ge=0, le=1_000_000)
     torch_model: TorchModelSpec | None = None
@@ -195,6 +197,11 @@ class FunctionSpec(BaseModel):
     @classmethod
     def _check_name(cls, name: str, info: Any) -> str:
         return validate_name(name, what="function")
+
+    @field_validator("retries", mode="before")
+    @classmethod
+    def _check_retries(cls, value: Any) -> Any:
+        return as_retries(value)
 
     @field_validator("gpu", mode="before")
     @classmethod

@@ -7,6 +7,8 @@ def hello(name: str) -> str:
     return f"hello {name}"
 """
 
+from deployments.calls.context import current_call_id
+from deployments.calls.retries import Retries
 from deployments.spec import FunctionSpec, Image
 from raygpu import _moved
 from raygpu.sdk.app import App, Function, Model, enter, exit, method, torch_model, vllm
@@ -14,11 +16,18 @@ from raygpu.sdk.calls import FunctionCall
 from raygpu.sdk.client import lookup
 from raygpu.sdk.errors import (
     DeployError,
+    FunctionNotFound,
+    FunctionTimeout,
+    InvalidArguments,
     InvalidSpecError,
     NoClusterError,
     NotFoundError,
+    QueueFull,
     RaygpuError,
     RemoteCallError,
+    RemoteError,
+    ReplicaLost,
+    Unavailable,
 )
 
 __version__ = "0.1.0"
@@ -36,6 +45,8 @@ __all__ = [
     "exit",
     "method",
     "lookup",
+    "current_call_id",
+    "Retries",
     "torch_model",
     "vllm",
     "RaygpuError",
@@ -44,4 +55,11 @@ __all__ = [
     "DeployError",
     "NotFoundError",
     "RemoteCallError",
+    "QueueFull",
+    "FunctionTimeout",
+    "RemoteError",
+    "ReplicaLost",
+    "InvalidArguments",
+    "Unavailable",
+    "FunctionNotFound",
 ]

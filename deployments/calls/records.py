@@ -42,6 +42,16 @@ class CallbackState(BaseModel):
     gave_up: bool = False
 
 
+class CallAttempt(BaseModel):
+    """One run of a spawned call: when it ended and how (a retry policy runs a call again when its
+    code raised)."""
+
+    attempt: int
+    finished_at: float
+    status: int
+    error_type: str | None = None
+
+
 class CallRecord(BaseModel):
     """One spawned call: what `GET /{app}/calls/{call_id}` answers and a webhook receives."""
 
@@ -55,6 +65,7 @@ class CallRecord(BaseModel):
     result: Any = None
     error: dict[str, Any] | None = None
     callback: CallbackState | None = None
+    attempts: list[CallAttempt] = Field(default_factory=list)
 
     @property
     def finished(self) -> bool:

@@ -13,8 +13,6 @@ import urllib.request
 from typing import Any
 
 import ray
-from ray import serve
-from ray.serve.exceptions import BackPressureError
 
 from deployments import constants
 from deployments.calls.callbacks import (
@@ -26,8 +24,9 @@ from deployments.calls.callbacks import (
     sign,
     webhook_secret,
 )
+from deployments.calls.core import CallCore
+from deployments.errors import RemoteCallError
 from deployments.head_actors import start_head_actor
-from deployments.parking import bring_back
 from deployments.spec import DeployedFunction
 from deployments.store.actor import get_store
 
@@ -38,9 +37,6 @@ RUNNER_ACTOR_NAME = "raygpu-call-runner"
 MAX_RUNNING_CALLS = 1000
 # How often the runner looks for open calls and undelivered webhooks nobody is working on.
 SWEEP_INTERVAL_S = 5.0
-# A full queue (the function's max_queue) holds a spawned call back this long, then it is sent again.
-QUEUE_FULL_PAUSE_S = 1.0
-REPLICA_GONE_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
 class CallRunner:
@@ -49,7 +45,7 @@ class CallRunner:
         self.store = get_store()
         self.calls: dict[str, asyncio.Task] = {}
         self.deliveries: dict[str, asyncio.Task] = {}
-        self.handles: dict[tuple[str, str], Any] = {}
+        self.core = CallCore()
         self.slots = asyncio.Semaphore(MAX_RUNNING_CALLS)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
@@ -125,63 +121,20 @@ class CallRunner:
             return  # cancelled before it started
         self.store.record_arrivals.remote([(app, deployed.spec.name, time.time())])
         try:
-            back = await bring_back(app, deployed.spec.name)
-        except RuntimeError as exc:
-            await self.store.finish_call.remote(call_id, "failed", None, {"type": "Unavailable", "message": str(exc)})
-            return
-        if not back:
-            await self.store.finish_call.remote(
-                call_id, "failed", None, {"type": "NotFound", "message": f"{app}/{work['unit']} is no longer deployed"}
+            # Admitted when its record was made (the store's bound): a full Serve queue holds it back.
+            answer = await self.core.call(
+                app, deployed, work["method"], work["arguments"], call_id=call_id, wait_when_full=True
             )
+        except RemoteCallError as exc:
+            await self.store.finish_call.remote(call_id, "failed", None, exc.payload()["error"])
             return
-        status, payload = await self._call(deployed, work["method"], work["arguments"])
-        if status == 200:
-            await self.store.finish_call.remote(call_id, "succeeded", payload, None)
+        if answer.status == 200:
+            await self.store.finish_call.remote(call_id, "succeeded", answer.payload(), None, answer.runs)
         else:
-            error = payload.get("error") if isinstance(payload, dict) else None
+            error = answer.error()
             await self.store.finish_call.remote(
-                call_id, "failed", None, error or {"type": "Error", "message": str(payload), "status": status}
+                call_id, "failed", None, {**error.payload()["error"], "status": error.status}, answer.runs
             )
-
-    async def _call(self, deployed: DeployedFunction, method: str | None, arguments: dict[str, Any]) -> tuple[int, Any]:
-        """One call of the unit as the gateway makes it: retried on a replica being replaced, on a
-        full queue, and (up to `retries`) on a replica that died; cancelled with this task."""
-        spec = deployed.spec
-        key = (deployed.serve_app, deployed.deployment)
-        if key not in self.handles:
-            self.handles[key] = serve.get_deployment_handle(deployed.deployment, app_name=deployed.serve_app)
-        handle = self.handles[key]
-        budget = spec.timeout + spec.startup_timeout
-        deadline = time.monotonic() + budget
-        died = 0
-        while True:
-            response = handle.remote(method, arguments, 0, {})
-            try:
-                status, body, _version, headers = await asyncio.wait_for(
-                    _await(response), timeout=max(deadline - time.monotonic(), 0.001)
-                )
-            except asyncio.CancelledError:
-                response.cancel()
-                raise
-            except TimeoutError:
-                response.cancel()
-                return 504, {
-                    "error": {"type": "Timeout", "message": f"no replica of {spec.name!r} answered within {budget:g} s"}
-                }
-            except BackPressureError:
-                await asyncio.sleep(QUEUE_FULL_PAUSE_S)
-                continue
-            except REPLICA_GONE_ERRORS as exc:
-                died += 1
-                if died <= spec.retries:
-                    continue
-                return 500, {
-                    "error": {"type": "ReplicaDied", "message": f"the replica running {spec.name!r} exited ({exc})"}
-                }
-            if constants.DRAINING_HEADER in headers and time.monotonic() < deadline:
-                await asyncio.sleep(constants.DRAINING_RETRY_S)
-                continue
-            return status, json.loads(body)
 
     async def _deliver(self, call_id: str) -> None:
         """POST the final record to the call's webhook until it answers 2xx (at least once),
@@ -246,10 +199,6 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 
 
 _NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
-
-
-async def _await(response: Any) -> Any:
-    return await response
 
 
 def start_call_runner(signing_key: str) -> Any:

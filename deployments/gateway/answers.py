@@ -1,5 +1,5 @@
-"""The gateway's own answers that more than one of its paths gives: a full queue, a function that
-left Serve, an engine whose process died, and raygpu's own failure (500 with an error id)."""
+"""The gateway's own answers: an engine whose process died, and raygpu's own failure (500 with an
+error id)."""
 
 from __future__ import annotations
 
@@ -8,28 +8,9 @@ import secrets
 
 from starlette.responses import Response
 
-from deployments import constants
 from deployments.gateway.http import error_response
 
 logger = logging.getLogger("ray.serve.deployments.gateway")
-
-
-def queue_full(name: str) -> Response:
-    return error_response(
-        503,
-        "QueueFull",
-        f"{name!r} has as many queued calls as its max_queue allows; retry after {constants.RETRY_AFTER_S} s",
-        headers={"Retry-After": str(constants.RETRY_AFTER_S)},
-    )
-
-
-def unavailable(function: str) -> Response:
-    return error_response(
-        503,
-        "Unavailable",
-        f"{function!r} left Serve during the call and could not be reached again; retry shortly",
-        headers={"Retry-After": str(constants.RETRY_AFTER_S)},
-    )
 
 
 def engine_process_died(name: str, exc: BaseException) -> str:

@@ -20,12 +20,13 @@ from starlette.responses import Response
 
 from autoscaling.serve_adapter import GATEWAY_INFLIGHT_METRIC, gateway_autoscaling_config
 from deployments import constants
+from deployments.calls.context import CALL_ID_HEADER, INTERNAL_HEADERS, CallIdError, checked_call_id
+from deployments.calls.core import CallCore, queue_full
 from deployments.gateway.admin_proxy import AdminProxy
-from deployments.gateway.admission import Admission
-from deployments.gateway.answers import internal_error, queue_full
+from deployments.gateway.answers import internal_error
 from deployments.gateway.arrivals import ArrivalRecorder
 from deployments.gateway.body import BodyError, parse_arguments
-from deployments.gateway.dispatch import Dispatcher
+from deployments.gateway.dispatch import Dispatcher, error_answer
 from deployments.gateway.http import (
     ClientLimits,
     EmbeddedServer,
@@ -37,8 +38,6 @@ from deployments.gateway.http import (
 )
 from deployments.gateway.routing import RouteError, RoutingTable, path_parts
 from deployments.gateway.spawns import SpawnedCalls
-from deployments.parking import get_parker
-from deployments.spec import DeployedFunction
 from deployments.store.actor import get_store
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
@@ -79,16 +78,15 @@ class Gateway:
         self.limits = limits = limits or ClientLimits()
         self.store = get_store()
         self.table = RoutingTable(await self.store.routing_table.remote())
-        # Serve handles by (Serve application, deployment): a new version is a new application.
-        self.handles: dict[tuple[str, str], Any] = {}
-        self.admission = Admission()
+        # The gateway follows the parked set, so a call asks the parker only for a parked function.
+        self.core = CallCore(parked=lambda app, function: (app, function) in self.table.parked)
         self.arrivals = ArrivalRecorder(
             self.store,
             constants.MAX_PENDING_ARRIVALS,
             constants.IMMEDIATE_ARRIVAL_AFTER_IDLE_S,
             constants.ARRIVAL_FLUSH_INTERVAL_S,
         )
-        self.dispatch = Dispatcher(self._handle, get_parker, lambda: self.table)
+        self.dispatch = Dispatcher(self.core, lambda: self.table)
         self.spawned = SpawnedCalls(self.store, limits)
         self.admin = AdminProxy(limits)
         loop = asyncio.get_running_loop()
@@ -115,7 +113,7 @@ class Gateway:
         logger.info("raygpu gateway listening on %s:%d", http_host, http_port)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        return {GATEWAY_INFLIGHT_METRIC: float(self.admission.total())}
+        return {GATEWAY_INFLIGHT_METRIC: float(self.core.admission.total())}
 
     async def check_health(self) -> None:
         if self._server_task.done():
@@ -146,19 +144,10 @@ class Gateway:
                     self.table = RoutingTable(raw, previous=self.table)
                     # a parked function keeps its handle: its router takes the deployment up again
                     # when the function is brought back
-                    live = {(d.serve_app, d.deployment) for d in self.table.functions.values()}
-                    self.handles = {k: v for k, v in self.handles.items() if k in live}
+                    self.core.keep_handles({(d.serve_app, d.deployment) for d in self.table.functions.values()})
             except Exception as exc:
                 logger.warning("raygpu gateway: routing table refresh failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
-
-    def _handle(self, app: str, deployed: DeployedFunction) -> Any:
-        key = (deployed.serve_app, deployed.deployment)
-        handle = self.handles.get(key)
-        if handle is None:
-            handle = serve.get_deployment_handle(deployed.deployment, app_name=deployed.serve_app)
-            self.handles[key] = handle
-        return handle
 
     async def handle_http(self, request: Request) -> Response:
         parts = path_parts(request.url.path)
@@ -185,17 +174,22 @@ class Gateway:
             route = table.route(app, parts, request.method)
         except RouteError as exc:
             return error_response(exc.status, exc.error_type, exc.message, headers=exc.headers or None)
+        try:
+            call_id = checked_call_id(request.headers.get(CALL_ID_HEADER))
+        except CallIdError as exc:
+            return error_response(400, "InvalidCallId", str(exc))
         # Admission comes before the body is read: a full queue costs the caller no upload.
-        key = (app, route.deployed.spec.name)
-        if not self.admission.admit(key, route.deployed.spec.queue_bound):
-            return queue_full(route.deployed.spec.name)
+        spec = route.deployed.spec
+        key = (app, spec.name)
+        if not self.core.admit(app, spec):
+            return error_answer(queue_full(spec.name), call_id)
         released = False
 
         def release() -> None:
             nonlocal released
             if not released:
                 released = True
-                self.admission.release(key)
+                self.core.release(app, spec)
 
         handed_over = False
         try:
@@ -203,19 +197,25 @@ class Gateway:
             if isinstance(raw, Response):
                 return raw
             if route.kind.forwards_http:
-                self.arrivals.record(app, route.deployed.spec.name, self.admission.count(key))
-                response, handed_over = await self.dispatch.call_engine(route, request, raw, release)
+                self.arrivals.record(app, spec.name, self.core.admission.count(key))
+                response, handed_over = await self.dispatch.call_engine(route, request, raw, release, call_id)
                 return response
             try:
                 body = parse_arguments(raw)
             except BodyError as exc:
                 return error_response(400, exc.error_type, exc.message)
-            self.arrivals.record(app, route.deployed.spec.name, self.admission.count(key))
-            if route.deployed.spec.streams(route.target):
-                response, handed_over = await self.dispatch.call_generator(route, request, body, len(raw), release)
+            self.arrivals.record(app, spec.name, self.core.admission.count(key))
+            if spec.streams(route.target):
+                response, handed_over = await self.dispatch.call_generator(
+                    route, request, body, len(raw), release, call_id
+                )
                 return response
-            forwarded = {k: v for k, v in request.headers.items() if k.startswith(constants.FORWARDED_HEADER_PREFIX)}
-            return await self.dispatch.call(app, route.deployed, route.target, body, len(raw), forwarded)
+            forwarded = {
+                k: v
+                for k, v in request.headers.items()
+                if k.startswith(constants.FORWARDED_HEADER_PREFIX) and k not in INTERNAL_HEADERS
+            }
+            return await self.dispatch.call(app, route.deployed, route.target, body, len(raw), forwarded, call_id)
         finally:
             if not handed_over:
                 release()

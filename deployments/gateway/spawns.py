@@ -13,9 +13,10 @@ from starlette.responses import Response
 
 from deployments import constants
 from deployments.calls.callbacks import CALLBACK_HEADER, CallbackRefused, check_callback_url
+from deployments.calls.core import queue_full
 from deployments.calls.records import FINISHED, parse_wait
 from deployments.calls.runner import RUNNER_ACTOR_NAME
-from deployments.gateway.answers import internal_error, queue_full
+from deployments.gateway.answers import internal_error
 from deployments.gateway.body import BodyError, parse_arguments
 from deployments.gateway.http import ClientLimits, error_response, json_response, read_body
 from deployments.gateway.routing import Route
@@ -66,7 +67,8 @@ class SpawnedCalls:
         except Exception:
             return internal_error(f"spawn of {app}/{spec.name}")
         if record is None:
-            return queue_full(spec.name)
+            full = queue_full(spec.name)
+            return error_response(full.status, full.error_type, full.message, headers=full.headers)
         try:
             self._runner().submit.remote(record["call_id"])
         except Exception as exc:  # the runner's sweep finds the recorded call when it is back

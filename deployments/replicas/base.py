@@ -21,6 +21,7 @@ from pydantic_core import to_jsonable_python
 from billing.client import MeterClient
 from billing.node_inventory import node_started_at
 from deployments import constants
+from deployments.calls.context import CallContext
 from deployments.node.warm_pool import apply_image_env, replica_start_time
 from deployments.replicas.start_phases import StartPhases, start_trigger
 from deployments.spec import FunctionSpec
@@ -121,9 +122,9 @@ class ReplicaBase:
         )
 
     @contextlib.contextmanager
-    def metered_call(self, bytes_in: int) -> Iterator[CallOutcome]:
-        """One call: counted in flight for the autoscaler, metered with its status and size when
-        it ends, and the first one marks the replica's first response."""
+    def metered_call(self, bytes_in: int, call: CallContext | None = None) -> Iterator[CallOutcome]:
+        """One call: counted in flight for the autoscaler, metered with its status, size, call id
+        and attempt when it ends, and the first one marks the replica's first response."""
         started = time.perf_counter()
         outcome = CallOutcome()
         self.meter.call_started()
@@ -132,7 +133,14 @@ class ReplicaBase:
             yield outcome
         finally:
             self._ongoing -= 1
-            self.meter.call_finished(outcome.status, time.perf_counter() - started, bytes_in, outcome.bytes_out)
+            self.meter.call_finished(
+                outcome.status,
+                time.perf_counter() - started,
+                bytes_in,
+                outcome.bytes_out,
+                call_id=call.call_id if call is not None else None,
+                attempt=call.attempt if call is not None else None,
+            )
             self.phases.first_response()
 
     def begin_draining(self, reason: str) -> None:

@@ -8,6 +8,7 @@ leaves a caller hanging.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import traceback
@@ -17,6 +18,8 @@ from typing import Any
 
 import cloudpickle
 
+from deployments.calls.context import CallContext, context_of, running_call
+from deployments.errors import ERROR_SOURCE_HEADER, RemoteCallError
 from deployments.lifecycle import run_enter_hooks, run_exit_hooks
 from deployments.replicas.base import ReplicaBase, encode_json, error_payload, jsonable
 from deployments.replicas.streaming import close_source, item_source
@@ -27,6 +30,14 @@ logger = logging.getLogger(f"ray.serve.{__name__}")
 
 class UnserializableItem(Exception):
     """A generator yielded a value with no JSON form."""
+
+
+def escaped_call_error_headers(exc: RemoteCallError) -> dict[str, str]:
+    """The answer headers of a raygpu call error that escaped user code: it keeps its status and
+    type for the outer caller, which does not count it as the function's own failure."""
+    headers = {k: v for k, v in exc.headers.items() if k.lower() == "retry-after"}
+    headers[ERROR_SOURCE_HEADER] = "callee"
+    return headers
 
 
 class FunctionReplica(ReplicaBase):
@@ -49,8 +60,9 @@ class FunctionReplica(ReplicaBase):
         """Run one call; answer (HTTP status, JSON body, version, extra response headers)."""
         if self.draining is not None:
             return self.draining_answer()
-        with self.metered_call(bytes_in) as outcome:
-            status, payload = await self._invoke(method, body)
+        call = context_of(headers)
+        with self.metered_call(bytes_in, call) as outcome:
+            status, payload, extra = await self._invoke(method, body, call)
             try:
                 encoded = encode_json(payload)
             except (TypeError, ValueError) as exc:
@@ -64,7 +76,7 @@ class FunctionReplica(ReplicaBase):
                     ),
                 )
             outcome.status, outcome.bytes_out = status, len(encoded)
-            return status, encoded, self.version, {}
+            return status, encoded, self.version, extra
 
     def _prepare(self, method: str | None, body: Any, streaming: bool) -> tuple[int, Any] | dict[str, Any]:
         """The validated keyword arguments of a call, or the (status, error payload) refusing it."""
@@ -85,19 +97,27 @@ class FunctionReplica(ReplicaBase):
         except ArgumentError as exc:
             return 422, error_payload("ValidationError", str(exc), exc.errors)
 
-    async def _invoke(self, method: str | None, body: Any) -> tuple[int, Any]:
+    async def _invoke(
+        self, method: str | None, body: Any, call: CallContext | None = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        """Run the user's code: (status, payload, extra answer headers). Its own exception answers
+        500 marked as the user's (its retry policy applies); a raygpu call error escaping it (a call
+        it made that failed, not caught) keeps that error's status and type."""
         arguments = self._prepare(method, body, streaming=False)
         if isinstance(arguments, tuple):
-            return arguments
+            return (*arguments, {})
         fn = self.callables[method]
         is_async = inspect.iscoroutinefunction(fn)
         try:
             if is_async:
-                async with asyncio.timeout(self.spec.timeout):  # a cancellation is never swallowed
-                    result = await fn(**arguments)
+                with running_call(call):
+                    async with asyncio.timeout(self.spec.timeout):  # a cancellation is never swallowed
+                        result = await fn(**arguments)
             else:
                 loop = asyncio.get_running_loop()
-                future = loop.run_in_executor(self._executor, lambda: fn(**arguments))
+                with running_call(call):
+                    context = contextvars.copy_context()
+                future = loop.run_in_executor(self._executor, lambda: context.run(fn, **arguments))
                 try:
                     result = await asyncio.wait_for(future, timeout=self.spec.timeout)
                 except asyncio.CancelledError:
@@ -108,19 +128,29 @@ class FunctionReplica(ReplicaBase):
         except TimeoutError:
             if not is_async:  # its thread runs on and holds a worker slot: the replica is replaced
                 self.begin_draining(f"a call of {self.spec.name} passed its timeout of {self.spec.timeout:g} s")
-            return 504, error_payload(
-                "Timeout",
-                f"{self.spec.name} did not finish within its timeout of {self.spec.timeout:g} s; "
-                "raise `timeout=` in the decorator if it needs longer",
+            return (
+                504,
+                error_payload(
+                    "Timeout",
+                    f"{self.spec.name} did not finish within its timeout of {self.spec.timeout:g} s; "
+                    "raise `timeout=` in the decorator if it needs longer",
+                ),
+                {},
             )
+        except RemoteCallError as exc:
+            return exc.status, exc.payload(), escaped_call_error_headers(exc)
         except Exception as exc:
             logger.warning("raygpu: %s raised %s", self.spec.name, "".join(traceback.format_exception(exc)))
-            return 500, error_payload(type(exc).__name__, str(exc))
+            return 500, error_payload(type(exc).__name__, str(exc)), {ERROR_SOURCE_HEADER: "user"}
         try:
-            return 200, jsonable(result)
+            return 200, jsonable(result), {}
         except Exception as exc:
-            return 500, error_payload(
-                "SerializationError", f"{self.spec.name} returned a value that cannot be sent as JSON: {exc}"
+            return (
+                500,
+                error_payload(
+                    "SerializationError", f"{self.spec.name} returned a value that cannot be sent as JSON: {exc}"
+                ),
+                {},
             )
 
     async def stream(
@@ -135,7 +165,8 @@ class FunctionReplica(ReplicaBase):
             status, encoded, _, extra = self.draining_answer()
             yield {"status": status, "body": encoded, "headers": extra}
             return
-        with self.metered_call(bytes_in) as outcome:
+        call = context_of(headers)
+        with self.metered_call(bytes_in, call) as outcome:
             prepared = self._prepare(method, body, streaming=True)
             if isinstance(prepared, tuple):
                 outcome.status, payload = prepared
@@ -145,15 +176,18 @@ class FunctionReplica(ReplicaBase):
             source = None
             started = False
             try:
-                source = item_source(self.callables[method](**prepared), self._executor)
+                with running_call(call):
+                    context = contextvars.copy_context()
+                source = item_source(context.run(self.callables[method], **prepared), self._executor, context)
                 if source is None:
                     raise TypeError(f"{self.spec.callable_key(method)} did not return a generator")
                 while True:
                     try:
                         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
                         # cancellation of a caller who left as an item arrives, and run on for nobody.
-                        async with asyncio.timeout_at(deadline):
-                            item = await anext(source)
+                        with running_call(call):  # an async generator's body runs here
+                            async with asyncio.timeout_at(deadline):
+                                item = await anext(source)
                     except StopAsyncIteration:
                         break
                     try:
@@ -169,30 +203,38 @@ class FunctionReplica(ReplicaBase):
                 if not started:
                     yield {"status": 200}
             except Exception as exc:
-                status, payload = self._stream_failure(method, exc)
+                status, payload, extra = self._stream_failure(method, exc)
                 outcome.status = status
                 if started:
                     yield ("error", payload)
                 else:
-                    yield {"status": status, "body": encode_json(payload)}
+                    yield {"status": status, "body": encode_json(payload), "headers": extra}
             finally:
                 if source is not None:
                     await close_source(source)
 
-    def _stream_failure(self, method: str | None, exc: Exception) -> tuple[int, dict[str, Any]]:
+    def _stream_failure(self, method: str | None, exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
         label = self.spec.callable_key(method)
         if isinstance(exc, TimeoutError):
-            return 504, error_payload(
-                "Timeout",
-                f"{label} did not finish streaming within its timeout of {self.spec.timeout:g} s; "
-                "raise `timeout=` in the decorator if it needs longer",
+            return (
+                504,
+                error_payload(
+                    "Timeout",
+                    f"{label} did not finish streaming within its timeout of {self.spec.timeout:g} s; "
+                    "raise `timeout=` in the decorator if it needs longer",
+                ),
+                {},
             )
         if isinstance(exc, UnserializableItem):
-            return 500, error_payload(
-                "SerializationError", f"{label} yielded a value that cannot be sent as JSON: {exc}"
+            return (
+                500,
+                error_payload("SerializationError", f"{label} yielded a value that cannot be sent as JSON: {exc}"),
+                {},
             )
+        if isinstance(exc, RemoteCallError):
+            return exc.status, exc.payload(), escaped_call_error_headers(exc)
         logger.warning("raygpu: %s raised %s", label, "".join(traceback.format_exception(exc)))
-        return 500, error_payload(type(exc).__name__, str(exc))
+        return 500, error_payload(type(exc).__name__, str(exc)), {ERROR_SOURCE_HEADER: "user"}
 
     def _release(self) -> None:
         if hasattr(self, "_executor"):

@@ -4,6 +4,7 @@ hand-off, async ones on the loop; both stop promptly when the caller goes away. 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -18,10 +19,16 @@ STOP_CHECK_S = 0.1
 _DONE = object()
 
 
-async def iterate_in_thread(generator: Any, executor: Executor, buffer: int = HANDOFF_ITEMS) -> AsyncIterator[Any]:
+async def iterate_in_thread(
+    generator: Any,
+    executor: Executor,
+    buffer: int = HANDOFF_ITEMS,
+    context: contextvars.Context | None = None,
+) -> AsyncIterator[Any]:
     """The items of a sync generator, produced on an `executor` thread. When iteration stops
     early (the caller left, the call timed out), the thread stops after its current item and
-    closes the generator, so its `finally` blocks run."""
+    closes the generator, so its `finally` blocks run. `context`: the context variables the
+    generator's body runs with (the call it serves)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
     room = threading.Semaphore(buffer)
@@ -49,7 +56,7 @@ async def iterate_in_thread(generator: Any, executor: Executor, buffer: int = HA
             generator.close()
         hand_over(True, _DONE)
 
-    loop.run_in_executor(executor, pump)
+    loop.run_in_executor(executor, pump if context is None else lambda: context.run(pump))
     try:
         while True:
             ok, value = await queue.get()
@@ -63,13 +70,15 @@ async def iterate_in_thread(generator: Any, executor: Executor, buffer: int = HA
         stop.set()
 
 
-def item_source(result: Any, executor: Executor) -> AsyncIterator[Any] | None:
+def item_source(
+    result: Any, executor: Executor, context: contextvars.Context | None = None
+) -> AsyncIterator[Any] | None:
     """What a generator call returned as an async iterator of its items (None when it is not a
     generator)."""
     if inspect.isasyncgen(result):
         return result
     if inspect.isgenerator(result):
-        return iterate_in_thread(result, executor)
+        return iterate_in_thread(result, executor, context=context)
     return None
 
 

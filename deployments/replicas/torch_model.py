@@ -15,6 +15,8 @@ from typing import Any
 import cloudpickle
 
 from deployments import constants
+from deployments.calls.context import context_of
+from deployments.errors import ERROR_SOURCE_HEADER
 from deployments.node.weight_cache import load_cached
 from deployments.replicas.base import ReplicaBase, encode_json, error_payload
 from deployments.store.actor import get_store
@@ -109,12 +111,13 @@ class TorchModelReplica(ReplicaBase):
     async def __call__(
         self, method: str | None, body: Any, bytes_in: int = 0, headers: dict[str, str] | None = None
     ) -> tuple[int, bytes, int, dict[str, str]]:
-        with self.metered_call(bytes_in) as outcome:
+        with self.metered_call(bytes_in, context_of(headers)) as outcome:
             try:
                 status, payload, extra = await self._infer(body, (headers or {}).get(constants.MODEL_HEADER))
             except Exception as exc:
                 logger.warning("raygpu: %s failed: %s", self.spec.name, "".join(traceback.format_exception(exc)))
-                status, payload, extra = 500, error_payload(type(exc).__name__, str(exc)), {}
+                status, payload = 500, error_payload(type(exc).__name__, str(exc))
+                extra = {ERROR_SOURCE_HEADER: "user"}
             try:
                 encoded = encode_json(payload)
             except (TypeError, ValueError) as exc:

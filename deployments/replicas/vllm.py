@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from deployments.calls.context import context_of
 from deployments.engines.model_stage import stage, staged_path
 from deployments.replicas.base import ReplicaBase, encode_json, error_payload
 
@@ -64,7 +65,7 @@ class VllmReplica(ReplicaBase):
         that died before the call sends it on to the replacement (the gateway resends a draining
         answer); a call the engine was running when it died is not sent again (it may be what killed
         it): it answers 503 EngineDied, or a started stream ends with an EngineDied error event."""
-        with self.metered_call(bytes_in) as outcome:
+        with self.metered_call(bytes_in, context_of(headers)) as outcome:
             self._last_call = time.monotonic()
             try:
                 if self.startup_error is not None:

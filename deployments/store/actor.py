@@ -20,6 +20,7 @@ from deployments import constants
 from deployments.calls.records import (
     FINISHED,
     MAX_WAIT_S,
+    CallAttempt,
     CallbackAttempt,
     CallbackState,
     CallRecord,
@@ -396,10 +397,18 @@ class ControlPlaneStore:
     async def start_call(self, call_id: str) -> bool:
         return self.db.start_call(call_id, time.time())
 
-    async def finish_call(self, call_id: str, status: str, result: Any, error: dict[str, Any] | None) -> bool:
+    async def finish_call(
+        self,
+        call_id: str,
+        status: str,
+        result: Any,
+        error: dict[str, Any] | None,
+        attempts: list[dict[str, Any]] | None = None,
+    ) -> bool:
         if status not in FINISHED:
             raise ValueError(f"a call cannot finish as {status!r}")
-        finished = self.db.finish_call(call_id, status, result, error, time.time())
+        checked = [CallAttempt.model_validate(a).model_dump() for a in attempts or []]
+        finished = self.db.finish_call(call_id, status, result, error, time.time(), checked)
         self._wake_call(call_id)
         return finished
 

@@ -48,6 +48,7 @@ class CallRows:
             result=json.loads(row["result"]) if row["result"] is not None else None,
             error=json.loads(row["error"]) if row["error"] is not None else None,
             callback=json.loads(row["callback"]) if row["callback"] is not None else None,
+            attempts=json.loads(row["attempts"]) if row["attempts"] is not None else [],
         )
 
     def call_work(self, call_id: str) -> tuple[str | None, dict[str, Any]] | None:
@@ -66,18 +67,28 @@ class CallRows:
                 == 1
             )
 
-    def finish_call(self, call_id: str, status: str, result: Any, error: dict[str, Any] | None, now: float) -> bool:
-        """An open call ends with `status`; False when it had already ended (cancelled)."""
+    def finish_call(
+        self,
+        call_id: str,
+        status: str,
+        result: Any,
+        error: dict[str, Any] | None,
+        now: float,
+        attempts: list[dict[str, Any]] | None = None,
+    ) -> bool:
+        """An open call ends with `status` (and the runs it took); False when it had already ended
+        (cancelled)."""
         with transaction(self.conn):
             return (
                 self.conn.execute(
-                    "UPDATE calls SET status = ?, finished_at = ?, result = ?, error = ? "
+                    "UPDATE calls SET status = ?, finished_at = ?, result = ?, error = ?, attempts = ? "
                     "WHERE call_id = ? AND status IN ('pending', 'running')",
                     (
                         status,
                         now,
                         json.dumps(result) if status == "succeeded" else None,
                         json.dumps(error) if error is not None else None,
+                        json.dumps(attempts) if attempts else None,
                         call_id,
                     ),
                 ).rowcount

@@ -112,7 +112,8 @@ CREATE TABLE IF NOT EXISTS calls (
     arguments TEXT NOT NULL,
     result TEXT,
     error TEXT,
-    callback TEXT
+    callback TEXT,
+    attempts TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_by_created ON calls (created_at);
 CREATE INDEX IF NOT EXISTS calls_open ON calls (status) WHERE status IN ('pending', 'running');
@@ -122,8 +123,8 @@ CREATE INDEX IF NOT EXISTS calls_open ON calls (status) WHERE status IN ('pendin
 # 3: time indexes for retention (created by the schema script).
 # 4: the code payload of each function of the versions being deployed and live (a restarted
 # control plane redeploys the live versions Serve lost).
-# 5: spawned calls (created by the schema script).
-SCHEMA_VERSION = 5
+# 5: spawned calls (created by the schema script); 6: the runs of each spawned call.
+SCHEMA_VERSION = 6
 
 
 def _protect_apps_that_had_tokens(conn: sqlite3.Connection) -> None:
@@ -134,7 +135,13 @@ def _protect_apps_that_had_tokens(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS = {2: _protect_apps_that_had_tokens}
+def _add_call_attempts(conn: sqlite3.Connection) -> None:
+    """5 -> 6: a spawned call lists its runs (NULL for calls from before)."""
+    if "attempts" not in {row[1] for row in conn.execute("PRAGMA table_info(calls)")}:
+        conn.execute("ALTER TABLE calls ADD COLUMN attempts TEXT")
+
+
+MIGRATIONS = {2: _protect_apps_that_had_tokens, 6: _add_call_attempts}
 
 TOKEN_PREFIX = "rgt_"
 

@@ -144,6 +144,23 @@ class Bill(BaseModel):
     total_cost_usd: str
 
 
+class CallStage(BaseModel):
+    """One run of one function under a call id: a stage of a pipeline, or a retry of one."""
+
+    app: str
+    function: str
+    replica: str
+    attempt: int
+    started_at: float
+    duration_s: float
+    status: int
+
+
+class CallStages(BaseModel):
+    call_id: str
+    stages: list[CallStage]
+
+
 class PreparedUnit(BaseModel):
     """One unit of a deploy as the CLI ships it to the cluster: its spec (weights as stored
     locations), its pickled code (base64 in JSON) and its HTTP routes."""

@@ -21,6 +21,7 @@ from raygpu.ops.contracts import (
     AppStatus,
     AuthState,
     Bill,
+    CallStages,
     DeployResult,
     PreparedUnit,
     TokenCreated,
@@ -101,6 +102,10 @@ class CostArgs(Args):
     until: float | None = None
     dedicated: str | None = Field(default=None, max_length=64)
     per_request: str | None = Field(default=None, max_length=64)
+
+
+class CallIdArgs(Args):
+    call_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
 
 class BlobArgs(Args):
@@ -212,6 +217,7 @@ OPERATIONS: dict[str, Operation] = {
     "bill": Operation(BillArgs, Bill, _usage_op("bill")),
     "node_bill": Operation(NodeBillArgs, NodeBill, _usage_op("node_bill")),
     "cost": Operation(CostArgs, CostComparison, _usage_op("cost")),
+    "call_show": Operation(CallIdArgs, CallStages, _usage_op("call_stages")),
     "blob_has": Operation(BlobArgs, bool, _blob_has),
     "blob_put": Operation(BlobChunk, int, _blob_put),
     "blob_commit": Operation(BlobArgs, Any, _blob_commit),

@@ -17,7 +17,7 @@ from billing.cost import (
 )
 from billing.intervals import BillLine, Interval
 from billing.node_bill import NodeBill
-from raygpu.ops.contracts import Bill, BillLineOut
+from raygpu.ops.contracts import Bill, BillLineOut, CallStage, CallStages
 from raygpu.sdk.control import meter
 from raygpu.sdk.errors import NotFoundError
 
@@ -41,6 +41,18 @@ def parse_time(text: str | None) -> float | None:
 
 def _decimal_sum(values: list[str]) -> str:
     return str(sum((Decimal(v) for v in values), Decimal(0)))
+
+
+def call_stages(call_id: str) -> CallStages:
+    """The stages of one call (a function and each function it called, each run of each), from the
+    meter's ledger; NotFoundError when nothing ran under that id (yet: replicas report each second)."""
+    stages = [CallStage.model_validate(row) for row in ray.get(meter().call_stages.remote(call_id))]
+    if not stages:
+        raise NotFoundError(
+            f"no call {call_id!r} is recorded: check the id (the gateway answers it in x-raygpu-call-id); "
+            "a call that just ended is recorded within a few seconds"
+        )
+    return CallStages(call_id=call_id, stages=stages)
 
 
 def node_bill(since: float | None = None, until: float | None = None) -> NodeBill:

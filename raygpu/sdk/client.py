@@ -1,8 +1,11 @@
 """Calling deployed functions from Python: `raygpu.lookup("app", "fn").remote(...)`, `.map(...)`,
 `.starmap(...)` and `.remote_gen(...)`.
 
-Calls go through a Serve handle straight to the function's deployment (a process attached to the
-cluster is trusted, as with `ray`), and each call is recorded as an arrival for the autoscaler.
+Calls go through this process's call core (deployments/calls/core.py) over Serve handles straight
+to the function's deployment (a process attached to the cluster is trusted, as with `ray`; so is a
+function calling another inside the cluster), with the admission, resends, retries and errors of a
+call over HTTP; each call is recorded as an arrival for the autoscaler. Inside a replica, a call
+carries the call id and what is left of the deadline of the call that runs it.
 """
 
 from __future__ import annotations
@@ -15,18 +18,32 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import ray
-from ray.serve.exceptions import DeploymentUnavailableError
 
-from deployments import constants
+from deployments.calls.context import CallContext, current_call
+from deployments.errors import call_error
 from deployments.signature import bind_positional
 from deployments.spec import DeployedFunction
+from raygpu.sdk import call_loop
 from raygpu.sdk.batch import batch_window, run_batch
 from raygpu.sdk.calls import FunctionCall
-from raygpu.sdk.connection import connect, serve_handle
+from raygpu.sdk.connection import connect
 from raygpu.sdk.control import store
 from raygpu.sdk.errors import NoClusterError, NotFoundError, RemoteCallError
 
-UNPARK_TIMEOUT_S = 60.0  # how long a call waits for a function at rest to be back in Serve
+
+class RemoteCaller:
+    """`fn.remote`: call it to wait for the result, or await `fn.remote.aio(...)` in async code."""
+
+    def __init__(self, function: "RemoteFunction"):
+        self.function = function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        method, arguments = self.function._prepare_call(args, kwargs)
+        return self.function._call(method, arguments, current_call())
+
+    async def aio(self, *args: Any, **kwargs: Any) -> Any:
+        method, arguments = self.function._prepare_call(args, kwargs)
+        return await call_loop.run_async(self.function._call_async(method, arguments, current_call()))
 
 
 class RemoteFunction:
@@ -67,52 +84,29 @@ class RemoteFunction:
         if self.deployed.spec.streams(self.method):
             raise RemoteCallError(400, "GeneratorFunction", f"{self._label} yields its results: iterate {use} instead")
 
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the deployed function and return its result; raise RemoteCallError on failure."""
+    @property
+    def remote(self) -> "RemoteCaller":
+        """Call the deployed function and return its result: `.remote(...)`, or `await
+        .remote.aio(...)` from async code; raise its call error (raygpu.QueueFull, FunctionTimeout,
+        RemoteError, ReplicaLost, ...) on failure."""
+        return RemoteCaller(self)
+
+    def _prepare_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         method = self._callable()
         self._refuse_generator(".remote_gen(...)")
-        return self._call(method, self._bind(args, kwargs))
+        return method, self._bind(args, kwargs)
 
-    def _call(self, method: str | None, kwargs: dict[str, Any]) -> Any:
+    async def _call_async(self, method: str | None, kwargs: dict[str, Any], caller: CallContext | None) -> Any:
+        """One call through this process's call core (on its loop); the result, or the call error."""
         spec = self.deployed.spec
         store().record_arrivals.remote([(self.app, spec.name, time.time())])
-        handle = self._handle()
-        deadline = time.monotonic() + spec.timeout + spec.startup_timeout
-        back_at = time.monotonic()
-        while True:
-            try:
-                status, body, _version, headers = handle.remote(method, kwargs).result(
-                    timeout_s=max(deadline - time.monotonic(), 0.001)
-                )
-            except DeploymentUnavailableError:
-                # parked meanwhile, or back while this process's router still thinks it gone
-                if time.monotonic() - back_at > constants.ROUTER_CATCH_UP_S:
-                    raise RemoteCallError(503, "Unavailable", f"{self._label} could not be reached; retry") from None
-                handle = self._handle()
-                time.sleep(constants.DRAINING_RETRY_S)
-                continue
-            if constants.DRAINING_HEADER not in headers or time.monotonic() >= deadline:
-                break
-            time.sleep(constants.DRAINING_RETRY_S)  # that replica is being replaced: go to another
-        payload = json.loads(body)
-        if status != 200:
-            raise remote_error(status, payload)
-        return payload
+        answer = await call_loop.core().call(self.app, self.deployed, method, kwargs, caller=caller, admit=True)
+        if answer.status != 200:
+            raise answer.error()
+        return answer.payload()
 
-    def _handle(self) -> Any:
-        """The deployment's handle, once a function at rest out of Serve (deployments/parking.py)
-        is back in it."""
-        from deployments.parking import get_parker
-
-        try:
-            back = ray.get(get_parker().unpark.remote(self.app, self.deployed.spec.name), timeout=UNPARK_TIMEOUT_S)
-        except Exception as exc:
-            raise RemoteCallError(
-                503, "Unavailable", f"{self._label} could not be brought back into Serve ({exc}); retry the call"
-            ) from None
-        if not back:
-            raise RemoteCallError(404, "NotFound", f"{self._label} is no longer deployed")
-        return serve_handle(self.deployed.serve_app, self.deployed.deployment)
+    def _call(self, method: str | None, kwargs: dict[str, Any], caller: CallContext | None = None) -> Any:
+        return call_loop.run(self._call_async(method, kwargs, caller))
 
     def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
         """Start the call in the background and return at once: a FunctionCall to poll (`.get()`),
@@ -188,8 +182,9 @@ class RemoteFunction:
         window = batch_window(spec.max_containers, spec.max_inputs)
         if max_in_flight is not None:
             window = max(1, min(window, max_in_flight))
+        caller = current_call()  # map's threads carry the call it is made from on
         return run_batch(
-            lambda arguments: self._call(method, arguments),
+            lambda arguments: self._call(method, arguments, caller),
             inputs,
             window=window,
             order_outputs=order_outputs,
@@ -208,23 +203,29 @@ class RemoteFunction:
 
     def _stream(self, method: str | None, arguments: dict[str, Any]) -> Iterator[Any]:
         spec = self.deployed.spec
+        caller = current_call()
         store().record_arrivals.remote([(self.app, spec.name, time.time())])
-        handle = self._handle().options(stream=True)
-        deadline = time.monotonic() + spec.startup_timeout
-        while True:
-            stream = handle.stream.remote(method, arguments, 0, {})
-            start = next(stream)
-            if start.get("headers", {}).get(constants.DRAINING_HEADER) and time.monotonic() < deadline:
-                time.sleep(constants.DRAINING_RETRY_S)  # that replica is being replaced: go to another
-                continue
-            break
+        opened = call_loop.run(
+            call_loop.core().open_stream(
+                self.app,
+                self.deployed,
+                lambda handle, sent: handle.stream.remote(method, arguments, 0, sent),
+                caller=caller,
+            )
+        )
+        assert opened is not None  # only a caller that can leave (the gateway's) gets None
+        start, stream = opened.start, opened.stream
         if start["status"] != 200:
-            raise remote_error(start["status"], json.loads(start["body"]))
+            raise call_error(start["status"], json.loads(start["body"]), dict(start.get("headers") or {}))
         finished = False
         try:
-            for kind, value in stream:
+            while True:
+                try:
+                    kind, value = call_loop.run(_next_item(stream))
+                except StopAsyncIteration:
+                    break
                 if kind == "error":
-                    raise remote_error(500, value)
+                    raise call_error(500, value, {})
                 yield json.loads(value)
             finished = True
         finally:
@@ -254,10 +255,8 @@ def zip_equal(iterables: tuple[Iterable[Any], ...]) -> Iterator[tuple[Any, ...]]
     return pairs()
 
 
-def remote_error(status: int, payload: Any) -> RemoteCallError:
-    """The RemoteCallError of an error answer `{"error": {"type", "message"[, "details"]}}`."""
-    error = payload.get("error", {}) if isinstance(payload, dict) else {}
-    return RemoteCallError(status, error.get("type", "Error"), error.get("message", str(payload)), error.get("details"))
+async def _next_item(stream: Any) -> Any:
+    return await stream.__anext__()
 
 
 def lookup(app: str, name: str, *, address: str | None = None) -> RemoteFunction:
@@ -295,9 +294,10 @@ def call_over_http(url: str, target: str, data: str, token: str | None = None, t
     except urllib.error.HTTPError as exc:
         body = exc.read().decode()
         try:
-            error = json.loads(body)["error"]
-            raise RemoteCallError(exc.code, error["type"], error["message"], error.get("details")) from None
+            payload = json.loads(body)
+            payload["error"]["type"]
         except (ValueError, KeyError, TypeError):
             raise RemoteCallError(exc.code, "HTTPError", body) from None
+        raise call_error(exc.code, payload, dict(exc.headers.items())) from None
     except urllib.error.URLError as exc:
         raise NoClusterError(f"cannot reach the gateway at {url}: {exc.reason}") from None

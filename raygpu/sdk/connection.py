@@ -1,12 +1,11 @@
-"""Attaching this process to the raygpu cluster (--address, RAYGPU_ADDRESS or the local one),
-and the Serve handles it opens, closed before it detaches."""
+"""Attaching this process to the raygpu cluster (--address, RAYGPU_ADDRESS or the local one), and
+detaching it (its call loop and the Serve handles that loop opened stop first)."""
 
 from __future__ import annotations
 
 import atexit
 import logging
 import os
-import threading
 from typing import Any
 
 from deployments import constants
@@ -14,9 +13,6 @@ from raygpu.sdk.errors import NoClusterError
 from raygpu.sdk.home import local_cluster_alive, read_local_cluster
 
 ADDRESS_ENV = "RAYGPU_ADDRESS"
-
-_handles: dict[tuple[str, str], Any] = {}
-_handles_lock = threading.Lock()
 
 
 def resolve_address(address: str | None = None) -> tuple[str, bool]:
@@ -79,29 +75,12 @@ def ray_messages_to_stderr() -> None:
     worker.print_to_stdstream = to_stderr
 
 
-def serve_handle(serve_app: str, deployment: str) -> Any:
-    """A Serve handle to a deployment, opened once per process and ready to call from any thread.
-    It is opened and its router started under a lock: `map` calls from many threads at once, and a
-    handle's first calls racing would each start a router, all but one left running unclosed."""
-    from ray import serve
-
-    key = (serve_app, deployment)
-    with _handles_lock:
-        if key not in _handles:
-            # .options() starts the handle's router now and returns a handle that shares it
-            _handles[key] = serve.get_deployment_handle(deployment, app_name=serve_app).options()
-        return _handles[key]
-
-
 def disconnect() -> None:
-    """Stop the routers of this process's handles, then detach from the cluster."""
+    """Stop the call loop and the routers of this process's handles, then detach from the cluster."""
     import ray
 
-    while _handles:
-        _, handle = _handles.popitem()
-        try:
-            handle.shutdown()
-        except Exception:
-            pass
+    from raygpu.sdk import call_loop
+
+    call_loop.shutdown()
     if ray.is_initialized():
         ray.shutdown()

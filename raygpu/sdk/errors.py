@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+from deployments.errors import (
+    FunctionNotFound,
+    FunctionTimeout,
+    InvalidArguments,
+    InvalidSpecError,
+    QueueFull,
+    RaygpuError,
+    RemoteCallError,
+    RemoteError,
+    ReplicaLost,
+    Unavailable,
+)
 
-class RaygpuError(Exception):
-    """Base class of raygpu's user-facing errors."""
-
-
-class InvalidSpecError(RaygpuError, ValueError):
-    """A decorator was given an invalid setting; the message names the field."""
+__all__ = [
+    "AdminCredentialError",
+    "DeployError",
+    "FunctionNotFound",
+    "FunctionTimeout",
+    "InvalidArguments",
+    "InvalidSpecError",
+    "NoClusterError",
+    "NotFoundError",
+    "QueueFull",
+    "RaygpuError",
+    "RemoteCallError",
+    "RemoteError",
+    "ReplicaLost",
+    "Unavailable",
+]
 
 
 class NoClusterError(RaygpuError):
@@ -21,16 +43,6 @@ class DeployError(RaygpuError):
 
 class NotFoundError(RaygpuError):
     """The app or function is not deployed."""
-
-
-class RemoteCallError(RaygpuError):
-    """A remote call failed; `status` is the HTTP status the gateway would have answered."""
-
-    def __init__(self, status: int, error_type: str, message: str, details: object = None):
-        self.status = status
-        self.error_type = error_type
-        self.details = details
-        super().__init__(f"{error_type}: {message}")
 
 
 class AdminCredentialError(RaygpuError):

@@ -99,6 +99,25 @@ def test_python_calls_streams_and_spawned_calls_bring_functions_back(parked_app)
     assert call.get(timeout=120) == 101
 
 
+def test_calls_made_as_a_function_is_being_parked_all_succeed(parked_app):
+    """The parker publishes a function as parked, then takes it out of Serve: calls made in between
+    (spawned, whose runner holds a handle to the deployment going away, and from Python) are sent
+    again once it is back, not failed."""
+    import time
+
+    import raygpu
+
+    cluster, _ = parked_app
+    rare = raygpu.lookup("parked", "rare")
+    assert rare.spawn(x=1).get(timeout=120) == 2  # the runner now holds a handle to rare's deployment
+    cluster.wait_for(lambda: "rare" in parked_now(), timeout=60, interval=0.02, what="rare published as parked")
+    spawned = [rare.spawn(x=x) for x in range(3)]
+    assert rare.remote(x=10) == 20
+    time.sleep(0.5)
+    spawned += [rare.spawn(x=x) for x in range(3, 5)]
+    assert [call.get(timeout=120) for call in spawned] == [0, 2, 4, 6, 8]
+
+
 @pytest.mark.slow
 def test_a_streamed_http_call_brings_a_parked_generator_back(parked_app):
     cluster, _ = parked_app
