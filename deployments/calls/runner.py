@@ -25,7 +25,7 @@ from deployments.calls.callbacks import (
     webhook_secret,
 )
 from deployments.calls.core import CallCore
-from deployments.errors import RemoteCallError
+from deployments.errors import ERROR_SOURCE_HEADER, RemoteCallError
 from deployments.head_actors import start_head_actor
 from deployments.spec import DeployedFunction
 from deployments.store.actor import get_store
@@ -126,15 +126,18 @@ class CallRunner:
                 app, deployed, work["method"], work["arguments"], call_id=call_id, wait_when_full=True
             )
         except RemoteCallError as exc:
-            await self.store.finish_call.remote(call_id, "failed", None, exc.payload()["error"])
+            await self.store.finish_call.remote(
+                call_id, "failed", None, {**exc.payload()["error"], "status": exc.status}
+            )
             return
         if answer.status == 200:
             await self.store.finish_call.remote(call_id, "succeeded", answer.payload(), None, answer.runs)
         else:
             error = answer.error()
-            await self.store.finish_call.remote(
-                call_id, "failed", None, {**error.payload()["error"], "status": error.status}, answer.runs
-            )
+            recorded = {**error.payload()["error"], "status": error.status}
+            if ERROR_SOURCE_HEADER in error.headers:  # the function's own failure, or its callee's
+                recorded["source"] = error.headers[ERROR_SOURCE_HEADER]
+            await self.store.finish_call.remote(call_id, "failed", None, recorded, answer.runs)
 
     async def _deliver(self, call_id: str) -> None:
         """POST the final record to the call's webhook until it answers 2xx (at least once),

@@ -20,11 +20,11 @@ from starlette.responses import Response
 
 from autoscaling.serve_adapter import GATEWAY_INFLIGHT_METRIC, gateway_autoscaling_config
 from deployments import constants
+from deployments.calls.arrivals import ArrivalRecorder
 from deployments.calls.context import CALL_ID_HEADER, INTERNAL_HEADERS, CallIdError, checked_call_id
 from deployments.calls.core import CallCore, queue_full
 from deployments.gateway.admin_proxy import AdminProxy
 from deployments.gateway.answers import internal_error
-from deployments.gateway.arrivals import ArrivalRecorder
 from deployments.gateway.body import BodyError, parse_arguments
 from deployments.gateway.dispatch import Dispatcher, error_answer
 from deployments.gateway.http import (

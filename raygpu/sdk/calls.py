@@ -9,6 +9,7 @@ from typing import Any
 import ray
 
 from deployments.calls.records import MAX_WAIT_S
+from deployments.errors import ERROR_SOURCE_HEADER, call_error
 from raygpu.sdk.connection import connect
 from raygpu.sdk.control import store
 from raygpu.sdk.errors import NotFoundError, RemoteCallError
@@ -37,7 +38,8 @@ class FunctionCall:
 
     def get(self, timeout: float | None = None) -> Any:
         """The call's result, waiting for it (at most `timeout` seconds: TimeoutError after that).
-        A failed call raises its RemoteCallError; a cancelled one, RemoteCallError "Cancelled"."""
+        A failed call raises its call error (raygpu.RemoteError when its code raised, ...); a
+        cancelled one, RemoteCallError "Cancelled"."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = MAX_WAIT_S if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -45,13 +47,15 @@ class FunctionCall:
             status = record["status"]
             if status == "succeeded":
                 return record["result"]
-            if status in ("failed", "cancelled"):
-                error = record.get("error") or {}
-                raise RemoteCallError(
-                    409 if status == "cancelled" else 500,
-                    error.get("type", "Cancelled" if status == "cancelled" else "Error"),
-                    error.get("message", f"the call {status}"),
-                    error.get("details"),
+            if status == "cancelled":
+                raise RemoteCallError(409, "Cancelled", "the call was cancelled")
+            if status == "failed":
+                error = dict(record.get("error") or {})
+                source = error.pop("source", None)
+                raise call_error(
+                    int(error.pop("status", 500)),
+                    {"error": error},
+                    {ERROR_SOURCE_HEADER: source} if source else None,
                 )
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(

@@ -11,6 +11,7 @@ carries the call id and what is left of the deadline of the call that runs it.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +29,12 @@ from raygpu.sdk.batch import batch_window, run_batch
 from raygpu.sdk.calls import FunctionCall
 from raygpu.sdk.connection import connect
 from raygpu.sdk.control import store
-from raygpu.sdk.errors import NoClusterError, NotFoundError, RemoteCallError
+from raygpu.sdk.errors import FunctionNotFound, NoClusterError, NotFoundError, RemoteCallError, Unavailable
+
+# How long a process trusts what it last heard of an app's live version (`lookup`).
+LOOKUP_FRESH_S = 2.0
+_live: dict[str, tuple[float, dict[str, Any] | None]] = {}
+_live_lock = threading.Lock()
 
 
 class RemoteCaller:
@@ -97,10 +103,22 @@ class RemoteFunction:
         return method, self._bind(args, kwargs)
 
     async def _call_async(self, method: str | None, kwargs: dict[str, Any], caller: CallContext | None) -> Any:
-        """One call through this process's call core (on its loop); the result, or the call error."""
+        """One call through this process's call core (on its loop); the result, or the call error.
+        When the version it knows left Serve (a newer one went live), it is sent to the live one."""
         spec = self.deployed.spec
-        store().record_arrivals.remote([(self.app, spec.name, time.time())])
-        answer = await call_loop.core().call(self.app, self.deployed, method, kwargs, caller=caller, admit=True)
+        core = call_loop.core()
+        call_loop.record_arrival(self.app, spec.name)
+        try:
+            answer = await core.call(self.app, self.deployed, method, kwargs, caller=caller, admit=True)
+        except (Unavailable, FunctionNotFound):
+            live = await store().live_app.remote(self.app)
+            with _live_lock:
+                _live[self.app] = (time.monotonic(), live)
+            current = _find(self.app, spec.name, live)
+            if current.serve_app == self.deployed.serve_app:
+                raise
+            self.deployed = current
+            answer = await core.call(self.app, current, method, kwargs, caller=caller, admit=True)
         if answer.status != 200:
             raise answer.error()
         return answer.payload()
@@ -204,7 +222,7 @@ class RemoteFunction:
     def _stream(self, method: str | None, arguments: dict[str, Any]) -> Iterator[Any]:
         spec = self.deployed.spec
         caller = current_call()
-        store().record_arrivals.remote([(self.app, spec.name, time.time())])
+        call_loop.record_arrival(self.app, spec.name)
         opened = call_loop.run(
             call_loop.core().open_stream(
                 self.app,
@@ -260,15 +278,32 @@ async def _next_item(stream: Any) -> Any:
 
 
 def lookup(app: str, name: str, *, address: str | None = None) -> RemoteFunction:
-    """Find a deployed function or class by app and name (connecting to the cluster if needed)."""
+    """Find a deployed function or class by app and name (connecting to the cluster if needed).
+    The app's live version is asked of the control plane at most every LOOKUP_FRESH_S per process,
+    so a function may look up the next stage on every call; a call that finds the version it was
+    given gone asks again."""
     connect(address)
+    return RemoteFunction(app, _find(app, name, _live_app(app)))
+
+
+def _live_app(app: str) -> dict[str, Any] | None:
+    with _live_lock:
+        cached = _live.get(app)
+    if cached is not None and time.monotonic() - cached[0] < LOOKUP_FRESH_S:
+        return cached[1]
     entry = ray.get(store().live_app.remote(app))
+    with _live_lock:
+        _live[app] = (time.monotonic(), entry)
+    return entry
+
+
+def _find(app: str, name: str, entry: dict[str, Any] | None) -> DeployedFunction:
     if entry is None:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
     for raw in entry["functions"]:
         deployed = DeployedFunction.model_validate(raw)
         if deployed.spec.name == name:
-            return RemoteFunction(app, deployed)
+            return deployed
     known = ", ".join(f["spec"]["name"] for f in entry["functions"])
     raise NotFoundError(f"app {app!r} has no function or class {name!r}; it has: {known}")
 

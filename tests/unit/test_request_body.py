@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from deployments.gateway.arrivals import ArrivalBuffer
+from deployments.calls.arrivals import ArrivalBuffer
 from deployments.gateway.body import MAX_JSON_DEPTH, BodyError, json_depth_exceeds, parse_arguments, parse_json_body
 
 

@@ -1,7 +1,8 @@
-"""The gateway's arrival records for the autoscaler: each accepted call, the first after a quiet
-spell at once (it may be a call at zero replicas), the rest in batches from a bounded buffer, so a
-store that is away costs the autoscaler its oldest arrivals, never the gateway its memory. The
-store handle comes in as a parameter. Pure: no Ray."""
+"""Arrival records for the autoscaler (the gateway's, and those of each process calling through its
+call loop): each accepted call, the first after a quiet spell at once (it may be a call at zero
+replicas), the rest in batches from a bounded buffer, so a store that is away costs the autoscaler
+its oldest arrivals, never the caller its memory. The store handle comes in as a parameter. Pure:
+no Ray."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ class ArrivalRecorder:
     async def ship(self) -> None:
         if self.pending.dropped > self._dropped_logged:
             logger.warning(
-                "raygpu gateway: dropped %d arrival record(s) (%d in all) while the store was away; "
+                "raygpu: dropped %d arrival record(s) (%d in all) while the store was away; "
                 "the autoscaler's history misses them",
                 self.pending.dropped - self._dropped_logged,
                 self.pending.dropped,
@@ -99,5 +100,5 @@ class ArrivalRecorder:
         try:
             await self.store.record_arrivals.remote(batch)
         except Exception as exc:
-            logger.warning("raygpu gateway: could not record %d arrivals (%s); will retry", len(batch), exc)
+            logger.warning("raygpu: could not record %d arrivals (%s); will retry", len(batch), exc)
             self.pending.put_back(batch)
