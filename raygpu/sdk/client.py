@@ -291,10 +291,15 @@ def _live_app(app: str) -> dict[str, Any] | None:
         cached = _live.get(app)
     if cached is not None and time.monotonic() - cached[0] < LOOKUP_FRESH_S:
         return cached[1]
-    entry = ray.get(store().live_app.remote(app))
+    # asked from the call loop: inside an async function of a replica this waits without ray.get
+    entry = call_loop.run(_ask_live_app(app))
     with _live_lock:
         _live[app] = (time.monotonic(), entry)
     return entry
+
+
+async def _ask_live_app(app: str) -> dict[str, Any] | None:
+    return await store().live_app.remote(app)
 
 
 def _find(app: str, name: str, entry: dict[str, Any] | None) -> DeployedFunction:

@@ -67,3 +67,46 @@ def test_a_file_of_a_newer_schema_is_refused(tmp_path):
     conn.close()
     with pytest.raises(SchemaError, match="upgrade raygpu"):
         StateDB(path)
+
+
+def test_a_ledger_of_schema_4_gains_call_ids_and_keeps_its_requests(tmp_path):
+    path = tmp_path / "ledger.db"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE requests (id TEXT PRIMARY KEY, app TEXT NOT NULL, function TEXT NOT NULL, replica TEXT NOT NULL, "
+        "status INTEGER NOT NULL, latency_s REAL NOT NULL, bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL, "
+        "ts REAL NOT NULL)"
+    )
+    conn.execute("INSERT INTO requests VALUES ('q1', 'shop', 'add', 'r1', 200, 0.5, 10, 20, 1767607200)")
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    ledger = Ledger(path)
+    assert ledger.conn.execute("PRAGMA user_version").fetchone()[0] == LEDGER_SCHEMA_VERSION
+    assert [r["id"] for r in ledger.requests()] == ["q1"] and ledger.call_stages("q1") == []
+    request = {"app": "shop", "function": "add", "replica": "r2", "status": 500, "latency_s": 0.25}
+    request.update(bytes_in=1, bytes_out=2, ts=1767607300.0, call_id="order-1", attempt=1)
+    ledger.apply(
+        [], [{"id": "q2", **request}, {"id": "q3", **request, "status": 200, "attempt": 2, "ts": 1767607301.0}]
+    )
+    stages = ledger.call_stages("order-1")
+    assert [(s["attempt"], s["status"]) for s in stages] == [(1, 500), (2, 200)]
+    assert stages[0]["started_at"] == 1767607300.0 - 0.25 and stages[0]["function"] == "add"
+
+
+def test_a_state_db_of_schema_5_keeps_its_spawned_calls_and_lists_their_runs(tmp_path):
+    path = tmp_path / "state.db"
+    db = StateDB(path)
+    db.conn.execute("ALTER TABLE calls DROP COLUMN attempts")
+    db.conn.execute("PRAGMA user_version = 5")
+    db.conn.execute(
+        "INSERT INTO calls (call_id, app, function, method, status, created_at, arguments) "
+        "VALUES ('fc-aaaaaaaaaaaaaaaaaaaaaa', 'shop', 'add', NULL, 'running', 1767607200, '{}')"
+    )
+    db.close()
+    db = StateDB(path)
+    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    runs = [{"attempt": 1, "finished_at": 1767607201.0, "status": 500, "error_type": "ValueError"}]
+    assert db.finish_call("fc-aaaaaaaaaaaaaaaaaaaaaa", "failed", None, {"type": "ValueError"}, 1767607202.0, runs)
+    record = db.call("fc-aaaaaaaaaaaaaaaaaaaaaa")
+    assert record.status == "failed" and [a.status for a in record.attempts] == [500]
