@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,23 @@ class Cluster:
         self.url = url
         self.env = env
 
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        """Run the real `raygpu` console script against this cluster."""
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """Run a `raygpu` command against this cluster in this process: the real command line (the
+        same click group the console script runs), attached through this process's connection to
+        the cluster, without a new interpreter and Ray driver per command. `real_cli` runs the
+        installed console script instead."""
+        from click.testing import CliRunner
+
+        from raygpu.cli import main
+
+        result = CliRunner().invoke(main, list(args), catch_exceptions=True)
+        stderr = result.stderr
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            stderr += "".join(traceback.format_exception(result.exception))
+        return subprocess.CompletedProcess(["raygpu", *args], result.exit_code, result.stdout, stderr)
+
+    def real_cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run the installed `raygpu` console script against this cluster (a process of its own)."""
         return subprocess.run(
             [str(Path(sys.executable).parent / "raygpu"), *args],
             env=self.env,

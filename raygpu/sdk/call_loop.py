@@ -74,6 +74,12 @@ async def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
         raise
 
 
+async def _cancel_tasks() -> None:
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.cancel()
+
+
 def shutdown() -> None:
     """Stop the routers of the handles the call loop opened, then the loop (before this process
     detaches from the cluster: a router left running past ray.shutdown would start a new local Ray).
@@ -93,5 +99,9 @@ def shutdown() -> None:
                     pass
             _core.handles.clear()
         if _loop is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(_cancel_tasks(), _loop).result(timeout=2)
+            except Exception:
+                pass
             _loop.call_soon_threadsafe(_loop.stop)
         _loop, _core, _arrivals = None, None, None

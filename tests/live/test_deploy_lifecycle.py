@@ -19,7 +19,7 @@ def write_versioned(tmp_path: Path, answer: str) -> Path:
 
 
 def test_cli_deploy_ls_status_and_rolling_redeploy(cluster, tmp_path):
-    out = cluster.cli("deploy", str(write_versioned(tmp_path, "v1")), "--json")
+    out = cluster.real_cli("deploy", str(write_versioned(tmp_path, "v1")), "--json")
     assert out.returncode == 0, out.stderr
     # The CLI detaches cleanly: no handle left running past ray.shutdown auto-starts a Ray instance.
     assert "current thread is not the main thread" not in out.stderr, out.stderr
