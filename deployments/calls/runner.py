@@ -8,23 +8,20 @@ import asyncio
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import ray
 
 from deployments import constants
 from deployments.calls.callbacks import (
-    DELIVERY_TIMEOUT_S,
     RETRY_DELAYS_S,
     SIGNATURE_HEADER,
-    CallbackRefused,
-    check_callback_url,
     sign,
+    standard_webhook_headers,
     webhook_secret,
 )
 from deployments.calls.core import CallCore
+from deployments.calls.delivery import post_callback
 from deployments.errors import ERROR_SOURCE_HEADER, RemoteCallError
 from deployments.head_actors import start_head_actor
 from deployments.spec import DeployedFunction
@@ -159,7 +156,11 @@ class CallRunner:
                 record = await self.store.get_call.remote(call_id)
                 record.pop("callback", None)
                 body = json.dumps(record, separators=(",", ":")).encode()
-                outcome = await asyncio.to_thread(post_callback, callback["url"], body, sign(secret, body), allowed)
+                headers = {
+                    SIGNATURE_HEADER: sign(secret, body),
+                    **standard_webhook_headers(secret, call_id, body),
+                }
+                outcome = await asyncio.to_thread(post_callback, callback["url"], body, headers, allowed)
                 delivered = outcome.get("status") is not None and 200 <= outcome["status"] < 300
                 refused = outcome.pop("refused", False)
                 gave_up = not delivered and (refused or attempt >= len(RETRY_DELAYS_S))
@@ -169,39 +170,6 @@ class CallRunner:
                 await asyncio.sleep(RETRY_DELAYS_S[attempt])
         finally:
             self.deliveries.pop(call_id, None)
-
-
-def post_callback(url: str, body: bytes, signature: str, allowed: list[str]) -> dict[str, Any]:
-    """One delivery attempt: {"at", "status"} or {"at", "error"[, "refused"]}. The URL is checked
-    again first: what its host resolves to may have changed since the call was spawned."""
-    at = time.time()
-    try:
-        check_callback_url(url, allowed)
-    except CallbackRefused as exc:
-        return {"at": at, "error": str(exc), "refused": True}
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", SIGNATURE_HEADER: signature, "User-Agent": "raygpu-webhook"},
-    )
-    try:
-        with _NO_REDIRECTS.open(request, timeout=DELIVERY_TIMEOUT_S) as response:
-            return {"at": at, "status": response.status}
-    except urllib.error.HTTPError as exc:
-        return {"at": at, "status": exc.code}
-    except (urllib.error.URLError, OSError) as exc:
-        return {"at": at, "error": f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"}
-
-
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """A webhook receiver's redirect is not followed: it could point anywhere, past the check."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
 
 
 def start_call_runner(signing_key: str) -> Any:
