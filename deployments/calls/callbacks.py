@@ -116,10 +116,12 @@ def check_callback_url(
     return url, addresses
 
 
-def webhook_secret(signing_key: str, app: str) -> str:
+def webhook_secret(signing_key: str, app: str, incarnation: int = 0) -> str:
     """The secret an app's webhooks are signed with, derived from the cluster's signing key (which
-    only the control plane and the admin hold): apps never learn each other's secrets."""
-    return "whsec_" + hmac.new(signing_key.encode(), f"webhook:{app}".encode(), hashlib.sha256).hexdigest()
+    only the control plane and the admin hold): apps never learn each other's secrets, and an app
+    deployed again after it was deleted (its `incarnation`) gets a new one."""
+    label = f"webhook:{app}" if not incarnation else f"webhook:{app}#{incarnation}"
+    return "whsec_" + hmac.new(signing_key.encode(), label.encode(), hashlib.sha256).hexdigest()
 
 
 def standard_webhook_headers(

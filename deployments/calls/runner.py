@@ -151,7 +151,8 @@ class CallRunner:
             if callback["delivered"] or callback["gave_up"]:
                 return
             allowed = await self.store.get_setting.remote("callback_allow", [])
-            secret = webhook_secret(self.signing_key, record["app"])
+            incarnation = await self.store.app_incarnation.remote(record["app"])
+            secret = webhook_secret(self.signing_key, record["app"], incarnation or 0)
             for attempt in range(len(callback["attempts"]), len(RETRY_DELAYS_S) + 1):
                 record = await self.store.get_call.remote(call_id)
                 record.pop("callback", None)

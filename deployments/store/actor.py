@@ -341,7 +341,14 @@ class ControlPlaneStore:
         self.db.set_setting(key, value)
 
     async def get_setting(self, key: str, default: Any = None) -> Any:
+        """A cluster setting; the secret ones (SECRET_SETTINGS) only through their own admin calls."""
+        if key in SECRET_SETTINGS:
+            raise PermissionError(f"the setting {key!r} is a secret: read it with the admin credential")
         return self.db.get_setting(key, default)
+
+    async def app_incarnation(self, app: str) -> int | None:
+        """How many times `app` was deployed again after a delete (what its webhook secret derives from)."""
+        return self.db.incarnation(app) if isinstance(app, str) else None
 
     # --- spawned calls ----------------------------------------------------------------------
     async def create_call(
@@ -454,6 +461,10 @@ class ControlPlaneStore:
             key = secrets.token_hex(32)
             self.db.set_setting("webhook_signing_key", key)
         return key
+
+
+# Settings only their own admin-checked calls read (webhook_signing_key).
+SECRET_SETTINGS = frozenset({"webhook_signing_key"})
 
 
 def start_store(db_path: str, admin_hash: str) -> Any:

@@ -11,9 +11,7 @@ one connection that writes to it. The rows of spawned calls (call_rows.py) and o
 
 from __future__ import annotations
 
-import hashlib
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -24,6 +22,7 @@ from billing.schema_versions import open_database, transaction
 from deployments.calls.records import DEFAULT_CALL_RETENTION_S
 from deployments.spec import version_app_name
 from deployments.store.call_rows import CallRows
+from deployments.store.token_rows import TokenRows
 from deployments.store.weight_rows import WeightRows
 
 SCHEMA = """
@@ -31,7 +30,8 @@ CREATE TABLE IF NOT EXISTS apps (
     name TEXT PRIMARY KEY,
     live_version INTEGER,
     created_at REAL NOT NULL,
-    deleted_at REAL
+    deleted_at REAL,
+    incarnation INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS app_versions (
     app TEXT NOT NULL,
@@ -123,8 +123,9 @@ CREATE INDEX IF NOT EXISTS calls_open ON calls (status) WHERE status IN ('pendin
 # 3: time indexes for retention (created by the schema script).
 # 4: the code payload of each function of the versions being deployed and live (a restarted
 # control plane redeploys the live versions Serve lost).
-# 5: spawned calls (created by the schema script); 6: the runs of each spawned call.
-SCHEMA_VERSION = 6
+# 5: spawned calls (created by the schema script); 6: the runs of each spawned call; 7: each app's
+# incarnation (deployed again after a delete: a new webhook secret).
+SCHEMA_VERSION = 7
 
 
 def _protect_apps_that_had_tokens(conn: sqlite3.Connection) -> None:
@@ -141,9 +142,13 @@ def _add_call_attempts(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE calls ADD COLUMN attempts TEXT")
 
 
-MIGRATIONS = {2: _protect_apps_that_had_tokens, 6: _add_call_attempts}
+def _add_app_incarnations(conn: sqlite3.Connection) -> None:
+    """6 -> 7: every app is at its first incarnation."""
+    if "incarnation" not in {row[1] for row in conn.execute("PRAGMA table_info(apps)")}:
+        conn.execute("ALTER TABLE apps ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0")
 
-TOKEN_PREFIX = "rgt_"
+
+MIGRATIONS = {2: _protect_apps_that_had_tokens, 6: _add_call_attempts, 7: _add_app_incarnations}
 
 # Retention of what the store keeps (applied in small batches by the store actor).
 ARRIVAL_RETENTION_S = 7 * 24 * 3600.0  # what the autoscaler learns daily and weekly periods from
@@ -153,11 +158,7 @@ WEIGHTS_KEPT = 10  # records per model, the current one included
 RETENTION_TABLES = ("arrivals", "scale_events", "app_versions", "weights", "calls")
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-class StateDB(CallRows, WeightRows):
+class StateDB(CallRows, WeightRows, TokenRows):
     """Typed access to the control-plane tables. Not thread-safe: one owner per connection."""
 
     def __init__(self, path: str | Path):
@@ -187,7 +188,10 @@ class StateDB(CallRows, WeightRows):
         with transaction(self.conn):
             self.conn.execute(
                 "INSERT INTO apps (name, live_version, created_at) VALUES (?, NULL, ?) "
-                "ON CONFLICT(name) DO UPDATE SET deleted_at = NULL",
+                # an app deployed again after it was deleted is a new one: a new webhook secret
+                "ON CONFLICT(name) DO UPDATE SET incarnation = incarnation + (deleted_at IS NOT NULL), "
+                "created_at = CASE WHEN deleted_at IS NOT NULL THEN excluded.created_at ELSE created_at END, "
+                "deleted_at = NULL",
                 (app, now),
             )
             row = self.conn.execute(
@@ -251,7 +255,16 @@ class StateDB(CallRows, WeightRows):
                 (app,),
             )
             self.conn.execute("DELETE FROM version_payloads WHERE app = ?", (app,))
+            # its tokens go with it: an app deployed later under the name starts with none
+            self.conn.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE app = ? AND revoked_at IS NULL", (time.time(), app)
+            )
         return cur.rowcount > 0
+
+    def incarnation(self, app: str) -> int | None:
+        """How many times `app` was deployed again after being deleted (None for an unknown app)."""
+        row = self.conn.execute("SELECT incarnation FROM apps WHERE name = ?", (app,)).fetchone()
+        return None if row is None else int(row["incarnation"])
 
     def live_apps(self, name: str | None = None) -> list[dict[str, Any]]:
         """Every live app (or the one named) with its live version's functions (the gateway's
@@ -293,71 +306,6 @@ class StateDB(CallRows, WeightRows):
             (app,),
         ).fetchall()
         return [dict(r) for r in rows]
-
-    # --- tokens ------------------------------------------------------------------------------
-    def create_token(self, app: str) -> tuple[str, str]:
-        """Create a token for `app` and protect the app; return (token id, the token). Only its
-        hash is stored."""
-        token_id = secrets.token_hex(4)
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        now = time.time()
-        with transaction(self.conn):
-            self.conn.execute(
-                "INSERT INTO tokens (id, app, token_hash, created_at) VALUES (?, ?, ?, ?)",
-                (token_id, app, hash_token(token), now),
-            )
-            self._set_protected(app, True, now)
-        return token_id, token
-
-    def _set_protected(self, app: str, protected: bool, now: float) -> None:
-        self.conn.execute(
-            "INSERT INTO app_auth (app, protected, changed_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(app) DO UPDATE SET protected = excluded.protected, changed_at = excluded.changed_at",
-            (app, int(protected), now),
-        )
-
-    def set_protected(self, app: str, protected: bool) -> int:
-        """Switch token protection of `app` on or off; off also revokes its active tokens (returned
-        count), so switching it on again never revives an old token."""
-        now = time.time()
-        revoked = 0
-        with transaction(self.conn):
-            if not protected:
-                revoked = self.conn.execute(
-                    "UPDATE tokens SET revoked_at = ? WHERE app = ? AND revoked_at IS NULL", (now, app)
-                ).rowcount
-            self._set_protected(app, protected, now)
-        return revoked
-
-    def protected_apps(self) -> list[str]:
-        """Apps every route of which needs a token (even when none is active: then nobody gets in)."""
-        return [r["app"] for r in self.conn.execute("SELECT app FROM app_auth WHERE protected = 1 ORDER BY app")]
-
-    def is_protected(self, app: str) -> bool:
-        row = self.conn.execute("SELECT protected FROM app_auth WHERE app = ?", (app,)).fetchone()
-        return bool(row and row["protected"])
-
-    def revoke_token(self, app: str, token_id: str) -> bool:
-        with transaction(self.conn):
-            cur = self.conn.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE app = ? AND id = ? AND revoked_at IS NULL",
-                (time.time(), app, token_id),
-            )
-        return cur.rowcount > 0
-
-    def tokens(self, app: str | None = None) -> list[dict[str, Any]]:
-        query = "SELECT id, app, created_at, revoked_at FROM tokens"
-        params: tuple[Any, ...] = ()
-        if app is not None:
-            query += " WHERE app = ?"
-            params = (app,)
-        return [dict(r) for r in self.conn.execute(query + " ORDER BY created_at", params).fetchall()]
-
-    def active_token_hashes(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for r in self.conn.execute("SELECT app, token_hash FROM tokens WHERE revoked_at IS NULL"):
-            out.setdefault(r["app"], []).append(r["token_hash"])
-        return out
 
     # --- arrivals ----------------------------------------------------------------------------
     def record_arrivals(self, arrivals: Iterable[tuple[str, str, float]]) -> int:

@@ -413,17 +413,31 @@ def _capability(cpu: dict, name: str) -> str:
     hide_input=True,
     help="The cluster's admin token (printed by `raygpu up`; $RAYGPU_HOME/admin.key on the head).",
 )
-def login(url: str, token: str) -> None:
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow plain HTTP to a host other than this machine (the admin token crosses the network in clear).",
+)
+def login(url: str, token: str, insecure: bool) -> None:
     """Use the cluster behind the gateway at URL from this machine: later commands (deploy, status,
     logs, tokens, weights, bill, ...) go through the gateway with the admin token, kept in
-    $RAYGPU_HOME/login.json (mode 0600). `--address` still attaches as a Ray driver."""
-    from raygpu.ops.operations import GatewayOperations, Login, save_login
+    $RAYGPU_HOME/login.json (mode 0600). `--address` still attaches as a Ray driver. Plain HTTP to
+    another host is refused unless --insecure (nothing is sent before that check)."""
+    from raygpu.ops.operations import GatewayOperations, Login, plain_http_to_another_host, save_login
 
     if not url.startswith(("http://", "https://")):
         fail(f"{url!r} is not a gateway URL: give http(s)://HOST:PORT")
-    probe = GatewayOperations(Login(url=url.rstrip("/"), token=token.strip()))
+    login_record = Login(url=url.rstrip("/"), token=token.strip(), insecure=insecure)
+    if plain_http_to_another_host(url):
+        if not insecure:
+            fail(
+                f"{url} is plain HTTP to another host: the admin token would cross the network in clear. Use "
+                "https:// (cluster.yaml shows how to turn TLS on), or add --insecure on a network you trust"
+            )
+        click.echo(f"warning: {url} is plain HTTP; the admin token crosses the network in clear", err=True)
+    probe = run(lambda: GatewayOperations(login_record))
     apps = run(probe.ls)
-    path = save_login(url, token.strip())
+    path = save_login(url, token.strip(), insecure)
     console.print(f"[green]logged in[/green] to {url.rstrip('/')} ({len(apps.apps)} apps); saved in {path}")
 
 

@@ -35,22 +35,55 @@ QUEUE_FULL_RETRIES = 20
 QUEUE_FULL_PAUSE_S = 1.0
 
 
+INSECURE_ENV = "RAYGPU_INSECURE"
+
+
 class Login(BaseModel):
     url: str
     token: str
+    # the operator chose plain HTTP to a host that is not this machine (`raygpu login --insecure`)
+    insecure: bool = False
+
+
+def plain_http_to_another_host(url: str) -> bool:
+    """Whether `url` is plain HTTP to a host other than this machine's loopback: the admin credential
+    would cross a network in clear text."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a name: it may resolve anywhere
+
+
+def refuse_plain_http(login: Login) -> None:
+    """Fail closed: no admin credential over plain HTTP to another host unless the operator said so."""
+    if plain_http_to_another_host(login.url) and not login.insecure:
+        raise AdminCredentialError(
+            f"refusing to send the admin credential over plain HTTP to {login.url}: use https:// (see "
+            f"cluster.yaml for TLS), or `raygpu login {login.url} --insecure` (or {INSECURE_ENV}=1) on a network "
+            "you trust"
+        )
 
 
 def login_path() -> Path:
     return raygpu_home() / LOGIN_FILE
 
 
-def save_login(url: str, token: str) -> Path:
+def save_login(url: str, token: str, insecure: bool = False) -> Path:
     """Keep the gateway URL and admin token for later commands (mode 0600)."""
     path = login_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        out.write(Login(url=url.rstrip("/"), token=token).model_dump_json())
+        out.write(Login(url=url.rstrip("/"), token=token, insecure=insecure).model_dump_json())
     os.chmod(path, 0o600)
     return path
 
@@ -58,7 +91,11 @@ def save_login(url: str, token: str) -> Path:
 def read_login() -> Login | None:
     """The login from RAYGPU_GATEWAY + RAYGPU_ADMIN_TOKEN, else from `raygpu login`'s file."""
     if os.environ.get(GATEWAY_ENV):
-        return Login(url=os.environ[GATEWAY_ENV].rstrip("/"), token=os.environ.get(ADMIN_TOKEN_ENV, ""))
+        return Login(
+            url=os.environ[GATEWAY_ENV].rstrip("/"),
+            token=os.environ.get(ADMIN_TOKEN_ENV, ""),
+            insecure=os.environ.get(INSECURE_ENV) == "1",
+        )
     path = login_path()
     if not path.exists():
         return None
@@ -158,6 +195,7 @@ class GatewayOperations(Operations):
     def __init__(self, login: Login, timeout_s: float = 900.0):
         if not login.token:
             raise AdminCredentialError(f"no admin token for {login.url}: set {ADMIN_TOKEN_ENV} or `raygpu login`")
+        refuse_plain_http(login)
         self.login = login
         self.timeout_s = timeout_s
         self.session = requests.Session()

@@ -45,9 +45,11 @@ def list_tokens(app: str | None = None) -> list[TokenInfo]:
 
 
 def webhook_secret(app: str) -> WebhookSecret:
-    """The secret `app`'s webhooks are signed with (a receiver checks `x-raygpu-signature` with it)."""
+    """The secret `app`'s webhooks are signed with (a receiver verifies the Standard Webhooks
+    `webhook-signature`, or the older `x-raygpu-signature`, with it)."""
     from deployments.calls.callbacks import webhook_secret as derive
 
     if ray.get(store().live_app.remote(app)) is None:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
-    return WebhookSecret(app=app, secret=derive(admin_call("webhook_signing_key"), app))
+    incarnation = ray.get(store().app_incarnation.remote(app)) or 0
+    return WebhookSecret(app=app, secret=derive(admin_call("webhook_signing_key"), app, incarnation))

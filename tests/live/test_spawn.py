@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 from conftest import APPS
+from standardwebhooks import Webhook
 
 import raygpu
 from deployments.calls.callbacks import SIGNATURE_HEADER, verify
@@ -157,9 +158,20 @@ def test_a_webhook_receives_the_signed_final_record_retried_until_it_takes_it(cl
         assert delivered["call_id"] == call_id and delivered["status"] == "succeeded" and delivered["result"] == 42
         secret = cluster.cli("token", "secret", "spawned")
         assert secret.returncode == 0, secret.stderr
-        signature = {k.lower(): v for k, v in headers.items()}[SIGNATURE_HEADER]
-        assert verify(secret.stdout.strip(), body, signature)
-        assert not verify(secret.stdout.strip(), body + b" ", signature)
+        lowered = {k.lower(): v for k, v in headers.items()}
+        assert verify(secret.stdout.strip(), body, lowered[SIGNATURE_HEADER])
+        assert not verify(secret.stdout.strip(), body + b" ", lowered[SIGNATURE_HEADER])
+        # the Standard Webhooks signature verifies with the standardwebhooks package; one id per call
+        assert Webhook(secret.stdout.strip()).verify(body, lowered)["call_id"] == call_id
+        ids = {{k.lower(): v for k, v in delivery.items()}["webhook-id"] for delivery, _ in receiver.deliveries}
+        assert ids == {call_id}
+        # nothing but the admin reads the key the secrets derive from
+        import ray
+
+        from deployments.store.actor import get_store
+
+        with pytest.raises(ray.exceptions.RayTaskError, match="admin credential"):
+            ray.get(get_store().get_setting.remote("webhook_signing_key"))
 
         def delivered_state():
             callback = record(cluster, call_id)["callback"]
@@ -172,7 +184,14 @@ def test_a_webhook_receives_the_signed_final_record_retried_until_it_takes_it(cl
 
 
 def test_callbacks_to_private_addresses_are_refused_unless_allowed(cluster, spawned):
-    for url in ("http://10.1.2.3/hook", "http://169.254.169.254/latest", "http://[::1]:9/x", "ftp://example.com/x"):
+    for url in (
+        "http://10.1.2.3/hook",
+        "http://169.254.169.254/latest",
+        "http://100.100.100.200/latest/meta-data",  # shared address space: a cloud metadata service
+        "http://[::1]:9/x",
+        "http://[fec0::1]/x",
+        "ftp://example.com/x",
+    ):
         r = requests.post(
             f"{cluster.url}/spawned/slow_add/spawn",
             json={"a": 1, "b": 1},

@@ -34,14 +34,38 @@ def test_the_login_is_kept_private_and_a_readable_one_is_refused(home):
 
 
 def test_a_login_routes_commands_through_the_gateway_and_an_address_overrides_it(home, monkeypatch):
-    save_login("http://10.0.0.5:8000", "rga_secret")
+    save_login("https://10.0.0.5:8000", "rga_secret")
     target = operations(None)
-    assert isinstance(target, GatewayOperations) and target.login.url == "http://10.0.0.5:8000"
-    monkeypatch.setenv("RAYGPU_GATEWAY", "http://other:8000")
+    assert isinstance(target, GatewayOperations) and target.login.url == "https://10.0.0.5:8000"
+    monkeypatch.setenv("RAYGPU_GATEWAY", "https://other:8000")
     with pytest.raises(AdminCredentialError, match="RAYGPU_ADMIN_TOKEN"):
         operations(None)  # a gateway without a token never sends an anonymous admin call
     monkeypatch.setenv("RAYGPU_ADMIN_TOKEN", "rga_other")
-    assert operations(None).login == Login(url="http://other:8000", token="rga_other")
+    assert operations(None).login == Login(url="https://other:8000", token="rga_other")
+
+
+def test_the_admin_credential_never_goes_over_plain_http_to_another_host_unless_the_operator_says_so(home, monkeypatch):
+    import requests
+    from click.testing import CliRunner
+
+    from raygpu.cli import main
+
+    monkeypatch.setattr(requests.Session, "request", lambda *a, **k: pytest.fail("a connection was made"))
+    for url in ("http://10.0.0.5:8000", "http://gpu.example.com", "http://[2001:db8::1]:8000"):
+        with pytest.raises(AdminCredentialError, match="--insecure"):
+            GatewayOperations(Login(url=url, token="rga_x"))
+        out = CliRunner().invoke(main, ["login", url, "--token", "rga_x"])
+        assert out.exit_code == 1 and "--insecure" in out.stderr and "plain HTTP" in out.stderr
+    assert not (home / "login.json").exists()
+    for url in ("http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000", "https://gpu.example.com"):
+        GatewayOperations(Login(url=url, token="rga_x"))
+    GatewayOperations(Login(url="http://10.0.0.5:8000", token="rga_x", insecure=True))
+    monkeypatch.setenv("RAYGPU_GATEWAY", "http://10.0.0.5:8000")
+    monkeypatch.setenv("RAYGPU_ADMIN_TOKEN", "rga_x")
+    with pytest.raises(AdminCredentialError, match="RAYGPU_INSECURE"):
+        operations(None)
+    monkeypatch.setenv("RAYGPU_INSECURE", "1")
+    assert operations(None).login.insecure
 
 
 def test_an_unreachable_gateway_says_so():

@@ -2,7 +2,8 @@
 
 import sqlite3
 
-from deployments.store.db import ARRIVAL_RETENTION_S, StateDB, hash_token
+from deployments.store.db import ARRIVAL_RETENTION_S, StateDB
+from deployments.store.token_rows import hash_token
 
 
 def test_versions_and_live_apps(tmp_path):
@@ -66,3 +67,22 @@ def test_a_redeploy_keeps_pushed_weights_unless_it_names_new_ones(tmp_path):
     assert db.current_weights("shop", "ranker")["a"]["path"] == "/pushed"
     assert db.set_weights("shop", "ranker", "a", "/w3", "fp3", "deploy", only_if_changed=True) == 3  # a new file
     assert db.current_weights("shop", "ranker")["a"]["path"] == "/w3"
+
+
+def test_a_deleted_app_loses_its_tokens_and_comes_back_as_a_new_app_with_a_new_webhook_secret(tmp_path):
+    from deployments.calls.callbacks import webhook_secret
+
+    db = StateDB(tmp_path / "state.db")
+    db.mark_live("shop", db.begin_version("shop", "s.py@1", [{"spec": {"name": "f"}}]))
+    token_id, token = db.create_token("shop")
+    assert len(token_id) == 16  # 64 bits: ids of one cluster do not collide
+    assert db.incarnation("shop") == 0 and db.incarnation("nothing") is None
+    before = webhook_secret("key", "shop", db.incarnation("shop"))
+    assert before == webhook_secret("key", "shop")  # the first incarnation keeps the secret it always had
+    db.mark_live("shop", db.begin_version("shop", "s.py@2", [{"spec": {"name": "f"}}]))
+    assert db.incarnation("shop") == 0  # a redeploy is the same app
+    assert db.delete_app("shop")
+    assert db.active_token_hashes().get("shop", []) == []
+    db.mark_live("shop", db.begin_version("shop", "s.py@3", [{"spec": {"name": "f"}}]))
+    assert db.incarnation("shop") == 1 and webhook_secret("key", "shop", 1) != before
+    assert db.active_token_hashes().get("shop", []) == []  # the old token does not come back
