@@ -174,6 +174,12 @@ def test_a_call_that_kills_every_replica_it_reaches_is_replica_lost_once_resends
 def test_scale_to_zero_then_call_at_zero(basic):
     assert basic.post("/basic/add", {"a": 1}).json() == 2
     basic.wait_for(lambda: replicas_of(basic, "basic", "add") == 0, timeout=60, what="add to scale to zero")
+
+    def gone():  # the stopped replica leaves Serve's "stopping" a moment after it stops counting
+        f = next(f for f in basic.status("basic").functions if f.name == "add")
+        return f.replicas.stopping == 0
+
+    basic.wait_for(gone, timeout=60, what="add's last replica to be gone")
     status = basic.cli("status", "basic", "--json")
     assert status.returncode == 0, status.stderr
     add = next(f for f in json.loads(status.stdout)["functions"] if f["name"] == "add")
