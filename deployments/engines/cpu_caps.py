@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deployments.engines.private_dirs import private_dir
+
 logger = logging.getLogger(__name__)
 
 CAPS_ENV = "RAYGPU_CPU_CAPS"  # e.g. "amx=0" or "amx=1,avx512=1": forces what the probe would find
@@ -325,9 +327,7 @@ def host_caps(use_cache: bool = True) -> CpuCaps:
 def _cached_probe() -> CpuCaps:
     folder = cache_dir()
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if folder.stat().st_uid != os.getuid():
-            raise OSError(f"{folder} belongs to another user")
+        private_dir(folder)
     except OSError as exc:
         logger.warning("raygpu: CPU capabilities not cached (%s); probing now", exc)
         return probe_host()

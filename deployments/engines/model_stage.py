@@ -16,12 +16,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from deployments.engines.private_dirs import private_dir
+
+logger = logging.getLogger(__name__)
 STAGE_DIR_ENV = "RAYGPU_MODEL_STAGE_DIR"  # where staged models live ("off" disables staging)
 DEFAULT_STAGE_DIR = "/dev/shm/raygpu-models"
 # Staged models together use at most this share of the stage root's filesystem, and staging leaves
@@ -106,7 +110,11 @@ def stage(model: str, root: Path | None = None) -> Path | None:
     files = model_files(model) if root is not None else None
     if root is None or files is None:
         return None
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        private_dir(root)
+    except OSError as exc:
+        logger.warning("raygpu: not staging %s (%s); it loads from its source", model, exc)
+        return None
     target = root / files.fingerprint
     with _locked(root, files.fingerprint):
         if target.is_dir():
@@ -128,11 +136,12 @@ def stage(model: str, root: Path | None = None) -> Path | None:
 
 def _build(files: ModelFiles, into: Path) -> None:
     """Weight files copied, everything else linked to the source."""
-    into.mkdir()
+    into.mkdir(mode=0o700)
     weights = set(files.weights)
     for entry in sorted(files.source.iterdir()):
         if entry.name in weights:
             shutil.copyfile(entry, into / entry.name)
+            os.chmod(into / entry.name, 0o600)  # staged weights are this user's alone
         else:
             (into / entry.name).symlink_to(entry)
 

@@ -38,12 +38,17 @@ class AdminProxy:
                 "admin operations need the cluster's admin token: `raygpu login URL --token ...`",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        raw = await read_body(request, self.limits)
-        if isinstance(raw, Response):
-            return raw
         try:
             if self._admin_api is None:
                 self._admin_api = ray.get_actor(constants.ADMIN_API_ACTOR_NAME, namespace=constants.RAY_NAMESPACE)
+            # the credential is checked before the body is read: a caller without it uploads nothing
+            refused = await self._admin_api.refusal.remote(credential.strip())
+            if refused is not None:
+                status, body = refused
+                return Response(content=body, status_code=status, media_type="application/json")
+            raw = await read_body(request, self.limits)
+            if isinstance(raw, Response):
+                return raw
             status, body = await self._admin_api.handle.remote(credential.strip(), parts[1], raw)
         except Exception as exc:
             self._admin_api = None

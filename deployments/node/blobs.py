@@ -11,6 +11,7 @@ from typing import Any
 import ray
 
 from deployments import constants
+from deployments.engines.private_dirs import private_dir
 from deployments.head_actors import start_head_actor
 from deployments.weights_location import BLOB_NAME, WeightsLocation, blob_name
 
@@ -21,8 +22,7 @@ class WeightBlobs:
     """The blob store: one actor on the head, files in `directory`. Uploads need the admin credential."""
 
     def __init__(self, directory: str, check_admin: Any):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = private_dir(directory)
         self._check_admin = check_admin
 
     def _path(self, name: str) -> Path:
@@ -113,8 +113,7 @@ def upload(path: str | Path, credential: str) -> tuple[WeightsLocation, bool]:
 def local_copy(name: str, directory: str | Path | None = None) -> Path:
     """This node's copy of a blob, fetched from the blob store the first time and checked against
     its address (a copy that does not match is fetched again)."""
-    target_dir = Path(directory or constants.NODE_BLOB_DIR)
-    target_dir.mkdir(parents=True, exist_ok=True)
+    target_dir = private_dir(directory or constants.NODE_BLOB_DIR)
     target = target_dir / name
     if target.is_file() and _sha256(target) == name[:64]:
         return target

@@ -55,7 +55,9 @@ def _preload() -> None:
         return
     PRELOADED_AT = time.time()
     try:
-        os.makedirs(WARM_READY_DIR, exist_ok=True)
+        from deployments.engines.private_dirs import private_dir
+
+        private_dir(WARM_READY_DIR)
         with open(os.path.join(WARM_READY_DIR, str(os.getpid())), "w"):
             pass
     except OSError:

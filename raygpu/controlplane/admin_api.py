@@ -60,14 +60,22 @@ class AdminApi:
         except Exception:
             return False
 
+    async def refusal(self, credential: str) -> tuple[int, bytes] | None:
+        """The 403 answer for a credential that is not the admin's (None when it is): what the
+        gateway asks before it reads an admin request's body."""
+        if await self._admitted(credential):
+            return None
+        return error_body(
+            403,
+            "AdminCredentialRefused",
+            "this admin token is not the cluster's; `raygpu up` printed it once (and left it in "
+            "$RAYGPU_HOME/admin.key on the machine that ran it): `raygpu login URL --token ...`",
+        )
+
     async def handle(self, credential: str, operation: str, body: bytes) -> tuple[int, bytes]:
-        if not await self._admitted(credential):
-            return error_body(
-                403,
-                "AdminCredentialRefused",
-                "this admin token is not the cluster's; `raygpu up` printed it once (and left it in "
-                "$RAYGPU_HOME/admin.key on the machine that ran it): `raygpu login URL --token ...`",
-            )
+        refused = await self.refusal(credential)
+        if refused is not None:
+            return refused
         if operation not in OPERATIONS:
             return error_body(
                 404, "UnknownOperation", f"no admin operation {operation!r}; known: {', '.join(OPERATIONS)}"

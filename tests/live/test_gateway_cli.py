@@ -4,6 +4,7 @@ weights and the bill, with no Ray connection; without the token, nothing."""
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -40,6 +41,18 @@ def test_without_the_admin_token_the_gateway_refuses_every_admin_call(cluster, t
     assert cluster.post("/_raygpu/admin/ls", {}).status_code == 401
     wrong = cluster.post("/_raygpu/admin/ls", {}, headers={"Authorization": "Bearer rga_" + "x" * 40})
     assert wrong.status_code == 403 and wrong.json()["error"]["type"] == "AdminCredentialRefused"
+    # a wrong credential is refused before the body is read: a declared 100 MB body that never comes
+    host, port = cluster.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            b"POST /_raygpu/admin/weights_push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer rga_"
+            + b"z" * 40
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n"
+        )
+        answer = b""
+        while b"}}" not in answer and (chunk := conn.recv(4096)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 403") and b"AdminCredentialRefused" in answer, answer[:200]
     good = {"Authorization": f"Bearer {admin_token}"}
     assert cluster.post("/_raygpu/admin/nope", {}, headers=good).status_code == 404
     bad_body = cluster.post("/_raygpu/admin/status", {"app": 3, "extra": 1}, headers=good)
