@@ -118,13 +118,16 @@ class RoutingTable:
         }
 
     def app_of(self, parts: list[str]) -> str:
-        """The deployed app a path starts with (RouteError 404 otherwise)."""
+        """The deployed app a path starts with (RouteError 404 for no path, the 401 of `unauthorized` for
+        an app that is not deployed)."""
         if not parts:
             raise RouteError(
                 404, "NotFound", "no route here; call POST /{app}/{function} (`raygpu ls` lists the deployed apps)"
             )
         if parts[0] not in self.apps:
-            raise RouteError(404, "NotFound", f"app {parts[0]!r} is not deployed; `raygpu ls` lists the deployed apps")
+            # the same answer as a protected app gives a caller without a valid token: nobody learns
+            # from the gateway which protected apps exist
+            raise self.unauthorized(parts[0][:63])
         return parts[0]
 
     def authorized(self, app: str, authorization: str) -> bool:
@@ -139,18 +142,16 @@ class RoutingTable:
         return hashlib.sha256(token.strip().encode()).hexdigest() in hashes
 
     def unauthorized(self, app: str) -> RouteError:
-        """The 401 a caller without a valid token gets, saying how to get one."""
-        if self.token_hashes.get(app):
-            message = (
-                f"app {app!r} needs a valid 'Authorization: Bearer <token>' header; "
-                f"create one with `raygpu token create {app}`"
-            )
-        else:
-            message = (
-                f"app {app!r} needs a token and has no active one; create one with `raygpu token create {app}` "
-                f"(or make the app public with `raygpu auth off {app} --yes`)"
-            )
-        return RouteError(401, "Unauthorized", message, {"WWW-Authenticate": "Bearer"})
+        """The 401 a caller without a valid token gets, and a caller of an app that is not deployed:
+        the same status, body and headers, so the answer does not tell whether a protected app exists
+        (nor whether it has tokens)."""
+        return RouteError(
+            401,
+            "Unauthorized",
+            f"app {app!r} is not deployed, or it needs a valid 'Authorization: Bearer <token>' header "
+            f"(`raygpu ls` lists the deployed apps; `raygpu token create {app}` makes a token)",
+            {"WWW-Authenticate": "Bearer"},
+        )
 
     def route(self, app: str, parts: list[str], http_method: str) -> Route:
         """The unit and method a path of a deployed `app` names (`parts` includes the app)."""

@@ -56,8 +56,8 @@ def test_400_malformed_json(basic):
 
 
 def test_404_unknown_app_function_method(basic):
-    r = basic.post("/nope/add", {})
-    assert r.status_code == 404 and "app 'nope' is not deployed" in r.json()["error"]["message"]
+    r = basic.post("/nope/add", {})  # as a protected app answers a caller without a token: 401
+    assert r.status_code == 401 and "app 'nope' is not deployed, or it needs" in r.json()["error"]["message"]
     r = basic.post("/basic/nope", {})
     assert r.status_code == 404 and "no function or class 'nope'" in r.json()["error"]["message"]
     assert "add" in r.json()["error"]["message"]
