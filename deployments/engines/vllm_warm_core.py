@@ -168,6 +168,8 @@ class WarmCore:
         child.close()
         self.ready_at: float | None = None
         self.phases: dict[str, float] = {}
+        self.handed_at: float | None = None  # when an engine start took it
+        self.started = False  # whether the engine was handed over (vLLM started the process)
 
     def ready(self) -> bool:
         if self.ready_at is None and self.process.is_alive():
@@ -181,6 +183,7 @@ class WarmCore:
         return self.ready_at is not None and self.process.is_alive()
 
     def hand_over(self, target: Any, kwargs: dict[str, Any], name: str) -> None:
+        self.started = True
         self.conn.send((target, kwargs, dict(os.environ), name))
         threading.Thread(target=self._read_phases, name="raygpu-engine-phases", daemon=True).start()
 
@@ -220,6 +223,11 @@ class HandedProcess:
         return getattr(self._warm.process, attribute)
 
 
+# A warm process taken for an engine start that vLLM has not started within this is an orphan.
+HANDOFF_GRACE_S = 60.0
+MAX_HANDED = 8  # handed processes remembered (each engine of the process's life took one)
+
+
 class WarmCores:
     """This process's warm engine cores: started ahead (`prestart`), taken by the next engine."""
 
@@ -230,6 +238,30 @@ class WarmCores:
         self.reason = ""
         self.handed: list[WarmCore] = []
         self.fallbacks = 0
+        self.closed_unadopted = 0  # warm processes closed because no engine took them over
+
+    def close_waiting(self) -> int:
+        """Close the warm processes no engine has taken (this vLLM cannot hand over to them)."""
+        with self._lock:
+            waiting, self._cores = self._cores, []
+        for core in waiting:
+            core.close()
+        self.closed_unadopted += len(waiting)
+        return len(waiting)
+
+    def reap(self, now: float | None = None) -> None:
+        """Close handed processes whose engine never started within HANDOFF_GRACE_S (vLLM's launch
+        failed after it took one: nothing else would ever close it), and forget those that ended;
+        the newest handed one stays (its start phases are read)."""
+        now = time.time() if now is None else now
+        kept: list[WarmCore] = []
+        for core in self.handed:
+            if not core.started and core.handed_at is not None and now - core.handed_at > HANDOFF_GRACE_S:
+                core.close()
+                self.closed_unadopted += 1
+            elif core.process.is_alive() or core is self.handed[-1]:
+                kept.append(core)
+        self.handed = kept[-MAX_HANDED:]
 
     def prestart(self, count: int = 1) -> int:
         with self._lock:
@@ -273,6 +305,7 @@ class WarmCores:
         supported, reason = capability()
         if not supported:
             self.reason = reason
+            self.close_waiting()  # prestarted for an engine that will never take them
             return False
         _patch_engine_launch()
         _handing = self
@@ -288,6 +321,8 @@ class WarmCores:
         if warm is None:
             self.fallbacks += 1
             return None
+        warm.handed_at = time.time()
+        self.reap()
         self.handed.append(warm)
         return HandedProcess(warm, target, name or "EngineCore", kwargs)
 
