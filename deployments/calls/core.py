@@ -254,13 +254,12 @@ class CallCore:
         deadline carry on). `admit`: count the call against the queue bound here (the gateway
         admits before it reads the body, so it passes False)."""
         spec = deployed.spec
-        call_id = call_id or (caller.call_id if caller is not None else None) or new_call_id()
+        call_id = _call_id(call_id, caller)
         if deadline is None:
             deadline = self.deadline(spec, caller)
         if admit and not self.admit(app, spec):
             raise queue_full(spec.name)
         try:
-            policy = spec.retries
             attempt = 0
             resends = 0
             runs: list[dict[str, Any]] = []
@@ -289,21 +288,8 @@ class CallCore:
                         "error_type": _error_type(payload) if status != 200 else None,
                     }
                 )
-                if not answer.user_failure or attempt > policy.max_retries:
+                if not await self._runs_again(app, spec, call_id, attempt, answer.user_failure, deadline):
                     return answer
-                pause = policy.delay(attempt)
-                if self.clock() + pause >= deadline:
-                    return answer
-                self.counters.retries += 1
-                logger.info(
-                    "raygpu: %s/%s raised on run %d of call %s; running it again in %.3g s",
-                    app,
-                    spec.name,
-                    attempt,
-                    call_id,
-                    pause,
-                )
-                await self.sleep(pause)
         finally:
             if admit:
                 self.release(app, spec)
@@ -327,11 +313,10 @@ class CallCore:
         items after it are the caller's to read. `resend_lost=False`: a replica that died is not
         resent to (an engine's process that died of the request would take the next one too)."""
         spec = deployed.spec
-        call_id = call_id or (caller.call_id if caller is not None else None) or new_call_id()
+        call_id = _call_id(call_id, caller)
         if deadline is None:
             deadline = self.deadline(spec, caller)
         wait_first = first or _first_item
-        policy = spec.retries
         attempt = 0
         resends = 0
         while True:
@@ -357,13 +342,33 @@ class CallCore:
                 return None
             start_headers = dict(start.get("headers") or {}) if isinstance(start, dict) else {}
             failed = isinstance(start, dict) and start.get("status", 200) >= 500
-            if not (failed and start_headers.get(ERROR_SOURCE_HEADER) == "user") or attempt > policy.max_retries:
+            user_failure = failed and start_headers.get(ERROR_SOURCE_HEADER) == "user"
+            if not await self._runs_again(app, spec, call_id, attempt, user_failure, deadline):
                 return Opened(stream, start, call_id, attempt, resends)
-            pause = policy.delay(attempt)
-            if self.clock() + pause >= deadline:
-                return Opened(stream, start, call_id, attempt, resends)
-            self.counters.retries += 1
-            await self.sleep(pause)
+
+    async def _runs_again(
+        self, app: str, spec: FunctionSpec, call_id: str, attempt: int, user_failure: bool, deadline: float
+    ) -> bool:
+        """Whether run `attempt` of a call, which ended as it did, runs again under the function's
+        retry policy: only when its code raised, runs are left and the pause fits the deadline (the
+        pause is slept here)."""
+        policy = spec.retries
+        if not user_failure or attempt > policy.max_retries:
+            return False
+        pause = policy.delay(attempt)
+        if self.clock() + pause >= deadline:
+            return False
+        self.counters.retries += 1
+        logger.info(
+            "raygpu: %s/%s raised on run %d of call %s; running it again in %.3g s",
+            app,
+            spec.name,
+            attempt,
+            call_id,
+            pause,
+        )
+        await self.sleep(pause)
+        return True
 
     async def _reach(
         self,
@@ -458,6 +463,11 @@ class CallCore:
             f"plus startup_timeout {spec.startup_timeout:g} s, or less when its caller had less left); "
             "`raygpu status` shows its replicas"
         )
+
+
+def _call_id(given: str | None, caller: CallContext | None) -> str:
+    """A call's id: the one given (the gateway's), else its caller's (a nested call), else a new one."""
+    return given or (caller.call_id if caller is not None else None) or new_call_id()
 
 
 def _answer_draining(answer: Any) -> bool:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from billing.cost import CostComparison
 from billing.node_bill import NodeBill
+from deployments.calls.context import CALL_ID_SYNTAX
 from deployments.weights_location import BLOB_NAME
 from raygpu.ops.contracts import (
     AppList,
@@ -105,7 +106,7 @@ class CostArgs(Args):
 
 
 class CallIdArgs(Args):
-    call_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    call_id: str = Field(pattern=CALL_ID_SYNTAX.pattern)
 
 
 class BlobArgs(Args):
