@@ -3,6 +3,7 @@ moves between them. Pure: no Ray, no I/O."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from typing import Any, Literal
@@ -17,6 +18,9 @@ CALL_ID_PATTERN = re.compile(r"^fc-[A-Za-z0-9_-]{22}$")
 DEFAULT_CALL_RETENTION_S = 7 * 24 * 3600.0
 # The longest `?wait=` a poll may ask for; longer waits are answered after this.
 MAX_WAIT_S = 60.0
+# Bytes of arguments and results one app's spawned calls may keep, open and finished together
+# (`raygpu up --call-storage-per-app`): a spawn past it is refused (507), a result past it is not kept.
+DEFAULT_CALL_STORAGE_PER_APP = 2**30
 
 
 def new_call_id() -> str:
@@ -87,3 +91,28 @@ def parse_wait(raw: str | None) -> float:
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"wait must be a number of seconds from 0 to {MAX_WAIT_S:g}, not {raw!r}")
     return min(value, MAX_WAIT_S)
+
+
+def record_json(record: dict[str, Any], result: bytes | None) -> bytes:
+    """A record's JSON with its result spliced in as the JSON text it is kept as: a large result is
+    never parsed and encoded again on its way to a caller."""
+    head = json.dumps({k: v for k, v in record.items() if k != "result"}, separators=(",", ":")).encode()
+    return head[:-1] + b',"result":' + (result if result is not None else b"null") + b"}"
+
+
+def storage_refusal(app: str, used: int, adding: int, budget: int, what: str) -> tuple[int, str, str]:
+    """(status, error type, message) refusing `adding` bytes to an app's spawned-call storage."""
+    if adding > budget:
+        return (
+            413,
+            "PayloadTooLarge",
+            f"the {what} ({adding} bytes) is larger than app {app!r}'s whole spawned-call storage of "
+            f"{budget} bytes (`raygpu up --call-storage-per-app`)",
+        )
+    return (
+        507,
+        "CallStorageFull",
+        f"app {app!r}'s spawned calls keep {used} of their {budget} bytes; the {what} ({adding} bytes) "
+        "does not fit. Read and let finished calls age out (`raygpu up --call-retention`), send smaller "
+        "payloads, or raise `raygpu up --call-storage-per-app`",
+    )

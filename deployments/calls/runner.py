@@ -5,7 +5,6 @@ runner takes up every call still open (at least once) and every webhook not yet 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -22,6 +21,7 @@ from deployments.calls.callbacks import (
 )
 from deployments.calls.core import CallCore
 from deployments.calls.delivery import post_callback
+from deployments.calls.json_arguments import JsonArguments
 from deployments.errors import ERROR_SOURCE_HEADER, RemoteCallError
 from deployments.head_actors import start_head_actor
 from deployments.spec import DeployedFunction
@@ -120,7 +120,7 @@ class CallRunner:
         try:
             # Admitted when its record was made (the store's bound): a full Serve queue holds it back.
             answer = await self.core.call(
-                app, deployed, work["method"], work["arguments"], call_id=call_id, wait_when_full=True
+                app, deployed, work["method"], JsonArguments(work["arguments"]), call_id=call_id, wait_when_full=True
             )
         except RemoteCallError as exc:
             await self.store.finish_call.remote(
@@ -128,7 +128,7 @@ class CallRunner:
             )
             return
         if answer.status == 200:
-            await self.store.finish_call.remote(call_id, "succeeded", answer.payload(), None, answer.runs)
+            await self.store.finish_call.remote(call_id, "succeeded", answer.body, None, answer.runs)
         else:
             error = answer.error()
             recorded = {**error.payload()["error"], "status": error.status}
@@ -140,7 +140,7 @@ class CallRunner:
         """POST the final record to the call's webhook until it answers 2xx (at least once),
         pausing RETRY_DELAYS_S between attempts; every attempt is kept in the record."""
         try:
-            record = await self.store.get_call.remote(call_id)
+            record = await self.store.call_state.remote(call_id)
             if (
                 record is None
                 or not record.get("callback")
@@ -154,9 +154,10 @@ class CallRunner:
             incarnation = await self.store.app_incarnation.remote(record["app"])
             secret = webhook_secret(self.signing_key, record["app"], incarnation or 0)
             for attempt in range(len(callback["attempts"]), len(RETRY_DELAYS_S) + 1):
-                record = await self.store.get_call.remote(call_id)
-                record.pop("callback", None)
-                body = json.dumps(record, separators=(",", ":")).encode()
+                found = await self.store.call_json.remote(call_id, None, 0.0, False)
+                if found is None:
+                    return  # past retention
+                body = found[1]
                 headers = {
                     SIGNATURE_HEADER: sign(secret, body),
                     **standard_webhook_headers(secret, call_id, body),

@@ -25,7 +25,8 @@ from deployments.calls.context import CALL_ID_HEADER, INTERNAL_HEADERS, CallIdEr
 from deployments.calls.core import CallCore, queue_full
 from deployments.gateway.admin_proxy import AdminProxy
 from deployments.gateway.answers import internal_error
-from deployments.gateway.body import BodyError, parse_arguments
+from deployments.gateway.body import BodyError
+from deployments.gateway.body_checks import BodyCheckPool, BodyCheckUnavailable
 from deployments.gateway.dispatch import Dispatcher, error_answer
 from deployments.gateway.http import (
     ClientLimits,
@@ -87,12 +88,14 @@ class Gateway:
             constants.ARRIVAL_FLUSH_INTERVAL_S,
         )
         self.dispatch = Dispatcher(self.core, lambda: self.table)
-        self.spawned = SpawnedCalls(self.store, limits)
+        self.bodies = BodyCheckPool()
+        self.spawned = SpawnedCalls(self.store, limits, self.bodies)
         self.admin = AdminProxy(limits)
         loop = asyncio.get_running_loop()
         self._background = [
             loop.create_task(self._watch_routing_table()),
             loop.create_task(self.arrivals.ship_forever()),
+            loop.create_task(self.spawned.follow_finished_calls()),
         ]
         self._socket = reuse_port_socket(http_host, http_port)
         config = gateway_config(
@@ -134,6 +137,9 @@ class Gateway:
             server.should_exit = True
         for task in getattr(self, "_background", []):
             task.cancel()
+        bodies = getattr(self, "bodies", None)
+        if bodies is not None:
+            bodies.close()
 
     async def _watch_routing_table(self) -> None:
         """Follow the store's routing table (long poll): apps, tokens, versions, parked functions."""
@@ -201,9 +207,11 @@ class Gateway:
                 response, handed_over = await self.dispatch.call_engine(route, request, raw, release, call_id)
                 return response
             try:
-                body = parse_arguments(raw)
+                body = await self.bodies.arguments(raw)
             except BodyError as exc:
                 return error_response(400, exc.error_type, exc.message)
+            except BodyCheckUnavailable as exc:
+                return error_response(503, "Unavailable", f"{exc}; retry", headers={"Retry-After": "1"})
             self.arrivals.record(app, spec.name, self.core.admission.count(key))
             if spec.streams(route.target):
                 response, handed_over = await self.dispatch.call_generator(

@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import time
 import traceback
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +20,13 @@ from typing import Any
 import cloudpickle
 
 from deployments.calls.context import CallContext, context_of, running_call
+from deployments.calls.json_arguments import decoded
 from deployments.errors import ERROR_SOURCE_HEADER, RemoteCallError
 from deployments.lifecycle import run_enter_hooks, run_exit_hooks
 from deployments.replicas.base import ReplicaBase, encode_json, error_payload, jsonable
 from deployments.replicas.streaming import close_source, item_source
 from deployments.signature import ArgumentError, arguments_model, validate_arguments
+from deployments.store.actor import get_store
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
@@ -47,9 +50,28 @@ class FunctionReplica(ReplicaBase):
         self._executor = ThreadPoolExecutor(
             max_workers=self.spec.max_inputs, thread_name_prefix=f"raygpu-{self.spec.name}"
         )
+        self._cancel_checks: set[asyncio.Task[None]] = set()
         self.callables = self._callables(cloudpickle.loads(payload))
         self.models = {name: arguments_model(fn) for name, fn in self.callables.items()}
         self.phases.mark("engine_init")
+
+    def _after_cancel(self, ran_s: float) -> None:
+        """A sync call was cancelled after `ran_s`: its thread finishes it (the result goes nowhere),
+        or, past the grace and within the function's hourly limit, the replica is replaced
+        (deployments/calls/cancels.py). An unreachable control plane replaces nothing."""
+
+        async def ask() -> None:
+            try:
+                outcome = await get_store().cancelled_sync_call.remote(self.app, self.spec.name, ran_s)
+            except Exception as exc:
+                logger.warning("raygpu: could not ask whether to replace %s after a cancel (%s)", self.spec.name, exc)
+                return
+            if outcome == "replace":
+                self.begin_draining(f"a call of {self.spec.name} was cancelled after {ran_s:.1f} s")
+
+        task = asyncio.get_running_loop().create_task(ask())
+        self._cancel_checks.add(task)
+        task.add_done_callback(self._cancel_checks.discard)
 
     def _callables(self, code: Any) -> dict[str | None, Callable[..., Any]]:
         return {None: getattr(code, "fn", code)}  # the plain function behind an SDK `Function`
@@ -93,6 +115,10 @@ class FunctionReplica(ReplicaBase):
         if streaming and not self.spec.streams(method):
             return 400, error_payload("NotAGenerator", f"{label} returns one result: call it with `.remote(...)`")
         try:
+            body = decoded(body)
+        except ValueError as exc:
+            return 400, error_payload("MalformedJSON", f"the arguments are not valid JSON: {exc}")
+        try:
             return validate_arguments(self.models[method], body)
         except ArgumentError as exc:
             return 422, error_payload("ValidationError", str(exc), exc.errors)
@@ -117,13 +143,14 @@ class FunctionReplica(ReplicaBase):
                 loop = asyncio.get_running_loop()
                 with running_call(call):
                     context = contextvars.copy_context()
+                started = time.monotonic()
                 future = loop.run_in_executor(self._executor, lambda: context.run(fn, **arguments))
                 try:
                     result = await asyncio.wait_for(future, timeout=self.spec.timeout)
                 except asyncio.CancelledError:
-                    # A cancelled call (a spawned call's DELETE): its thread cannot be stopped and
-                    # holds a worker slot, so the replica is replaced, as after a timeout.
-                    self.begin_draining(f"a running call of {self.spec.name} was cancelled")
+                    # A cancelled call (a spawned call's DELETE, a caller who left): its thread runs
+                    # on. The control plane says whether that is worth a replacement replica.
+                    self._after_cancel(time.monotonic() - started)
                     raise
         except TimeoutError:
             if not is_async:  # its thread runs on and holds a worker slot: the replica is replaced

@@ -16,6 +16,7 @@ import cloudpickle
 
 from deployments import constants
 from deployments.calls.context import context_of
+from deployments.calls.json_arguments import decoded
 from deployments.errors import ERROR_SOURCE_HEADER
 from deployments.node.weight_cache import load_cached
 from deployments.replicas.base import ReplicaBase, encode_json, error_payload
@@ -113,7 +114,7 @@ class TorchModelReplica(ReplicaBase):
     ) -> tuple[int, bytes, int, dict[str, str]]:
         with self.metered_call(bytes_in, context_of(headers)) as outcome:
             try:
-                status, payload, extra = await self._infer(body, (headers or {}).get(constants.MODEL_HEADER))
+                status, payload, extra = await self._infer(decoded(body), (headers or {}).get(constants.MODEL_HEADER))
             except Exception as exc:
                 logger.warning("raygpu: %s failed: %s", self.spec.name, "".join(traceback.format_exception(exc)))
                 status, payload = 500, error_payload(type(exc).__name__, str(exc))

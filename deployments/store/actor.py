@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import secrets
 import time
 from typing import Any
 
@@ -17,18 +16,8 @@ import ray
 
 from autoscaling.parking import QuietReport
 from deployments import constants
-from deployments.calls.records import (
-    FINISHED,
-    MAX_WAIT_S,
-    CallAttempt,
-    CallbackAttempt,
-    CallbackState,
-    CallRecord,
-    callable_label,
-    is_call_id,
-    new_call_id,
-)
 from deployments.head_actors import start_head_actor
+from deployments.store.call_methods import SpawnedCallMethods
 from deployments.store.db import ARRIVAL_RETENTION_S, RETENTION_TABLES, StateDB
 
 # A function's pickled code as the store keeps it (weights travel separately, as blobs).
@@ -39,7 +28,7 @@ ADMIN_REFUSAL = (
 )
 
 
-class ControlPlaneStore:
+class ControlPlaneStore(SpawnedCallMethods):
     """Async actor over StateDB; every mutation of the routing table bumps `generation`.
 
     Calls that change what is deployed or who may call it (versions, app deletion, tokens, auth,
@@ -65,8 +54,7 @@ class ControlPlaneStore:
         # Latest arrival per "app/function", kept in memory so the autoscaler's once-a-second
         # snapshot never scans the arrivals table.
         self._last_arrival: dict[str, float] = self.db.last_arrivals(time.time() - ARRIVAL_RETENTION_S)
-        # Spawned calls someone waits on (`?wait=`), woken when they finish.
-        self._call_finished: dict[str, asyncio.Event] = {}
+        self._init_spawned_calls()
         # Functions at rest at zero ("app/function" -> [since, wake_at]), as their policies report
         # them, and the functions the parker took out of Serve (app -> names): both live in memory
         # only; the policies report again and the parker publishes again after a restart.
@@ -349,118 +337,6 @@ class ControlPlaneStore:
     async def app_incarnation(self, app: str) -> int | None:
         """How many times `app` was deployed again after a delete (what its webhook secret derives from)."""
         return self.db.incarnation(app) if isinstance(app, str) else None
-
-    # --- spawned calls ----------------------------------------------------------------------
-    async def create_call(
-        self,
-        app: str,
-        function: str,
-        method: str | None,
-        arguments: dict[str, Any],
-        callback_url: str | None = None,
-        max_open: int | None = None,
-    ) -> dict[str, Any] | None:
-        """Record a new pending call (the call runner takes it from here); None when the function
-        already has `max_open` spawned calls not finished (its queue bound)."""
-        if max_open is not None and self.db.open_call_count(app, function) >= max_open:
-            return None
-        record = CallRecord(
-            call_id=new_call_id(),
-            app=app,
-            function=callable_label(function, method),
-            created_at=time.time(),
-            callback=CallbackState(url=callback_url) if callback_url else None,
-        )
-        self.db.create_call(record, method, arguments)
-        return record.model_dump(mode="json")
-
-    async def get_call(self, call_id: str, app: str | None = None, wait_s: float = 0.0) -> dict[str, Any] | None:
-        """A call's record (None when unknown, or of another app), waiting up to `wait_s` for it
-        to finish."""
-        if not isinstance(call_id, str) or not is_call_id(call_id):
-            return None
-        record = self.db.call(call_id)
-        if record is None or (app is not None and record.app != app):
-            return None
-        if not record.finished and wait_s > 0:
-            event = self._call_finished.setdefault(call_id, asyncio.Event())
-            try:
-                await asyncio.wait_for(event.wait(), timeout=min(wait_s, MAX_WAIT_S))
-            except TimeoutError:
-                pass
-            record = self.db.call(call_id) or record
-        return record.model_dump(mode="json")
-
-    async def call_work(self, call_id: str) -> dict[str, Any] | None:
-        """What the runner needs to run a call: its record, unit name, method and arguments."""
-        record = self.db.call(call_id)
-        work = self.db.call_work(call_id)
-        if record is None or work is None:
-            return None
-        method, arguments = work
-        function = record.function.rsplit(".", 1)[0] if method else record.function
-        return {"record": record.model_dump(mode="json"), "unit": function, "method": method, "arguments": arguments}
-
-    async def start_call(self, call_id: str) -> bool:
-        return self.db.start_call(call_id, time.time())
-
-    async def finish_call(
-        self,
-        call_id: str,
-        status: str,
-        result: Any,
-        error: dict[str, Any] | None,
-        attempts: list[dict[str, Any]] | None = None,
-    ) -> bool:
-        if status not in FINISHED:
-            raise ValueError(f"a call cannot finish as {status!r}")
-        checked = [CallAttempt.model_validate(a).model_dump() for a in attempts or []]
-        finished = self.db.finish_call(call_id, status, result, error, time.time(), checked)
-        self._wake_call(call_id)
-        return finished
-
-    async def cancel_call(self, call_id: str, app: str | None = None) -> tuple[str | None, dict[str, Any] | None]:
-        """Cancel an open call: (the status it had, its record now); (None, None) when unknown."""
-        if not isinstance(call_id, str) or not is_call_id(call_id):
-            return None, None
-        record = self.db.call(call_id)
-        if record is None or (app is not None and record.app != app):
-            return None, None
-        previous = self.db.cancel_call(call_id, time.time())
-        self._wake_call(call_id)
-        now = self.db.call(call_id)
-        return previous, now.model_dump(mode="json") if now else None
-
-    def _wake_call(self, call_id: str) -> None:
-        event = self._call_finished.pop(call_id, None)
-        if event is not None:
-            event.set()
-
-    async def open_calls(self) -> list[str]:
-        return self.db.open_calls()
-
-    async def undelivered_callbacks(self) -> list[str]:
-        return self.db.undelivered_callbacks()
-
-    async def record_callback_attempt(
-        self, call_id: str, attempt: dict[str, Any], delivered: bool, gave_up: bool
-    ) -> None:
-        record = self.db.call(call_id)
-        if record is None or record.callback is None:
-            return
-        state = record.callback
-        state.attempts.append(CallbackAttempt.model_validate(attempt))
-        state.delivered, state.gave_up = delivered, gave_up
-        self.db.set_callback(call_id, state.model_dump_json())
-
-    async def webhook_signing_key(self, credential: str) -> str:
-        """The key the per-app webhook secrets derive from (created on first use); admin only."""
-        self._check_admin(credential)
-        key = self.db.get_setting("webhook_signing_key")
-        if not key:
-            key = secrets.token_hex(32)
-            self.db.set_setting("webhook_signing_key", key)
-        return key
 
 
 # Settings only their own admin-checked calls read (webhook_signing_key).

@@ -6,7 +6,9 @@ signing key among them), `weights` (torch model weight versions) and `calls` (sp
 
 Plain SQLite in WAL mode with no Ray import; the store actor (deployments/store/actor.py) owns the
 one connection that writes to it. The rows of spawned calls (call_rows.py) and of model weights
-(weight_rows.py) are read and written by parts of their own over the same connection.
+(weight_rows.py) are read and written by parts of their own over the same connection; a spawned
+call's arguments and result live in `call_payloads`, out of the rows the call runner sweeps, and
+`call_storage` keeps each app's total of them.
 """
 
 from __future__ import annotations
@@ -117,6 +119,37 @@ CREATE TABLE IF NOT EXISTS calls (
 );
 CREATE INDEX IF NOT EXISTS calls_by_created ON calls (created_at);
 CREATE INDEX IF NOT EXISTS calls_open ON calls (status) WHERE status IN ('pending', 'running');
+CREATE INDEX IF NOT EXISTS calls_open_by_app ON calls (app, function) WHERE status IN ('pending', 'running');
+CREATE INDEX IF NOT EXISTS calls_undelivered ON calls (finished_at) WHERE callback IS NOT NULL
+    AND status IN ('succeeded', 'failed', 'cancelled')
+    AND NOT json_extract(callback, '$.delivered') AND NOT json_extract(callback, '$.gave_up');
+-- A spawned call's arguments and result, apart from the rows the call runner's sweep reads; each
+-- app's total (call_storage) follows every insert, update and delete of them.
+CREATE TABLE IF NOT EXISTS call_payloads (
+    call_id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    arguments BLOB NOT NULL,
+    result BLOB
+);
+CREATE TABLE IF NOT EXISTS call_storage (
+    app TEXT PRIMARY KEY,
+    bytes INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS call_payloads_added AFTER INSERT ON call_payloads BEGIN
+    INSERT INTO call_storage (app, bytes) VALUES (new.app, length(new.arguments) + COALESCE(length(new.result), 0))
+    ON CONFLICT(app) DO UPDATE SET bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER IF NOT EXISTS call_payloads_changed AFTER UPDATE OF result ON call_payloads BEGIN
+    UPDATE call_storage SET bytes = bytes + COALESCE(length(new.result), 0) - COALESCE(length(old.result), 0)
+    WHERE app = new.app;
+END;
+CREATE TRIGGER IF NOT EXISTS call_payloads_removed AFTER DELETE ON call_payloads BEGIN
+    UPDATE call_storage SET bytes = bytes - length(old.arguments) - COALESCE(length(old.result), 0)
+    WHERE app = old.app;
+END;
+CREATE TRIGGER IF NOT EXISTS calls_removed AFTER DELETE ON calls BEGIN
+    DELETE FROM call_payloads WHERE call_id = old.call_id;
+END;
 """
 
 # Version 1: before app_auth (protection was "has an active token"); 2: protection is the app's own;
@@ -124,8 +157,9 @@ CREATE INDEX IF NOT EXISTS calls_open ON calls (status) WHERE status IN ('pendin
 # 4: the code payload of each function of the versions being deployed and live (a restarted
 # control plane redeploys the live versions Serve lost).
 # 5: spawned calls (created by the schema script); 6: the runs of each spawned call; 7: each app's
-# incarnation (deployed again after a delete: a new webhook secret).
-SCHEMA_VERSION = 7
+# incarnation (deployed again after a delete: a new webhook secret); 8: spawned calls' arguments
+# and results in call_payloads, counted per app (call_storage).
+SCHEMA_VERSION = 8
 
 
 def _protect_apps_that_had_tokens(conn: sqlite3.Connection) -> None:
@@ -148,7 +182,21 @@ def _add_app_incarnations(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE apps ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0")
 
 
-MIGRATIONS = {2: _protect_apps_that_had_tokens, 6: _add_call_attempts, 7: _add_app_incarnations}
+def _move_call_payloads(conn: sqlite3.Connection) -> None:
+    """7 -> 8: arguments and results leave the calls table for call_payloads (counted per app)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO call_payloads (call_id, app, arguments, result) "
+        "SELECT call_id, app, CAST(arguments AS BLOB), CAST(result AS BLOB) FROM calls"
+    )
+    conn.execute("UPDATE calls SET arguments = '', result = NULL")
+
+
+MIGRATIONS = {
+    2: _protect_apps_that_had_tokens,
+    6: _add_call_attempts,
+    7: _add_app_incarnations,
+    8: _move_call_payloads,
+}
 
 # Retention of what the store keeps (applied in small batches by the store actor).
 ARRIVAL_RETENTION_S = 7 * 24 * 3600.0  # what the autoscaler learns daily and weekly periods from

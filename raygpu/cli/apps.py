@@ -78,12 +78,22 @@ def status_lines(info: AppStatus) -> tuple[Table, list[str]]:
         for f in info.functions
         if f.waiting_for_node
     ]
-    starts = waiting + [
-        f"last start of {f.name}: {sum(f.last_start_phases.values()):.2f} s = "
-        + ", ".join(f"{phase} {seconds * 1000:.0f} ms" for phase, seconds in f.last_start_phases.items())
+    cancelled = [
+        f"{f.name}: cancelled sync calls replaced {f.cancels['replaced_last_hour']:g} replicas in the last hour "
+        f"(at most {f.cancels['limit_per_hour']:g}); {f.cancels['finished_after_cancel']:g} ran to their end instead"
         for f in info.functions
-        if f.last_start_phases
+        if f.cancels
     ]
+    starts = (
+        waiting
+        + cancelled
+        + [
+            f"last start of {f.name}: {sum(f.last_start_phases.values()):.2f} s = "
+            + ", ".join(f"{phase} {seconds * 1000:.0f} ms" for phase, seconds in f.last_start_phases.items())
+            for f in info.functions
+            if f.last_start_phases
+        ]
+    )
     return table, starts
 
 

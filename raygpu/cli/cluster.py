@@ -8,7 +8,9 @@ import click
 from rich.table import Table
 
 from deployments import constants
+from deployments.calls.cancels import DEFAULT_CANCEL_GRACE_S, DEFAULT_CANCEL_REPLACEMENTS_PER_HOUR
 from raygpu.cli.common import address_option, connect, console, echo_json, fail, run
+from raygpu.cli.quantities import parse_duration, parse_size
 
 # Where `ray up` leaves the cluster YAML on the head node.
 DEFAULT_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
@@ -114,6 +116,28 @@ DEFAULT_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
     "private, e.g. 10.0.0.0/8; repeat for more. Without it such callbacks are refused.",
 )
 @click.option(
+    "--call-storage-per-app",
+    default="1GiB",
+    show_default=True,
+    help="Bytes of arguments and results one app's spawned calls may keep, open and finished together "
+    "(a spawn past it answers 507): a number of bytes, or with KiB, MiB, GiB (KB, MB, GB).",
+)
+@click.option(
+    "--cancel-grace",
+    default=f"{DEFAULT_CANCEL_GRACE_S:g}s",
+    show_default=True,
+    help="A cancelled call to a sync function that has run shorter than this finishes on its replica "
+    "and its result is discarded; past it the replica is replaced (seconds, or with s, m, h).",
+)
+@click.option(
+    "--cancel-replacements-per-hour",
+    default=DEFAULT_CANCEL_REPLACEMENTS_PER_HOUR,
+    show_default=True,
+    type=click.IntRange(0, 1000),
+    help="The most replicas of one function replaced after cancelled sync calls per hour; past it "
+    "cancelled calls finish on their replicas.",
+)
+@click.option(
     "--park-after",
     default=f"{constants.DEFAULT_PARK_AFTER_S:g}s",
     show_default=True,
@@ -155,6 +179,9 @@ def up(
     public_url: str | None,
     call_retention: str,
     callback_allow: tuple[str, ...],
+    call_storage_per_app: str,
+    cancel_grace: str,
+    cancel_replacements_per_hour: int,
     park_after: str,
     header_timeout: str,
     body_timeout: str,
@@ -185,6 +212,9 @@ def up(
     }
     try:
         settings["call_retention_s"] = parse_duration(call_retention)
+        settings["call_storage_per_app"] = parse_size(call_storage_per_app, "--call-storage-per-app")
+        settings["cancel_grace_s"] = parse_duration(cancel_grace, "--cancel-grace", least_s=0.0)
+        settings["cancel_replacements_per_hour"] = cancel_replacements_per_hour
         settings["park_after_s"] = parse_duration(park_after, "--park-after", least_s=1.0, allow_zero=True)
         settings["header_timeout_s"] = parse_duration(header_timeout, "--header-timeout", least_s=1.0)
         settings["body_timeout_s"] = parse_duration(body_timeout, "--body-timeout", least_s=1.0)
@@ -258,29 +288,6 @@ def up(
         f"[green]raygpu is up[/green]; gateway {public_url or f'{scheme}://{host}:{http_port}'}, metrics "
         f"http://{host}:{options.metrics_port}/metrics (head only; control-plane driver pid {pid})"
     )
-
-
-DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(
-    text: str, option: str = "--call-retention", least_s: float = 60.0, allow_zero: bool = False
-) -> float:
-    """A duration option: seconds, or a number with s, m, h or d (at least `least_s`, or 0 when
-    `allow_zero`), at most ten years."""
-    raw = text.strip().lower()
-    unit = DURATION_UNITS.get(raw[-1:], None)
-    number = raw[:-1] if unit else raw
-    try:
-        seconds = float(number) * (unit or 1.0)
-    except ValueError:
-        raise ValueError(f"{option} {text!r} is not a duration such as 3600, 12h or 7d") from None
-    if allow_zero and seconds == 0:
-        return 0.0
-    if not least_s <= seconds <= 10 * 365 * 86400:
-        lower = f"{least_s:g} s" + (" (or 0)" if allow_zero else "")
-        raise ValueError(f"{option} {text!r} must be between {lower} and ten years")
-    return seconds
 
 
 def _bootstrap_config(given: str | None) -> str | None:

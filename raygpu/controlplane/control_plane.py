@@ -156,6 +156,9 @@ def install_control_plane(options: ControlPlaneOptions) -> dict[str, Any]:
     # Spawned calls: how long their records are kept, where webhooks may go, and the runner.
     ray.get(store.set_setting.remote(admin, "call_retention_s", float(o.call_retention_s)))
     ray.get(store.set_setting.remote(admin, "callback_allow", [str(n) for n in parse_networks(o.callback_allow)]))
+    ray.get(store.set_setting.remote(admin, "call_storage_per_app", int(o.call_storage_per_app)))
+    ray.get(store.set_setting.remote(admin, "cancel_grace_s", float(o.cancel_grace_s)))
+    ray.get(store.set_setting.remote(admin, "cancel_replacements_per_hour", int(o.cancel_replacements_per_hour)))
     start_call_runner(ray.get(store.webhook_signing_key.remote(admin)))
 
     host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host

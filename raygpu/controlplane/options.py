@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from deployments import constants
 from deployments.calls.callbacks import parse_networks
-from deployments.calls.records import DEFAULT_CALL_RETENTION_S
+from deployments.calls.cancels import DEFAULT_CANCEL_GRACE_S, DEFAULT_CANCEL_REPLACEMENTS_PER_HOUR
+from deployments.calls.records import DEFAULT_CALL_RETENTION_S, DEFAULT_CALL_STORAGE_PER_APP
 from deployments.node.warm_pool import parse_pool_sizes
 from raygpu.ops.capacity import NodeType
 
@@ -36,6 +37,9 @@ class ControlPlaneOptions(BaseModel):
     public_url: str | None = None
     call_retention_s: float = Field(default=DEFAULT_CALL_RETENTION_S, gt=0)
     callback_allow: list[str] = Field(default_factory=list)
+    call_storage_per_app: int = Field(default=DEFAULT_CALL_STORAGE_PER_APP, ge=2**20)
+    cancel_grace_s: float = Field(default=DEFAULT_CANCEL_GRACE_S, ge=0)
+    cancel_replacements_per_hour: int = Field(default=DEFAULT_CANCEL_REPLACEMENTS_PER_HOUR, ge=0, le=1000)
     park_after_s: float = Field(default=constants.DEFAULT_PARK_AFTER_S, ge=0)
     # how long a gateway connection may take to send a request's headers, and its body
     header_timeout_s: float = Field(default=constants.HEADER_TIMEOUT_S, ge=1, le=600)

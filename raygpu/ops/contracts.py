@@ -58,6 +58,11 @@ class FunctionStatus(BaseModel):
     waiting_for_node: str | None = Field(
         default=None, description="the node type a starting replica waits for the autoscaler to launch, if any"
     )
+    cancels: dict[str, float | int] = Field(
+        default_factory=dict,
+        description="cancelled sync calls: replicas replaced (in the last hour, and the hourly limit), calls "
+        "let finish on their replicas, and the grace (deployments/calls/cancels.py); empty when none",
+    )
 
 
 class AppStatus(BaseModel):

@@ -160,6 +160,7 @@ def app_status(app: str) -> AppStatus:
     except Exception:
         pass  # the meter is restarting: status without start phases
     parked = set(ray.get(control.parked.remote()).get(app, []))
+    cancels = ray.get(control.cancel_replacements.remote(app))
     functions = []
     node_types: list[NodeType] | None = None
     for raw in entry["functions"]:
@@ -203,6 +204,7 @@ def app_status(app: str) -> AppStatus:
                 ],
                 last_start_phases=in_phase_order(start_phases.get(f"{app}/{deployed.spec.name}", {}).get("phases", {})),
                 waiting_for_node=waiting_for_node,
+                cancels=cancels.get(deployed.spec.name, {}),
             )
         )
     url = None

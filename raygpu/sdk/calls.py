@@ -3,6 +3,7 @@ from this process or another (`FunctionCall.from_id`)."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -13,6 +14,9 @@ from deployments.errors import ERROR_SOURCE_HEADER, call_error
 from raygpu.sdk.connection import connect
 from raygpu.sdk.control import store
 from raygpu.sdk.errors import NotFoundError, RemoteCallError
+
+# How often `get` asks again when the store answers at once (it holds a bounded number of waits).
+POLL_INTERVAL_S = 0.5
 
 
 class FunctionCall:
@@ -31,10 +35,10 @@ class FunctionCall:
 
     def record(self, wait_s: float = 0.0) -> dict[str, Any]:
         """The call's record (status, times, result or error), waiting up to `wait_s` for it to end."""
-        record = ray.get(store().get_call.remote(self.call_id, None, wait_s))
-        if record is None:
+        found = ray.get(store().call_json.remote(self.call_id, None, wait_s))
+        if found is None:
             raise NotFoundError(f"no spawned call {self.call_id!r} (unknown, or past the call retention)")
-        return record
+        return json.loads(found[1])
 
     def get(self, timeout: float | None = None) -> Any:
         """The call's result, waiting for it (at most `timeout` seconds: TimeoutError after that).
@@ -43,6 +47,7 @@ class FunctionCall:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = MAX_WAIT_S if deadline is None else max(deadline - time.monotonic(), 0.0)
+            waited = time.monotonic()
             record = self.record(wait_s=min(remaining, MAX_WAIT_S))
             status = record["status"]
             if status == "succeeded":
@@ -61,6 +66,8 @@ class FunctionCall:
                 raise TimeoutError(
                     f"spawned call {self.call_id} has not finished within {timeout:g} s (it is {status})"
                 )
+            if time.monotonic() - waited < POLL_INTERVAL_S:  # the store had no room to wait: poll
+                time.sleep(min(POLL_INTERVAL_S, max(remaining, 0.0)))
 
     def cancel(self) -> bool:
         """Cancel the call if it has not finished; True when it was open. A running sync call's

@@ -136,19 +136,23 @@ class RemoteFunction:
         self._refuse_generator(".remote_gen(...)")
         arguments = self._bind(args, kwargs)
         try:
-            json.dumps(arguments)
+            encoded = json.dumps(arguments, allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{self._label}.spawn: the arguments must be JSON values ({exc})") from None
         spec = self.deployed.spec
         bound = spec.queue_bound
-        record = ray.get(store().create_call.remote(self.app, spec.name, method, arguments, None, bound))
-        if record is None:
+        created = ray.get(store().create_call.remote(self.app, spec.name, method, encoded, None, bound))
+        refused = created.get("refused")
+        if refused is not None and refused["type"] == "QueueFull":
             raise RemoteCallError(
                 503,
                 "QueueFull",
                 f"{self._label} has {bound} spawned calls not finished (max_containers x max_inputs + max_queue); "
                 "retry when some have finished",
             )
+        if refused is not None:
+            raise RemoteCallError(refused["status"], refused["type"], refused["message"])
+        record = created["record"]
         try:
             get_call_runner().submit.remote(record["call_id"])
         except ValueError:

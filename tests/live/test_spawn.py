@@ -13,6 +13,8 @@ from standardwebhooks import Webhook
 
 import raygpu
 from deployments.calls.callbacks import SIGNATURE_HEADER, verify
+from deployments.calls.cancels import DEFAULT_CANCEL_GRACE_S
+from raygpu.sdk.control import admin_call
 from raygpu.sdk.errors import RemoteCallError
 
 
@@ -100,24 +102,31 @@ def wait_running(cluster, call_id: str) -> None:
 
 
 def test_cancel_a_running_call_over_http_and_from_python(cluster, spawned):
-    call_id = spawn(cluster, "slow_add", {"a": 1, "b": 1, "seconds": 60})
-    wait_running(cluster, call_id)
-    r = requests.delete(f"{cluster.url}/spawned/calls/{call_id}", timeout=30)
-    assert r.status_code == 200 and r.json()["status"] == "cancelled"
-    again = requests.delete(f"{cluster.url}/spawned/calls/{call_id}", timeout=30)
-    assert again.status_code == 409 and again.json()["error"]["type"] == "CallFinished"
-    assert record(cluster, call_id)["error"]["type"] == "Cancelled"
-    # the replica whose thread ran it is replaced; the function keeps answering
-    assert raygpu.lookup("spawned", "slow_add").remote(1, 1) == 2
+    # past the grace (0 here), a cancelled sync call's replica is replaced, within the hourly limit
+    admin_call("set_setting", "cancel_grace_s", 0.0)
+    try:
+        call_id = spawn(cluster, "slow_add", {"a": 1, "b": 1, "seconds": 60})
+        wait_running(cluster, call_id)
+        r = requests.delete(f"{cluster.url}/spawned/calls/{call_id}", timeout=30)
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        again = requests.delete(f"{cluster.url}/spawned/calls/{call_id}", timeout=30)
+        assert again.status_code == 409 and again.json()["error"]["type"] == "CallFinished"
+        assert record(cluster, call_id)["error"]["type"] == "Cancelled"
+        # the replica whose thread ran it is replaced; the function keeps answering
+        assert raygpu.lookup("spawned", "slow_add").remote(1, 1) == 2
 
-    call = raygpu.lookup("spawned", "slow_add").spawn(1, 2, seconds=60)
-    wait_running(cluster, call.call_id)
-    assert call.cancel() is True
-    with pytest.raises(RemoteCallError) as cancelled:
-        call.get(timeout=30)
-    assert cancelled.value.error_type == "Cancelled"
-    assert call.cancel() is False
-    assert raygpu.lookup("spawned", "slow_add").remote(2, 2) == 4
+        call = raygpu.lookup("spawned", "slow_add").spawn(1, 2, seconds=60)
+        wait_running(cluster, call.call_id)
+        assert call.cancel() is True
+        with pytest.raises(RemoteCallError) as cancelled:
+            call.get(timeout=30)
+        assert cancelled.value.error_type == "Cancelled"
+        assert call.cancel() is False
+        assert raygpu.lookup("spawned", "slow_add").remote(2, 2) == 4
+        slow_add = next(f for f in cluster.status("spawned").functions if f.name == "slow_add")
+        assert slow_add.cancels["replaced_last_hour"] == 2
+    finally:
+        admin_call("set_setting", "cancel_grace_s", DEFAULT_CANCEL_GRACE_S)
 
 
 class Receiver:

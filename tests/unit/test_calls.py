@@ -15,7 +15,7 @@ from deployments.calls.callbacks import (
 )
 from deployments.calls.records import MAX_WAIT_S, CallbackState, CallRecord, is_call_id, new_call_id, parse_wait
 from deployments.store.db import StateDB
-from raygpu.cli.cluster import parse_duration
+from raygpu.cli.quantities import parse_duration
 
 
 def resolver(table):
@@ -31,25 +31,26 @@ def test_call_ids_are_random_and_recognised():
 def test_a_call_moves_through_its_states_in_the_store(tmp_path):
     db = StateDB(tmp_path / "state.db")
     record = CallRecord(call_id=new_call_id(), app="a", function="f", created_at=time.time())
-    db.create_call(record, None, {"x": 1})
+    db.create_call(record, None, b'{"x": 1}')
     assert db.open_calls() == [record.call_id]
-    assert db.call_work(record.call_id) == (None, {"x": 1})
+    assert db.call_work(record.call_id) == (None, b'{"x": 1}')
     assert db.start_call(record.call_id, time.time())
     assert not db.start_call(record.call_id, time.time())  # only a pending call starts
-    assert db.finish_call(record.call_id, "succeeded", {"y": 2}, None, time.time())
+    assert db.finish_call(record.call_id, "succeeded", b'{"y":2}', None, time.time())
     done = db.call(record.call_id)
-    assert done.status == "succeeded" and done.result == {"y": 2} and done.finished
+    assert done.status == "succeeded" and db.call_result(record.call_id) == b'{"y":2}' and done.finished
     assert db.cancel_call(record.call_id, time.time()) == "succeeded"  # a finished call stays as it was
     assert db.call(record.call_id).status == "succeeded"
     assert db.open_calls() == []
 
     other = CallRecord(call_id=new_call_id(), app="a", function="f", created_at=time.time())
-    db.create_call(other, None, {})
+    db.create_call(other, None, b"{}")
     assert db.cancel_call(other.call_id, time.time()) == "pending"
     cancelled = db.call(other.call_id)
     assert cancelled.status == "cancelled" and cancelled.error["type"] == "Cancelled"
     assert not db.start_call(other.call_id, time.time())  # the runner finds it cancelled
-    assert not db.finish_call(other.call_id, "succeeded", 1, None, time.time())
+    assert not db.finish_call(other.call_id, "succeeded", b"1", None, time.time())
+    assert db.call_result(other.call_id) is None
     assert db.cancel_call(new_call_id(), time.time()) is None
 
 
@@ -58,7 +59,7 @@ def test_undelivered_webhooks_are_found_until_delivered_or_given_up(tmp_path):
     record = CallRecord(
         call_id=new_call_id(), app="a", function="f", created_at=time.time(), callback=CallbackState(url="http://x")
     )
-    db.create_call(record, None, {})
+    db.create_call(record, None, b"{}")
     assert db.undelivered_callbacks() == []  # not finished yet
     db.finish_call(record.call_id, "failed", None, {"type": "E", "message": "m"}, time.time())
     assert db.undelivered_callbacks() == [record.call_id]
@@ -71,8 +72,8 @@ def test_call_records_go_after_the_call_retention(tmp_path):
     now = time.time()
     old = CallRecord(call_id=new_call_id(), app="a", function="f", created_at=now - 7200)
     new = CallRecord(call_id=new_call_id(), app="a", function="f", created_at=now - 60)
-    db.create_call(old, None, {})
-    db.create_call(new, None, {})
+    db.create_call(old, None, b"{}")
+    db.create_call(new, None, b"{}")
     db.set_setting("call_retention_s", 3600)
     assert db.retention_batch("calls", now, 100) == 1
     assert db.call(old.call_id) is None and db.call(new.call_id) is not None
@@ -135,7 +136,9 @@ def test_call_retention_durations():
 def test_open_calls_are_counted_per_function_and_per_class(tmp_path):
     db = StateDB(tmp_path / "state.db")
     for function in ("f", "f", "Cls.a", "Cls.b", "f_x", "fx.y"):
-        db.create_call(CallRecord(call_id=new_call_id(), app="a", function=function, created_at=time.time()), None, {})
+        db.create_call(
+            CallRecord(call_id=new_call_id(), app="a", function=function, created_at=time.time()), None, b"{}"
+        )
     assert db.open_call_count("a", "f") == 2
     assert db.open_call_count("a", "Cls") == 2
     assert db.open_call_count("a", "f_x") == 1 and db.open_call_count("b", "f") == 0

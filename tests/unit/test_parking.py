@@ -12,7 +12,7 @@ from autoscaling.parking import QuietReport, parked_after, parks, wakes
 from autoscaling.serve_adapter import RaygpuServePolicy
 from deployments.gateway.routing import RoutingTable
 from deployments.store.actor import ControlPlaneStore
-from raygpu.cli.cluster import parse_duration
+from raygpu.cli.quantities import parse_duration
 
 ADMIN = "rga_test-admin-credential"
 ADMIN_HASH = hashlib.sha256(ADMIN.encode()).hexdigest()
