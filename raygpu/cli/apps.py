@@ -126,11 +126,14 @@ def call(target: str, data: str, token: str | None, url: str | None, address: st
     from raygpu.sdk.client import call_over_http
     from raygpu.sdk.errors import RaygpuError, RemoteCallError
 
+    fingerprint = None
     if url is None:
         target_cluster = cluster(address)
         url = run(target_cluster.gateway_url)
+        login = getattr(target_cluster, "login", None)  # a login pinned to a self-signed certificate
+        fingerprint = login.fingerprint if login is not None and login.url == url else None
     try:
-        click.echo(call_over_http(url, target, data, token))
+        click.echo(call_over_http(url, target, data, token, fingerprint=fingerprint))
     except RemoteCallError as exc:
         fail(f"HTTP {exc.status} {exc}")
     except (RaygpuError, ValueError) as exc:

@@ -99,6 +99,12 @@ DEFAULT_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
 )
 @click.option("--tls-key", default=None, type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
 @click.option(
+    "--tls-self-signed",
+    is_flag=True,
+    help="Serve HTTPS with a self-signed certificate made (once) in the state directory (--address); "
+    "`raygpu login` pins the SHA-256 fingerprint it prints.",
+)
+@click.option(
     "--public-url",
     default=None,
     help="What the gateway is called from outside the cluster, e.g. https://gpu.example.com (--address).",
@@ -176,6 +182,7 @@ def up(
     autoscaling_config: str | None,
     tls_cert: str | None,
     tls_key: str | None,
+    tls_self_signed: bool,
     public_url: str | None,
     call_retention: str,
     callback_allow: tuple[str, ...],
@@ -202,6 +209,16 @@ def up(
             "for a cluster started with `ray up cluster.yaml`"
         )
     home = raygpu_home()
+    fingerprint = None
+    if tls_self_signed:
+        if local or tls_cert or tls_key:
+            fail("--tls-self-signed serves a cluster's gateway (--address), instead of --tls-cert/--tls-key")
+        from urllib.parse import urlsplit
+
+        from raygpu.controlplane.self_signed import ensure_self_signed
+
+        hosts = [urlsplit(public_url).hostname or "" if public_url else "", "localhost", "127.0.0.1"]
+        tls_cert, tls_key, fingerprint = ensure_self_signed(Path(state_dir or home).expanduser(), hosts)
     settings = {
         "http_port": http_port,
         "serve_port": serve_port,
@@ -284,10 +301,18 @@ def up(
         )
     host = "127.0.0.1" if options.http_host in ("0.0.0.0", "::") else options.http_host
     scheme = "https" if tls_cert else "http"
+    gateway = public_url or f"{scheme}://{host}:{http_port}"
     console.print(
-        f"[green]raygpu is up[/green]; gateway {public_url or f'{scheme}://{host}:{http_port}'}, metrics "
+        f"[green]raygpu is up[/green]; gateway {gateway}, metrics "
         f"http://{host}:{options.metrics_port}/metrics (head only; control-plane driver pid {pid})"
     )
+    if fingerprint:
+        from raygpu.sdk.pinning import display_fingerprint
+
+        console.print(
+            f"self-signed gateway certificate {display_fingerprint(fingerprint)}; from your machine: "
+            f"`raygpu login {gateway} --token ... --fingerprint {display_fingerprint(fingerprint)}`"
+        )
 
 
 def _bootstrap_config(given: str | None) -> str | None:
@@ -425,7 +450,13 @@ def _capability(cpu: dict, name: str) -> str:
     is_flag=True,
     help="Allow plain HTTP to a host other than this machine (the admin token crosses the network in clear).",
 )
-def login(url: str, token: str, insecure: bool) -> None:
+@click.option(
+    "--fingerprint",
+    default=None,
+    help="The SHA-256 fingerprint of the gateway's self-signed certificate (`raygpu up --tls-self-signed` "
+    "printed it): only that certificate is accepted, without a CA.",
+)
+def login(url: str, token: str, insecure: bool, fingerprint: str | None) -> None:
     """Use the cluster behind the gateway at URL from this machine: later commands (deploy, status,
     logs, tokens, weights, bill, ...) go through the gateway with the admin token, kept in
     $RAYGPU_HOME/login.json (mode 0600). `--address` still attaches as a Ray driver. Plain HTTP to
@@ -434,7 +465,17 @@ def login(url: str, token: str, insecure: bool) -> None:
 
     if not url.startswith(("http://", "https://")):
         fail(f"{url!r} is not a gateway URL: give http(s)://HOST:PORT")
-    login_record = Login(url=url.rstrip("/"), token=token.strip(), insecure=insecure)
+    from raygpu.sdk.pinning import normalize_fingerprint
+
+    pinned = None
+    if fingerprint:
+        if not url.startswith("https://"):
+            fail("--fingerprint pins an HTTPS gateway's certificate: give https://HOST:PORT")
+        try:
+            pinned = normalize_fingerprint(fingerprint)
+        except ValueError as exc:
+            fail(str(exc))
+    login_record = Login(url=url.rstrip("/"), token=token.strip(), insecure=insecure, fingerprint=pinned)
     if plain_http_to_another_host(url):
         if not insecure:
             fail(
@@ -444,7 +485,7 @@ def login(url: str, token: str, insecure: bool) -> None:
         click.echo(f"warning: {url} is plain HTTP; the admin token crosses the network in clear", err=True)
     probe = run(lambda: GatewayOperations(login_record))
     apps = run(probe.ls)
-    path = save_login(url, token.strip(), insecure)
+    path = save_login(url, token.strip(), insecure, pinned)
     console.print(f"[green]logged in[/green] to {url.rstrip('/')} ({len(apps.apps)} apps); saved in {path}")
 
 

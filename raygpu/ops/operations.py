@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 from raygpu.ops.contracts import DeployResult
 from raygpu.ops.table import OPERATIONS, Args, Context, DeployArgs, WeightsPushArgs
@@ -43,6 +43,8 @@ class Login(BaseModel):
     token: str
     # the operator chose plain HTTP to a host that is not this machine (`raygpu login --insecure`)
     insecure: bool = False
+    # the SHA-256 of the gateway's self-signed certificate, the only one accepted (`--fingerprint`)
+    fingerprint: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 def plain_http_to_another_host(url: str) -> bool:
@@ -77,13 +79,13 @@ def login_path() -> Path:
     return raygpu_home() / LOGIN_FILE
 
 
-def save_login(url: str, token: str, insecure: bool = False) -> Path:
+def save_login(url: str, token: str, insecure: bool = False, fingerprint: str | None = None) -> Path:
     """Keep the gateway URL and admin token for later commands (mode 0600)."""
     path = login_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        out.write(Login(url=url.rstrip("/"), token=token, insecure=insecure).model_dump_json())
+        out.write(Login(url=url.rstrip("/"), token=token, insecure=insecure, fingerprint=fingerprint).model_dump_json())
     os.chmod(path, 0o600)
     return path
 
@@ -199,6 +201,11 @@ class GatewayOperations(Operations):
         self.login = login
         self.timeout_s = timeout_s
         self.session = requests.Session()
+        if login.fingerprint:
+            from raygpu.sdk.pinning import PinnedAdapter
+
+            self.session.verify = False  # the pin stands in for the CA and the host name
+            self.session.mount("https://", PinnedAdapter(login.fingerprint))
 
     def _run(self, name: str, args: Args) -> Any:
         answer = OPERATIONS[name].answer
@@ -253,12 +260,25 @@ class GatewayOperations(Operations):
             body = json.dumps(arguments)
             for _ in range(QUEUE_FULL_RETRIES):
                 try:
-                    return json.loads(call_over_http(self.login.url, target, body, token, timeout_s=self.timeout_s))
+                    return json.loads(
+                        call_over_http(
+                            self.login.url,
+                            target,
+                            body,
+                            token,
+                            timeout_s=self.timeout_s,
+                            fingerprint=self.login.fingerprint,
+                        )
+                    )
                 except RemoteCallError as exc:
                     if exc.status != 503 or exc.error_type not in ("QueueFull", "TooManyConnections"):
                         raise
                     time.sleep(QUEUE_FULL_PAUSE_S)
-            return json.loads(call_over_http(self.login.url, target, body, token, timeout_s=self.timeout_s))
+            return json.loads(
+                call_over_http(
+                    self.login.url, target, body, token, timeout_s=self.timeout_s, fingerprint=self.login.fingerprint
+                )
+            )
 
         return run_batch(call, inputs, window=concurrency or GATEWAY_MAP_CONCURRENCY, return_exceptions=True)
 

@@ -317,9 +317,19 @@ def _find(app: str, name: str, entry: dict[str, Any] | None) -> DeployedFunction
     raise NotFoundError(f"app {app!r} has no function or class {name!r}; it has: {known}")
 
 
-def call_over_http(url: str, target: str, data: str, token: str | None = None, timeout_s: float = 3600) -> str:
-    """POST a JSON body to APP/FN (or APP/Class/method) through the gateway at `url`; the answer's
-    body, or RemoteCallError with the gateway's status and error."""
+def call_over_http(
+    url: str,
+    target: str,
+    data: str,
+    token: str | None = None,
+    timeout_s: float = 3600,
+    fingerprint: str | None = None,
+) -> str:
+    """POST a JSON body to APP/FN (or APP/Class/method) through the gateway at `url` (accepting only
+    the certificate with `fingerprint` when given); the answer's body, or RemoteCallError with the
+    gateway's status and error."""
+    from raygpu.sdk.pinning import url_opener
+
     path = target.strip("/")
     if path.count("/") not in (1, 2):
         raise ValueError("name the target as APP/FUNCTION or APP/Class/method")
@@ -333,7 +343,7 @@ def call_over_http(url: str, target: str, data: str, token: str | None = None, t
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with url_opener(fingerprint).open(request, timeout=timeout_s) as response:
             return response.read().decode()
     except urllib.error.HTTPError as exc:
         body = exc.read().decode()

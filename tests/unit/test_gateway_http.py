@@ -160,3 +160,39 @@ def test_a_key_that_does_not_match_the_certificate_is_refused_at_start(tmp_path)
     )
     with pytest.raises(ssl.SSLError):
         config.load()
+
+
+def test_a_self_signed_gateway_is_reached_only_through_its_pinned_fingerprint(tmp_path):
+    import os
+    import urllib.error
+
+    from raygpu.controlplane.self_signed import ensure_self_signed
+    from raygpu.sdk.pinning import PinnedAdapter, normalize_fingerprint, url_opener
+
+    cert, key, fingerprint = ensure_self_signed(tmp_path, ["gpu.example.com", "127.0.0.1"])
+    assert os.stat(key).st_mode & 0o777 == 0o600
+    assert ensure_self_signed(tmp_path, ["other"])[2] == fingerprint  # kept: pinned logins stay valid
+    assert normalize_fingerprint("SHA256:" + ":".join(fingerprint[i : i + 2] for i in range(0, 64, 2))) == fingerprint
+    with pytest.raises(ValueError, match="not a SHA-256 fingerprint"):
+        normalize_fingerprint("abc")
+    wrong = "0" * 64
+    server = Server(max_connections=100, header_timeout_s=30, tls=(cert, key))
+    try:
+        url = f"https://127.0.0.1:{server.port}/"
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url, timeout=10)  # not trusted by any CA
+        pinned = requests.Session()
+        pinned.verify = False
+        pinned.mount("https://", PinnedAdapter(fingerprint))
+        assert pinned.get(url, timeout=10).json() == {"ok": True}
+        other = requests.Session()
+        other.verify = False
+        other.mount("https://", PinnedAdapter(wrong))
+        with pytest.raises(requests.exceptions.SSLError):
+            other.get(url, timeout=10)
+        with url_opener(fingerprint).open(url, timeout=10) as answer:
+            assert answer.status == 200
+        with pytest.raises((urllib.error.URLError, ssl.SSLError), match="pinned"):
+            url_opener(wrong).open(url, timeout=10)
+    finally:
+        server.stop()

@@ -108,3 +108,31 @@ def test_admin_bodies_are_checked_before_anything_runs():
         BlobChunk.model_validate({"name": "../../etc/passwd", "offset": 0, "data": ""})
     with pytest.raises(ValidationError):
         BlobChunk.model_validate({"name": "a" * 64, "offset": -1, "data": ""})
+
+
+def test_a_pinned_login_keeps_its_fingerprint_and_bad_pins_are_refused_before_any_connection(home, monkeypatch):
+    import requests
+    from click.testing import CliRunner
+
+    from raygpu.cli import main
+
+    fingerprint = "ab" * 32
+    path = save_login("https://gpu.example.com:8000", "rga_x", fingerprint=fingerprint)
+    assert read_login().fingerprint == fingerprint
+    from raygpu.sdk.pinning import PinnedAdapter
+
+    pinned = operations(None).session
+    adapter = pinned.get_adapter("https://gpu.example.com:8000")
+    assert isinstance(adapter, PinnedAdapter) and adapter.fingerprint == fingerprint
+    assert pinned.verify is False  # the pin stands in for the CA
+    path.unlink()
+    monkeypatch.setattr(requests.Session, "request", lambda *a, **k: pytest.fail("a connection was made"))
+    for args, message in (
+        (["login", "https://gpu.example.com", "--token", "rga_x", "--fingerprint", "nope"], "not a SHA-256"),
+        (["login", "http://127.0.0.1:8000", "--token", "rga_x", "--fingerprint", fingerprint], "HTTPS gateway"),
+        (["up", "--local", "--tls-self-signed"], "--tls-self-signed"),
+    ):
+        out = CliRunner().invoke(main, args)
+        assert out.exit_code == 1 and message in out.stderr, out.output
+    with pytest.raises(ValidationError):
+        Login(url="https://x", token="t", fingerprint="zz")
