@@ -93,6 +93,10 @@ CONFIG_POLL_TIMEOUT_S = 30.0  # long-poll timeout for routing-table changes
 GATEWAY_TARGET_INFLIGHT = 200.0  # in-flight calls per gateway replica before another one starts
 GATEWAY_MAX_REPLICAS = 4
 
+# The admin credential's prefix (raygpu/sdk/admin.py makes it): the gateway asks the control plane
+# about a bearer token as an admin credential only when it has this prefix.
+ADMIN_KEY_PREFIX = "rga_"
+
 # --- Control-plane store --------------------------------------------------------------------
 RETENTION_INTERVAL_S = 3600.0  # how often the store deletes what is past retention (deployments/store/db.py)
 RETENTION_BATCH_BUDGET_S = 0.05  # the longest one retention batch may hold the store's loop

@@ -7,8 +7,11 @@ A staged model is a directory beside the others under the stage root, named by t
 fingerprint (every file's path, size and modification time): its weight files are copies, every other
 entry (config, tokenizer, index files) a symlink to the source. Staging is serialised per model by a
 file lock, so concurrent replicas on a node copy it once; the staged entries together stay within a
-share of the root's filesystem, the least recently used leaving first. No Ray: the replica passes the
-staged path to its engine as it would the model's own.
+share of the root's filesystem, the least recently used leaving first, checked across models under one
+budget lock (a staging under way reserves its bytes). A replica holds a shared "use" lock on the copy
+it loaded from while it runs; a copy that no replica holds and none has used for STAGE_IDLE_S is
+removed by the node's sweep (`remove_idle`). No Ray: the replica passes the staged path to its engine
+as it would the model's own.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from deployments.engines.private_dirs import private_dir
 
@@ -36,6 +41,11 @@ MIN_FREE_FRACTION = 0.1
 # has them (the others are then never read), else PyTorch checkpoints.
 WEIGHT_SUFFIX_PREFERENCE = ((".safetensors",), (".bin", ".pt", ".pth"))
 PARTIAL_MARK = ".partial-"
+# A staged copy that no replica on the node holds and none has used for this long leaves node memory.
+STAGE_IDLE_S = 1800.0
+BUDGET_LOCK = "budget"  # one lock over the stage root's space budget (fingerprints are hex)
+RESERVATION_SUFFIX = ".reserve"  # bytes a staging under way will take, beside its fingerprint
+USE_SUFFIX = ".use"  # the lock replicas hold shared while they run on a staged copy
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,8 @@ def stage(model: str, root: Path | None = None) -> Path | None:
         except OSError:
             shutil.rmtree(partial, ignore_errors=True)
             return None
+        finally:
+            (root / f"{files.fingerprint}{RESERVATION_SUFFIX}").unlink(missing_ok=True)
     return target
 
 
@@ -159,28 +171,105 @@ def staged_models(root: Path) -> list[tuple[Path, int, float]]:
     return sorted(found, key=lambda item: item[2])
 
 
-def _make_room(root: Path, needed: int, keep: str) -> bool:
-    """Remove least recently used staged models (not being staged) until `needed` more bytes fit."""
-    usage = shutil.disk_usage(root)
-    staged = staged_models(root)
-    total = sum(size for _, size, _ in staged)
-
-    def fits() -> bool:
-        free = shutil.disk_usage(root).free
-        return total + needed <= usage.total * MAX_STAGED_FRACTION and free - needed >= usage.total * MIN_FREE_FRACTION
-
-    if needed > usage.total * MAX_STAGED_FRACTION:
-        return False
-    for path, size, _ in staged:
-        if fits():
-            return True
-        if path.name == keep:
+def _reserved(root: Path, keep: str) -> int:
+    """Bytes that stagings under way (other than `keep`'s) have reserved; a reservation whose staging
+    died (nobody holds its model's lock) is dropped."""
+    total = 0
+    for mark in root.glob(f"*{RESERVATION_SUFFIX}"):
+        fingerprint = mark.name.removesuffix(RESERVATION_SUFFIX)
+        if fingerprint == keep:
             continue
-        with _locked(root, path.name, wait=False) as held:
-            if held:
-                shutil.rmtree(path, ignore_errors=True)  # engines that mapped its files keep them until done
-                total -= size
-    return fits()
+        with _locked(root, fingerprint, wait=False) as nobody_staging:
+            if nobody_staging:
+                mark.unlink(missing_ok=True)
+                continue
+        with contextlib.suppress(OSError, ValueError):
+            total += int(mark.read_text())
+    return total
+
+
+def _make_room(root: Path, needed: int, keep: str) -> bool:
+    """Under the budget lock: remove least recently used staged models (not being staged) until
+    `needed` more bytes fit beside the staged ones and the reservations of stagings under way, and
+    reserve them for `keep`."""
+    with _locked(root, BUDGET_LOCK):
+        usage = shutil.disk_usage(root)
+        staged = staged_models(root)
+        total = sum(size for _, size, _ in staged) + _reserved(root, keep)
+
+        def fits() -> bool:
+            free = shutil.disk_usage(root).free
+            return (
+                total + needed <= usage.total * MAX_STAGED_FRACTION and free - needed >= usage.total * MIN_FREE_FRACTION
+            )
+
+        if needed > usage.total * MAX_STAGED_FRACTION:
+            return False
+        for path, size, _ in staged:
+            if fits():
+                break
+            if path.name == keep:
+                continue
+            with _locked(root, path.name, wait=False) as held:
+                if held:
+                    shutil.rmtree(path, ignore_errors=True)  # engines that mapped its files keep them until done
+                    total -= size
+        if not fits():
+            return False
+        (root / f"{keep}{RESERVATION_SUFFIX}").write_text(str(needed))
+        return True
+
+
+def hold(path: Path) -> IO[str] | None:
+    """Mark the staged copy at `path` as in use by this process (a shared lock, released by
+    `release` or when the process ends); None when it cannot be marked."""
+    try:
+        handle = open(path.parent / f"{path.name}{USE_SUFFIX}", "a+")  # noqa: SIM115 - held until release
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+def release(handle: IO[str] | None, path: Path) -> None:
+    """This process no longer uses the staged copy at `path`: it counts as used until now."""
+    if handle is None:
+        return
+    with contextlib.suppress(OSError):
+        os.utime(path)
+    with contextlib.suppress(OSError):
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    handle.close()
+
+
+def remove_idle(root: Path | None = None, idle_s: float = STAGE_IDLE_S, now: float | None = None) -> list[str]:
+    """Remove the staged copies that no replica holds and none has used for `idle_s` (nor is being
+    staged); the fingerprints removed."""
+    root = root if root is not None else stage_root()
+    if root is None or not root.is_dir():
+        return []
+    cutoff = (time.time() if now is None else now) - idle_s
+    removed = []
+    for path, _, used_at in staged_models(root):
+        if used_at > cutoff:
+            continue
+        with open(root / f"{path.name}{USE_SUFFIX}", "a+") as use:
+            try:
+                fcntl.flock(use, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a replica on this node runs on it
+            try:
+                with _locked(root, path.name, wait=False) as held:
+                    if held and path.stat().st_mtime <= cutoff:
+                        shutil.rmtree(path, ignore_errors=True)
+                        removed.append(path.name)
+            finally:
+                fcntl.flock(use, fcntl.LOCK_UN)
+    return removed
 
 
 def clear(model: str, root: Path | None = None) -> bool:
@@ -204,7 +293,7 @@ def clear_all(root: Path | None = None) -> int:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
             removed += PARTIAL_MARK not in path.name
-        elif path.suffix == ".lock":
+        elif path.suffix in (".lock", RESERVATION_SUFFIX, USE_SUFFIX):
             path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         root.rmdir()

@@ -23,6 +23,22 @@ class AdminProxy:
         self.limits = limits
         self._admin_api: Any = None
 
+    async def accepts(self, authorization: str) -> bool:
+        """Whether an `Authorization` header carries the admin credential (checked by the admin API
+        against the store's hash; an unreachable admin API accepts nothing)."""
+        scheme, _, credential = authorization.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential.startswith(constants.ADMIN_KEY_PREFIX):
+            return False
+        try:
+            if self._admin_api is None:
+                self._admin_api = ray.get_actor(constants.ADMIN_API_ACTOR_NAME, namespace=constants.RAY_NAMESPACE)
+            return await self._admin_api.refusal.remote(credential) is None
+        except Exception as exc:
+            self._admin_api = None
+            logger.warning("raygpu gateway: could not check an admin credential (%s)", exc)
+            return False
+
     async def __call__(self, request: Request, parts: list[str]) -> Response:
         """The control plane for a CLI that reaches the cluster only through this gateway: the
         credential is checked, the operation run, by the admin API actor on the head."""

@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from deployments import constants
 from deployments.node.occupancy import release_due, runs_replicas
+from deployments.node.stage_sweep import remove_unheld_staged_models, sweep_staged_models
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
@@ -260,6 +261,7 @@ class WarmPool:
         self.last_error = ""
         self._job: str | None = None
         self._task = asyncio.get_event_loop().create_task(self._keep_filled()) if self.available else None
+        self._stage_sweeper = asyncio.get_event_loop().create_task(sweep_staged_models())
         threading.Thread(target=probe_cpu_kernels, name="raygpu-cpu-probe", daemon=True).start()
         if not self.available:
             logger.warning("raygpu warm pool disabled: %s", self.reason)
@@ -288,6 +290,7 @@ class WarmPool:
             return False
         if not release_due(False, self.last_busy, now):
             return False
+        await remove_unheld_staged_models()  # nobody sweeps them after this pool
         for proc in await loop.run_in_executor(None, _idle_warm_workers, self.session_dir):
             try:
                 proc.terminate()

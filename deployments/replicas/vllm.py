@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from deployments.calls.context import context_of
-from deployments.engines.model_stage import stage, staged_path
+from deployments.engines.model_stage import hold, release, stage, staged_path
 from deployments.replicas.base import ReplicaBase, encode_json, error_payload
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
@@ -40,6 +40,8 @@ class VllmReplica(ReplicaBase):
         self.phases.mark("imports")
         # a replica before this one on the node staged the weights in node memory: load from there
         staged = staged_path(model.model)
+        # held while this replica runs: the node's sweep does not remove a copy in use
+        self._staged, self._staged_use = staged, hold(staged) if staged else None
         self.server = await VllmServer.start(
             str(staged) if staged else model.model, model.model_name, model.task, model.engine_args, model.sleep_mode
         )
@@ -206,6 +208,9 @@ class VllmReplica(ReplicaBase):
     def _release(self) -> None:
         if getattr(self, "_sleeper", None) is not None:
             self._sleeper.cancel()
+        if getattr(self, "_staged_use", None) is not None:
+            release(self._staged_use, self._staged)
+            self._staged_use = None
         stager = getattr(self, "_stager", None)
         if stager is not None:  # a staging under way finishes (bounded): a stop would waste its read
             self._first_call_done.set()

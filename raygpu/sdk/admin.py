@@ -13,11 +13,12 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from deployments import constants
 from raygpu.sdk.errors import AdminCredentialError
 from raygpu.sdk.home import raygpu_home
 
 ADMIN_KEY_FILE = "admin.key"
-ADMIN_KEY_PREFIX = "rga_"
+ADMIN_KEY_PREFIX = constants.ADMIN_KEY_PREFIX
 
 
 def admin_key_path() -> Path:

@@ -176,3 +176,23 @@ def test_expensive_bodies_do_not_stall_the_gateway(outside):
     assert refused[0].json()["error"]["type"] == "BodyTooComplex"
     assert all(r.status_code == 200 and r.json() == 100_000.0 for r in summed), [r.text[:200] for r in summed]
     assert latencies and max(latencies) < 0.5, f"/healthz took up to {max(latencies):.2f} s"
+
+
+def test_a_protected_apps_call_records_open_only_to_its_token_or_the_admin_credential(outside):
+    from raygpu.sdk.admin import admin_key
+
+    cluster, (caller, _), _ = outside
+    call_id = spawn(cluster, caller, "slow", b'{"seconds": 30}').json()["call_id"]
+    url = f"{cluster.url}/outside/calls/{call_id}"
+    for headers in ({}, {"Authorization": "Bearer rga_" + "x" * 40}, {"Authorization": "Bearer nope"}):
+        assert requests.get(url, headers=headers, timeout=30).status_code == 401
+        assert requests.delete(url, headers=headers, timeout=30).status_code == 401
+    admin = {"Authorization": f"Bearer {admin_key()}"}
+    assert requests.get(url, headers=admin, timeout=30).json()["call_id"] == call_id
+    assert requests.delete(url, headers=admin, timeout=30).json()["status"] == "cancelled"
+    assert requests.get(url, headers=caller, timeout=30).json()["status"] == "cancelled"
+    # the admin credential opens call records only, not the app's functions
+    assert (
+        requests.post(f"{cluster.url}/outside/total", json={"values": [1]}, headers=admin, timeout=30).status_code
+        == 401
+    )

@@ -162,3 +162,33 @@ def test_clear_removes_one_model_and_clear_all_every_one(tmp_path):
 def test_the_default_root_is_node_memory(monkeypatch):
     monkeypatch.delenv(model_stage.STAGE_DIR_ENV, raising=False)
     assert model_stage.stage_root() == Path("/dev/shm/raygpu-models")
+
+
+def test_the_budget_counts_what_other_models_are_staging_now(tmp_path, monkeypatch):
+    root = tmp_path / "stage"
+    root.mkdir()
+    other = make_model(tmp_path / "other", {"model.safetensors": b"o" * 3000})
+    monkeypatch.setattr(model_stage.shutil, "disk_usage", lambda _: Usage(14_000, 0, 14_000))
+    staging = "f" * 24
+    with model_stage._locked(root, staging):  # another replica is staging 6 kB of a model right now
+        (root / f"{staging}{model_stage.RESERVATION_SUFFIX}").write_text("6000")
+        assert stage(str(other), root) is None  # 6 kB + 3 kB would pass the 7 kB budget
+    # that staging died without finishing: its reservation no longer counts
+    staged = stage(str(other), root)
+    assert staged is not None and not list(root.glob(f"*{model_stage.RESERVATION_SUFFIX}"))
+
+
+def test_a_copy_no_replica_holds_or_used_for_a_while_leaves_node_memory(tmp_path):
+    import time
+
+    from deployments.engines.model_stage import hold, release, remove_idle
+
+    root = tmp_path / "stage"
+    staged = stage(str(make_model(tmp_path / "m")), root)
+    later = time.time() + 3600
+    use = hold(staged)
+    assert remove_idle(root, idle_s=60, now=later) == [] and staged.exists()  # a replica runs on it
+    release(use, staged)
+    assert remove_idle(root, idle_s=60) == [] and staged.exists()  # used just now
+    assert remove_idle(root, idle_s=60, now=later) == [staged.name] and not staged.exists()
+    assert clear_all(root) == 0 and not root.exists()  # the use and lock files go with the node
