@@ -36,10 +36,12 @@ class ControlPlaneStore(SpawnedCallMethods):
     every such call when it has none. Replicas, the gateway and the autoscaler only read, record
     arrivals and save the policy's state."""
 
-    def __init__(self, db_path: str, admin_hash: str | None = None):
+    def __init__(self, db_path: str, admin_hash: str | None = None, internal_hash: str | None = None):
         self.db = StateDB(db_path)
         self.db_path = db_path
-        self._admin_hash = admin_hash or ""
+        # the operator's admin key, and the credential the control plane that created this store
+        # acts with (never written anywhere: a control plane started later uses the operator's key)
+        self._admin_hashes = [h for h in (admin_hash, internal_hash) if isinstance(h, str) and h]
         # The routing table's generation never repeats, across restarts too: it continues from the
         # last one persisted, so a gateway holding a table from before a restart always refreshes.
         self.generation = int(self.db.get_setting("generation", 0)) + 1
@@ -70,14 +72,14 @@ class ControlPlaneStore(SpawnedCallMethods):
 
     def _check_admin(self, credential: Any) -> None:
         """Fail closed: no configured hash, a missing or a wrong credential all refuse the call."""
-        if not self._admin_hash or not isinstance(credential, str) or not credential:
+        if not self._admin_hashes or not isinstance(credential, str) or not credential:
             raise PermissionError(ADMIN_REFUSAL)
         offered = hashlib.sha256(credential.encode()).hexdigest()
-        if not hmac.compare_digest(offered, self._admin_hash):
+        if not any(hmac.compare_digest(offered, known) for known in self._admin_hashes):
             raise PermissionError(ADMIN_REFUSAL)
 
     async def ping(self) -> dict[str, Any]:
-        return {"db_path": self.db_path, "generation": self.generation, "admin": bool(self._admin_hash)}
+        return {"db_path": self.db_path, "generation": self.generation, "admin": bool(self._admin_hashes)}
 
     async def check_admin(self, credential: str) -> bool:
         self._check_admin(credential)
@@ -343,10 +345,16 @@ class ControlPlaneStore(SpawnedCallMethods):
 SECRET_SETTINGS = frozenset({"webhook_signing_key"})
 
 
-def start_store(db_path: str, admin_hash: str) -> Any:
+def start_store(db_path: str, admin_hash: str, internal_hash: str | None = None) -> Any:
     """Create the detached store actor on the head node, or return the running one."""
     handle = start_head_actor(
-        ControlPlaneStore, constants.STORE_ACTOR_NAME, db_path, admin_hash, max_concurrency=1000, retry_tasks=True
+        ControlPlaneStore,
+        constants.STORE_ACTOR_NAME,
+        db_path,
+        admin_hash,
+        internal_hash,
+        max_concurrency=1000,
+        retry_tasks=True,
     )
     ray.get(handle.ping.remote())
     return handle

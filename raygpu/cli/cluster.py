@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -289,15 +290,21 @@ def up(
     # The control plane is installed by a driver that keeps running here (run this on the head node:
     # `ray exec cluster.yaml "raygpu up --address auto"`): Serve's controller belongs to its job,
     # and the warm pools need that job alive.
-    from raygpu.sdk.admin import admin_key_path, ensure_admin_key
+    # The head keeps only the admin key's hash (in the state directory); the operator keeps the key.
+    from raygpu.sdk.admin import ADMIN_TOKEN_ENV, cluster_admin
+    from raygpu.sdk.errors import AdminCredentialError
 
-    new_credential = not admin_key_path().exists()
+    given = os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None
+    try:
+        admin = cluster_admin(Path(options.state_dir), given)
+    except AdminCredentialError as exc:
+        fail(str(exc))
     with console.status("installing the raygpu control plane..."):
-        pid = run(lambda: start_control_driver(address, home, "cluster", options, local=False))
-    if new_credential:
+        pid = run(lambda: start_control_driver(address, home, "cluster", options, local=False, admin=admin))
+    if admin.new:
         console.print(
-            "admin token (shown once; the cluster keeps only its hash; `raygpu login URL --token ...` "
-            f"on your machine):\n{ensure_admin_key()}"
+            "admin token (shown once; the head keeps only its hash; keep it: `raygpu login URL --token ...` "
+            f"on your machine, or ${ADMIN_TOKEN_ENV} for commands and a later `raygpu up`):\n{admin.key}"
         )
     host = "127.0.0.1" if options.http_host in ("0.0.0.0", "::") else options.http_host
     scheme = "https" if tls_cert else "http"

@@ -28,6 +28,9 @@ def main() -> None:
     parser.add_argument("--config", required=True, help="the ControlPlaneOptions, as JSON")
     args = parser.parse_args()
     ready = Path(args.ready_file)
+    # a cluster's admin credential (its key, when the operator gave one, and its hash) comes on stdin
+    line = sys.stdin.readline() if not sys.stdin.closed else ""
+    cluster = json.loads(line) if line.strip() else None
     try:
         from raygpu.controlplane.control_plane import install_control_plane
         from raygpu.controlplane.options import ControlPlaneOptions
@@ -37,7 +40,7 @@ def main() -> None:
         options = ControlPlaneOptions.model_validate_json(args.config)
         claim_state_dir(options.state_dir, args.address, os.getpid())
         connect(args.address)
-        out = install_control_plane(options)
+        out = install_control_plane(options, cluster if isinstance(cluster, dict) else None)
         ready.write_text(json.dumps({"ok": True, **out}))
     except BaseException as exc:  # report why, then exit: `raygpu up` prints it
         ready.write_text(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -30,8 +31,11 @@ from deployments.store.actor import start_store
 from raygpu.controlplane.admin_api import start_admin_api
 from raygpu.controlplane.options import ControlPlaneOptions
 from raygpu.ops.capacity import NodeType, node_types_from_config
-from raygpu.sdk.admin import admin_key_hash, ensure_admin_key
+from raygpu.sdk.admin import ADMIN_TOKEN_ENV, ClusterAdmin, admin_key_hash, ensure_admin_key
 from raygpu.sdk.errors import NoClusterError
+
+# The credential a control plane that created the store acts with (in its memory only).
+INTERNAL_KEY_PREFIX = "rgi_"
 
 # Inside a cluster's state dir.
 STORE_DB = "state.db"
@@ -60,10 +64,12 @@ def start_control_driver(
     options: ControlPlaneOptions,
     timeout_s: float = 180.0,
     local: bool = True,
+    admin: ClusterAdmin | None = None,
 ) -> int:
     """Start the long-lived driver that installs the control plane (see raygpu.controlplane.control_driver);
     return its pid once the control plane is up, or raise with the reason it is not. `tag` goes on
-    its command line (a local cluster's temp dir, so `raygpu down` finds it)."""
+    its command line (a local cluster's temp dir, so `raygpu down` finds it). A cluster's `admin`
+    credential reaches the driver on its stdin (never its command line, environment or a file)."""
     workdir.mkdir(parents=True, exist_ok=True)
     ready = workdir / "raygpu-control-driver.json"
     ready.unlink(missing_ok=True)
@@ -87,9 +93,13 @@ def start_control_driver(
             env=ray_env(local=local),
             stdout=out,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             start_new_session=True,
         )
+    assert proc.stdin is not None
+    credentials = {"key": admin.key, "hash": admin.key_hash} if admin is not None else None
+    proc.stdin.write((json.dumps(credentials) + "\n").encode())
+    proc.stdin.close()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if ready.exists():
@@ -110,20 +120,26 @@ def start_control_driver(
     raise NoClusterError(f"the control plane did not come up within {timeout_s:g} s; see {log}")
 
 
-def install_control_plane(options: ControlPlaneOptions) -> dict[str, Any]:
+def install_control_plane(options: ControlPlaneOptions, cluster: dict[str, Any] | None = None) -> dict[str, Any]:
     """Start (or find) the store actor, the meter, Serve and the gateway on the connected cluster.
     The autoscaler's node types (`node_types`, or read from the `autoscaling_config` YAML) are
-    recorded for deploys: a GPU pool at zero nodes is still a place a function can run."""
+    recorded for deploys: a GPU pool at zero nodes is still a place a function can run.
+
+    The admin credential: a local cluster's is this machine's file; a cluster's (`cluster`: the key
+    when the operator gave it, and its hash) is only a hash on the head. A control plane that
+    creates the store acts with a credential of its own, held in memory; one that finds the store
+    running acts with the operator's key and refuses to start without it."""
     o = options
     state_dir, http_host, http_port, serve_port = o.state_dir, o.http_host, o.http_port, o.serve_port
     metrics_port = o.metrics_port or constants.DEFAULT_METRICS_PORT
     tls_cert, tls_key, public_url = o.tls_cert, o.tls_key, o.public_url
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
-    admin = ensure_admin_key()
-    store = start_store(str(state / STORE_DB), admin_key_hash(admin))
-    if not ray.get(store.check_admin.remote(admin)):
-        raise NoClusterError("the running control-plane store does not accept this machine's admin credential")
+    operator_key = ensure_admin_key() if cluster is None else cluster.get("key")
+    operator_hash = admin_key_hash(operator_key) if cluster is None else str(cluster["hash"])
+    own = INTERNAL_KEY_PREFIX + secrets.token_urlsafe(32)
+    store = start_store(str(state / STORE_DB), operator_hash, admin_key_hash(own))
+    admin = _acting_credential(store, own, operator_key)
     prices_path = o.prices_path or os.environ.get(PRICES_ENV)
     start_meter(
         str(state / LEDGER_DB),
@@ -184,6 +200,23 @@ def install_control_plane(options: ControlPlaneOptions) -> dict[str, Any]:
         "restored_apps": restored,
         "forgotten_apps": forgotten,
     }
+
+
+def _acting_credential(store: Any, own: str, operator_key: str | None) -> str:
+    """The credential this control plane acts with: its own when it created the store, else the
+    operator's key (NoClusterError when the running store takes neither)."""
+    for credential in (own, operator_key):
+        if not credential:
+            continue
+        try:
+            if ray.get(store.check_admin.remote(credential)):
+                return credential
+        except PermissionError:
+            continue
+    raise NoClusterError(
+        "the control-plane store is already running and does not accept this admin credential: give the key "
+        f"`raygpu up` printed for this cluster (${ADMIN_TOKEN_ENV}=rga_... raygpu up --address ...)"
+    )
 
 
 def read_node_types(path: str) -> list[NodeType]:

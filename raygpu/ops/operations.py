@@ -224,6 +224,12 @@ class GatewayOperations(Operations):
                 headers={"Authorization": f"Bearer {self.login.token}", "Content-Type": "application/json"},
                 timeout=self.timeout_s,
             )
+        except requests.exceptions.SSLError as exc:
+            raise NoClusterError(
+                f"the raygpu gateway at {self.login.url} did not present a certificate this machine trusts ({exc}); "
+                "for a self-signed one, `raygpu login URL --token ... --fingerprint sha256:...` with the "
+                "fingerprint `raygpu up --tls-self-signed` printed"
+            ) from None
         except requests.RequestException as exc:
             raise NoClusterError(f"cannot reach the raygpu gateway at {self.login.url}: {exc}") from None
         try:

@@ -123,8 +123,10 @@ def test_cancel_a_running_call_over_http_and_from_python(cluster, spawned):
         assert cancelled.value.error_type == "Cancelled"
         assert call.cancel() is False
         assert raygpu.lookup("spawned", "slow_add").remote(2, 2) == 4
+        # each cancel that reached a running replica replaced it (a call cancelled while its replica
+        # was still starting never ran there)
         slow_add = next(f for f in cluster.status("spawned").functions if f.name == "slow_add")
-        assert slow_add.cancels["replaced_last_hour"] == 2
+        assert 1 <= slow_add.cancels["replaced_last_hour"] <= 2 and slow_add.cancels["grace_s"] == 0
     finally:
         admin_call("set_setting", "cancel_grace_s", DEFAULT_CANCEL_GRACE_S)
 
