@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from deployments import constants
 from deployments.calls.retries import NO_RETRIES, Retries, as_retries
+from deployments.secrets import SecretError, check_secret_name
 
 
 class Image(BaseModel):
@@ -192,11 +193,27 @@ class FunctionSpec(BaseModel):
     parameters: dict[str, list[str]] = Field(default_factory=dict)
     # The callables whose body yields: their calls stream items (ndjson or SSE, `remote_gen`).
     generators: list[str] = Field(default_factory=list)
+    # Names of the secrets whose variables the unit's code sees (`secrets=[raygpu.Secret.from_name(...)]`):
+    # names only; the values stay encrypted in the store until a replica starts.
+    secrets: list[str] = Field(default_factory=list, max_length=32)
 
     @field_validator("name")
     @classmethod
     def _check_name(cls, name: str, info: Any) -> str:
         return validate_name(name, what="function")
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _check_secrets(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("secrets= takes a list: secrets=[raygpu.Secret.from_name('hf')]")
+        names = [getattr(item, "secret_name", item) for item in value]
+        try:
+            return list(dict.fromkeys(check_secret_name(name) for name in names))
+        except SecretError as exc:
+            raise ValueError(f"{exc}; name secrets with raygpu.Secret.from_name('NAME')") from None
 
     @field_validator("retries", mode="before")
     @classmethod

@@ -29,6 +29,7 @@ from raygpu.sdk.errors import (
     ReplicaLost,
     Unavailable,
 )
+from raygpu.sdk.secret import Secret
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,7 @@ __all__ = [
     "lookup",
     "current_call_id",
     "Retries",
+    "Secret",
     "torch_model",
     "vllm",
     "RaygpuError",

@@ -140,6 +140,7 @@ class VllmServer:
         task: str = "generate",
         engine_args: dict[str, Any] | None = None,
         sleep_mode: bool = False,
+        take_warm_core: bool = True,
     ) -> "VllmServer":
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -166,7 +167,10 @@ class VllmServer:
             args.enable_sleep_mode = True
         args.disable_uvicorn_access_log = True
         caps, dtype_note = choose_dtype(args)
-        if WARM_CORES.alive_count() and WARM_CORES.wait_ready(WARM_CORE_WAIT_S):
+        if not take_warm_core:
+            # a core started before this replica's environment (its secrets) was set: not this engine's
+            WARM_CORES.close_waiting()
+        elif WARM_CORES.alive_count() and WARM_CORES.wait_ready(WARM_CORE_WAIT_S):
             # this process started a warm engine core ahead (a warm worker): the engine takes it
             if not WARM_CORES.install():
                 logger.warning("raygpu: warm vLLM engine cores unused: %s", WARM_CORES.reason)

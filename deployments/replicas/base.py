@@ -97,6 +97,7 @@ class ReplicaBase:
         self._trigger = asyncio.get_running_loop().create_task(self._find_trigger())
         self.startup_error: str | None = None
         try:
+            await self._apply_secrets()
             await self._load(payload)
         except Exception as exc:
             # A replica whose unit cannot start answers every call with the reason (500) rather
@@ -110,6 +111,14 @@ class ReplicaBase:
         logger.info(
             "raygpu: %s/%s v%d ready (pid %d, %s)", app, self.spec.name, version, os.getpid(), self.phases.describe()
         )
+
+    async def _apply_secrets(self) -> None:
+        """The variables of the secrets the unit names, in this process's environment before its code
+        (and its enter hooks, and an engine's processes) run; fetched from the store, never logged."""
+        if self.spec.secrets:
+            from deployments.store.actor import get_store
+
+            os.environ.update(await get_store().secret_environment.remote(self.app, self.version, self.spec.name))
 
     async def _load(self, payload: bytes) -> None:
         """Load the unit's code, weights or engine (marking start phases as it goes)."""

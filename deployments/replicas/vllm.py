@@ -43,7 +43,13 @@ class VllmReplica(ReplicaBase):
         # held while this replica runs: the node's sweep does not remove a copy in use
         self._staged, self._staged_use = staged, hold(staged) if staged else None
         self.server = await VllmServer.start(
-            str(staged) if staged else model.model, model.model_name, model.task, model.engine_args, model.sleep_mode
+            str(staged) if staged else model.model,
+            model.model_name,
+            model.task,
+            model.engine_args,
+            model.sleep_mode,
+            # an engine-core process warmed before the secrets were in this environment lacks them
+            take_warm_core=not self.spec.secrets,
         )
         if staged is None:
             self._stager = threading.Thread(

@@ -19,6 +19,7 @@ from deployments import constants
 from deployments.head_actors import start_head_actor
 from deployments.store.call_methods import SpawnedCallMethods
 from deployments.store.db import ARRIVAL_RETENTION_S, RETENTION_TABLES, StateDB
+from deployments.store.secret_methods import SecretMethods
 
 # A function's pickled code as the store keeps it (weights travel separately, as blobs).
 MAX_PAYLOAD_BYTES = 256 * 2**20
@@ -28,7 +29,7 @@ ADMIN_REFUSAL = (
 )
 
 
-class ControlPlaneStore(SpawnedCallMethods):
+class ControlPlaneStore(SpawnedCallMethods, SecretMethods):
     """Async actor over StateDB; every mutation of the routing table bumps `generation`.
 
     Calls that change what is deployed or who may call it (versions, app deletion, tokens, auth,

@@ -2,7 +2,8 @@
 `app_versions` (each deploy's spec), `version_payloads` (the code of live versions), `tokens`
 (hashes), `app_auth` (whether an app is protected), `arrivals` and `scale_events` (what the
 autoscaler learns from), `policy_state` (what it learned), `settings` (cluster settings, the webhook
-signing key among them), `weights` (torch model weight versions) and `calls` (spawned calls).
+signing key among them), `weights` (torch model weight versions), `calls` (spawned calls) and
+`secrets` (encrypted values).
 
 Plain SQLite in WAL mode with no Ray import; the store actor (deployments/store/actor.py) owns the
 one connection that writes to it. The rows of spawned calls (call_rows.py) and of model weights
@@ -24,6 +25,7 @@ from billing.schema_versions import open_database, transaction
 from deployments.calls.records import DEFAULT_CALL_RETENTION_S
 from deployments.spec import version_app_name
 from deployments.store.call_rows import CallRows
+from deployments.store.secret_rows import SecretRows
 from deployments.store.token_rows import TokenRows
 from deployments.store.weight_rows import WeightRows
 
@@ -150,6 +152,14 @@ END;
 CREATE TRIGGER IF NOT EXISTS calls_removed AFTER DELETE ON calls BEGIN
     DELETE FROM call_payloads WHERE call_id = old.call_id;
 END;
+-- Secrets: their key names in the clear, their values only encrypted (deployments/secrets.py).
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    keys TEXT NOT NULL,
+    ciphertext BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 
 # Version 1: before app_auth (protection was "has an active token"); 2: protection is the app's own;
@@ -158,8 +168,8 @@ END;
 # control plane redeploys the live versions Serve lost).
 # 5: spawned calls (created by the schema script); 6: the runs of each spawned call; 7: each app's
 # incarnation (deployed again after a delete: a new webhook secret); 8: spawned calls' arguments
-# and results in call_payloads, counted per app (call_storage).
-SCHEMA_VERSION = 8
+# and results in call_payloads, counted per app (call_storage); 9: secrets (created by the schema script).
+SCHEMA_VERSION = 9
 
 
 def _protect_apps_that_had_tokens(conn: sqlite3.Connection) -> None:
@@ -206,7 +216,7 @@ WEIGHTS_KEPT = 10  # records per model, the current one included
 RETENTION_TABLES = ("arrivals", "scale_events", "app_versions", "weights", "calls")
 
 
-class StateDB(CallRows, WeightRows, TokenRows):
+class StateDB(CallRows, WeightRows, TokenRows, SecretRows):
     """Typed access to the control-plane tables. Not thread-safe: one owner per connection."""
 
     def __init__(self, path: str | Path):

@@ -119,6 +119,16 @@ class AuthState(BaseModel):
     revoked_tokens: int = 0
 
 
+class SecretInfo(BaseModel):
+    """What `raygpu secret ls` shows of a secret: never its values."""
+
+    name: str
+    keys: list[str]
+    created_at: float
+    updated_at: float
+    apps: list[str] = Field(default_factory=list, description="apps whose live version names it")
+
+
 class TokenInfo(BaseModel):
     id: str
     app: str

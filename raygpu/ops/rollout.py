@@ -156,6 +156,14 @@ def roll_out(
 
     `metered=False` (Python API only, for operators measuring metering overhead) keeps the app's
     replicas out of the ledger: nothing of it is billed."""
+    named = sorted({name for unit in prepared for name in unit.spec.secrets})
+    missing = ray.get(store().missing_secrets.remote(named)) if named else []
+    if missing:
+        users = {n: [u.spec.name for u in prepared if n in u.spec.secrets] for n in missing}
+        raise DeployError(
+            "; ".join(f"{app_name}/{', '.join(users[n])} names secret {n!r}, which does not exist" for n in missing)
+            + f" (`raygpu secret create {missing[0]} --from-dotenv FILE`); nothing was changed"
+        )
     units: list[tuple[FunctionSpec, bytes, str | None]] = []
     off_head = worker_resource()
     deployed: list[DeployedFunction] = []

@@ -25,6 +25,7 @@ from raygpu.ops.contracts import (
     CallStages,
     DeployResult,
     PreparedUnit,
+    SecretInfo,
     TokenCreated,
     TokenInfo,
     WebhookSecret,
@@ -105,6 +106,17 @@ class CostArgs(Args):
     per_request: str | None = Field(default=None, max_length=64)
 
 
+class SecretCreateArgs(Args):
+    name: str = Field(min_length=1, max_length=63)
+    values: dict[str, str] = Field(min_length=1, max_length=100)
+    replace: bool = False
+
+
+class SecretRemoveArgs(Args):
+    name: str = Field(min_length=1, max_length=63)
+    force: bool = False
+
+
 class CallIdArgs(Args):
     call_id: str = Field(pattern=CALL_ID_SYNTAX.pattern)
 
@@ -169,6 +181,15 @@ def _usage_op(name: str) -> Callable[[Any, Context], Any]:
     return run
 
 
+def _secrets_op(name: str) -> Callable[[Any, Context], Any]:
+    def run(a: Args, _: Context) -> Any:
+        from raygpu.ops import secrets
+
+        return getattr(secrets, name)(*a.model_dump().values())
+
+    return run
+
+
 def _logs(a: LogsArgs, context: Context) -> list[list[str]]:
     from raygpu.ops.logs import replica_logs
 
@@ -219,6 +240,9 @@ OPERATIONS: dict[str, Operation] = {
     "node_bill": Operation(NodeBillArgs, NodeBill, _usage_op("node_bill")),
     "cost": Operation(CostArgs, CostComparison, _usage_op("cost")),
     "call_show": Operation(CallIdArgs, CallStages, _usage_op("call_stages")),
+    "secret_create": Operation(SecretCreateArgs, SecretInfo, _secrets_op("create_secret")),
+    "secret_ls": Operation(NoArgs, list[SecretInfo], _secrets_op("list_secrets")),
+    "secret_rm": Operation(SecretRemoveArgs, None, _secrets_op("delete_secret")),
     "blob_has": Operation(BlobArgs, bool, _blob_has),
     "blob_put": Operation(BlobChunk, int, _blob_put),
     "blob_commit": Operation(BlobArgs, Any, _blob_commit),
