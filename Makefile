@@ -82,6 +82,7 @@ bench: install
 	$(BIN)/python -m benchmarks.serving --json benchmarks/results/serving.json
 	$(BIN)/python -m benchmarks.metering --json benchmarks/results/metering.json
 	$(BIN)/python -m benchmarks.ledger --json benchmarks/results/ledger.json
+	$(BIN)/python -m benchmarks.gateway_loop --json benchmarks/results/gateway_loop.json
 	$(BIN)/python -m benchmarks.cold_start --json benchmarks/results/cold_start.json
 	$(BIN)/python -m benchmarks.node_cold_start --json benchmarks/results/node_cold_start.json
 	$(BIN)/python -m benchmarks.vllm_throughput --json benchmarks/results/vllm_throughput.json
