@@ -20,6 +20,7 @@ from raygpu.sdk.control import admin_call
 @pytest.fixture(scope="module")
 def outside(cluster):
     cluster.deploy(APPS / "outside.py")
+    cluster.deploy(APPS / "elsewhere.py")  # never called before the waiters test: at zero replicas
     tokens = [json.loads(cluster.cli("token", "create", "outside", "--json").stdout) for _ in range(2)]
     return cluster, [{"Authorization": f"Bearer {t['token']}"} for t in tokens], tokens
 
@@ -77,10 +78,9 @@ def test_eleven_hundred_waiters_do_not_hold_the_store(outside):
             while requests.post(f"{cluster.url}/outside/total", json={"values": [1]}, headers=revoked).ok:
                 assert time.monotonic() - revoked_at < 1.0, "the revocation was not in force within a second"
                 await asyncio.sleep(0.05)
-            # and a cold call to another function answers
-            cold = await asyncio.to_thread(
-                requests.post, f"{cluster.url}/outside/total", json={"values": [1, 2]}, headers=caller, timeout=60
-            )
+            # and a cold call to another app (at zero replicas) answers
+            assert cluster.status("elsewhere").functions[0].replicas.running == 0
+            cold = await asyncio.to_thread(requests.post, f"{cluster.url}/elsewhere/ping", json={"x": 2}, timeout=60)
             assert cold.status_code == 200 and cold.json() == 3
             # a cancel wakes every waiter with the record
             cancelled = requests.delete(f"{cluster.url}/outside/calls/{long_call}", headers=caller, timeout=30)
