@@ -9,6 +9,7 @@ import asyncio
 import collections
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from deployments.calls.cancels import (
@@ -44,8 +45,7 @@ class SpawnedCallMethods:
 
     db: StateDB
 
-    def _check_admin(self, credential: Any) -> None:
-        raise NotImplementedError
+    _check_admin: Callable[[Any], None]  # the store actor's: refuses anything but the admin credential
 
     def _init_spawned_calls(self) -> None:
         # Spawned calls a Python caller waits on here, woken when they finish (at most

@@ -4,6 +4,7 @@ function names, in its live or deploying version, and nothing else."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,7 @@ class SecretMethods:
     db: StateDB
     db_path: str
 
-    def _check_admin(self, credential: Any) -> None:
-        raise NotImplementedError
+    _check_admin: Callable[[Any], None]  # the store actor's: refuses anything but the admin credential
 
     def _secret_key(self) -> bytes:
         return ensure_secret_key(Path(self.db_path).parent)

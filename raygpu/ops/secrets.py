@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ray
-
 from raygpu.ops.contracts import SecretInfo
-from raygpu.sdk.control import admin_call, store
+from raygpu.sdk.control import admin_call
 from raygpu.sdk.errors import NotFoundError, RaygpuError
 
 
@@ -29,7 +27,3 @@ def delete_secret(name: str, force: bool = False) -> None:
         raise RaygpuError(str(getattr(exc, "cause", None) or exc)) from None
     if not existed:
         raise NotFoundError(f"there is no secret {name!r}; `raygpu secret ls` lists them")
-
-
-def secret_exists(name: str) -> bool:
-    return not ray.get(store().missing_secrets.remote([name]))

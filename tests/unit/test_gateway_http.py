@@ -3,8 +3,6 @@ this process (no Ray): the connection cap answers 503 and closes, a connection t
 its headers is closed, and with a certificate and key it serves HTTPS only."""
 
 import asyncio
-import datetime as dt
-import ipaddress
 import socket
 import ssl
 import threading
@@ -106,33 +104,11 @@ def test_a_connection_that_stalls_before_its_headers_is_closed():
 
 
 def self_signed(tmp_path: Path) -> tuple[str, str]:
-    """A certificate for 127.0.0.1 and its key, as PEM files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    """A certificate for 127.0.0.1 and its key, as PEM files (as `raygpu up --tls-self-signed` makes them)."""
+    from raygpu.controlplane.self_signed import ensure_self_signed
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "raygpu test gateway")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "gateway.pem", tmp_path / "gateway.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(cert_path), str(key_path)
+    cert, key, _ = ensure_self_signed(tmp_path, ["127.0.0.1"])
+    return cert, key
 
 
 def test_with_a_certificate_and_key_the_gateway_serves_https_only(tmp_path):
