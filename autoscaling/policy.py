@@ -23,6 +23,11 @@ NEVER = math.inf
 _EDGES = bin_edges()
 START_SAMPLES = 5  # measured replica starts the planned start time is the median of
 MIN_START_TIME_S, MAX_START_TIME_S = 0.1, 3600.0
+# A replica started for a scheduled run waits this long past the due time for the run to arrive.
+SCHEDULED_RUN_WAIT_S = 30.0
+# After a run ends, the in-flight count Serve reports (an average over its look-back period) still
+# holds it this long: that is the run's, not a caller's.
+SCHEDULED_RUN_TAIL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,14 @@ class WarmPlan:
     keep_s: float = 0.0  # how long the replica stays after the function was last busy
 
 
+@dataclass(frozen=True)
+class ScheduledRun:
+    """A schedule's next due time (on the policy's clock) and whether one of its runs is going."""
+
+    due: float
+    running: bool = False
+
+
 class RaygpuPolicy:
     """Scale to zero with learned keep-alive and pre-warm, bounded steps up, hysteresis down."""
 
@@ -130,6 +143,10 @@ class RaygpuPolicy:
         self.arrival_rate = ArrivalRate(config.start_time_s)
         self.queued_since: float | None = None
         self.backlog_marks: deque[tuple[float, float]] = deque()  # (time, queued calls), a start's worth
+        # The function's schedule, when it has one: a replica is started one start ahead of each due
+        # run and held while the run goes; the run itself keeps nothing warm after it.
+        self.schedule: ScheduledRun | None = None
+        self.schedule_tail_until = -NEVER
         if self.history.last_arrival is not None:
             self._replan(self.history.last_arrival)
 
@@ -163,6 +180,30 @@ class RaygpuPolicy:
         self._gap_plan = None
         if self.history.last_arrival is not None:
             self._replan(self.history.last_arrival)
+
+    def plan_schedule(self, scheduled: ScheduledRun | None, now: float) -> None:
+        """The scheduler's plan for this function at `now` (None: it has no schedule)."""
+        before = self.schedule
+        if before is not None and (
+            scheduled is None or scheduled.due != before.due or (before.running and not scheduled.running)
+        ):
+            self.schedule_tail_until = now + SCHEDULED_RUN_TAIL_S  # a run has just ended (or was due)
+        self.schedule = scheduled
+
+    def _schedule_window(self, now: float) -> tuple[bool, float]:
+        """Whether a scheduled run holds a replica now (from one planned start before it is due until
+        it ends), and when that next changes."""
+        scheduled = self.schedule
+        if scheduled is None:
+            return False, NEVER
+        if scheduled.running:
+            return True, NEVER  # until the plan says it ended
+        warm_from = scheduled.due - self.config.prewarm_lead_s
+        if now < warm_from:
+            return False, warm_from
+        if now < scheduled.due + SCHEDULED_RUN_WAIT_S:
+            return True, scheduled.due + SCHEDULED_RUN_WAIT_S
+        return False, NEVER
 
     def _replan(self, last: float) -> None:
         cfg = self.config
@@ -304,13 +345,19 @@ class RaygpuPolicy:
         self.load_at, self.load_level = now, inflight
         self.busy_level = min(inflight, running * cfg.inputs_per_replica)
         self.service.observe(now, inflight, running * cfg.inputs_per_replica)
-        if inflight > 0:
+        in_window, window_changes = self._schedule_window(now)
+        in_tail = now < self.schedule_tail_until
+        # a scheduled run is one call in flight that keeps nothing warm once it ends
+        if inflight - (1.0 if in_window or in_tail else 0.0) > 0:
             self.last_busy = now
             want = self._busy_target(now, running, starting, inflight) + cfg.buffer_replicas
         else:
             want, next_check = self._idle_target(now)
             if want and self.last_busy is not None and now - self.last_busy < cfg.downscale_delay:
                 want += cfg.buffer_replicas
+        if in_window:
+            want = max(want, 1)
+        next_check = min(next_check, window_changes, self.schedule_tail_until if in_tail else NEVER)
         want = max(cfg.min_replicas, min(cfg.max_replicas, want))
         if cfg.predictive and cfg.downscale_delay_s is None:
             self.levels.observe_wanted(now, want)

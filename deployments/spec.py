@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from deployments import constants
 from deployments.calls.retries import NO_RETRIES, Retries, as_retries
+from deployments.schedules import CronSchedule, PeriodSchedule, Schedule
 from deployments.secrets import SecretError, check_secret_name
 
 
@@ -196,6 +197,8 @@ class FunctionSpec(BaseModel):
     # Names of the secrets whose variables the unit's code sees (`secrets=[raygpu.Secret.from_name(...)]`):
     # names only; the values stay encrypted in the store until a replica starts.
     secrets: list[str] = Field(default_factory=list, max_length=32)
+    # When the cluster runs the function on its own (`schedule=raygpu.Cron(...)` or `raygpu.Period(...)`).
+    schedule: Schedule | None = None
 
     @field_validator("name")
     @classmethod
@@ -214,6 +217,17 @@ class FunctionSpec(BaseModel):
             return list(dict.fromkeys(check_secret_name(name) for name in names))
         except SecretError as exc:
             raise ValueError(f"{exc}; name secrets with raygpu.Secret.from_name('NAME')") from None
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _check_schedule(cls, value: Any) -> Any:
+        if isinstance(value, (CronSchedule, PeriodSchedule)):
+            return value.model_dump()
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(
+                "schedule= takes raygpu.Cron('0 3 * * *', timezone='Europe/Berlin') or raygpu.Period(hours=1)"
+            )
+        return value
 
     @field_validator("retries", mode="before")
     @classmethod

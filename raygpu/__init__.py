@@ -29,6 +29,7 @@ from raygpu.sdk.errors import (
     ReplicaLost,
     Unavailable,
 )
+from raygpu.sdk.schedule import Cron, Period
 from raygpu.sdk.secret import Secret
 
 __version__ = "0.1.0"
@@ -49,6 +50,8 @@ __all__ = [
     "current_call_id",
     "Retries",
     "Secret",
+    "Cron",
+    "Period",
     "torch_model",
     "vllm",
     "RaygpuError",

@@ -116,7 +116,8 @@ class CallRunner:
             return
         if work["record"]["status"] == "pending" and not await self.store.start_call.remote(call_id):
             return  # cancelled before it started
-        self.store.record_arrivals.remote([(app, deployed.spec.name, time.time())])
+        if not work.get("scheduled"):  # the schedule is known: its runs are not traffic to learn from
+            self.store.record_arrivals.remote([(app, deployed.spec.name, time.time())])
         try:
             # Admitted when its record was made (the store's bound): a full Serve queue holds it back.
             answer = await self.core.call(

@@ -32,6 +32,8 @@ class UnitKind(ABC):
     forwards_http: ClassVar[bool] = False
     # The warm-pool flavour whose workers have this kind's imports done (deployments/node/warm_pool.py).
     warm_flavour: ClassVar[str] = "torch"
+    # Whether units of this kind may run on a schedule (`schedule=raygpu.Cron(...)`).
+    schedulable: ClassVar[bool] = False
 
     def check_spec(self, spec: FunctionSpec) -> None:
         """Raise ValueError naming what `spec` lacks or has that this kind does not allow."""
@@ -42,6 +44,10 @@ class UnitKind(ABC):
             raise ValueError(f"a {self.name} deployment needs {self.settings_field} settings")
         if spec.methods and not self.has_methods:
             raise ValueError(f"a {self.name} has no methods; only classes do")
+        if spec.schedule is not None and not self.schedulable:
+            raise ValueError(
+                f"schedule= goes on functions (@app.function), not on a {self.name}: schedule a function that calls it"
+            )
 
     @abstractmethod
     def routes(self, app: str, spec: FunctionSpec, code: Any) -> list[RouteSchema]:

@@ -26,6 +26,12 @@ def route_of_callable(
 
 class FunctionKind(UnitKind):
     name = "function"
+    schedulable = True
+
+    def check_spec(self, spec: FunctionSpec) -> None:
+        super().check_spec(spec)
+        if spec.schedule is not None and spec.generators:
+            raise ValueError("a scheduled function records one result per run: it must return, not yield")
 
     def routes(self, app: str, spec: FunctionSpec, code: Any) -> list[RouteSchema]:
         return [route_of_callable(f"/{app}/{spec.name}", code)]

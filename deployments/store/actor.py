@@ -19,6 +19,7 @@ from deployments import constants
 from deployments.head_actors import start_head_actor
 from deployments.store.call_methods import SpawnedCallMethods
 from deployments.store.db import ARRIVAL_RETENTION_S, RETENTION_TABLES, StateDB
+from deployments.store.schedule_methods import ScheduleMethods
 from deployments.store.secret_methods import SecretMethods
 
 # A function's pickled code as the store keeps it (weights travel separately, as blobs).
@@ -29,7 +30,7 @@ ADMIN_REFUSAL = (
 )
 
 
-class ControlPlaneStore(SpawnedCallMethods, SecretMethods):
+class ControlPlaneStore(SpawnedCallMethods, SecretMethods, ScheduleMethods):
     """Async actor over StateDB; every mutation of the routing table bumps `generation`.
 
     Calls that change what is deployed or who may call it (versions, app deletion, tokens, auth,
@@ -58,6 +59,7 @@ class ControlPlaneStore(SpawnedCallMethods, SecretMethods):
         # snapshot never scans the arrivals table.
         self._last_arrival: dict[str, float] = self.db.last_arrivals(time.time() - ARRIVAL_RETENTION_S)
         self._init_spawned_calls()
+        self._init_schedules()
         # Functions at rest at zero ("app/function" -> [since, wake_at]), as their policies report
         # them, and the functions the parker took out of Serve (app -> names): both live in memory
         # only; the policies report again and the parker publishes again after a restart.

@@ -145,14 +145,21 @@ class SpawnedCallMethods:
         return self._finish_seq, list(self._finished_ids)[cursor - oldest :]
 
     async def call_work(self, call_id: str) -> dict[str, Any] | None:
-        """What the runner needs to run a call: its record, unit name, method and arguments (JSON text)."""
+        """What the runner needs to run a call: its record, unit name, method, arguments (JSON text) and
+        whether the schedule made it."""
         record = self.db.call(call_id)
         work = self.db.call_work(call_id)
         if record is None or work is None:
             return None
         method, arguments = work
         function = record.function.rsplit(".", 1)[0] if method else record.function
-        return {"record": record.model_dump(mode="json"), "unit": function, "method": method, "arguments": arguments}
+        return {
+            "record": record.model_dump(mode="json"),
+            "unit": function,
+            "method": method,
+            "arguments": arguments,
+            "scheduled": self.db.is_scheduled_call(call_id),
+        }
 
     async def start_call(self, call_id: str) -> bool:
         return self.db.start_call(call_id, time.time())

@@ -2,12 +2,12 @@
 `app_versions` (each deploy's spec), `version_payloads` (the code of live versions), `tokens`
 (hashes), `app_auth` (whether an app is protected), `arrivals` and `scale_events` (what the
 autoscaler learns from), `policy_state` (what it learned), `settings` (cluster settings, the webhook
-signing key among them), `weights` (torch model weight versions), `calls` (spawned calls) and
-`secrets` (encrypted values).
+signing key among them), `weights` (torch model weight versions), `calls` (spawned calls),
+`secrets` (encrypted values), `schedule_runs` and `schedule_state` (scheduled functions' runs).
 
 Plain SQLite in WAL mode with no Ray import; the store actor (deployments/store/actor.py) owns the
-one connection that writes to it. The rows of spawned calls (call_rows.py) and of model weights
-(weight_rows.py) are read and written by parts of their own over the same connection; a spawned
+one connection that writes to it. The rows of spawned calls (call_rows.py), model weights
+(weight_rows.py), secrets and schedules are read and written by parts of their own over the same connection; a spawned
 call's arguments and result live in `call_payloads`, out of the rows the call runner sweeps, and
 `call_storage` keeps each app's total of them.
 """
@@ -25,7 +25,8 @@ from billing.schema_versions import open_database, transaction
 from deployments.calls.records import DEFAULT_CALL_RETENTION_S
 from deployments.spec import version_app_name
 from deployments.store.call_rows import CallRows
-from deployments.store.secret_rows import SecretRows
+from deployments.store.schedule_rows import SCHEDULE_SCHEMA, ScheduleRows
+from deployments.store.secret_rows import SECRET_SCHEMA, SecretRows
 from deployments.store.token_rows import TokenRows
 from deployments.store.weight_rows import WeightRows
 
@@ -152,14 +153,6 @@ END;
 CREATE TRIGGER IF NOT EXISTS calls_removed AFTER DELETE ON calls BEGIN
     DELETE FROM call_payloads WHERE call_id = old.call_id;
 END;
--- Secrets: their key names in the clear, their values only encrypted (deployments/secrets.py).
-CREATE TABLE IF NOT EXISTS secrets (
-    name TEXT PRIMARY KEY,
-    keys TEXT NOT NULL,
-    ciphertext BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
 """
 
 # Version 1: before app_auth (protection was "has an active token"); 2: protection is the app's own;
@@ -168,8 +161,9 @@ CREATE TABLE IF NOT EXISTS secrets (
 # control plane redeploys the live versions Serve lost).
 # 5: spawned calls (created by the schema script); 6: the runs of each spawned call; 7: each app's
 # incarnation (deployed again after a delete: a new webhook secret); 8: spawned calls' arguments
-# and results in call_payloads, counted per app (call_storage); 9: secrets (created by the schema script).
-SCHEMA_VERSION = 9
+# and results in call_payloads, counted per app (call_storage); 9: secrets; 10: scheduled runs (both
+# created by the schema script).
+SCHEMA_VERSION = 10
 
 
 def _protect_apps_that_had_tokens(conn: sqlite3.Connection) -> None:
@@ -213,10 +207,10 @@ ARRIVAL_RETENTION_S = 7 * 24 * 3600.0  # what the autoscaler learns daily and we
 SCALE_EVENT_RETENTION_S = 30 * 24 * 3600.0
 VERSIONS_KEPT = 20  # per app, besides the live version: its recent history and rollback sources
 WEIGHTS_KEPT = 10  # records per model, the current one included
-RETENTION_TABLES = ("arrivals", "scale_events", "app_versions", "weights", "calls")
+RETENTION_TABLES = ("arrivals", "scale_events", "app_versions", "weights", "calls", "schedule_runs")
 
 
-class StateDB(CallRows, WeightRows, TokenRows, SecretRows):
+class StateDB(CallRows, WeightRows, TokenRows, SecretRows, ScheduleRows):
     """Typed access to the control-plane tables. Not thread-safe: one owner per connection."""
 
     def __init__(self, path: str | Path):
@@ -226,7 +220,7 @@ class StateDB(CallRows, WeightRows, TokenRows, SecretRows):
         self.conn = open_database(
             self.path,
             synchronous="NORMAL",
-            schema=SCHEMA,
+            schema=SCHEMA + SECRET_SCHEMA + SCHEDULE_SCHEMA,
             version=SCHEMA_VERSION,
             migrations=MIGRATIONS,
             what="control-plane state",
@@ -422,7 +416,10 @@ class StateDB(CallRows, WeightRows, TokenRows, SecretRows):
 
         arrivals and scale events: older than their retention; app versions: all but an app's
         live version and its latest VERSIONS_KEPT; weights: all but a model's latest WEIGHTS_KEPT;
-        spawned calls: created longer ago than the call retention (`raygpu up --call-retention`)."""
+        spawned calls: created longer ago than the call retention (`raygpu up --call-retention`);
+        scheduled runs: older than SCHEDULE_RUN_RETENTION_S."""
+        if table == "schedule_runs":
+            return self.schedule_retention_batch(now, limit)
         queries = {
             "arrivals": (
                 "DELETE FROM arrivals WHERE rowid IN (SELECT rowid FROM arrivals WHERE ts < ? LIMIT ?)",

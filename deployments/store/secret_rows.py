@@ -10,6 +10,17 @@ from typing import Any
 
 from billing.schema_versions import transaction
 
+SECRET_SCHEMA = """
+-- Secrets: their key names in the clear, their values only encrypted (deployments/secrets.py).
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    keys TEXT NOT NULL,
+    ciphertext BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
 
 class SecretRows:
     """The `secrets` table (a part of deployments.store.db.StateDB: uses its connection)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from raygpu.cli import apps, batch, billing, calls, cluster, login, secrets, simulate, tokens, weights
+from raygpu.cli import apps, batch, billing, calls, cluster, login, schedules, secrets, simulate, tokens, weights
 
 
 @click.group()
@@ -13,7 +13,7 @@ def main() -> None:
     """raygpu: serverless GPU functions on your own Ray cluster."""
 
 
-for group in (cluster, login, apps, batch, calls, weights, tokens, secrets, billing, simulate):
+for group in (cluster, login, apps, batch, calls, schedules, weights, tokens, secrets, billing, simulate):
     group.register(main)
 
 if __name__ == "__main__":

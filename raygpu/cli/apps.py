@@ -6,6 +6,7 @@ import click
 from rich.table import Table
 
 from raygpu.cli.common import address_option, cluster, console, fail, run, when
+from raygpu.cli.schedules import run_outcome
 from raygpu.ops.contracts import AppStatus
 
 
@@ -84,8 +85,20 @@ def status_lines(info: AppStatus) -> tuple[Table, list[str]]:
         for f in info.functions
         if f.cancels
     ]
+    scheduled = [
+        f"{f.name}: {f.schedule.schedule}; next run {when(f.schedule.next_run)}; last run "
+        + (
+            f"{when(f.schedule.last_run.due_at or f.schedule.last_run.created_at)} ({run_outcome(f.schedule.last_run)}, "
+            f"call {f.schedule.last_run.call_id or '-'})"
+            if f.schedule.last_run
+            else "none yet"
+        )
+        for f in info.functions
+        if f.schedule
+    ]
     starts = (
-        waiting
+        scheduled
+        + waiting
         + cancelled
         + [
             f"last start of {f.name}: {sum(f.last_start_phases.values()):.2f} s = "

@@ -22,6 +22,7 @@ from billing.prices import PRICES_ENV
 from deployments import constants
 from deployments.calls.callbacks import parse_networks
 from deployments.calls.runner import start_call_runner
+from deployments.calls.scheduler import start_scheduler
 from deployments.gateway.http import ClientLimits
 from deployments.gateway.server import build_gateway_application
 from deployments.node.blobs import start_blobs
@@ -176,6 +177,7 @@ def install_control_plane(options: ControlPlaneOptions, cluster: dict[str, Any] 
     ray.get(store.set_setting.remote(admin, "cancel_grace_s", float(o.cancel_grace_s)))
     ray.get(store.set_setting.remote(admin, "cancel_replacements_per_hour", int(o.cancel_replacements_per_hour)))
     start_call_runner(ray.get(store.webhook_signing_key.remote(admin)))
+    start_scheduler(admin)  # scheduled functions run as spawned calls through the runner
 
     host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
     gateway_url = f"{'https' if tls_cert else 'http'}://{host}:{http_port}"

@@ -5,6 +5,8 @@ Scripts rely on these shapes; extra keys may be added, existing ones never renam
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 # `raygpu cost --json` is `billing.cost.CostComparison` (money and ratios as strings).
@@ -36,6 +38,40 @@ class ReplicaInfo(BaseModel):
     start_time: float | None = None
 
 
+class ScheduledRunInfo(BaseModel):
+    """One run of a scheduled function (`raygpu runs APP/FN --json`): the due time it ran for (None
+    for `raygpu run`), the spawned call it made (its record at /{app}/calls/{call_id}) or why it was
+    skipped, and the call's outcome."""
+
+    run_id: int
+    app: str
+    function: str
+    version: int
+    trigger: str = Field(description="'schedule' or 'manual' (`raygpu run`)")
+    due_at: float | None = None
+    created_at: float
+    call_id: str | None = None
+    status: str = Field(description="pending, running, succeeded, failed, cancelled, skipped, or expired")
+    reason: str | None = Field(default=None, description="why a skipped run was skipped")
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(0.0, self.finished_at - self.started_at)
+
+
+class ScheduleStatus(BaseModel):
+    """A scheduled function's schedule, next due time and last run (`raygpu status`)."""
+
+    schedule: str
+    next_run: float | None = None
+    last_run: ScheduledRunInfo | None = None
+
+
 class FunctionStatus(BaseModel):
     model_config = ConfigDict(serialize_by_alias=True)
 
@@ -63,6 +99,7 @@ class FunctionStatus(BaseModel):
         description="cancelled sync calls: replicas replaced (in the last hour, and the hourly limit), calls "
         "let finish on their replicas, and the grace (deployments/calls/cancels.py); empty when none",
     )
+    schedule: ScheduleStatus | None = None
 
 
 class AppStatus(BaseModel):

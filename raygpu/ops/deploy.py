@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from deployments import constants
 from deployments.kinds import kind_of
 from deployments.node.weight_cache import fingerprint
 from deployments.replicas.start_phases import PHASES, TRIGGER_PHASES
+from deployments.schedules import next_due_after
 from deployments.serve_apps import serve_details
 from deployments.spec import DeployedFunction, FunctionSpec
 from deployments.weights_location import is_location, parse_location
@@ -27,6 +29,8 @@ from raygpu.ops.contracts import (
     ReplicaCounts,
     ReplicaInfo,
     ScaleEvent,
+    ScheduledRunInfo,
+    ScheduleStatus,
 )
 from raygpu.ops.placement import cluster_node_types, replica_request, worker_resource
 from raygpu.ops.rollout import retire_versions, roll_out
@@ -161,6 +165,8 @@ def app_status(app: str) -> AppStatus:
         pass  # the meter is restarting: status without start phases
     parked = set(ray.get(control.parked.remote()).get(app, []))
     cancels = ray.get(control.cancel_replacements.remote(app))
+    scheduled = [DeployedFunction.model_validate(raw).spec for raw in entry["functions"]]
+    schedules = ray.get(control.schedule_summary.remote(app, [s.name for s in scheduled if s.schedule]))
     functions = []
     node_types: list[NodeType] | None = None
     for raw in entry["functions"]:
@@ -205,6 +211,7 @@ def app_status(app: str) -> AppStatus:
                 last_start_phases=in_phase_order(start_phases.get(f"{app}/{deployed.spec.name}", {}).get("phases", {})),
                 waiting_for_node=waiting_for_node,
                 cancels=cancels.get(deployed.spec.name, {}),
+                schedule=schedule_status(deployed.spec, entry["live_at"], schedules.get(deployed.spec.name)),
             )
         )
     url = None
@@ -219,6 +226,23 @@ def app_status(app: str) -> AppStatus:
         source=entry["source"],
         gateway_url=url,
         functions=functions,
+    )
+
+
+def schedule_status(spec: FunctionSpec, live_at: float | None, summary: dict[str, Any] | None) -> ScheduleStatus | None:
+    """A scheduled function's schedule, next run (as the scheduler plans it; computed from the
+    schedule until it has published) and last run."""
+    if spec.schedule is None:
+        return None
+    summary = summary or {}
+    next_run = summary.get("next_due")
+    if next_run is None:
+        next_run = next_due_after(spec.schedule, time.time(), live_at or time.time())
+    last = summary.get("last_run")
+    return ScheduleStatus(
+        schedule=spec.schedule.describe(),
+        next_run=next_run,
+        last_run=ScheduledRunInfo(**last) if last else None,
     )
 
 

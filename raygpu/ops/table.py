@@ -25,6 +25,7 @@ from raygpu.ops.contracts import (
     CallStages,
     DeployResult,
     PreparedUnit,
+    ScheduledRunInfo,
     SecretInfo,
     TokenCreated,
     TokenInfo,
@@ -117,6 +118,15 @@ class SecretRemoveArgs(Args):
     force: bool = False
 
 
+class ScheduledFunctionArgs(Args):
+    app: str = APP_NAME
+    function: str = Field(min_length=1, max_length=63)
+
+
+class ScheduleRunsArgs(ScheduledFunctionArgs):
+    limit: int = Field(default=20, ge=1, le=1000)
+
+
 class CallIdArgs(Args):
     call_id: str = Field(pattern=CALL_ID_SYNTAX.pattern)
 
@@ -190,6 +200,15 @@ def _secrets_op(name: str) -> Callable[[Any, Context], Any]:
     return run
 
 
+def _schedules_op(name: str) -> Callable[[Any, Context], Any]:
+    def run(a: Args, _: Context) -> Any:
+        from raygpu.ops import schedules
+
+        return getattr(schedules, name)(*a.model_dump().values())
+
+    return run
+
+
 def _logs(a: LogsArgs, context: Context) -> list[list[str]]:
     from raygpu.ops.logs import replica_logs
 
@@ -243,6 +262,8 @@ OPERATIONS: dict[str, Operation] = {
     "secret_create": Operation(SecretCreateArgs, SecretInfo, _secrets_op("create_secret")),
     "secret_ls": Operation(NoArgs, list[SecretInfo], _secrets_op("list_secrets")),
     "secret_rm": Operation(SecretRemoveArgs, None, _secrets_op("delete_secret")),
+    "schedule_runs": Operation(ScheduleRunsArgs, list[ScheduledRunInfo], _schedules_op("schedule_runs")),
+    "schedule_run": Operation(ScheduledFunctionArgs, ScheduledRunInfo, _schedules_op("run_now")),
     "blob_has": Operation(BlobArgs, bool, _blob_has),
     "blob_put": Operation(BlobChunk, int, _blob_put),
     "blob_commit": Operation(BlobArgs, Any, _blob_commit),

@@ -81,6 +81,24 @@ def _with_lazy_enter(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _check_runs_without_arguments(target: str, fn: Callable[..., Any]) -> None:
+    """A scheduled function is called with no arguments: every parameter needs a default."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return
+    required = [
+        p.name
+        for p in parameters
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if required:
+        raise InvalidSpecError(
+            f"{target}: a scheduled function is called with no arguments, but {', '.join(required)} "
+            "has no default; give it one or schedule a function that calls this one"
+        )
+
+
 class Function:
     """A deployable function. Calling it runs it in-process; `.remote()` calls the deployed one."""
 
@@ -176,6 +194,8 @@ class App:
             if inspect.isclass(fn) or not callable(fn):
                 raise InvalidSpecError(f"@{self.name}.function must decorate a function; use @app.cls for classes")
             name = settings.pop("name", fn.__name__)
+            if settings.get("schedule") is not None:
+                _check_runs_without_arguments(f"{self.name}/{name}", fn)
             spec = self._new_spec(
                 name,
                 "function",

@@ -66,6 +66,7 @@ def test_a_policy_handed_over_pickled_by_value_shares_the_process_link():
 
     import cloudpickle
 
+    import autoscaling.links as links
     import autoscaling.serve_adapter as adapter
 
     policy = RaygpuServePolicy("shop", "add", "store", "ns", meter_actor="meter", meter_namespace="ns")
@@ -75,5 +76,5 @@ def test_a_policy_handed_over_pickled_by_value_shares_the_process_link():
     finally:
         cloudpickle.unregister_pickle_by_value(adapter)
     first, second = pickle.loads(blob), pickle.loads(blob)
-    assert first.store is second.store is adapter._links[("store", "ns")]
-    assert first.meter is second.meter is adapter._meter_links[("meter", "ns")]
+    assert first.store is second.store is links._links[("store", "ns")]
+    assert first.meter is second.meter is links._meter_links[("meter", "ns")]

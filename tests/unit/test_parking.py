@@ -90,6 +90,9 @@ class RecordingLink:
     def loaded_state(self, app, function):
         return True, None
 
+    def schedule(self, key):
+        return None
+
 
 def context(target: int, running: int, inflight: float = 0.0, state=None) -> SimpleNamespace:
     return SimpleNamespace(
