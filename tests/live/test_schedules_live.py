@@ -72,12 +72,14 @@ def test_a_cron_functions_next_run_is_croniters_and_raygpu_run_triggers_one(clus
     assert cluster.post("/_raygpu/admin/schedule_run", target).status_code == 401
     admin = {"Authorization": f"Bearer {admin_key()}"}
     over = cluster.post("/_raygpu/admin/schedule_run", target, headers=admin)
-    assert over.status_code == 200 and over.json()["trigger"] == "manual" and over.json()["call_id"]
-    listed = cluster.post("/_raygpu/admin/schedule_runs", {**target, "limit": 5}, headers=admin)
-    assert over.json()["call_id"] in [r["call_id"] for r in listed.json()]
+    assert over.status_code == 200, over.text
+    gateway_run = over.json()["result"]
+    assert gateway_run["trigger"] == "manual" and gateway_run["call_id"]
+    listed = cluster.post("/_raygpu/admin/schedule_runs", {**target, "limit": 5}, headers=admin).json()["result"]
+    assert gateway_run["call_id"] in [r["call_id"] for r in listed]
     assert cluster.post("/_raygpu/admin/schedule_runs", {**target, "limit": 0}, headers=admin).status_code == 400
     text = cluster.cli("status", "scheduled").stdout
-    assert "nightly: cron '0 3 * * *' (Europe/Berlin); next run" in text and over.json()["call_id"] in text
+    assert "nightly: cron '0 3 * * *' (Europe/Berlin); next run" in text and gateway_run["call_id"] in text
     assert cluster.cli("run", "scheduled/nope").returncode == 1
     assert "no function 'nope'" in cluster.cli("run", "scheduled/nope").stderr
     assert "APP/FN" in cluster.cli("runs", "scheduled").stderr
