@@ -27,7 +27,7 @@ from deployments.store.actor import get_store
 logger = logging.getLogger(__name__)
 
 SCHEDULER_ACTOR_NAME = "raygpu-scheduler"
-TICK_S = 0.5  # how often due times and the live versions are looked at
+TICK_S = 0.5  # how often the live versions are looked at (a due time wakes the scheduler on time)
 REPUBLISH_S = 10.0  # plans are published again this often (a restarted store has none)
 
 
@@ -66,11 +66,14 @@ class Scheduler:
 
     async def _run(self) -> None:
         while True:
+            pause = TICK_S
             try:
                 await self._follow_live_versions()
                 await self._run_due(time.time())
                 await self._publish()
                 self.last_error = None
+                soonest = min((f.next_due for f in self.functions.values()), default=float("inf"))
+                pause = min(TICK_S, max(0.005, soonest - time.time()))
             except Exception as exc:
                 self.last_error = str(exc)
                 logger.warning("raygpu scheduler: pass failed (%s); retrying", exc)
@@ -79,7 +82,7 @@ class Scheduler:
                 except Exception:
                     pass
                 self.generation = -1
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(pause)
 
     async def _follow_live_versions(self) -> None:
         generation = (await self.store.ping.remote())["generation"]
