@@ -114,13 +114,17 @@ class Scheduler:
                     schedule,
                     last_due,
                 )
-                function.next_due = plan_due(schedule, function.live_at, last_due, time.time()).next_due
+                plan = plan_due(schedule, function.live_at, last_due, time.time())
+                # a due time found late (a restarted scheduler) runs on the next pass
+                function.next_due = plan.run_due if plan.run_due is not None else plan.next_due
                 found[key] = function
         self.functions = found
         self.generation = generation
 
     async def _run_due(self, now: float) -> None:
         for key, function in list(self.functions.items()):
+            if now < function.next_due:
+                continue  # nothing of it is due before its next due time
             plan = plan_due(function.schedule, function.live_at, function.last_due, now)
             function.next_due = plan.next_due
             if plan.run_due is None:

@@ -103,11 +103,10 @@ class ScheduleMethods:
 
     async def schedule_plans(self) -> dict[str, list[Any]]:
         """What the autoscaling policies warm for: "app/function" -> [next due time, a run going]."""
-        plans: dict[str, list[Any]] = {}
-        for key, due in self._schedule_plans.items():
-            app, function = key.split("/")
-            plans[key] = [due, self.db.open_run(app, function) is not None]
-        return plans
+        if not self._schedule_plans:
+            return {}
+        going = self.db.functions_with_open_runs()
+        return {key: [due, key in going] for key, due in self._schedule_plans.items()}
 
     async def schedule_summary(self, app: str, functions: list[str]) -> dict[str, dict[str, Any]]:
         """Per named function of `app`: its next due time as the scheduler published it (None before it

@@ -125,6 +125,14 @@ class ScheduleRows:
         ).fetchone()
         return _run(row) if row else None
 
+    def functions_with_open_runs(self) -> set[str]:
+        """Every "app/function" with a run whose call is still pending or running (from the open calls)."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT c.app, c.function FROM calls c WHERE c.status IN ('pending', 'running') "
+            "AND EXISTS (SELECT 1 FROM schedule_runs r WHERE r.call_id = c.call_id)"
+        ).fetchall()
+        return {f"{r['app']}/{r['function']}" for r in rows}
+
     def runs(self, app: str, function: str, limit: int) -> list[dict[str, Any]]:
         """The function's latest runs, newest first."""
         rows = self.conn.execute(
