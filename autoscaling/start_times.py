@@ -7,11 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 # A replica's own start phases, in order (deployments/replicas/start_phases.py marks them): a plain
-# function has no weights or engine; a vLLM replica also reports its engine's phases and its first
+# function has no weights or engine; a class on a warm worker that held its app marks when it adopted
+# the worker's instance (waiting, if need be, for its `snap=True` hooks to finish); a vLLM replica also reports its engine's phases and its first
 # streamed token.
 REPLICA_PHASES = (
     "process",
     "imports",
+    "adopted",
     "engine_process",
     "weights",
     "kv_cache",

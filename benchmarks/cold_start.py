@@ -10,6 +10,10 @@ Cases:
                weights were evicted from the page cache (posix_fadvise); raygpu both as the first
                replica on the node (nothing staged: it reads the evicted file) and as a later one
                (the first staged the weights in node memory: deployments/engines/model_stage.py)
+  cls_enter    the demo's sentence-transformers class from zero replicas (benchmarks/_cls_enter.py):
+               with its load in a `snap=True` hook held by a warm worker of the app, the same with no
+               such worker on the node, the same work in a plain enter hook, and a plain Serve
+               deployment whose `__init__` does it; the held workers' resident memory in the JSON
   vllm_tiny    the tiny local Llama: raygpu vLLM deployment vs starting vLLM's own OpenAI server,
                both timed to the first streamed token of a completion (and to its end); raygpu's
                replica lands on a warm worker of the vllm flavour, which hands it a warm engine
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import requests
 
+from benchmarks import _cls_enter as cold_start_cls
 from benchmarks.harness import median, print_table, private_cluster, write_json
 
 LAYERS, WIDTH = 30, 2048
@@ -89,6 +94,7 @@ def app_sources(work: Path) -> dict[str, str]:
     return {
         "coldbench.py": torch_app_source(str(work / "big.safetensors")),
         "coldllm.py": vllm_app_source("coldllm", str(work / "tiny-llama")),
+        "coldcls.py": cold_start_cls.SOURCE,
     }
 
 
@@ -285,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--repetitions", type=int, default=5)
-    parser.add_argument("--cases", default="trivial,torch_500mb,vllm_tiny")
+    parser.add_argument("--cases", default="trivial,torch_500mb,cls_enter,vllm_tiny")
     parser.add_argument(
         "--warm-pool", default="torch=1,vllm=1", help="warm workers per flavour on the benchmark's node"
     )
@@ -316,6 +322,7 @@ def main() -> None:
     from deployments.node.warm_pool import parse_pool_sizes
 
     pool_sizes = parse_pool_sizes(args.warm_pool)
+    held_rss: list[int] = []
     with private_cluster(warm_pool=pool_sizes) as info:
         from raygpu.ops.deploy import deploy_app, source_label
         from raygpu.sdk.loader import load_app
@@ -345,6 +352,30 @@ def main() -> None:
                     ("raygpu-app-coldbench", "big"),
                 ),
                 "plain_serve_s": (lambda: timed_post(f"{info.serve_url}/plain-big", {}), ("plain-big", "Big")),
+            }
+        if "cls_enter" in cases:
+            cold_start_cls.serve_baseline(plain_autoscaling(constants.METRICS_INTERVAL_S))
+            cls_file = work / "coldcls.py"
+            cls_file.write_text(cold_start_cls.SOURCE)
+            cls_app, path, digest = load_app(str(cls_file))
+            deploy_app(cls_app, source_label(path, digest))
+            embed = f"{info.gateway_url}/coldcls/Embedder/embed"
+
+            def without_app_worker() -> float:
+                cold_start_cls.stop_held_workers()
+                return timed_post(embed, cold_start_cls.BODY)
+
+            targets["cls_enter"] = {
+                "raygpu_s": (lambda: timed_post(embed, cold_start_cls.BODY), ("raygpu-app-coldcls", "Embedder")),
+                "raygpu_no_app_worker_s": (without_app_worker, ("raygpu-app-coldcls", "Embedder")),
+                "raygpu_today_s": (
+                    lambda: timed_post(f"{info.gateway_url}/coldcls/EmbedderToday/embed", cold_start_cls.BODY),
+                    ("raygpu-app-coldcls", "EmbedderToday"),
+                ),
+                "plain_serve_s": (
+                    lambda: timed_post(f"{info.serve_url}/plain-embedder", cold_start_cls.BODY),
+                    ("plain-embedder", "PlainEmbedder"),
+                ),
             }
         from deployments.engines.model_stage import clear as clear_staged
         from deployments.engines.model_stage import staged_path
@@ -401,6 +432,10 @@ def main() -> None:
                         # either side on a node at rest: the pool refilled and done importing (a vllm
                         # worker's refill imports vLLM twice; on a small node it would slow either side)
                         wait_until(pool_at_rest, 600, "the warm pool at rest")
+                    elif case == "cls_enter" and side in ("raygpu_s", "raygpu_no_app_worker_s"):
+                        # a warm worker holding the app, its snap hook done (then stopped, for the other side)
+                        wait_until(lambda: bool(cold_start_cls.held_workers()), 300, "a warm worker holding the app")
+                        held_rss.extend(cold_start_cls.held_workers().values())
                     elif side.startswith("raygpu") and pool_sizes.get(flavour):
                         # the steady state the pool is sized for: an idle warm worker of the flavour
                         wait_until(lambda: idle_workers(flavour) > 0, 180, f"an idle {flavour} warm worker")
@@ -433,11 +468,16 @@ def main() -> None:
             "torch_model_mb": round(LAYERS * (WIDTH * WIDTH + WIDTH) * 4 / 1e6),
         },
     }
+    if held_rss:
+        result["app_worker_rss_mb"] = {"coldcls/Embedder": round(median([float(b) for b in held_rss]) / 2**20)}
     rows = []
     for case, sides in runs.items():
         medians = {side: round(median(values), 3) for side, values in sides.items()}
         baseline = "vllm_server_s" if case.startswith("vllm") else "plain_serve_s"
         medians["ratio"] = round(medians["raygpu_s"] / medians[baseline], 3)
+        if "raygpu_today_s" in medians:
+            medians["no_app_worker_vs_today"] = round(medians["raygpu_no_app_worker_s"] / medians["raygpu_today_s"], 3)
+            medians["today_ratio"] = round(medians["raygpu_today_s"] / medians[baseline], 3)
         result["cases"][case] = medians
         rows.append(
             (

@@ -156,6 +156,8 @@ WEIGHT_CACHE_ACTOR_PREFIX = "raygpu-weights-"
 WARM_POOL_ACTOR_PREFIX = "raygpu-warm-pool-"
 # One empty file per warm worker whose preload finished, named by pid: the pool hands out only those.
 WARM_READY_DIR = os.path.join(tempfile.gettempdir(), "raygpu-warm-workers")
+# Node-private: the code of the units whose warm workers hold their app (deployments/node/app_workers.py).
+WARM_APPS_DIR = os.path.join(tempfile.gettempdir(), "raygpu-warm-apps")
 # Idle warm workers kept per GPU node (each ~300-400 MB of RAM: a Python process with torch imported).
 DEFAULT_WARM_POOL_SIZE = 1
 # Serve's control loop period; shorter reacts faster to a call at zero replicas, at a few % of a core.

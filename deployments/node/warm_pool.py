@@ -23,18 +23,28 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from deployments import constants
+from deployments.node.app_pool import AppWorkers, app_workers_on_node
+from deployments.node.app_workers import APP_FLAVOUR, DEFAULT_WARM_MEMORY_SHARE
 from deployments.node.occupancy import release_due, runs_replicas
 from deployments.node.stage_sweep import remove_unheld_staged_models, sweep_staged_models
+from deployments.node.warm_envs import (  # noqa: F401  (re-exported: where callers found them before)
+    FLAVOURS,
+    MAX_WORKERS_PER_FLAVOUR,
+    PRELOAD_MODULE,
+    WARM_ENV_VAR,
+    apply_image_env,
+    flavour_runtime_env,
+    landed_warm,
+    parse_pool_sizes,
+    runtime_env_for,
+)
+from deployments.store.actor import get_store
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
-WARM_ENV_VAR = "RAYGPU_WARM_WORKER"
-FLAVOURS = ("torch", "vllm")
-PRELOAD_MODULE = "deployments.node.warm_preload"
 IDLE_TITLE = "ray::IDLE"
 
 KEEP_ALIVE_S = 3600
-MAX_WORKERS_PER_FLAVOUR = 64
 # a prestarted worker needs a few seconds (import torch) before it shows up as idle
 PENDING_GRACE_S = 20.0
 REFILL_INTERVAL_S = 2.0
@@ -69,65 +79,19 @@ def internals_available() -> tuple[bool, str]:
     return True, ""
 
 
-def flavour_runtime_env(flavour: str) -> dict[str, Any]:
-    """The runtime env of a flavour's warm workers and of the replicas that may take them: Ray
-    reuses a worker only for an identical runtime env (and the same job)."""
-    if flavour not in FLAVOURS:
-        raise ValueError(f"unknown warm-pool flavour {flavour!r}; flavours: {', '.join(FLAVOURS)}")
-    return {"env_vars": {WARM_ENV_VAR: flavour}}
-
-
-def runtime_env_for(image_runtime_env: dict[str, Any], flavour: str = "torch") -> dict[str, Any]:
-    """The runtime env a replica gets: the image's own when it installs pip packages (a different
-    environment, which no warm worker has), else its flavour's warm one. Environment variables
-    alone do not need another environment: the replica sets them itself before it loads anything
-    (`apply_image_env`), so such a replica still lands on a warm worker."""
-    if image_runtime_env.get("pip"):
-        return dict(image_runtime_env)
-    return flavour_runtime_env(flavour)
-
-
-def apply_image_env(env: dict[str, str]) -> None:
-    """Set an image's environment variables in this replica process (before its code and engine
-    load), as Ray would have set them in a runtime env of their own."""
-    os.environ.update({str(k): str(v) for k, v in env.items()})
-
-
-def parse_pool_sizes(text: str | int | dict[str, int]) -> dict[str, int]:
-    """Warm workers per flavour: "torch=1,vllm=1", a plain count (torch workers), or a mapping."""
-    if isinstance(text, dict):
-        items = list(text.items())
-    elif isinstance(text, int) and not isinstance(text, bool):
-        items = [("torch", text)]
-    else:
-        raw = str(text).strip()
-        if raw.isdigit():
-            items = [("torch", int(raw))]
-        else:
-            items = []
-            for part in filter(None, (p.strip() for p in raw.split(","))):
-                name, sep, count = part.partition("=")
-                if not sep or not count.strip().isdigit():
-                    raise ValueError(f"warm pool {text!r}: write FLAVOUR=COUNT[,FLAVOUR=COUNT], e.g. torch=1,vllm=1")
-                items.append((name.strip(), int(count.strip())))
-    sizes: dict[str, int] = {}
-    for name, count in items:
-        if name not in FLAVOURS:
-            raise ValueError(f"warm pool: unknown flavour {name!r}; flavours: {', '.join(FLAVOURS)}")
-        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_WORKERS_PER_FLAVOUR:
-            raise ValueError(f"warm pool: {name}={count!r} must be a count from 0 to {MAX_WORKERS_PER_FLAVOUR}")
-        sizes[name] = count
-    return sizes
-
-
-def _prestart(raylet_address: str, job_id_hex: str, count: int, flavour: str) -> None:
+def _prestart(
+    raylet_address: str, job_id_hex: str, count: int, flavour: str, runtime_env: dict[str, Any] | None = None
+) -> None:
+    """Ask the raylet for `count` idle workers of the Serve controller's job, with `flavour`'s runtime
+    env (or `runtime_env`: an app unit's)."""
     import grpc
     from ray._private.utils import get_runtime_env_info
     from ray.core.generated import node_manager_pb2, node_manager_pb2_grpc
     from ray.core.generated.common_pb2 import Language
     from ray.runtime_env import RuntimeEnv
 
-    info = get_runtime_env_info(RuntimeEnv(**flavour_runtime_env(flavour)), is_job_runtime_env=False, serialize=False)
+    env = runtime_env if runtime_env is not None else flavour_runtime_env(flavour)
+    info = get_runtime_env_info(RuntimeEnv(**env), is_job_runtime_env=False, serialize=False)
     request = node_manager_pb2.PrestartWorkersRequest(
         language=Language.PYTHON,
         job_id=bytes.fromhex(job_id_hex),
@@ -183,7 +147,8 @@ def _forget_exited_markers() -> None:
 
     try:
         for name in os.listdir(constants.WARM_READY_DIR):
-            if name.isdigit() and not psutil.pid_exists(int(name)):
+            pid = name.split(".")[0]
+            if pid.isdigit() and not psutil.pid_exists(int(pid)):
                 os.unlink(os.path.join(constants.WARM_READY_DIR, name))
     except OSError:
         pass
@@ -248,13 +213,21 @@ class WarmPool:
     take them. On a node other than the head (`release_when_unused`), it leaves once the node runs
     no replica."""
 
-    def __init__(self, sizes: dict[str, int] | int, release_when_unused: bool = False):
+    def __init__(
+        self,
+        sizes: dict[str, int] | int,
+        release_when_unused: bool = False,
+        credential: str | None = None,
+        warm_memory: int | None = None,
+    ):
         self.flavours = {name: FlavourPool(count) for name, count in parse_pool_sizes(sizes).items()}
         self.release_when_unused = release_when_unused
         self.last_busy = time.time()
         self.node_id = ray.get_runtime_context().get_node_id()
         node = next(n for n in ray.nodes() if n["NodeID"] == self.node_id)
         self.raylet = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+        self.resources = dict(node["Resources"])
+        self.apps = AppWorkers(credential, app_memory_budget(warm_memory))
         self.session_dir = ray._private.worker._global_node.get_session_dir_path()
         self.available, self.reason = internals_available()
         self.errors = 0
@@ -276,11 +249,27 @@ class WarmPool:
                 return
             try:
                 await self.refill()
+                if self.apps.credential and await self._find_job():
+                    await self.apps.refill(
+                        get_store(), self.resources, not self.release_when_unused, self._prestart_app
+                    )
             except Exception as exc:
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("raygpu warm pool: refill failed (%s)", self.last_error)
             await asyncio.sleep(REFILL_INTERVAL_S)
+
+    async def _prestart_app(self, runtime_env: dict[str, Any]) -> None:
+        assert self._job is not None
+        await asyncio.get_running_loop().run_in_executor(
+            None, _prestart, self.raylet, self._job, 1, APP_FLAVOUR, runtime_env
+        )
+
+    async def use_app_workers(self, credential: str | None, warm_memory: int | None) -> None:
+        """Keep warm workers that hold apps (with the credential that reads their code), within
+        `warm_memory` bytes (None: a quarter of the node's memory)."""
+        self.apps.credential = credential
+        self.apps.budget_bytes = app_memory_budget(warm_memory)
 
     async def _release_if_unused(self) -> bool:
         loop = asyncio.get_running_loop()
@@ -291,7 +280,10 @@ class WarmPool:
         if not release_due(False, self.last_busy, now):
             return False
         await remove_unheld_staged_models()  # nobody sweeps them after this pool
-        for proc in await loop.run_in_executor(None, _idle_warm_workers, self.session_dir):
+        held = await loop.run_in_executor(None, app_workers_on_node, os.getppid())
+        for proc in await loop.run_in_executor(None, _idle_warm_workers, self.session_dir) + [
+            p for procs in held.values() for p, _ in procs
+        ]:
             try:
                 proc.terminate()
             except Exception:
@@ -376,6 +368,7 @@ class WarmPool:
             "started": sum(f["started"] for f in flavours.values()),
             "errors": self.errors,
             "last_error": self.last_error,
+            "apps": self.apps.stats(),
         }
 
     async def resize(self, sizes: dict[str, int] | int) -> dict[str, int]:
@@ -400,7 +393,18 @@ def _is_head(node: dict[str, Any]) -> bool:
     return "node:__internal_head__" in node.get("Resources", {})
 
 
-def start_warm_pools(size: dict[str, int] | int) -> list[str]:
+def app_memory_budget(warm_memory: int | None) -> int:
+    """Bytes this node's app-holding warm workers may take: `warm_memory`, else a share of its memory."""
+    import psutil
+
+    if warm_memory is not None:
+        return int(warm_memory)
+    return int(psutil.virtual_memory().total * DEFAULT_WARM_MEMORY_SHARE)
+
+
+def start_warm_pools(
+    size: dict[str, int] | int, credential: str | None = None, warm_memory: int | None = None
+) -> list[str]:
     """A warm pool of `size` workers (per flavour) on the head when it has GPUs, or on the first node of a
     cluster without any (`raygpu up`); GPU worker nodes get theirs from `start_pools_on` once a
     replica runs there. Returns the node ids covered."""
@@ -408,7 +412,7 @@ def start_warm_pools(size: dict[str, int] | int) -> list[str]:
     heads = [n for n in nodes if _is_head(n) and n["Resources"].get("GPU", 0) > 0]
     if not any(n["Resources"].get("GPU", 0) > 0 for n in nodes):
         heads = nodes[:1]
-    return _start_pools(size, heads)
+    return _start_pools(size, heads, credential, warm_memory)
 
 
 def nodes_without_pool() -> list[str]:
@@ -425,13 +429,18 @@ def nodes_without_pool() -> list[str]:
     return missing
 
 
-def start_pools_on(size: dict[str, int] | int, node_ids: set[str]) -> list[str]:
+def start_pools_on(
+    size: dict[str, int] | int, node_ids: set[str], credential: str | None = None, warm_memory: int | None = None
+) -> list[str]:
     """A warm pool on each of these alive nodes (the control-plane driver passes the GPU worker
     nodes without one that run replicas)."""
-    return _start_pools(size, [n for n in ray.nodes() if n["Alive"] and n["NodeID"] in node_ids])
+    nodes = [n for n in ray.nodes() if n["Alive"] and n["NodeID"] in node_ids]
+    return _start_pools(size, nodes, credential, warm_memory)
 
 
-def _start_pools(size: dict[str, int] | int, nodes: list[dict[str, Any]]) -> list[str]:
+def _start_pools(
+    size: dict[str, int] | int, nodes: list[dict[str, Any]], credential: str | None, warm_memory: int | None
+) -> list[str]:
     handles = {}
     for node in nodes:
         handles[node["NodeID"]] = (
@@ -445,12 +454,13 @@ def _start_pools(size: dict[str, int] | int, nodes: list[dict[str, Any]]) -> lis
                 max_restarts=-1,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False),
             )
-            .remote(size, not _is_head(node))
+            .remote(size, not _is_head(node), credential, warm_memory)
         )
     covered = []
     for node_id, handle in handles.items():
         try:
             ray.get(handle.resize.remote(size), timeout=60)
+            ray.get(handle.use_app_workers.remote(credential, warm_memory), timeout=60)
             covered.append(node_id)
         except Exception as exc:  # the node (or its pool) went away meanwhile: tried again next round
             logger.warning("raygpu warm pool on node %s did not start: %s", node_id[:12], exc)
@@ -468,15 +478,6 @@ def pool_stats() -> list[dict[str, Any]]:
             continue
         out.append(ray.get(actor.stats.remote(), timeout=10))
     return out
-
-
-def landed_warm(replica_init: float) -> bool:
-    """Whether this replica runs in a warm worker (its imports done before it was assigned)."""
-    import sys
-
-    preload = sys.modules.get(PRELOAD_MODULE)
-    preloaded_at = getattr(preload, "PRELOADED_AT", None)
-    return preloaded_at is not None and preloaded_at < replica_init and os.environ.get(WARM_ENV_VAR) in FLAVOURS
 
 
 def replica_start_time(replica_init: float) -> float:

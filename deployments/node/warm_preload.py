@@ -4,16 +4,23 @@ Workers whose runtime env sets RAYGPU_WARM_WORKER (the warm pool's, and replicas
 warm worker) import the heavy modules a replica needs in a background thread, once they have sat
 idle for a moment: a worker idling in the pool gets them ready, while one started on demand for a
 replica is busy by then and imports only what that replica needs itself. Every other worker
-returns at once.
+returns at once. An `app` worker also holds one unit of an app (RAYGPU_WARM_UNIT): it loads the
+unit's code, creates its instance and runs its `snap=True` enter hooks, with CUDA refused; the
+replica that lands on it adopts the instance (`HELD`, once `HOLD_DONE` is set).
 """
 
 import os
 import threading
 import time
+from typing import Any
 
-from deployments.constants import WARM_READY_DIR
+from deployments.constants import WARM_APPS_DIR, WARM_READY_DIR
 
 PRELOADED_AT: float | None = None
+POOLED_AT: float | None = None  # when the worker was found idle in the pool (before any replica took it)
+# The app unit this worker holds: "key", "code", "instance", or "error" (why it holds none).
+HELD: dict[str, Any] = {}
+HOLD_DONE = threading.Event()
 IDLE_BEFORE_PRELOAD_S = 1.0
 WARM_CORE_READY_S = 300.0  # a vllm worker waits this long at most for its engine core to import
 
@@ -27,11 +34,63 @@ def _idle() -> bool:
         return False
 
 
+def _hold_app() -> bool:
+    """Load the unit this worker holds and run its `snap=True` hooks; False when that failed (the
+    reason in an error file the pool reads, and in HELD, and the worker marked failed)."""
+    from deployments.node.app_workers import node_code_dir, payload_file_name
+
+    key = os.environ.get("RAYGPU_WARM_UNIT", "")
+    name = os.path.join(node_code_dir(WARM_APPS_DIR, os.getppid()), payload_file_name(key))
+    HELD["key"] = key
+    try:
+        import cloudpickle
+
+        from deployments.engines.cuda_guard import cuda_blocked
+        from deployments.lifecycle import run_snap_hooks
+
+        try:
+            with open(name, "rb") as f:
+                payload = f.read()
+        except FileNotFoundError:
+            HELD["error"] = "no code for this unit on the node"  # not the pool's: a replica's own worker
+            return False
+        with cuda_blocked(f"importing the code of {key}"):
+            code = cloudpickle.loads(payload)
+        HELD["code"] = code
+        with cuda_blocked(f"the constructor of {key}"):
+            instance = code()
+        run_snap_hooks(instance, guard=cuda_blocked)
+        HELD["instance"] = instance
+        return True
+    except BaseException as exc:
+        HELD["error"] = f"{type(exc).__name__}: {exc}"
+        try:
+            with open(f"{name}.error", "w") as f:
+                f.write(HELD["error"])
+            _mark(".failed")
+        except OSError:
+            pass
+        return False
+    finally:
+        HOLD_DONE.set()
+
+
+def _mark(suffix: str = "") -> None:
+    """This worker's marker for the pool: ready (no suffix) or `.failed`."""
+    from deployments.engines.private_dirs import private_dir
+
+    private_dir(WARM_READY_DIR)
+    with open(os.path.join(WARM_READY_DIR, f"{os.getpid()}{suffix}"), "w"):
+        pass
+
+
 def _preload() -> None:
-    global PRELOADED_AT
+    global PRELOADED_AT, POOLED_AT
     time.sleep(IDLE_BEFORE_PRELOAD_S)
     if not _idle():
+        HOLD_DONE.set()
         return  # started on demand for a replica: no preload to compete with it
+    POOLED_AT = time.time()
     try:
         import torch  # noqa: F401  (the largest import of a model replica)
 
@@ -51,21 +110,22 @@ def _preload() -> None:
             host_caps()  # which CPU kernels the engine may use, probed once per node
             # the worker counts as warm once its engine core is ready too
             WARM_CORES.wait_ready(WARM_CORE_READY_S)
+        if FLAVOUR == "app" and not _hold_app():
+            return
     except Exception:  # a replica imports what it needs itself
+        HOLD_DONE.set()
         return
     PRELOADED_AT = time.time()
     try:
-        from deployments.engines.private_dirs import private_dir
-
-        private_dir(WARM_READY_DIR)
-        with open(os.path.join(WARM_READY_DIR, str(os.getpid())), "w"):
-            pass
+        _mark()
     except OSError:
         pass
 
 
 FLAVOUR = os.environ.get("RAYGPU_WARM_WORKER")
-if FLAVOUR in ("torch", "vllm"):
+if FLAVOUR not in ("torch", "vllm", "app"):
+    HOLD_DONE.set()
+else:
     # Serve's replica module has import cycles inside Ray Serve: imported in a thread while a replica
     # landing on this worker imports it too, one side sees it half-initialised and the replica fails
     # to start. Imported here, before the worker takes any work, it is complete for both.

@@ -11,7 +11,8 @@ from autoscaling.serve_adapter import serve_autoscaling_config
 from billing.constants import METER_ACTOR_NAME, METER_NAMESPACE
 from deployments import constants
 from deployments.kinds import kind_of
-from deployments.node.warm_pool import runtime_env_for
+from deployments.node.app_workers import unit_key, wants_app_worker
+from deployments.node.warm_envs import runtime_env_for
 from deployments.spec import FunctionSpec
 
 
@@ -24,6 +25,7 @@ def deployment_options(
     initial_replicas: int | None = None,
     worker_resource: str | None = None,
     metered: bool = True,
+    digest: str | None = None,
 ) -> dict[str, Any]:
     """Serve options of one unit's deployment: resources, autoscaling, queue bounds (the policy
     plans with the replica starts the meter measures, where there is a meter).
@@ -39,7 +41,9 @@ def deployment_options(
         actor_options["memory"] = spec.memory * 1024 * 1024
     if worker_resource:
         actor_options["resources"] = {worker_resource: constants.WORKER_RESOURCE_SLIVER}
-    runtime_env = runtime_env_for(spec.image.to_runtime_env(), kind_of(spec).warm_flavour)
+    # a unit whose warm workers hold its app (its code, by digest) lands only on those
+    unit = unit_key(app, spec.name, digest) if digest and wants_app_worker(spec) else None
+    runtime_env = runtime_env_for(spec.image.to_runtime_env(), kind_of(spec).warm_flavour, unit)
     if runtime_env:
         actor_options["runtime_env"] = runtime_env
     return {
@@ -102,6 +106,7 @@ def build_app_application(
             initial_replicas=(initial_replicas or {}).get(spec.name),
             worker_resource=worker_resource,
             metered=metered,
+            digest=(versions or {}).get(spec.name),
         )
         deployment = serve.deployment(kind_of(spec).replica_class()).options(**options)
         if versions and spec.name in versions:

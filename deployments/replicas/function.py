@@ -21,14 +21,34 @@ import cloudpickle
 
 from deployments.calls.context import CallContext, context_of, running_call
 from deployments.calls.json_arguments import decoded
+from deployments.engines.cuda_guard import cuda_blocked
 from deployments.errors import ERROR_SOURCE_HEADER, RemoteCallError
-from deployments.lifecycle import run_enter_hooks, run_exit_hooks
+from deployments.lifecycle import run_enter_hooks, run_exit_hooks, run_snap_hooks
 from deployments.replicas.base import ReplicaBase, encode_json, error_payload, jsonable
 from deployments.replicas.streaming import close_source, item_source
 from deployments.signature import ArgumentError, arguments_model, validate_arguments
 from deployments.store.actor import get_store
 
 logger = logging.getLogger(f"ray.serve.{__name__}")
+
+
+async def adoptable_instance(snap_hooks: list[str], wait_s: float) -> tuple[Any, Any] | None:
+    """(instance, code) of the unit this process's warm worker holds for the replica starting in it:
+    a replica lands only on a worker of its own unit (their runtime envs are the same), and waits
+    up to `wait_s` for the worker's `snap=True` hooks when they are still running. None when it
+    holds none (or its hooks did not finish in time: the replica then runs its own)."""
+    import sys
+
+    preload = sys.modules.get("deployments.node.warm_preload")
+    if not snap_hooks or preload is None or getattr(preload, "FLAVOUR", None) != "app":
+        return None
+    if not await asyncio.to_thread(preload.HOLD_DONE.wait, wait_s):
+        logger.warning("raygpu: the warm worker's snap=True hooks ran past %.0f s; this replica runs its own", wait_s)
+        return None
+    held = preload.HELD
+    if held.get("instance") is None:
+        return None
+    return held["instance"], held["code"]
 
 
 class UnserializableItem(Exception):
@@ -51,7 +71,7 @@ class FunctionReplica(ReplicaBase):
             max_workers=self.spec.max_inputs, thread_name_prefix=f"raygpu-{self.spec.name}"
         )
         self._cancel_checks: set[asyncio.Task[None]] = set()
-        self.callables = self._callables(cloudpickle.loads(payload))
+        self.callables = self._callables(await self._code(payload))
         self.models = {name: arguments_model(fn) for name, fn in self.callables.items()}
         self.phases.mark("engine_init")
 
@@ -72,6 +92,10 @@ class FunctionReplica(ReplicaBase):
         task = asyncio.get_running_loop().create_task(ask())
         self._cancel_checks.add(task)
         task.add_done_callback(self._cancel_checks.discard)
+
+    async def _code(self, payload: bytes) -> Any:
+        """The unit's code from its pickled payload."""
+        return cloudpickle.loads(payload)
 
     def _callables(self, code: Any) -> dict[str | None, Callable[..., Any]]:
         return {None: getattr(code, "fn", code)}  # the plain function behind an SDK `Function`
@@ -269,10 +293,25 @@ class FunctionReplica(ReplicaBase):
 
 
 class ClassReplica(FunctionReplica):
-    """One replica of a user class: one instance, its enter hooks run once, its methods the callables."""
+    """One replica of a user class: one instance, its enter hooks run once, its methods the callables.
+
+    On a warm worker that holds this unit (deployments/node/warm_preload.py) it adopts the worker's
+    instance, whose `snap=True` hooks ran before any call arrived, and runs only the other hooks."""
+
+    async def _code(self, payload: bytes) -> Any:
+        self.instance = None
+        held = await adoptable_instance(self.spec.snap_hooks, self.spec.startup_timeout)
+        if held is not None:
+            self.instance, code = held
+            self.phases.mark("adopted")
+            return code
+        return await super()._code(payload)
 
     def _callables(self, code: Any) -> dict[str | None, Callable[..., Any]]:
-        self.instance = code()
+        if self.instance is None:
+            with cuda_blocked(f"the constructor of {self.spec.name}"):
+                self.instance = code()
+            run_snap_hooks(self.instance, guard=cuda_blocked)
         run_enter_hooks(self.instance)
         return {name: getattr(self.instance, name) for name in self.spec.methods}
 

@@ -96,8 +96,10 @@ def status_lines(info: AppStatus) -> tuple[Table, list[str]]:
         for f in info.functions
         if f.schedule
     ]
+    warm = [f"{f.name}: {f.warm_workers}" for f in info.functions if f.warm_workers]
     starts = (
         scheduled
+        + warm
         + waiting
         + cancelled
         + [

@@ -153,6 +153,12 @@ DEFAULT_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
     "that call waits a controller tick longer): seconds, or a number with s, m, h or d; 0 never.",
 )
 @click.option(
+    "--warm-memory",
+    default=None,
+    help="Memory each node's warm workers that hold apps (classes with @raygpu.enter(snap=True) hooks) may "
+    "take, e.g. 8GiB (default: a quarter of the node's memory); the least recently called app's go first.",
+)
+@click.option(
     "--header-timeout",
     default=f"{constants.HEADER_TIMEOUT_S:g}s",
     show_default=True,
@@ -191,6 +197,7 @@ def up(
     cancel_grace: str,
     cancel_replacements_per_hour: int,
     park_after: str,
+    warm_memory: str | None,
     header_timeout: str,
     body_timeout: str,
     address: str | None,
@@ -234,6 +241,8 @@ def up(
         settings["cancel_grace_s"] = parse_duration(cancel_grace, "--cancel-grace", least_s=0.0)
         settings["cancel_replacements_per_hour"] = cancel_replacements_per_hour
         settings["park_after_s"] = parse_duration(park_after, "--park-after", least_s=1.0, allow_zero=True)
+        if warm_memory is not None:
+            settings["warm_memory"] = parse_size(warm_memory, "--warm-memory")
         settings["header_timeout_s"] = parse_duration(header_timeout, "--header-timeout", least_s=1.0)
         settings["body_timeout_s"] = parse_duration(body_timeout, "--body-timeout", least_s=1.0)
         if local:
@@ -372,6 +381,19 @@ def pool(as_json: bool, address: str | None) -> None:
                 f"{f['idle_rss_bytes'] / 2**20:.0f} MiB",
                 str(f["started"]),
                 state,
+            )
+        apps = s.get("apps") or {}
+        for unit in apps.get("units", []):
+            holding = [w for w in unit["idle"] if w["holds"]]
+            table.add_row(
+                s["node_id"][:12],
+                f"app {unit['app']}/{unit['function']}",
+                "1" if unit["kept"] else "0",
+                ", ".join(str(w["pid"]) for w in holding) or "-",
+                str(len(unit["idle"]) - len(holding)),
+                f"{unit['rss_bytes'] / 2**20:.0f} MiB",
+                "",
+                unit["reason"] or ("ok" if unit["kept"] else "over --warm-memory: least recently called"),
             )
     console.print(table)
 

@@ -50,10 +50,17 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    watch_nodes(stop, options.warm_pool)
+    from raygpu.controlplane import control_plane
+
+    watch_nodes(stop, options.warm_pool, control_plane.ACTING_CREDENTIAL, options.warm_memory)
 
 
-def watch_nodes(stop: threading.Event, warm_pool: dict[str, int] | int) -> None:
+def watch_nodes(
+    stop: threading.Event,
+    warm_pool: dict[str, int] | int,
+    credential: str | None = None,
+    warm_memory: int | None = None,
+) -> None:
     """Until stopped: give a warm pool to every GPU node a replica lands on, including nodes that
     joined after `raygpu up` (an autoscaler launch, a restarted node)."""
     import logging
@@ -71,7 +78,7 @@ def watch_nodes(stop: threading.Event, warm_pool: dict[str, int] | int) -> None:
             if missing:  # only then ask Serve where replicas run (its details cost the controller)
                 busy = replica_nodes() & set(missing)
                 if busy:
-                    start_pools_on(sizes, busy)
+                    start_pools_on(sizes, busy, credential, warm_memory)
         except Exception as exc:  # the GCS or Serve's controller is restarting: try again next round
             logging.getLogger(__name__).warning("raygpu: watching nodes failed: %s", exc)
 

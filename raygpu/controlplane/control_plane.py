@@ -38,6 +38,9 @@ from raygpu.sdk.errors import NoClusterError
 # The credential a control plane that created the store acts with (in its memory only).
 INTERNAL_KEY_PREFIX = "rgi_"
 
+# The credential this process's control plane acts with, once installed (held in memory only).
+ACTING_CREDENTIAL: str | None = None
+
 # Inside a cluster's state dir.
 STORE_DB = "state.db"
 LEDGER_DB = "ledger.db"
@@ -168,7 +171,7 @@ def install_control_plane(options: ControlPlaneOptions, cluster: dict[str, Any] 
         name=constants.GATEWAY_APP_NAME,
         route_prefix=None,
     )
-    start_warm_pools(o.warm_pool)
+    start_warm_pools(o.warm_pool, admin, o.warm_memory)
     start_admin_api()
     # Spawned calls: how long their records are kept, where webhooks may go, and the runner.
     ray.get(store.set_setting.remote(admin, "call_retention_s", float(o.call_retention_s)))
@@ -192,6 +195,8 @@ def install_control_plane(options: ControlPlaneOptions, cluster: dict[str, Any] 
     ray.get(store.set_setting.remote(admin, "metrics_url", f"http://{host}:{metrics_port}/metrics"))
     # Functions at rest leave Serve after this long (0: never); the parker reads it on each pass.
     ray.get(store.set_setting.remote(admin, "park_after_s", float(o.park_after_s)))
+    global ACTING_CREDENTIAL
+    ACTING_CREDENTIAL = admin  # what the driver's node watch gives the warm pools of nodes that join
     restored, forgotten = restore_apps_serve_lost(store, admin)
     ray.get(start_parker(admin).resync.remote())
     return {

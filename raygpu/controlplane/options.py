@@ -41,6 +41,8 @@ class ControlPlaneOptions(BaseModel):
     cancel_grace_s: float = Field(default=DEFAULT_CANCEL_GRACE_S, ge=0)
     cancel_replacements_per_hour: int = Field(default=DEFAULT_CANCEL_REPLACEMENTS_PER_HOUR, ge=0, le=1000)
     park_after_s: float = Field(default=constants.DEFAULT_PARK_AFTER_S, ge=0)
+    # memory a node's warm workers that hold apps may take (None: a quarter of the node's memory)
+    warm_memory: int | None = Field(default=None, ge=0)
     # how long a gateway connection may take to send a request's headers, and its body
     header_timeout_s: float = Field(default=constants.HEADER_TIMEOUT_S, ge=1, le=600)
     body_timeout_s: float = Field(default=constants.BODY_TIMEOUT_S, ge=1, le=3600)

@@ -100,6 +100,11 @@ class FunctionStatus(BaseModel):
         "let finish on their replicas, and the grace (deployments/calls/cancels.py); empty when none",
     )
     schedule: ScheduleStatus | None = None
+    warm_workers: str | None = Field(
+        default=None,
+        description="for a class with snap=True enter hooks: the nodes whose warm workers hold it, or why "
+        "none does (its replicas then start as without one)",
+    )
 
 
 class AppStatus(BaseModel):

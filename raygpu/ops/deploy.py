@@ -167,6 +167,7 @@ def app_status(app: str) -> AppStatus:
     cancels = ray.get(control.cancel_replacements.remote(app))
     scheduled = [DeployedFunction.model_validate(raw).spec for raw in entry["functions"]]
     schedules = ray.get(control.schedule_summary.remote(app, [s.name for s in scheduled if s.schedule]))
+    warm = app_worker_notes(app) if any(s.snap_hooks for s in scheduled) else {}
     functions = []
     node_types: list[NodeType] | None = None
     for raw in entry["functions"]:
@@ -212,6 +213,7 @@ def app_status(app: str) -> AppStatus:
                 waiting_for_node=waiting_for_node,
                 cancels=cancels.get(deployed.spec.name, {}),
                 schedule=schedule_status(deployed.spec, entry["live_at"], schedules.get(deployed.spec.name)),
+                warm_workers=warm.get(deployed.spec.name),
             )
         )
     url = None
@@ -227,6 +229,35 @@ def app_status(app: str) -> AppStatus:
         gateway_url=url,
         functions=functions,
     )
+
+
+def app_worker_notes(app: str) -> dict[str, str]:
+    """Per unit of `app` that warm workers may hold: on how many nodes one does, or why none does."""
+    from deployments.node.warm_pool import pool_stats
+
+    held: dict[str, int] = {}
+    reasons: dict[str, str] = {}
+    try:
+        stats = pool_stats()
+    except Exception:
+        return {}
+    for node in stats:
+        for unit in (node.get("apps") or {}).get("units", []):
+            if unit["app"] != app:
+                continue
+            name = unit["function"]
+            held[name] = held.get(name, 0) + sum(1 for w in unit["idle"] if w["holds"])
+            if unit["reason"]:
+                reasons[name] = unit["reason"]
+            elif not unit["kept"]:
+                reasons.setdefault(name, "over the node's --warm-memory budget (least recently called)")
+    notes = {}
+    for name in set(held) | set(reasons):
+        if name in reasons and not held.get(name):
+            notes[name] = f"no warm worker holds it: {reasons[name]}"
+        else:
+            notes[name] = f"held by warm workers on {held.get(name, 0)} node(s)"
+    return notes
 
 
 def schedule_status(spec: FunctionSpec, live_at: float | None, summary: dict[str, Any] | None) -> ScheduleStatus | None:

@@ -14,7 +14,15 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from deployments.kinds import checked
-from deployments.lifecycle import ENTER_MARK, EXIT_MARK, METHOD_MARK, method_names, run_enter_hooks
+from deployments.lifecycle import (
+    ENTER_MARK,
+    EXIT_MARK,
+    METHOD_MARK,
+    SNAP_MARK,
+    method_names,
+    run_enter_hooks,
+    snap_hook_names,
+)
 from deployments.signature import is_generator, positional_parameters
 from deployments.spec import FunctionSpec, Image, TorchModelCode, TorchModelSpec, VllmModelSpec, validate_name
 from raygpu.sdk.client import lookup
@@ -32,11 +40,18 @@ def _spec_error(target: str, exc: ValidationError) -> InvalidSpecError:
     return InvalidSpecError(f"{target}: invalid settings: " + "; ".join(lines))
 
 
-def enter() -> Callable[[T], T]:
-    """Mark a method of an `@app.cls` class to run once when a replica starts (load models here)."""
+def enter(*, snap: bool = False) -> Callable[[T], T]:
+    """Mark a method of an `@app.cls` class to run once when a replica starts (load models here).
+
+    `snap=True` marks the CPU-side part of start-up (imports, weights into host memory, tokenizers):
+    a warm worker of the app runs it before any call arrives, and the replica that adopts the worker
+    runs only the other hooks (moving weights to the GPU). A `snap=True` hook must not initialise
+    CUDA: no GPU is assigned yet when it runs."""
 
     def mark(fn: T) -> T:
         setattr(fn, ENTER_MARK, True)
+        if snap:
+            setattr(fn, SNAP_MARK, True)
         return fn
 
     return mark
@@ -221,6 +236,7 @@ class App:
                 settings.pop("name", cls.__name__),
                 "class",
                 methods=methods,
+                snap_hooks=snap_hook_names(cls),
                 parameters={name: positional_parameters(fn, skip_first=True) for name, fn in callables.items()},
                 generators=[name for name, fn in callables.items() if is_generator(fn)],
                 **settings,

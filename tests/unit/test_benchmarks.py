@@ -8,8 +8,11 @@ import pytest
 
 import benchmarks
 
+# every module is a benchmark but the harness and the helpers a benchmark splits off (named _*)
 MODULES = sorted(
-    name for _, name, _ in pkgutil.iter_modules(benchmarks.__path__) if name not in ("harness", "__init__")
+    name
+    for _, name, _ in pkgutil.iter_modules(benchmarks.__path__)
+    if name not in ("harness", "__init__") and not name.startswith("_")
 )
 
 

@@ -1,0 +1,48 @@
+"""Classes whose `snap=True` enter hooks run ahead in warm workers of the app."""
+
+import os
+import time
+
+import raygpu
+
+app = raygpu.App("snapped")
+CODE_VERSION = 1
+
+
+@app.cls(scaledown_window=2)
+class Snapper:
+    @raygpu.enter(snap=True)
+    def load(self):
+        self.snapped = {"pid": os.getpid(), "at": time.time()}
+
+    @raygpu.enter()
+    def place(self):
+        self.placed = {"pid": os.getpid(), "at": time.time()}
+
+    @raygpu.method()
+    def info(self) -> dict:
+        return {"snapped": self.snapped, "placed": self.placed, "pid": os.getpid(), "code": CODE_VERSION}
+
+
+@app.cls(scaledown_window=2)
+class Other:
+    @raygpu.enter(snap=True)
+    def load(self):
+        self.pid = os.getpid()
+
+    @raygpu.method()
+    def pid_of_load(self) -> int:
+        return self.pid
+
+
+@app.cls(scaledown_window=2)
+class CudaSnap:
+    @raygpu.enter(snap=True)
+    def load(self):
+        import torch
+
+        self.weights = torch.ones(2).to("cuda")
+
+    @raygpu.method()
+    def go(self) -> int:
+        return 1

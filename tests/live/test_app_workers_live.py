@@ -1,0 +1,125 @@
+"""Warm workers that hold an app, on the real cluster: a class's `snap=True` hook runs in a warm worker
+before the first call and the replica that answers runs in that process (its plain hook after); a new
+deploy with changed code gets a new worker; a hook that initialises CUDA gets no worker and its
+replica refuses with the reason; over the node's warm-memory budget the least recently called app's
+worker goes."""
+
+import json
+import time
+
+import pytest
+import ray
+from conftest import APPS
+
+from deployments import constants
+from deployments.node.warm_pool import pool_actor_name
+
+
+def units(cluster) -> dict[str, dict]:
+    out = cluster.cli("pool", "--json")
+    assert out.returncode == 0, out.stderr
+    return {u["unit"]: u for s in json.loads(out.stdout) for u in (s.get("apps") or {}).get("units", [])}
+
+
+def held_worker(cluster, function: str, timeout: float = 120) -> tuple[str, int]:
+    """(unit key, pid) of the idle warm worker holding snapped/`function`, once there is one."""
+
+    def holding():
+        for key, unit in units(cluster).items():
+            if unit["function"] == function:
+                ready = [w["pid"] for w in unit["idle"] if w["holds"]]
+                if ready:
+                    return key, ready[0]
+        return None
+
+    return cluster.wait_for(holding, timeout=timeout, what=f"a warm worker holding snapped/{function}")
+
+
+@pytest.fixture(scope="module")
+def snapped(cluster):
+    cluster.deploy(APPS / "snapped.py")
+    yield cluster
+    cluster.cli("stop", "snapped")
+
+
+def test_a_snap_hook_runs_ahead_in_the_worker_whose_process_answers_the_first_call(snapped):
+    cluster = snapped
+    key, pid = held_worker(cluster, "Snapper")
+    called_at = time.time()
+    info = cluster.post("/snapped/Snapper/info", {}).json()
+    assert info["pid"] == pid == info["snapped"]["pid"] == info["placed"]["pid"]
+    assert info["snapped"]["at"] < called_at < info["placed"]["at"]
+    cluster.wait_for(
+        lambda: (
+            "adopted" in next(f for f in cluster.status("snapped").functions if f.name == "Snapper").last_start_phases
+        ),
+        timeout=30,
+        what="the adopted phase in the start phases",
+    )
+
+    # changed code: a new worker holds the new code, the old one is stopped and never used
+    source = (APPS / "snapped.py").read_text().replace("CODE_VERSION = 1", "CODE_VERSION = 2")
+    changed = APPS.parent / ".snapped_v2.py"
+    changed.write_text(source)
+    try:
+        cluster.deploy(changed)
+    finally:
+        changed.unlink()
+    new_key, new_pid = held_worker(cluster, "Snapper")
+    assert new_key != key and new_pid != pid
+    cluster.wait_for(lambda: key not in units(cluster), timeout=30, what="the old code's worker to go")
+    cluster.wait_for(
+        lambda: (
+            not any(
+                r["state"] == "RUNNING"
+                for f in cluster.status("snapped").functions
+                if f.name == "Snapper"
+                for r in [x.model_dump() for x in f.replica_details]
+            )
+        ),
+        timeout=60,
+        what="Snapper at zero",
+    )
+    again = cluster.post("/snapped/Snapper/info", {}).json()
+    assert again["code"] == 2 and again["pid"] == new_pid == again["snapped"]["pid"]
+
+
+def test_a_snap_hook_that_initialises_cuda_gets_no_worker_and_its_replica_says_why(snapped):
+    cluster = snapped
+
+    def refused():
+        return next((u for u in units(cluster).values() if u["function"] == "CudaSnap" and u["reason"]), None)
+
+    unit = cluster.wait_for(refused, timeout=120, what="the reason CudaSnap has no warm worker")
+    assert "CudaSnap.load initialised CUDA" in unit["reason"] and not unit["idle"]
+    answer = cluster.post("/snapped/CudaSnap/go", {})
+    assert answer.status_code == 500 and answer.json()["error"]["type"] == "StartupError"
+    assert "initialised CUDA before the replica has its GPU" in answer.json()["error"]["message"]
+
+
+def test_over_the_warm_memory_budget_the_least_recently_called_app_goes(snapped):
+    from raygpu.sdk.admin import admin_key
+
+    cluster = snapped
+    _, other_pid = held_worker(cluster, "Other")
+    snapper_key, _ = held_worker(cluster, "Snapper")
+    # Snapper was called in the test before; Other never: with room for one worker, Other's goes
+    sizes = {k: u["rss_bytes"] for k, u in units(cluster).items() if u["idle"]}
+    pool = ray.get_actor(pool_actor_name(ray.get_runtime_context().get_node_id()), namespace=constants.RAY_NAMESPACE)
+    budget = sizes[snapper_key] + 50 * 2**20
+    ray.get(pool.use_app_workers.remote(admin_key(), budget))
+    try:
+        cluster.wait_for(
+            lambda: not any(u["function"] == "Other" and u["idle"] for u in units(cluster).values()),
+            timeout=30,
+            what="the least recently called app's worker to go",
+        )
+        kept = units(cluster)
+        assert any(u["function"] == "Snapper" and u["kept"] and u["idle"] for u in kept.values())
+        assert not any(u["function"] == "Other" and u["kept"] for u in kept.values())
+        assert "over --warm-memory" in cluster.cli("pool").stdout
+    finally:
+        ray.get(pool.use_app_workers.remote(admin_key(), None))
+    # a call of it makes it the most recently called: it gets its worker back
+    assert cluster.post("/snapped/Other/pid_of_load", {}).status_code == 200
+    held_worker(cluster, "Other")

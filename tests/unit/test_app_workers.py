@@ -1,0 +1,137 @@
+"""Warm workers that hold an app, without a cluster: `snap=True` hooks run first and once, which
+units get app workers and the runtime env they share with their replicas, which fit a node's memory
+(least recently called out first), and CUDA refused where no GPU is assigned yet."""
+
+import pytest
+
+import raygpu
+from deployments.engines.cuda_guard import CudaBeforeGpuError, cuda_blocked
+from deployments.lifecycle import run_enter_hooks, run_snap_hooks, snap_hook_names
+from deployments.node.app_workers import (
+    ESTIMATED_WORKER_BYTES,
+    AppUnit,
+    payload_file_name,
+    unit_key,
+    units_that_fit,
+    wants_app_worker,
+)
+from deployments.node.warm_envs import WARM_ENV_VAR, runtime_env_for
+from deployments.replicas.application import deployment_options
+from deployments.spec import FunctionSpec, Image
+
+MiB = 2**20
+
+
+def embedder_app():
+    app = raygpu.App("snapper")
+    calls = []
+
+    @app.cls(gpu="A10G")
+    class Embedder:
+        @raygpu.enter(snap=True)
+        def load(self):
+            calls.append("load")
+            self.weights = [1.0, 2.0]
+
+        @raygpu.enter()
+        def to_device(self):
+            calls.append("to_device")
+            self.on_device = list(self.weights)
+
+        @raygpu.method()
+        def embed(self, text: str) -> list[float]:
+            return self.on_device
+
+    return app, Embedder, calls
+
+
+def test_snap_hooks_run_first_and_once_and_the_replica_runs_only_the_others():
+    app, Embedder, calls = embedder_app()
+    assert app.specs["Embedder"].snap_hooks == ["load"] == snap_hook_names(Embedder)
+    instance = Embedder.__new__(Embedder)
+    run_snap_hooks(instance)  # in the warm worker, before any call
+    assert calls == ["load"]
+    run_enter_hooks(instance)  # in the replica that adopts it
+    assert calls == ["load", "to_device"] and instance.on_device == [1.0, 2.0]
+    run_enter_hooks(instance)
+    assert calls == ["load", "to_device"]
+    # a plain local call runs them all, snap ones first
+    calls.clear()
+    assert Embedder().embed("x") == [1.0, 2.0] and calls == ["load", "to_device"]
+
+
+def test_snap_hooks_belong_to_classes():
+    from deployments.kinds import checked
+
+    with pytest.raises(ValueError, match="goes on a class's methods"):
+        checked(FunctionSpec(name="f", snap_hooks=["load"]))
+
+
+def test_which_units_get_app_workers_and_their_shared_runtime_env():
+    app, _, _ = embedder_app()
+    spec = app.specs["Embedder"]
+    assert wants_app_worker(spec)
+    assert not wants_app_worker(spec.model_copy(update={"min_containers": 1}))  # never at zero
+    assert not wants_app_worker(spec.model_copy(update={"image": Image(pip=["numpy"])}))  # its own environment
+    assert not wants_app_worker(spec.model_copy(update={"snap_hooks": []}))
+    key = unit_key("snapper", "Embedder", "ab" * 32)
+    assert key == "snapper/Embedder/" + "ab" * 8
+    options = deployment_options("snapper", spec, None, "store", "ns", digest="ab" * 32)
+    env = options["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env == {WARM_ENV_VAR: "app", "RAYGPU_WARM_UNIT": key}
+    # another digest (changed code) is another environment: old workers are never taken
+    other = deployment_options("snapper", spec, None, "store", "ns", digest="cd" * 32)
+    assert other["ray_actor_options"]["runtime_env"] != options["ray_actor_options"]["runtime_env"]
+    assert payload_file_name(key) != payload_file_name(unit_key("snapper", "Embedder", "cd" * 32))
+    # a pip image keeps its own environment; a plain function keeps the torch flavour
+    assert runtime_env_for({"pip": ["numpy"]}, "torch", key) == {"pip": ["numpy"]}
+    plain = deployment_options("snapper", FunctionSpec(name="f"), None, "store", "ns", digest="ab" * 32)
+    assert plain["ray_actor_options"]["runtime_env"]["env_vars"] == {WARM_ENV_VAR: "torch"}
+
+
+def test_a_nodes_memory_keeps_the_most_recently_called_units():
+    units = [
+        AppUnit("a/A/1", last_called=100.0, rss_bytes=300 * MiB),
+        AppUnit("b/B/1", last_called=300.0, rss_bytes=300 * MiB),
+        AppUnit("c/C/1", last_called=200.0, rss_bytes=300 * MiB),
+        AppUnit("d/D/1", last_called=50.0),  # not measured yet: counted at the estimate
+    ]
+    assert units_that_fit(units, 700 * MiB) == ["b/B/1", "c/C/1"]
+    assert units_that_fit(units, 300 * MiB + ESTIMATED_WORKER_BYTES) == ["b/B/1", "c/C/1"]
+    # one that does not fit leaves room for a smaller, less recently called one
+    big = [AppUnit("b/B/1", 300.0, 600 * MiB), AppUnit("c/C/1", 200.0, 600 * MiB), AppUnit("a/A/1", 100.0, 100 * MiB)]
+    assert units_that_fit(big, 750 * MiB) == ["b/B/1", "a/A/1"]
+    assert units_that_fit(units, 10**12) == ["b/B/1", "c/C/1", "a/A/1", "d/D/1"]
+    assert units_that_fit(units, 0) == []
+
+
+def test_cuda_is_refused_within_the_guard_naming_what_tried():
+    import torch
+
+    with pytest.raises(CudaBeforeGpuError, match="the snap=True enter hook Embedder.load initialised CUDA"):
+        with cuda_blocked("the snap=True enter hook Embedder.load"):
+            torch.zeros(1, device="cuda")
+    assert torch.zeros(2).sum().item() == 0.0  # the CPU is untouched
+    lazy = torch.cuda._lazy_init
+    with cuda_blocked("x"):
+        pass
+    assert torch.cuda._lazy_init is lazy  # restored after the block
+
+
+def test_a_snap_hook_that_initialises_cuda_is_refused_in_the_guard():
+    import torch
+
+    app = raygpu.App("cudasnap")
+
+    @app.cls()
+    class Greedy:
+        @raygpu.enter(snap=True)
+        def load(self):
+            self.weights = torch.ones(2).to("cuda")
+
+        @raygpu.method()
+        def go(self) -> int:
+            return 1
+
+    with pytest.raises(CudaBeforeGpuError, match="Greedy.load initialised CUDA"):
+        run_snap_hooks(Greedy.__new__(Greedy), guard=cuda_blocked)
