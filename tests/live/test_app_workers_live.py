@@ -120,6 +120,14 @@ def test_over_the_warm_memory_budget_the_least_recently_called_app_goes(snapped)
         assert "over --warm-memory" in cluster.cli("pool").stdout
     finally:
         ray.get(pool.use_app_workers.remote(admin_key(), None))
-    # a call of it makes it the most recently called: it gets its worker back
-    assert cluster.post("/snapped/Other/pid_of_load", {}).status_code == 200
-    held_worker(cluster, "Other")
+    # a call of it makes it the most recently called: it is kept again, over Snapper
+    ray.get(pool.use_app_workers.remote(admin_key(), budget))
+    try:
+        assert cluster.post("/snapped/Other/pid_of_load", {}).status_code == 200
+        cluster.wait_for(
+            lambda: any(u["function"] == "Other" and u["kept"] for u in units(cluster).values()),
+            timeout=30,
+            what="the most recently called app kept",
+        )
+    finally:
+        ray.get(pool.use_app_workers.remote(admin_key(), None))

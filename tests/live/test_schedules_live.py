@@ -105,9 +105,20 @@ def test_a_period_runs_on_a_replica_started_ahead_of_it_and_survives_a_restart(c
 
         return check
 
-    first, second = cluster.wait_for(succeeded(2), timeout=90, what="two scheduled runs of tick")[:2]
-    assert [first["due_at"], second["due_at"]] == [live_at + PERIOD_S, live_at + 2 * PERIOD_S]
+    # restart the store and the scheduler just before the second due time: it runs once, and on a
+    # replica started ahead of it
+    second_due = live_at + 2 * PERIOD_S
+    first = cluster.wait_for(succeeded(1), timeout=60, what="the first scheduled run of tick")[0]
+    time.sleep(max(0.0, second_due - 2.0 - time.time()))
+    ray.kill(ray.get_actor(constants.STORE_ACTOR_NAME, namespace="raygpu"), no_restart=False)
+    ray.kill(ray.get_actor(SCHEDULER_ACTOR_NAME, namespace="raygpu"), no_restart=False)
+    first, second = cluster.wait_for(succeeded(2), timeout=60, what="the run due during the restart")[:2]
+    assert [first["due_at"], second["due_at"]] == [live_at + PERIOD_S, second_due]
     assert first["trigger"] == second["trigger"] == "schedule"
+    dues = sorted(r["due_at"] for r in runs(cluster, "scheduled/tick") if r["trigger"] == "schedule")
+    assert len(dues) == len(set(dues)), f"a due time ran twice: {dues}"
+    assert dues[:2] == [live_at + PERIOD_S, second_due], f"a due time was lost: {dues}"
+    assert second["started_at"] - second_due < 15.0  # within the grace of a due time found late
 
     # the ledger: each run's replica started before its run was due, and the first had stopped
     # (the function at zero) before the second's started
@@ -124,21 +135,9 @@ def test_a_period_runs_on_a_replica_started_ahead_of_it_and_survives_a_restart(c
 
     serving = cluster.wait_for(replicas_serving, timeout=30, what="the ledger's record of both runs' replicas")
     assert serving[0] != serving[1], f"one replica served both runs: {serving}"
-    assert serving[1][0] < second["due_at"], "the second run's replica started after it was due"
+    assert serving[0][0] < first["due_at"] and serving[1][0] < second_due, f"a replica started late: {serving}"
     assert serving[0][1] < serving[1][0], "the function was not at zero between its runs"
-    assert second["started_at"] - second["due_at"] < 2.0
-
-    # restart the store and the scheduler just before the next due time: it runs once, on time
-    third_due = live_at + 3 * PERIOD_S
-    time.sleep(max(0.0, third_due - 2.0 - time.time()))
-    ray.kill(ray.get_actor(constants.STORE_ACTOR_NAME, namespace="raygpu"), no_restart=False)
-    ray.kill(ray.get_actor(SCHEDULER_ACTOR_NAME, namespace="raygpu"), no_restart=False)
-    after = cluster.wait_for(succeeded(3), timeout=60, what="the run due during the restart")
-    scheduled_runs = [r for r in runs(cluster, "scheduled/tick") if r["trigger"] == "schedule"]
-    dues = sorted(r["due_at"] for r in scheduled_runs)
-    assert len(dues) == len(set(dues)), f"a due time ran twice: {dues}"
-    assert dues[:3] == [live_at + k * PERIOD_S for k in (1, 2, 3)], f"a due time was lost: {dues}"
-    assert after[2]["due_at"] == third_due
+    assert first["started_at"] - first["due_at"] < 2.0
 
     # stopping the app ends its schedules
     assert cluster.cli("stop", "scheduled").returncode == 0
