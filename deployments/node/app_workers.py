@@ -33,6 +33,11 @@ def payload_file_name(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32] + ".pkl"
 
 
+def env_file_name(key: str) -> str:
+    """The file beside a unit's code holding its image's environment variables (set before it loads)."""
+    return payload_file_name(key).removesuffix(".pkl") + ".env.json"
+
+
 def node_code_dir(root: str, raylet_pid: int) -> str:
     """Where one node's pool keeps its units' code: apart per raylet (several raylets may share a
     machine); the pool and its workers are children of that raylet."""
@@ -42,8 +47,15 @@ def node_code_dir(root: str, raylet_pid: int) -> str:
 def wants_app_worker(spec: FunctionSpec) -> bool:
     """Whether a unit's replicas take app-warm workers: a class with `snap=True` enter hooks that may
     scale to zero, in the cluster's own environment (an image that installs pip packages runs in an
-    environment of its own, which starts as without warm workers)."""
-    return spec.kind == "class" and bool(spec.snap_hooks) and spec.min_containers == 0 and not spec.image.pip
+    environment of its own, which starts as without warm workers), naming no secret (their values
+    reach replicas only, fetched at start)."""
+    return (
+        spec.kind == "class"
+        and bool(spec.snap_hooks)
+        and spec.min_containers == 0
+        and not spec.image.pip
+        and not spec.secrets
+    )
 
 
 @dataclass(frozen=True)

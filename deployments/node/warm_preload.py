@@ -9,6 +9,7 @@ unit's code, creates its instance and runs its `snap=True` enter hooks, with CUD
 replica that lands on it adopts the instance (`HELD`, once `HOLD_DONE` is set).
 """
 
+import json
 import os
 import threading
 import time
@@ -37,10 +38,11 @@ def _idle() -> bool:
 def _hold_app() -> bool:
     """Load the unit this worker holds and run its `snap=True` hooks; False when that failed (the
     reason in an error file the pool reads, and in HELD, and the worker marked failed)."""
-    from deployments.node.app_workers import node_code_dir, payload_file_name
+    from deployments.node.app_workers import env_file_name, node_code_dir, payload_file_name
 
     key = os.environ.get("RAYGPU_WARM_UNIT", "")
-    name = os.path.join(node_code_dir(WARM_APPS_DIR, os.getppid()), payload_file_name(key))
+    folder = node_code_dir(WARM_APPS_DIR, os.getppid())
+    name = os.path.join(folder, payload_file_name(key))
     HELD["key"] = key
     try:
         import cloudpickle
@@ -51,9 +53,12 @@ def _hold_app() -> bool:
         try:
             with open(name, "rb") as f:
                 payload = f.read()
+            with open(os.path.join(folder, env_file_name(key))) as f:
+                image_env = json.load(f)
         except FileNotFoundError:
             HELD["error"] = "no code for this unit on the node"  # not the pool's: a replica's own worker
             return False
+        os.environ.update({str(k): str(v) for k, v in image_env.items()})  # as its replica sets them
         with cuda_blocked(f"importing the code of {key}"):
             code = cloudpickle.loads(payload)
         HELD["code"] = code

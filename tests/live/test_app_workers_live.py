@@ -49,6 +49,7 @@ def test_a_snap_hook_runs_ahead_in_the_worker_whose_process_answers_the_first_ca
     info = cluster.post("/snapped/Snapper/info", {}).json()
     assert info["pid"] == pid == info["snapped"]["pid"] == info["placed"]["pid"]
     assert info["snapped"]["at"] < called_at < info["placed"]["at"]
+    assert info["snapped"]["mode"] == "ahead"  # the image's variables were set in the worker too
     cluster.wait_for(
         lambda: (
             "adopted" in next(f for f in cluster.status("snapped").functions if f.name == "Snapper").last_start_phases

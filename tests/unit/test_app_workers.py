@@ -74,6 +74,8 @@ def test_which_units_get_app_workers_and_their_shared_runtime_env():
     assert not wants_app_worker(spec.model_copy(update={"min_containers": 1}))  # never at zero
     assert not wants_app_worker(spec.model_copy(update={"image": Image(pip=["numpy"])}))  # its own environment
     assert not wants_app_worker(spec.model_copy(update={"snap_hooks": []}))
+    assert not wants_app_worker(spec.model_copy(update={"secrets": ["hf"]}))  # values reach replicas only
+    assert wants_app_worker(spec.model_copy(update={"image": Image(env={"MODE": "fast"})}))  # set in the worker too
     key = unit_key("snapper", "Embedder", "ab" * 32)
     assert key == "snapper/Embedder/" + "ab" * 8
     options = deployment_options("snapper", spec, None, "store", "ns", digest="ab" * 32)

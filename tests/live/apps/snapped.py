@@ -9,11 +9,11 @@ app = raygpu.App("snapped")
 CODE_VERSION = 1
 
 
-@app.cls(scaledown_window=2)
+@app.cls(scaledown_window=2, image=raygpu.Image(env={"SNAP_MODE": "ahead"}))
 class Snapper:
     @raygpu.enter(snap=True)
     def load(self):
-        self.snapped = {"pid": os.getpid(), "at": time.time()}
+        self.snapped = {"pid": os.getpid(), "at": time.time(), "mode": os.environ.get("SNAP_MODE")}
 
     @raygpu.enter()
     def place(self):
