@@ -297,6 +297,14 @@ class RouteSchema(BaseModel):
     doc: str | None = None
 
 
+def live_unit(entry: dict[str, Any] | None, name: str) -> "DeployedFunction | None":
+    """The unit `name` of a live app as the store lists it (`live_app`), None when it has none."""
+    for raw in entry["functions"] if entry else []:
+        if raw.get("spec", {}).get("name") == name:
+            return DeployedFunction.model_validate(raw)
+    return None
+
+
 def version_app_name(app: str, version: int) -> str:
     """The Serve application running one version of an app: versions run side by side while a new
     one starts and is checked, and the gateway routes to the live one."""

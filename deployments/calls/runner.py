@@ -24,7 +24,7 @@ from deployments.calls.delivery import post_callback
 from deployments.calls.json_arguments import JsonArguments
 from deployments.errors import ERROR_SOURCE_HEADER, RemoteCallError
 from deployments.head_actors import start_head_actor
-from deployments.spec import DeployedFunction
+from deployments.spec import DeployedFunction, live_unit
 from deployments.store.actor import get_store
 
 logger = logging.getLogger(__name__)
@@ -78,12 +78,7 @@ class CallRunner:
             await asyncio.sleep(SWEEP_INTERVAL_S)
 
     async def _deployed(self, app: str, unit: str) -> DeployedFunction | None:
-        entry = await self.store.live_app.remote(app)
-        for raw in entry["functions"] if entry else []:
-            deployed = DeployedFunction.model_validate(raw)
-            if deployed.spec.name == unit:
-                return deployed
-        return None
+        return live_unit(await self.store.live_app.remote(app), unit)
 
     async def _run(self, call_id: str) -> None:
         try:

@@ -128,6 +128,7 @@ class AppWorkers:
         self.rss: dict[str, int] = {}  # unit key -> its worker's resident memory, as last measured
         self.workers: dict[str, list[tuple[Any, str]]] = {}
         self.units: dict[str, LiveUnit] = {}
+        self._generation = -1  # the routing table's generation `units` was read at
         self.kept: list[str] = []
         self.started = 0
         self.evicted = 0
@@ -190,6 +191,10 @@ class AppWorkers:
             await prestart(app_runtime_env(key))
 
     async def _live_units(self, store: Any, resources: dict[str, float], head: bool) -> dict[str, LiveUnit]:
+        """The live units this node keeps workers for; read again only when the routing table moved."""
+        generation = (await store.ping.remote())["generation"]
+        if generation == self._generation:
+            return self.units
         off_head = head and bool(await store.get_setting.remote("replicas_off_head", False))
         units: dict[str, LiveUnit] = {}
         for entry in await store.live_apps.remote():
@@ -208,6 +213,7 @@ class AppWorkers:
                     entry["live_at"] or 0.0,
                     dict(deployed.spec.image.env),
                 )
+        self._generation = generation
         return units
 
     async def _write_code(self, store: Any) -> None:

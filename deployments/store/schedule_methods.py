@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from deployments.spec import DeployedFunction
+from deployments.spec import DeployedFunction, live_unit
 from deployments.store.db import StateDB
 
 TRIGGERS = ("schedule", "manual")
@@ -32,11 +32,8 @@ class ScheduleMethods:
 
     def _live_function(self, app: str, function: str) -> tuple[int, DeployedFunction] | None:
         found = self.db.live_apps(app)
-        for raw in found[0]["functions"] if found else []:
-            deployed = DeployedFunction.model_validate(raw)
-            if deployed.spec.name == function:
-                return int(found[0]["version"]), deployed
-        return None
+        deployed = live_unit(found[0] if found else None, function)
+        return None if deployed is None else (int(found[0]["version"]), deployed)
 
     async def start_scheduled_run(
         self, credential: str, app: str, function: str, due_at: float | None, trigger: str = "schedule"

@@ -38,6 +38,15 @@ def run(fn: Callable[[], T]) -> T:
         fail(str(exc))
 
 
+def app_and_unit(target: str, form: str, example: str) -> tuple[str, str]:
+    """APP/NAME split in two; a clean failure naming the `form` (APP/FN, APP/MODEL) and showing
+    `example` when it is not of that form."""
+    app, _, unit = target.partition("/")
+    if not app or not unit or "/" in unit:
+        fail(f"name it as {form}, e.g. `{example}`")
+    return app, unit
+
+
 def connect(address: str | None) -> None:
     from raygpu.sdk.connection import connect as attach
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from raygpu.cli.common import address_option, cluster, console, echo_json, fail, run, when
+from raygpu.cli.common import address_option, app_and_unit, cluster, console, echo_json, fail, run, when
 from raygpu.ops.contracts import ScheduledRunInfo
 
 
 def _split(target: str) -> tuple[str, str]:
-    app, _, function = target.partition("/")
-    if not app or not function or "/" in function:
-        fail("name the scheduled function as APP/FN, e.g. `raygpu runs reports/nightly`")
-    return app, function
+    return app_and_unit(target, "APP/FN", "raygpu runs reports/nightly")
 
 
 def run_outcome(r: ScheduledRunInfo) -> str:

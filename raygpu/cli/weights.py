@@ -5,14 +5,11 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from raygpu.cli.common import address_option, cluster, console, echo_json, fail, run
+from raygpu.cli.common import address_option, app_and_unit, cluster, console, echo_json, fail, run
 
 
 def _split(target: str) -> tuple[str, str]:
-    app, _, function = target.partition("/")
-    if not app or not function:
-        fail("name the deployment as APP/MODEL, e.g. `raygpu weights push shop/ranker ranker-v2.safetensors`")
-    return app, function
+    return app_and_unit(target, "APP/MODEL", "raygpu weights push shop/ranker ranker-v2.safetensors")
 
 
 @click.group()

@@ -165,13 +165,12 @@ def app_status(app: str) -> AppStatus:
         pass  # the meter is restarting: status without start phases
     parked = set(ray.get(control.parked.remote()).get(app, []))
     cancels = ray.get(control.cancel_replacements.remote(app))
-    scheduled = [DeployedFunction.model_validate(raw).spec for raw in entry["functions"]]
-    schedules = ray.get(control.schedule_summary.remote(app, [s.name for s in scheduled if s.schedule]))
-    warm = app_worker_notes(app) if any(s.snap_hooks for s in scheduled) else {}
+    units = [DeployedFunction.model_validate(raw) for raw in entry["functions"]]
+    schedules = ray.get(control.schedule_summary.remote(app, [u.spec.name for u in units if u.spec.schedule]))
+    warm = app_worker_notes(app) if any(u.spec.snap_hooks for u in units) else {}
     functions = []
     node_types: list[NodeType] | None = None
-    for raw in entry["functions"]:
-        deployed = DeployedFunction.model_validate(raw)
+    for deployed in units:
         details = serve_app.get("deployments", {}).get(deployed.deployment, {})
         if not details and deployed.spec.name in parked:
             details = {"status": "PARKED", "target_num_replicas": 0, "message": PARKED_MESSAGE}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 
 from deployments.calls.scheduler import submit
-from deployments.spec import DeployedFunction
+from deployments.spec import DeployedFunction, live_unit
 from raygpu.ops.contracts import ScheduledRunInfo
 from raygpu.sdk.control import admin_call, store
 from raygpu.sdk.errors import NotFoundError
@@ -15,15 +15,14 @@ def _scheduled(app: str, function: str) -> DeployedFunction:
     entry = ray.get(store().live_app.remote(app))
     if entry is None:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
-    for raw in entry["functions"]:
-        deployed = DeployedFunction.model_validate(raw)
-        if deployed.spec.name == function:
-            if deployed.spec.schedule is None:
-                raise NotFoundError(
-                    f"{app}/{function} has no schedule; declare one with @app.function(schedule=raygpu.Period(...))"
-                )
-            return deployed
-    raise NotFoundError(f"app {app!r} has no function {function!r}; `raygpu status {app}` lists its functions")
+    deployed = live_unit(entry, function)
+    if deployed is None:
+        raise NotFoundError(f"app {app!r} has no function {function!r}; `raygpu status {app}` lists its functions")
+    if deployed.spec.schedule is None:
+        raise NotFoundError(
+            f"{app}/{function} has no schedule; declare one with @app.function(schedule=raygpu.Period(...))"
+        )
+    return deployed
 
 
 def schedule_runs(app: str, function: str, limit: int = 20) -> list[ScheduledRunInfo]:

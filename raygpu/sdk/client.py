@@ -23,7 +23,7 @@ import ray
 from deployments.calls.context import CallContext, current_call
 from deployments.errors import call_error
 from deployments.signature import bind_positional
-from deployments.spec import DeployedFunction
+from deployments.spec import DeployedFunction, live_unit
 from raygpu.sdk import call_loop
 from raygpu.sdk.batch import batch_window, run_batch
 from raygpu.sdk.calls import FunctionCall
@@ -309,10 +309,9 @@ async def _ask_live_app(app: str) -> dict[str, Any] | None:
 def _find(app: str, name: str, entry: dict[str, Any] | None) -> DeployedFunction:
     if entry is None:
         raise NotFoundError(f"app {app!r} is not deployed; `raygpu ls` lists the deployed apps")
-    for raw in entry["functions"]:
-        deployed = DeployedFunction.model_validate(raw)
-        if deployed.spec.name == name:
-            return deployed
+    deployed = live_unit(entry, name)
+    if deployed is not None:
+        return deployed
     known = ", ".join(f["spec"]["name"] for f in entry["functions"])
     raise NotFoundError(f"app {app!r} has no function or class {name!r}; it has: {known}")
 
