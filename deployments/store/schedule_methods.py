@@ -16,6 +16,7 @@ from deployments.store.db import StateDB
 TRIGGERS = ("schedule", "manual")
 MAX_RUNS_LISTED = 1000
 EMPTY_ARGUMENTS = b"{}"
+SCHEDULE_PLANS_SETTING = "schedule_plans"
 
 
 class ScheduleMethods:
@@ -26,9 +27,11 @@ class ScheduleMethods:
     create_call: Callable[..., Any]
 
     def _init_schedules(self) -> None:
-        # "app/function" -> next due time, as the scheduler last published them (in memory: it
-        # publishes again after a restart)
-        self._schedule_plans: dict[str, float] = {}
+        # "app/function" -> next due time, as the scheduler last published them; kept in the
+        # settings too, so that a restarted store has them before the scheduler publishes again
+        # (the autoscaling policies pre-warm from them)
+        saved = self.db.get_setting(SCHEDULE_PLANS_SETTING, {})
+        self._schedule_plans: dict[str, float] = dict(saved) if isinstance(saved, dict) else {}
 
     def _live_function(self, app: str, function: str) -> tuple[int, DeployedFunction] | None:
         found = self.db.live_apps(app)
@@ -91,12 +94,15 @@ class ScheduleMethods:
         self._check_admin(credential)
         if not isinstance(plans, dict):
             raise ValueError("schedule plans map 'app/function' to the next due time")
-        self._schedule_plans = {
+        checked = {
             key: float(due)
             for key, due in plans.items()
             if isinstance(key, str) and key.count("/") == 1 and isinstance(due, (int, float)) and math.isfinite(due)
         }
-        return len(self._schedule_plans)
+        if checked != self._schedule_plans:
+            self._schedule_plans = checked
+            self.db.set_setting(SCHEDULE_PLANS_SETTING, checked)
+        return len(checked)
 
     async def schedule_plans(self) -> dict[str, list[Any]]:
         """What the autoscaling policies warm for: "app/function" -> [next due time, a run going]."""

@@ -251,6 +251,8 @@ def test_the_store_records_one_run_per_due_time_and_skips_a_run_while_the_last_g
         store.db.close()
         reopened = ControlPlaneStore(str(tmp_path / "state.db"), ADMIN_HASH)
         assert await reopened.last_scheduled_due("jobs", "tick") == 140.0
+        # and the plans the policies pre-warm from, before the scheduler publishes again
+        assert await reopened.schedule_plans() == {"jobs/tick": [160.0, True]}
         assert (await reopened.start_scheduled_run(ADMIN, "jobs", "tick", 140.0))["new"] is False
 
     asyncio.run(main())
