@@ -157,6 +157,8 @@ WARM_POOL_ACTOR_PREFIX = "raygpu-warm-pool-"
 # One empty file per warm worker whose preload finished, named by pid: the pool hands out only those.
 WARM_READY_DIR = os.path.join(tempfile.gettempdir(), "raygpu-warm-workers")
 # Node-private: the code of the units whose warm workers hold their app (deployments/node/app_workers.py).
+MAX_REPORTED_APP_UNITS = 10_000  # app units one node's pool reports holding at once
+HELD_UNIT_MEMORY_S = 3600.0  # the store forgets a unit no node reported holding for this long
 WARM_APPS_DIR = os.path.join(tempfile.gettempdir(), "raygpu-warm-apps")
 # Idle warm workers kept per GPU node (each ~300-400 MB of RAM: a Python process with torch imported).
 DEFAULT_WARM_POOL_SIZE = 1

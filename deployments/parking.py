@@ -23,6 +23,7 @@ import ray
 from autoscaling.parking import QuietReport, parked_after
 from deployments import constants
 from deployments.head_actors import start_head_actor
+from deployments.node.app_workers import app_env_switches, unit_key, uses_app_env, wants_app_worker
 from deployments.serve_apps import (
     ServeAppOptions,
     busy_deployments,
@@ -63,6 +64,22 @@ class LiveVersion:
     def names(self) -> set[str]:
         return {f.spec.name for f in self.functions}
 
+    def app_units(self) -> dict[str, str]:
+        """Function -> app unit key, for the functions whose replicas may take app-warm workers."""
+        return {
+            f.spec.name: unit_key(self.app, f.spec.name, f.digest)
+            for f in self.functions
+            if f.digest and wants_app_worker(f.spec)
+        }
+
+    def at_rest(self, raw_reports: dict[str, Any], names: set[str]) -> dict[str, QuietReport | None]:
+        """The quiet reports of `names`, none earlier than the version went live or each came back."""
+        reports: dict[str, QuietReport | None] = {}
+        for name in names:
+            report = QuietReport.from_wire(raw_reports.get(f"{self.app}/{name}"))
+            reports[name] = report and QuietReport(self.quiet_since(name, raw_reports), report.wake_at)
+        return reports
+
     def parked_after(self, raw_reports: dict[str, Any], park_after_s: float, now: float) -> set[str]:
         """The functions parked after this pass. A function is at rest no earlier than its version
         went live or it was last brought back, whatever an earlier report says."""
@@ -85,6 +102,8 @@ class Parker:
         self.live: dict[str, LiveVersion] = {}
         self.parks = 0
         self.unparks = 0
+        self.env_switches = 0
+        self._held: dict[str, float] = {}  # app unit key -> when a node last reported holding it
         self.last_error: str | None = None
         self._synced = False
         self._read_generation = -1  # the routing table's generation when live versions were last read
@@ -119,6 +138,7 @@ class Parker:
             "parked": {app: sorted(e.parked) for app, e in self.live.items() if e.parked},
             "parks": self.parks,
             "unparks": self.unparks,
+            "env_switches": self.env_switches,
             "last_error": self.last_error,
         }
 
@@ -172,12 +192,56 @@ class Parker:
                 entry.back_at.update({n: time.time() for n in woken})
                 if woken:
                     await self.store.forget_quiet.remote([f"{app}/{n}" for n in woken])
+        await self._switch_app_envs(live, raw_reports)
         published = await self.store.parked.remote()
         for app, entry in live.items():
             if sorted(entry.parked) != published.get(app, []):
                 await self.store.set_parked.remote(self._credential, app, sorted(entry.parked))
         for app in set(published) - set(live):  # stopped apps
             await self.store.set_parked.remote(self._credential, app, [])
+
+    async def _switch_app_envs(self, live: dict[str, LiveVersion], raw_reports: dict[str, Any]) -> None:
+        """A unit that takes app-warm workers runs in its own runtime env while a node holds such a
+        worker (its replica lands on it), in its flavour's generic one otherwise (a warm worker with
+        torch imported, where its own env would start a fresh process); changed only at rest."""
+        units_by_app = {app: units for app, entry in live.items() if (units := entry.app_units())}
+        if not units_by_app:
+            return
+        self._held = await self.store.held_app_units.remote()
+        for app, units in units_by_app.items():
+            entry = live[app]
+            units = {name: key for name, key in units.items() if name not in entry.parked}
+            options = await self._options(entry)
+            reports = entry.at_rest(raw_reports, set(units))
+            switches = app_env_switches(
+                time.time(), units, set(options.app_workers), self._held, reports, constants.PARK_WAKE_LEAD_S
+            )
+            if not switches:
+                continue
+            async with entry.lock:  # as parking: a call may have come meanwhile
+                if self.live.get(app) is not entry:
+                    continue
+                switches -= entry.parked
+                since = min((entry.quiet_since(n, raw_reports) for n in switches), default=time.time())
+                arrived = await self.store.last_arrivals.remote(since)
+                switches -= {n for n in switches if arrived.get(f"{app}/{n}", 0.0) >= entry.quiet_since(n, raw_reports)}
+                switches -= await asyncio.to_thread(busy_deployments, entry.serve_app, switches)
+                if switches and await self._still_live(entry):
+                    await self._redeploy(entry, set(options.app_workers) ^ switches)
+                    self.env_switches += len(switches)
+                    logger.info("raygpu parker: %s: app-warm env now for %s", app, sorted(entry.options.app_workers))
+
+    async def _redeploy(self, entry: LiveVersion, app_workers: set[str]) -> None:
+        """Deploy the functions `entry` keeps in Serve again, those of `app_workers` in their app
+        unit's runtime env (the others' options unchanged: Serve leaves their replicas be)."""
+        payloads, options = await self._version_code(entry)
+        options = entry.options = options.model_copy(update={"app_workers": sorted(app_workers)})
+        await self.store.set_setting.remote(self._credential, options_key(entry.serve_app), options.model_dump())
+        kept = entry.names - entry.parked
+        await asyncio.to_thread(
+            run_version, entry.serve_app, entry.app, entry.version, entry.functions, payloads, options, kept
+        )
+        await asyncio.to_thread(wait_deployed, entry.serve_app, kept, constants.PARK_APP_GONE_WAIT_S)
 
     async def _park_after_s(self) -> float:
         value = await self.store.get_setting.remote("park_after_s", constants.DEFAULT_PARK_AFTER_S)
@@ -242,11 +306,16 @@ class Parker:
             payloads, options = await self._version_code(entry)
             initial = dict(options.initial_replicas)
             minimums = {f.spec.name: f.spec.min_containers for f in entry.functions}
+            app_workers, units, now = set(options.app_workers), entry.app_units(), time.time()
             for name in entry.parked - parked:  # coming back: a new deployment, with new options
                 initial[name] = max(minimums[name], 1 if name == called else 0)
-            if initial != options.initial_replicas:
+                app_workers.discard(name)
+                if name in units and uses_app_env(now, self._held.get(units[name]), False):
+                    app_workers.add(name)
+            if initial != options.initial_replicas or app_workers != set(options.app_workers):
                 # every later build gives the deployments in Serve the options they run with
-                options = entry.options = options.model_copy(update={"initial_replicas": initial})
+                update = {"initial_replicas": initial, "app_workers": sorted(app_workers)}
+                options = entry.options = options.model_copy(update=update)
                 key = options_key(entry.serve_app)
                 await self.store.set_setting.remote(self._credential, key, options.model_dump())
             if not entry.names - entry.parked:  # it was emptied: wait for Serve to have deleted it
@@ -271,9 +340,12 @@ class Parker:
     async def _version_code(self, entry: LiveVersion) -> tuple[dict[str, bytes], ServeAppOptions]:
         if entry.payloads is None:
             entry.payloads = await self.store.version_payloads.remote(self._credential, entry.app, entry.version)
+        return entry.payloads, await self._options(entry)
+
+    async def _options(self, entry: LiveVersion) -> ServeAppOptions:
         if entry.options is None:
             entry.options = options_from(await self.store.get_setting.remote(options_key(entry.serve_app), None))
-        return entry.payloads, entry.options
+        return entry.options
 
 
 async def bring_back(app: str, function: str, wait_s: float = constants.PARK_APP_GONE_WAIT_S) -> bool:

@@ -31,6 +31,8 @@ class ServeAppOptions(BaseModel):
     metered: bool = True
     initial_replicas: dict[str, int] = Field(default_factory=dict)
     worker_resource: str | None = None
+    # functions whose replicas run in their app unit's runtime env (a node holds a warm worker of it)
+    app_workers: list[str] = Field(default_factory=list)
 
 
 def options_key(serve_app: str) -> str:
@@ -67,6 +69,7 @@ def build_version(
         initial_replicas=options.initial_replicas,
         worker_resource=options.worker_resource,
         versions={f.spec.name: f.digest for f in chosen if f.digest},
+        app_workers=set(options.app_workers),
     )
 
 

@@ -178,6 +178,9 @@ class AppWorkers:
         for unit in candidates:
             if unit.key not in self.kept:
                 self.evicted += _stop(self.workers.pop(unit.key, []))
+        held = self.held_keys()
+        if held:  # the parker gives a unit's deployment its app env while some node holds a worker of it
+            await store.report_app_workers.remote(self.credential, sorted(held))
         for key in self.kept:
             if self.workers.get(key):
                 continue
@@ -245,6 +248,14 @@ class AppWorkers:
                 with open(error) as f:
                     self.reasons[key] = f.read().strip() or "the warm worker could not hold the app"
                 logger.warning("raygpu warm pool: no warm workers for %s: %s", key, self.reasons[key])
+
+    def held_keys(self) -> set[str]:
+        """The units an idle worker of this node holds now."""
+        return {
+            key
+            for key, procs in self.workers.items()
+            if key not in self.reasons and any(state == READY for _, state in procs)
+        }
 
     def stats(self) -> dict[str, Any]:
         units = []

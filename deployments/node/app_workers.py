@@ -3,7 +3,10 @@ warm workers share (Ray hands an idle worker only to an actor with an identical 
 file a worker loads the unit's code from, and which units' workers fit a node's memory. Pure: no Ray.
 
 A class with `@raygpu.enter(snap=True)` hooks gets them: a warm worker imports its module and runs
-those hooks before any call arrives, and the replica that lands on it adopts the instance.
+those hooks before any call arrives, and the replica that lands on it adopts the instance. Its
+deployment takes that runtime env only while a node holds such a worker (`uses_app_env`): without
+one, a replica in the unit's own env would start a process of its own, where the generic torch
+warm worker it takes otherwise has torch imported already.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+from autoscaling.parking import QuietReport
 from deployments.spec import FunctionSpec
 
 APP_FLAVOUR = "app"
@@ -79,3 +83,47 @@ def units_that_fit(units: list[AppUnit], budget_bytes: int) -> list[str]:
             kept.append(unit.key)
             used += size
     return kept
+
+
+# A deployment takes its unit's runtime env once a node reported a worker holding the unit this
+# recently (the pools report every 2 s), and gives it up once none did for this long: a replica took
+# the worker and its replacement is still loading meanwhile (not worth two Serve updates).
+HELD_FRESH_S = 6.0
+HELD_RELEASE_S = 60.0
+# An env is switched only for a function at rest this long with no pre-warm due within the lead: a
+# replica starting while Serve takes the new options would be started again.
+SWITCH_QUIET_S = 3.0
+
+
+def uses_app_env(now: float, last_held_at: float | None, uses_now: bool) -> bool:
+    """Whether a unit's deployment should run in its app-warm runtime env, given when a node last
+    reported a worker holding it (None: never)."""
+    if last_held_at is None:
+        return False
+    return now - last_held_at <= (HELD_RELEASE_S if uses_now else HELD_FRESH_S)
+
+
+def env_switch_due(now: float, report: QuietReport | None, lead_s: float) -> bool:
+    """Whether a function's deployment may change its runtime env now: at rest at zero for
+    SWITCH_QUIET_S, its next pre-warm (if any) not within `lead_s`."""
+    if report is None or now - report.since < SWITCH_QUIET_S:
+        return False
+    return report.wake_at is None or report.wake_at - now > lead_s
+
+
+def app_env_switches(
+    now: float,
+    units: dict[str, str],
+    using: set[str],
+    last_held: dict[str, float],
+    reports: dict[str, QuietReport | None],
+    lead_s: float,
+) -> set[str]:
+    """The functions (of `units`: function -> unit key) whose deployments change env now: those
+    where `uses_app_env` differs from what they use (`using`) and a change is due."""
+    changes = set()
+    for name, key in units.items():
+        wanted = uses_app_env(now, last_held.get(key), name in using)
+        if wanted != (name in using) and env_switch_due(now, reports.get(name), lead_s):
+            changes.add(name)
+    return changes

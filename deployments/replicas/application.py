@@ -26,11 +26,14 @@ def deployment_options(
     worker_resource: str | None = None,
     metered: bool = True,
     digest: str | None = None,
+    app_worker: bool = False,
 ) -> dict[str, Any]:
     """Serve options of one unit's deployment: resources, autoscaling, queue bounds (the policy
     plans with the replica starts the meter measures, where there is a meter).
     `worker_resource`: a custom resource only non-head nodes have; asking for a sliver of it keeps
-    user replicas off the head node (the control plane's) when the cluster has other nodes."""
+    user replicas off the head node (the control plane's) when the cluster has other nodes.
+    `app_worker`: its replicas take the warm workers holding its app unit (a node holds one), in
+    that unit's runtime env; else the generic warm workers of its flavour."""
     actor_options: dict[str, Any] = {"num_cpus": spec.cpu}
     request = spec.gpu_request
     if request is not None:
@@ -41,8 +44,7 @@ def deployment_options(
         actor_options["memory"] = spec.memory * 1024 * 1024
     if worker_resource:
         actor_options["resources"] = {worker_resource: constants.WORKER_RESOURCE_SLIVER}
-    # a unit whose warm workers hold its app (its code, by digest) lands only on those
-    unit = unit_key(app, spec.name, digest) if digest and wants_app_worker(spec) else None
+    unit = unit_key(app, spec.name, digest) if app_worker and digest and wants_app_worker(spec) else None
     runtime_env = runtime_env_for(spec.image.to_runtime_env(), kind_of(spec).warm_flavour, unit)
     if runtime_env:
         actor_options["runtime_env"] = runtime_env
@@ -86,6 +88,7 @@ def build_app_application(
     initial_replicas: dict[str, int] | None = None,
     worker_resource: str | None = None,
     versions: dict[str, str] | None = None,
+    app_workers: set[str] | None = None,
 ) -> Any:
     """One Serve application holding a deployment per unit of a user app.
 
@@ -94,6 +97,7 @@ def build_app_application(
     `versions` (function -> digest of its spec and code) name each deployment's version, so that
     deploying the application again with some functions added or removed (parking) leaves the
     replicas of the others running; without it Serve draws a new version per deploy.
+    `app_workers`: the functions whose replicas take the warm workers holding their app unit.
     """
     bound = []
     for spec, payload, accelerator in units:
@@ -107,6 +111,7 @@ def build_app_application(
             worker_resource=worker_resource,
             metered=metered,
             digest=(versions or {}).get(spec.name),
+            app_worker=spec.name in (app_workers or set()),
         )
         deployment = serve.deployment(kind_of(spec).replica_class()).options(**options)
         if versions and spec.name in versions:

@@ -65,6 +65,9 @@ class ControlPlaneStore(SpawnedCallMethods, SecretMethods, ScheduleMethods):
         # only; the policies report again and the parker publishes again after a restart.
         self._quiet: dict[str, list[float | None]] = {}
         self._parked: dict[str, list[str]] = {}
+        # When a node's warm pool last reported an idle worker holding each app unit (memory only:
+        # the pools report every pass; deployments/node/app_workers.py decides from it)
+        self._held_units: dict[str, float] = {}
 
     def _bump(self) -> int:
         self.generation += 1
@@ -279,6 +282,25 @@ class ControlPlaneStore(SpawnedCallMethods, SecretMethods, ScheduleMethods):
 
     async def parked(self) -> dict[str, list[str]]:
         return dict(self._parked)
+
+    # --- app-warm workers (deployments/node/app_pool.py reports, the parker reads) ---------------
+    async def report_app_workers(self, credential: str, held: list[str]) -> int:
+        """A node's warm pool: the app units (keys `app/unit/digest16`) an idle worker of it holds
+        now. Admin only: which runtime env a deployment takes follows it. Returns how many taken."""
+        self._check_admin(credential)
+        if not isinstance(held, list) or len(held) > constants.MAX_REPORTED_APP_UNITS:
+            raise ValueError(f"report_app_workers takes a list of at most {constants.MAX_REPORTED_APP_UNITS} unit keys")
+        now = time.time()
+        keys = [k for k in held if isinstance(k, str) and k.count("/") == 2 and len(k) <= 512]
+        self._held_units.update(dict.fromkeys(keys, now))
+        for key, at in list(self._held_units.items()):
+            if now - at > constants.HELD_UNIT_MEMORY_S:
+                del self._held_units[key]
+        return len(keys)
+
+    async def held_app_units(self) -> dict[str, float]:
+        """Unit key -> when a node last reported a worker holding it."""
+        return dict(self._held_units)
 
     async def save_policy_state(self, app: str, function: str, state: dict[str, Any]) -> None:
         self.db.save_policy_state(app, function, state)

@@ -257,7 +257,9 @@ def restore_apps_serve_lost(store: Any, admin: str) -> tuple[list[str], list[str
             continue
         serve_app = functions[0].serve_app
         options = options_from(ray.get(store.get_setting.remote(options_key(serve_app), None)))
-        options = options.model_copy(update={"worker_resource": worker_resource(), "initial_replicas": {}})
+        options = options.model_copy(
+            update={"worker_resource": worker_resource(), "initial_replicas": {}, "app_workers": []}
+        )
         ray.get(store.set_setting.remote(admin, options_key(serve_app), options.model_dump()))
         run_version(serve_app, app["name"], app["version"], functions, payloads, options)
         restored.append(app["name"])

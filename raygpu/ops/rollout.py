@@ -15,6 +15,7 @@ import ray
 from ray import serve
 
 from deployments import constants
+from deployments.node.app_workers import unit_key, uses_app_env, wants_app_worker
 from deployments.node.weight_cache import fingerprint
 from deployments.replicas.start_check import start_checks
 from deployments.serve_apps import (
@@ -35,6 +36,21 @@ from raygpu.sdk.control import admin_call, gateway_url, public_url, store, wait_
 from raygpu.sdk.errors import DeployError, NoClusterError
 
 Unit = tuple[FunctionSpec, bytes, str | None]
+
+
+def held_units(app_name: str, deployed: list[DeployedFunction]) -> list[str]:
+    """The functions whose app unit (same code) a node holds a warm worker of already: their
+    deployments take it from the start (the others once a worker holds them; deployments/parking.py)."""
+    units = {
+        d.spec.name: unit_key(app_name, d.spec.name, d.digest)
+        for d in deployed
+        if d.digest and wants_app_worker(d.spec)
+    }
+    if not units:
+        return []
+    held = ray.get(store().held_app_units.remote())
+    now = time.time()
+    return sorted(name for name, key in units.items() if uses_app_env(now, held.get(key), False))
 
 
 def digest_of(spec: FunctionSpec, payload: bytes) -> str:
@@ -215,7 +231,9 @@ def roll_out(
             raise refuse(_startup_failures(app_name, errors))
     running = running_replicas(previous[0].serve_app) if previous else {}
     initial = warm_handoff(running, specs, ray.available_resources().get("GPU", 0.0))
-    options = ServeAppOptions(metered=metered, initial_replicas=initial, worker_resource=off_head)
+    options = ServeAppOptions(
+        metered=metered, initial_replicas=initial, worker_resource=off_head, app_workers=held_units(app_name, deployed)
+    )
     try:
         admin_call("set_setting", options_key(serve_app), options.model_dump())
         run_version(serve_app, app_name, version, deployed, {spec.name: payload for spec, payload, _ in units}, options)

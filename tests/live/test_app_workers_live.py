@@ -1,5 +1,7 @@
-"""Warm workers that hold an app, on the real cluster: a class's `snap=True` hook runs in a warm worker
-before the first call and the replica that answers runs in that process (its plain hook after); a new
+"""Warm workers that hold an app, on the real cluster: before a node holds a worker of the app, its
+replica starts on a generic torch warm worker and runs every hook; once one holds it (and the
+deployment took its app env at rest), a class's `snap=True` hook runs in a warm worker before the
+call and the replica that answers runs in that process (its plain hook after); a new
 deploy with changed code gets a new worker; a hook that initialises CUDA gets no worker and its
 replica refuses with the reason; over the node's warm-memory budget the least recently called app's
 worker goes."""
@@ -35,6 +37,39 @@ def held_worker(cluster, function: str, timeout: float = 120) -> tuple[str, int]
     return cluster.wait_for(holding, timeout=timeout, what=f"a warm worker holding snapped/{function}")
 
 
+def in_app_env(function: str) -> bool:
+    """Whether snapped/`function`'s deployment runs in its app unit's runtime env now."""
+    from deployments.serve_apps import options_from, options_key
+    from deployments.store.actor import get_store
+
+    store = get_store()
+    live = ray.get(store.live_app.remote("snapped"))
+    serve_app = live["functions"][0]["serve_app"]
+    return function in options_from(ray.get(store.get_setting.remote(options_key(serve_app), None))).app_workers
+
+
+def at_zero(cluster, function: str) -> None:
+    cluster.wait_for(
+        lambda: (
+            not any(
+                r["state"] == "RUNNING"
+                for f in cluster.status("snapped").functions
+                if f.name == function
+                for r in [x.model_dump() for x in f.replica_details]
+            )
+        ),
+        timeout=60,
+        what=f"{function} at zero",
+    )
+
+
+def held_and_taken(cluster, function: str) -> tuple[str, int]:
+    """A worker holds snapped/`function` and its deployment took the app env (at rest)."""
+    found = held_worker(cluster, function)
+    cluster.wait_for(lambda: in_app_env(function), timeout=60, what=f"{function}'s deployment in its app env")
+    return found
+
+
 @pytest.fixture(scope="module")
 def snapped(cluster):
     cluster.deploy(APPS / "snapped.py")
@@ -44,10 +79,16 @@ def snapped(cluster):
 
 def test_a_snap_hook_runs_ahead_in_the_worker_whose_process_answers_the_first_call(snapped):
     cluster = snapped
-    key, pid = held_worker(cluster, "Snapper")
+    # right after the deploy no node holds a worker of it: a generic torch worker, every hook there
+    assert not in_app_env("Snapper")
+    first = cluster.post("/snapped/Snapper/info", {}).json()
+    assert first["warm"] == "torch" and first["pid"] == first["snapped"]["pid"] == first["placed"]["pid"]
+    at_zero(cluster, "Snapper")
+    key, pid = held_and_taken(cluster, "Snapper")
+    assert pid != first["pid"]
     called_at = time.time()
     info = cluster.post("/snapped/Snapper/info", {}).json()
-    assert info["pid"] == pid == info["snapped"]["pid"] == info["placed"]["pid"]
+    assert info["pid"] == pid == info["snapped"]["pid"] == info["placed"]["pid"] and info["warm"] == "app"
     assert info["snapped"]["at"] < called_at < info["placed"]["at"]
     assert info["snapped"]["mode"] == "ahead"  # the image's variables were set in the worker too
     cluster.wait_for(
@@ -66,21 +107,10 @@ def test_a_snap_hook_runs_ahead_in_the_worker_whose_process_answers_the_first_ca
         cluster.deploy(changed)
     finally:
         changed.unlink()
-    new_key, new_pid = held_worker(cluster, "Snapper")
+    new_key, new_pid = held_and_taken(cluster, "Snapper")
     assert new_key != key and new_pid != pid
     cluster.wait_for(lambda: key not in units(cluster), timeout=30, what="the old code's worker to go")
-    cluster.wait_for(
-        lambda: (
-            not any(
-                r["state"] == "RUNNING"
-                for f in cluster.status("snapped").functions
-                if f.name == "Snapper"
-                for r in [x.model_dump() for x in f.replica_details]
-            )
-        ),
-        timeout=60,
-        what="Snapper at zero",
-    )
+    at_zero(cluster, "Snapper")
     again = cluster.post("/snapped/Snapper/info", {}).json()
     assert again["code"] == 2 and again["pid"] == new_pid == again["snapped"]["pid"]
 

@@ -78,17 +78,77 @@ def test_which_units_get_app_workers_and_their_shared_runtime_env():
     assert wants_app_worker(spec.model_copy(update={"image": Image(env={"MODE": "fast"})}))  # set in the worker too
     key = unit_key("snapper", "Embedder", "ab" * 32)
     assert key == "snapper/Embedder/" + "ab" * 8
-    options = deployment_options("snapper", spec, None, "store", "ns", digest="ab" * 32)
+    options = deployment_options("snapper", spec, None, "store", "ns", digest="ab" * 32, app_worker=True)
     env = options["ray_actor_options"]["runtime_env"]["env_vars"]
     assert env == {WARM_ENV_VAR: "app", "RAYGPU_WARM_UNIT": key}
+    # while no node holds a worker of it, the generic torch warm workers (torch imported already)
+    unheld = deployment_options("snapper", spec, None, "store", "ns", digest="ab" * 32)
+    assert unheld["ray_actor_options"]["runtime_env"]["env_vars"] == {WARM_ENV_VAR: "torch"}
     # another digest (changed code) is another environment: old workers are never taken
-    other = deployment_options("snapper", spec, None, "store", "ns", digest="cd" * 32)
+    other = deployment_options("snapper", spec, None, "store", "ns", digest="cd" * 32, app_worker=True)
     assert other["ray_actor_options"]["runtime_env"] != options["ray_actor_options"]["runtime_env"]
     assert payload_file_name(key) != payload_file_name(unit_key("snapper", "Embedder", "cd" * 32))
     # a pip image keeps its own environment; a plain function keeps the torch flavour
     assert runtime_env_for({"pip": ["numpy"]}, "torch", key) == {"pip": ["numpy"]}
-    plain = deployment_options("snapper", FunctionSpec(name="f"), None, "store", "ns", digest="ab" * 32)
+    plain = deployment_options(
+        "snapper", FunctionSpec(name="f"), None, "store", "ns", digest="ab" * 32, app_worker=True
+    )
     assert plain["ray_actor_options"]["runtime_env"]["env_vars"] == {WARM_ENV_VAR: "torch"}
+
+
+def test_a_deployment_takes_its_app_env_while_a_node_holds_a_worker_and_switches_only_at_rest():
+    from autoscaling.parking import QuietReport
+    from deployments.node.app_workers import (
+        HELD_FRESH_S,
+        HELD_RELEASE_S,
+        SWITCH_QUIET_S,
+        app_env_switches,
+        env_switch_due,
+        uses_app_env,
+    )
+
+    now = 10_000.0
+    assert not uses_app_env(now, None, False) and not uses_app_env(now, None, True)  # never held
+    assert uses_app_env(now, now - 1, False)  # a node reported holding it just now
+    assert not uses_app_env(now, now - HELD_FRESH_S - 1, False)  # an old report does not switch to it
+    # once in it, a worker taken by a replica (its replacement loading) keeps it for a while
+    assert uses_app_env(now, now - HELD_FRESH_S - 1, True)
+    assert not uses_app_env(now, now - HELD_RELEASE_S - 1, True)
+
+    rest = QuietReport(since=now - SWITCH_QUIET_S - 1)
+    assert env_switch_due(now, rest, 20.0)
+    assert not env_switch_due(now, None, 20.0)  # busy (or not reported at rest)
+    assert not env_switch_due(now, QuietReport(since=now - 1), 20.0)  # just came to rest
+    assert not env_switch_due(now, QuietReport(since=rest.since, wake_at=now + 5), 20.0)  # pre-warm near
+    assert env_switch_due(now, QuietReport(since=rest.since, wake_at=now + 60), 20.0)
+
+    units = {"A": "app/A/1", "B": "app/B/1", "C": "app/C/1", "D": "app/D/1"}
+    held = {"app/A/1": now - 1, "app/C/1": now - 1, "app/D/1": now - HELD_RELEASE_S - 5}
+    reports = {"A": rest, "B": rest, "C": None, "D": rest}
+    # A: held, at rest -> switches to its app env; B: never held, torch already; C: held but busy;
+    # D: in its app env, no worker held for long -> back to torch
+    assert app_env_switches(now, units, {"D"}, held, reports, 20.0) == {"A", "D"}
+    assert app_env_switches(now, units, {"A", "C"}, held, reports, 20.0) == set()
+
+
+def test_the_store_keeps_which_units_nodes_hold_admin_only(tmp_path):
+    import asyncio
+    import hashlib
+
+    from deployments.store.actor import ControlPlaneStore
+
+    async def scenario() -> None:
+        store = ControlPlaneStore(str(tmp_path / "state.db"), hashlib.sha256(b"k").hexdigest())
+        for wrong in ("wrong", None, ""):
+            with pytest.raises(PermissionError):
+                await store.report_app_workers(wrong, ["a/A/1"])
+        with pytest.raises(ValueError, match="list of at most"):
+            await store.report_app_workers("k", "a/A/1")
+        assert await store.held_app_units() == {}
+        assert await store.report_app_workers("k", ["a/A/1", "not-a-key", 7]) == 1
+        assert set(await store.held_app_units()) == {"a/A/1"}
+
+    asyncio.run(scenario())
 
 
 def test_a_nodes_memory_keeps_the_most_recently_called_units():

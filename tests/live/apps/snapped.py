@@ -21,7 +21,8 @@ class Snapper:
 
     @raygpu.method()
     def info(self) -> dict:
-        return {"snapped": self.snapped, "placed": self.placed, "pid": os.getpid(), "code": CODE_VERSION}
+        warm = os.environ.get("RAYGPU_WARM_WORKER")
+        return {"snapped": self.snapped, "placed": self.placed, "pid": os.getpid(), "code": CODE_VERSION, "warm": warm}
 
 
 @app.cls(scaledown_window=2)
