@@ -11,9 +11,10 @@ Cases:
                replica on the node (nothing staged: it reads the evicted file) and as a later one
                (the first staged the weights in node memory: deployments/engines/model_stage.py)
   cls_enter    the demo's sentence-transformers class from zero replicas (benchmarks/_cls_enter.py):
-               with its load in a `snap=True` hook held by a warm worker of the app, the same with no
-               such worker on the node, the same work in a plain enter hook, and a plain Serve
-               deployment whose `__init__` does it; the held workers' resident memory in the JSON
+               with its load in a `snap=True` hook held by a warm worker of the app; the same as a
+               new deploy called right after it (no node holds a worker of it yet); the same work in
+               a plain enter hook, also a new deploy; and a plain Serve deployment whose `__init__`
+               does it; the held workers' resident memory in the JSON
   vllm_tiny    the tiny local Llama: raygpu vLLM deployment vs starting vLLM's own OpenAI server,
                both timed to the first streamed token of a completion (and to its end); raygpu's
                replica lands on a warm worker of the vllm flavour, which hands it a warm engine
@@ -334,6 +335,7 @@ def main() -> None:
         deploy_app(app, source_label(path, digest))
 
         targets = {}
+        phase_deployments: dict[str, tuple[str, str]] = {}  # sides whose deployment is new on each call
         if "trivial" in cases:
             targets["trivial"] = {
                 "raygpu_s": (
@@ -355,22 +357,35 @@ def main() -> None:
             }
         if "cls_enter" in cases:
             cold_start_cls.serve_baseline(plain_autoscaling(constants.METRICS_INTERVAL_S))
-            cls_file = work / "coldcls.py"
-            cls_file.write_text(cold_start_cls.SOURCE)
-            cls_app, path, digest = load_app(str(cls_file))
-            deploy_app(cls_app, source_label(path, digest))
-            embed = f"{info.gateway_url}/coldcls/Embedder/embed"
+            cold_start_cls.deploy_fresh(work, cold_start_cls.APP, cold_start_cls.SOURCE)
+            embed = f"{info.gateway_url}/{cold_start_cls.APP}/Embedder/embed"
+            fresh_deploys = {"new": 0, "today": 0}
 
-            def without_app_worker() -> float:
-                cold_start_cls.stop_held_workers()
-                return timed_post(embed, cold_start_cls.BODY)
+            def right_after_deploy(side: str, app_name: str, source) -> float:
+                fresh_deploys[side] += 1
+                cold_start_cls.deploy_fresh(work, app_name, source(fresh_deploys[side]))
+                return timed_post(f"{info.gateway_url}/{app_name}/Embedder/embed", cold_start_cls.BODY)
 
+            def fresh_deployments() -> list[tuple[str, str]]:
+                apps = [cold_start_cls.NEW_APP] * bool(fresh_deploys["new"])
+                apps += [cold_start_cls.TODAY_APP] * bool(fresh_deploys["today"])
+                return [(f"raygpu-app-{a}", "Embedder") for a in apps]
+
+            phase_deployments.update(
+                {
+                    "raygpu_no_app_worker_s": (f"raygpu-app-{cold_start_cls.NEW_APP}", "Embedder"),
+                    "raygpu_today_s": (f"raygpu-app-{cold_start_cls.TODAY_APP}", "Embedder"),
+                }
+            )
             targets["cls_enter"] = {
                 "raygpu_s": (lambda: timed_post(embed, cold_start_cls.BODY), ("raygpu-app-coldcls", "Embedder")),
-                "raygpu_no_app_worker_s": (without_app_worker, ("raygpu-app-coldcls", "Embedder")),
+                "raygpu_no_app_worker_s": (
+                    lambda: right_after_deploy("new", cold_start_cls.NEW_APP, cold_start_cls.new_source),
+                    None,
+                ),
                 "raygpu_today_s": (
-                    lambda: timed_post(f"{info.gateway_url}/coldcls/EmbedderToday/embed", cold_start_cls.BODY),
-                    ("raygpu-app-coldcls", "EmbedderToday"),
+                    lambda: right_after_deploy("today", cold_start_cls.TODAY_APP, cold_start_cls.today_source),
+                    None,
                 ),
                 "plain_serve_s": (
                     lambda: timed_post(f"{info.serve_url}/plain-embedder", cold_start_cls.BODY),
@@ -432,10 +447,24 @@ def main() -> None:
                         # either side on a node at rest: the pool refilled and done importing (a vllm
                         # worker's refill imports vLLM twice; on a small node it would slow either side)
                         wait_until(pool_at_rest, 600, "the warm pool at rest")
-                    elif case == "cls_enter" and side in ("raygpu_s", "raygpu_no_app_worker_s"):
-                        # a warm worker holding the app, its snap hook done (then stopped, for the other side)
-                        wait_until(lambda: bool(cold_start_cls.held_workers()), 300, "a warm worker holding the app")
-                        held_rss.extend(cold_start_cls.held_workers().values())
+                    elif case == "cls_enter":
+                        # every side from the same node at rest: no replica of the case running, each
+                        # app unit's worker held (a replica that took one had it replaced; a fresh
+                        # deploy's first one made) and none still loading: each would take CPU
+                        wait_until(
+                            lambda: (
+                                not any(
+                                    running(*d)
+                                    for d in fresh_deployments() + [(f"raygpu-app-{cold_start_cls.APP}", "Embedder")]
+                                )
+                            ),
+                            180,
+                            "the case's deployments at zero",
+                        )
+                        wait_until(cold_start_cls.app_workers_at_rest, 300, "the app warm workers held, none loading")
+                        if side == "raygpu_s":  # its deployment in the app's env (switched at rest)
+                            wait_until(cold_start_cls.in_app_env, 120, "the deployment in its app env")
+                            held_rss.extend(cold_start_cls.held_workers().values())
                     elif side.startswith("raygpu") and pool_sizes.get(flavour):
                         # the steady state the pool is sized for: an idle warm worker of the flavour
                         wait_until(lambda: idle_workers(flavour) > 0, 180, f"an idle {flavour} warm worker")
@@ -447,7 +476,7 @@ def main() -> None:
                             runs[case].setdefault(side.removesuffix("_s") + "_total_s", []).append(total)
                     print(f"{case} rep {rep + 1}/{args.repetitions} {side}: {seconds:.3f} s", file=sys.stderr)
                     if side.startswith("raygpu") and rep >= 0:
-                        phases = start_phases_after(deployment, previous_phases.get(case))
+                        phases = start_phases_after(deployment or phase_deployments[side], previous_phases.get(case))
                         previous_phases[case] = phases
                         phase_runs.setdefault(f"{case}/{side}", []).append(phases)
             for key, starts in phase_runs.items():

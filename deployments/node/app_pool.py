@@ -1,9 +1,11 @@
 """A node's warm workers that hold an app unit (deployments/node/app_workers.py): one idle worker per
 live unit that gets them and that this node can run, its code written where the worker loads it, its
-`snap=True` hooks run before any call. Within the node's warm-memory budget, the least recently
-called units' workers go first; a worker of code no live version runs any more (a new deploy, a
-stopped app) is stopped; a unit whose worker failed to hold it (a module that needs CUDA at import,
-a hook that raised) gets no more workers until its code changes, and the reason is kept."""
+`snap=True` hooks run before any call. A unit's first worker starts while its function is at rest
+(not beside a replica's start, which it would slow), its replacement shortly after a replica took
+one. Within the node's warm-memory budget, the least recently called units' workers go first; a
+worker of code no live version runs any more (a new deploy, a stopped app) is stopped; a unit whose
+worker failed to hold it (a module that needs CUDA at import, a hook that raised) gets no more
+workers until its code changes, and the reason is kept."""
 
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ IDLE_TITLE = "ray::IDLE"
 PENDING_GRACE_S = 300.0
 # after a replica took a unit's worker, its replacement waits this long (not to compete for CPU)
 REFILL_DELAY_S = 5.0
+# a unit's first worker starts once its function has been at rest at zero this long
+FIRST_WORKER_REST_S = 5.0
 LAST_CALLS_WINDOW_S = 7 * 24 * 3600.0
 
 
@@ -181,14 +185,20 @@ class AppWorkers:
         held = self.held_keys()
         if held:  # the parker gives a unit's deployment its app env while some node holds a worker of it
             await store.report_app_workers.remote(self.credential, sorted(held))
-        for key in self.kept:
-            if self.workers.get(key):
-                continue
+        missing = [k for k in self.kept if not self.workers.get(k)]
+        at_rest = await store.quiet_functions.remote() if missing else {}
+        for key in missing:
             asked = self.pending.get(key)
             if asked is not None and now - asked < PENDING_GRACE_S:
                 continue  # on its way
             if now - self.taken_at.get(key, 0.0) < REFILL_DELAY_S:
                 continue  # not to compete for CPU with the replica that just took one
+            unit = self.units[key]
+            rest = at_rest.get(f"{unit.app}/{unit.function}")
+            if key not in self.taken_at and (not rest or now - rest[0] < FIRST_WORKER_REST_S):
+                # its first worker waits for the function at rest (a replica of it starting on a
+                # generic worker, as a call right after a deploy does, is not slowed by it)
+                continue
             self.pending[key] = now
             self.started += 1
             await prestart(app_runtime_env(key))
