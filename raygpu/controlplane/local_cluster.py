@@ -269,22 +269,67 @@ def stop_local(timeout_s: float = 15.0, ports_timeout_s: float = 30.0) -> list[i
             proc = recorded_process(pid, cluster.process_starts.get(pid))
             if proc is not None:
                 procs[pid] = proc
+    # Workers and drivers first (the store, the meter, the control driver: what holds raygpu's
+    # state), then Ray's own daemons: a raylet told to stop while its workers run waits for them.
+    # Ray's GCS server and autoscaler monitor keep nothing of a local cluster's and linger after
+    # SIGTERM: they get RAY_DAEMON_GRACE_S.
+    stages = [[], [], []]
     for proc in procs.values():
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=timeout_s)
+        stages[_stop_stage(proc)].append(proc)
+    alive: list[psutil.Process] = []
+    for stage, grace_s in zip(stages, (timeout_s, timeout_s, RAY_DAEMON_GRACE_S)):
+        for proc in stage:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        alive += wait_exited(stage, grace_s)
     for proc in alive:
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=5)
+    wait_exited(alive, 5.0)
     clear_all_staged()  # models staged in this machine's memory go with its cluster
     local_state_path().unlink(missing_ok=True)
     wait_for_ports(cluster.http_host, cluster.ports, ports_timeout_s)
     return sorted(procs)
+
+
+RAY_DAEMON_GRACE_S = 2.0
+LINGERING_DAEMONS = ("/gcs_server", "autoscaler/_private/monitor.py")
+
+
+def _stop_stage(proc: psutil.Process) -> int:
+    """0: a Ray worker or driver; 1: a Ray daemon (raylet, dashboard, agents); 2: one that lingers."""
+    try:
+        cmdline = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return 0
+    head = " ".join(cmdline[:3])
+    if any(name in head for name in LINGERING_DAEMONS):
+        return 2
+    if (cmdline and cmdline[0].startswith("ray::")) or "raygpu.controlplane.control_driver" in head:
+        return 0
+    return 1
+
+
+def wait_exited(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait up to `timeout_s` for the processes to exit; those still running. An exited process
+    whose parent has not reaped it yet (a zombie) counts as exited (psutil.wait_procs waits on it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = [p for p in procs if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 def client_servers(gcs_port: int) -> list[psutil.Process]:

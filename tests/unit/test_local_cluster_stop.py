@@ -109,3 +109,29 @@ def test_two_control_planes_never_share_a_state_dir(tmp_path):
     holder.kill()
     holder.wait()
     claim_state_dir(other, "10.0.0.4:6379", os.getpid())
+
+
+def test_down_stops_workers_before_the_daemons_and_does_not_wait_on_exited_ones(tmp_path):
+    from raygpu.controlplane.local_cluster import _stop_stage, wait_exited
+
+    script = tmp_path / "ray" / "autoscaler" / "_private" / "monitor.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("import time; time.sleep(60)")
+    # a process titled as Ray titles its workers, a daemon, and one that lingers after SIGTERM
+    worker = subprocess.Popen(["bash", "-c", "exec -a 'ray::ControlPlaneStore' sleep 60"])
+    daemon = sleeper()
+    lingering = subprocess.Popen([sys.executable, "-u", str(script)])
+    try:
+        time.sleep(0.3)
+        stages = [_stop_stage(psutil.Process(p.pid)) for p in (worker, daemon, lingering)]
+        assert stages == [0, 1, 2]
+        worker.terminate()  # exited, not reaped yet: a zombie of this process counts as exited
+        started = time.monotonic()
+        assert wait_exited([psutil.Process(worker.pid)], 5.0) == []
+        assert time.monotonic() - started < 2.0
+        alive = wait_exited([psutil.Process(daemon.pid)], 0.3)
+        assert [p.pid for p in alive] == [daemon.pid]
+    finally:
+        for proc in (worker, daemon, lingering):
+            proc.kill()
+            proc.wait()
