@@ -24,7 +24,6 @@ from deployments.calls.context import CallContext, current_call
 from deployments.errors import call_error
 from deployments.signature import bind_positional
 from deployments.spec import DeployedFunction, live_unit
-from raygpu.sdk import call_loop
 from raygpu.sdk.batch import batch_window, run_batch
 from raygpu.sdk.calls import FunctionCall
 from raygpu.sdk.connection import connect
@@ -35,6 +34,14 @@ from raygpu.sdk.errors import FunctionNotFound, NoClusterError, NotFoundError, R
 LOOKUP_FRESH_S = 2.0
 _live: dict[str, tuple[float, dict[str, Any] | None]] = {}
 _live_lock = threading.Lock()
+
+
+def call_loop() -> Any:
+    """The process's call loop (raygpu/sdk/call_loop.py), imported when a call is first made: it
+    brings Ray Serve, which `import raygpu` (an app file, the CLI) does not need."""
+    from raygpu.sdk import call_loop as loop
+
+    return loop
 
 
 class RemoteCaller:
@@ -49,7 +56,7 @@ class RemoteCaller:
 
     async def aio(self, *args: Any, **kwargs: Any) -> Any:
         method, arguments = self.function._prepare_call(args, kwargs)
-        return await call_loop.run_async(self.function._call_async(method, arguments, current_call()))
+        return await call_loop().run_async(self.function._call_async(method, arguments, current_call()))
 
 
 class RemoteFunction:
@@ -106,8 +113,8 @@ class RemoteFunction:
         """One call through this process's call core (on its loop); the result, or the call error.
         When the version it knows left Serve (a newer one went live), it is sent to the live one."""
         spec = self.deployed.spec
-        core = call_loop.core()
-        call_loop.record_arrival(self.app, spec.name)
+        core = call_loop().core()
+        call_loop().record_arrival(self.app, spec.name)
         try:
             answer = await core.call(self.app, self.deployed, method, kwargs, caller=caller, admit=True)
         except (Unavailable, FunctionNotFound):
@@ -124,7 +131,7 @@ class RemoteFunction:
         return answer.payload()
 
     def _call(self, method: str | None, kwargs: dict[str, Any], caller: CallContext | None = None) -> Any:
-        return call_loop.run(self._call_async(method, kwargs, caller))
+        return call_loop().run(self._call_async(method, kwargs, caller))
 
     def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
         """Start the call in the background and return at once: a FunctionCall to poll (`.get()`),
@@ -226,9 +233,11 @@ class RemoteFunction:
     def _stream(self, method: str | None, arguments: dict[str, Any]) -> Iterator[Any]:
         spec = self.deployed.spec
         caller = current_call()
-        call_loop.record_arrival(self.app, spec.name)
-        opened = call_loop.run(
-            call_loop.core().open_stream(
+        call_loop().record_arrival(self.app, spec.name)
+        opened = call_loop().run(
+            call_loop()
+            .core()
+            .open_stream(
                 self.app,
                 self.deployed,
                 lambda handle, sent: handle.stream.remote(method, arguments, 0, sent),
@@ -243,7 +252,7 @@ class RemoteFunction:
         try:
             while True:
                 try:
-                    kind, value = call_loop.run(_next_item(stream))
+                    kind, value = call_loop().run(_next_item(stream))
                 except StopAsyncIteration:
                     break
                 if kind == "error":
@@ -296,7 +305,7 @@ def _live_app(app: str) -> dict[str, Any] | None:
     if cached is not None and time.monotonic() - cached[0] < LOOKUP_FRESH_S:
         return cached[1]
     # asked from the call loop: inside an async function of a replica this waits without ray.get
-    entry = call_loop.run(_ask_live_app(app))
+    entry = call_loop().run(_ask_live_app(app))
     with _live_lock:
         _live[app] = (time.monotonic(), entry)
     return entry
