@@ -15,12 +15,23 @@ from typing import Any
 
 import ray
 from pydantic import BaseModel, Field
-from ray import serve
-from ray.serve.context import _get_global_client
 
 from deployments import constants
-from deployments.replicas.application import build_app_application
 from deployments.spec import DeployedFunction
+
+
+def _serve() -> Any:
+    """Ray Serve, imported when first used: the CLI's commands that only read the store do not
+    pay for its import."""
+    from ray import serve
+
+    return serve
+
+
+def _client() -> Any:
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client()
 
 
 class ServeAppOptions(BaseModel):
@@ -59,6 +70,8 @@ def build_version(
     missing = [f.spec.name for f in chosen if f.spec.name not in payloads]
     if missing:
         raise ValueError(f"{app} v{version}: the store has no code for {', '.join(missing)}")
+    from deployments.replicas.application import build_app_application
+
     return build_app_application(
         app,
         version,
@@ -84,12 +97,12 @@ def run_version(
 ) -> None:
     """Build a version's application and hand it to Serve without waiting (see wait_until_running)."""
     application = build_version(app, version, functions, payloads, options, only)
-    serve._run(application, _blocking=False, name=serve_app, route_prefix=None)
+    _serve()._run(application, _blocking=False, name=serve_app, route_prefix=None)
 
 
 def delete_app(serve_app: str, blocking: bool = False) -> None:
     """Delete a Serve application (its replicas finish their calls first)."""
-    serve.delete(serve_app, _blocking=blocking)
+    _serve().delete(serve_app, _blocking=blocking)
 
 
 @dataclass(frozen=True)
@@ -100,7 +113,7 @@ class ServeAppState:
 
 def app_state(serve_app: str) -> ServeAppState:
     """One application's status (NOT_STARTED when Serve does not know it)."""
-    overview = _get_global_client().get_serve_status(serve_app)
+    overview = _client().get_serve_status(serve_app)
     status = overview.app_status
     state = str(getattr(status.status, "value", status.status))
     messages = [status.message] + [d.message for d in overview.deployment_statuses]
@@ -113,19 +126,18 @@ def app_exists(serve_app: str) -> bool:
 
 def app_names() -> list[str]:
     """The names of every Serve application (statuses only, no details)."""
-    return [overview.name for overview in _get_global_client().list_serve_statuses()]
+    return [overview.name for overview in _client().list_serve_statuses()]
 
 
 def deployments_of(serve_app: str) -> set[str]:
     """The deployments Serve's controller runs for one application (none when it does not exist)."""
-    return {d.name for d in _get_global_client().get_serve_status(serve_app).deployment_statuses}
+    return {d.name for d in _client().get_serve_status(serve_app).deployment_statuses}
 
 
 def deployments_by_app() -> dict[str, set[str]]:
     """The deployment names of every Serve application (statuses only)."""
     return {
-        overview.name: {d.name for d in overview.deployment_statuses}
-        for overview in _get_global_client().list_serve_statuses()
+        overview.name: {d.name for d in overview.deployment_statuses} for overview in _client().list_serve_statuses()
     }
 
 
@@ -133,7 +145,7 @@ def serve_details() -> dict[str, Any]:
     """Serve's full record of every application (replicas and their states): for status views,
     never on a path that runs per call or per tick. Empty when Serve does not answer."""
     try:
-        return _get_global_client().get_serve_details()
+        return _client().get_serve_details()
     except Exception:
         return {}
 
@@ -150,7 +162,7 @@ def running_replicas(serve_app: str) -> dict[str, int]:
 def busy_deployments(serve_app: str, names: set[str]) -> set[str]:
     """Those of `names` in one application that Serve runs or starts a replica of, or wants one for
     (target above zero); a deployment the controller cannot answer for counts as busy."""
-    controller = _get_global_client()._controller
+    controller = _client()._controller
     busy = set()
     for name in names:
         try:

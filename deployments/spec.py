@@ -201,6 +201,9 @@ class FunctionSpec(BaseModel):
     schedule: Schedule | None = None
     # A class's `@raygpu.enter(snap=True)` hooks: warm workers of the app run them ahead of its replicas.
     snap_hooks: list[str] = Field(default_factory=list, max_length=64)
+    # Load the unit's code ahead, in warm workers of the app (Modal's name for it): its imports run
+    # before any call. A class with `snap=True` hooks asks for it too.
+    enable_memory_snapshot: bool = False
 
     @field_validator("name")
     @classmethod

@@ -34,6 +34,8 @@ class UnitKind(ABC):
     warm_flavour: ClassVar[str] = "torch"
     # Whether units of this kind may run on a schedule (`schedule=raygpu.Cron(...)`).
     schedulable: ClassVar[bool] = False
+    # Whether warm workers of the app may load this kind's code ahead (`enable_memory_snapshot`).
+    runs_ahead: ClassVar[bool] = False
 
     def check_spec(self, spec: FunctionSpec) -> None:
         """Raise ValueError naming what `spec` lacks or has that this kind does not allow."""
@@ -46,6 +48,11 @@ class UnitKind(ABC):
             raise ValueError(f"a {self.name} has no methods; only classes do")
         if spec.snap_hooks and not self.has_methods:
             raise ValueError(f"a {self.name} has no enter hooks; @raygpu.enter(snap=True) goes on a class's methods")
+        if spec.enable_memory_snapshot and not self.runs_ahead:
+            raise ValueError(
+                f"enable_memory_snapshot goes on functions and classes, not on a {self.name}: its replicas "
+                f"start on the {self.warm_flavour} warm workers, which have its engine imported already"
+            )
         if spec.schedule is not None and not self.schedulable:
             raise ValueError(
                 f"schedule= goes on functions (@app.function), not on a {self.name}: schedule a function that calls it"

@@ -14,6 +14,7 @@ from deployments.spec import FunctionSpec, RouteSchema
 class ClassKind(UnitKind):
     name = "class"
     has_methods = True
+    runs_ahead = True
 
     def check_spec(self, spec: FunctionSpec) -> None:
         super().check_spec(spec)

@@ -27,6 +27,7 @@ def route_of_callable(
 class FunctionKind(UnitKind):
     name = "function"
     schedulable = True
+    runs_ahead = True
 
     def check_spec(self, spec: FunctionSpec) -> None:
         super().check_spec(spec)

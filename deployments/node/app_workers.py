@@ -3,7 +3,9 @@ warm workers share (Ray hands an idle worker only to an actor with an identical 
 file a worker loads the unit's code from, and which units' workers fit a node's memory. Pure: no Ray.
 
 A class with `@raygpu.enter(snap=True)` hooks gets them: a warm worker imports its module and runs
-those hooks before any call arrives, and the replica that lands on it adopts the instance. Its
+those hooks before any call arrives, and the replica that lands on it adopts the instance. A
+function or class with `enable_memory_snapshot=True` gets them too: the worker loads its code (the
+imports it needs) and the replica adopts that. Its
 deployment takes that runtime env only while a node holds such a worker (`uses_app_env`): without
 one, a replica in the unit's own env would start a process of its own, where the generic torch
 warm worker it takes otherwise has torch imported already.
@@ -48,18 +50,28 @@ def node_code_dir(root: str, raylet_pid: int) -> str:
     return os.path.join(root, str(raylet_pid))
 
 
+def runs_ahead(spec: FunctionSpec) -> bool:
+    """Whether a unit asks for its code loaded ahead: a class with `snap=True` enter hooks, or a
+    function or class with `enable_memory_snapshot=True` (only those kinds may set it)."""
+    return bool(spec.snap_hooks) or spec.enable_memory_snapshot
+
+
+def app_worker_refusal(spec: FunctionSpec) -> str | None:
+    """Why a unit that asks for app-warm workers gets none (its replicas start as without them);
+    None when it gets them."""
+    if spec.min_containers > 0:
+        return "it keeps min_containers > 0: its replicas are up already"
+    if spec.image.pip:
+        return "its image installs pip packages, an environment of its own, which no warm worker has"
+    if spec.secrets:
+        return "it names secrets, whose values reach its replicas only"
+    return None
+
+
 def wants_app_worker(spec: FunctionSpec) -> bool:
-    """Whether a unit's replicas take app-warm workers: a class with `snap=True` enter hooks that may
-    scale to zero, in the cluster's own environment (an image that installs pip packages runs in an
-    environment of its own, which starts as without warm workers), naming no secret (their values
-    reach replicas only, fetched at start)."""
-    return (
-        spec.kind == "class"
-        and bool(spec.snap_hooks)
-        and spec.min_containers == 0
-        and not spec.image.pip
-        and not spec.secrets
-    )
+    """Whether a unit's replicas take app-warm workers: it asks for them (`runs_ahead`), may scale to
+    zero, runs in the cluster's own environment and names no secret (`app_worker_refusal`)."""
+    return runs_ahead(spec) and app_worker_refusal(spec) is None
 
 
 @dataclass(frozen=True)

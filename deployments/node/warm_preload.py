@@ -5,8 +5,9 @@ warm worker) import the heavy modules a replica needs in a background thread, on
 idle for a moment: a worker idling in the pool gets them ready, while one started on demand for a
 replica is busy by then and imports only what that replica needs itself. Every other worker
 returns at once. An `app` worker also holds one unit of an app (RAYGPU_WARM_UNIT): it loads the
-unit's code, creates its instance and runs its `snap=True` enter hooks, with CUDA refused; the
-replica that lands on it adopts the instance (`HELD`, once `HOLD_DONE` is set).
+unit's code (its imports) and, for a class with `snap=True` enter hooks, creates its instance and
+runs those hooks, with CUDA refused; the replica that lands on it adopts the code and instance
+(`HELD`, once `HOLD_DONE` is set).
 """
 
 import json
@@ -19,7 +20,8 @@ from deployments.constants import WARM_APPS_DIR, WARM_READY_DIR
 
 PRELOADED_AT: float | None = None
 POOLED_AT: float | None = None  # when the worker was found idle in the pool (before any replica took it)
-# The app unit this worker holds: "key", "code", "instance", or "error" (why it holds none).
+# The app unit this worker holds: "key", "code", "instance" (a class with snap hooks), or "error"
+# (why it holds none).
 HELD: dict[str, Any] = {}
 HOLD_DONE = threading.Event()
 IDLE_BEFORE_PRELOAD_S = 1.0
@@ -48,7 +50,7 @@ def _hold_app() -> bool:
         import cloudpickle
 
         from deployments.engines.cuda_guard import cuda_blocked
-        from deployments.lifecycle import run_snap_hooks
+        from deployments.lifecycle import run_snap_hooks, snap_hook_names
 
         try:
             with open(name, "rb") as f:
@@ -62,10 +64,11 @@ def _hold_app() -> bool:
         with cuda_blocked(f"importing the code of {key}"):
             code = cloudpickle.loads(payload)
         HELD["code"] = code
-        with cuda_blocked(f"the constructor of {key}"):
-            instance = code()
-        run_snap_hooks(instance, guard=cuda_blocked)
-        HELD["instance"] = instance
+        if isinstance(code, type) and snap_hook_names(code):  # a class whose snap hooks run ahead
+            with cuda_blocked(f"the constructor of {key}"):
+                instance = code()
+            run_snap_hooks(instance, guard=cuda_blocked)
+            HELD["instance"] = instance
         return True
     except BaseException as exc:
         HELD["error"] = f"{type(exc).__name__}: {exc}"

@@ -32,23 +32,23 @@ from deployments.store.actor import get_store
 logger = logging.getLogger(f"ray.serve.{__name__}")
 
 
-async def adoptable_instance(snap_hooks: list[str], wait_s: float) -> tuple[Any, Any] | None:
-    """(instance, code) of the unit this process's warm worker holds for the replica starting in it:
-    a replica lands only on a worker of its own unit (their runtime envs are the same), and waits
-    up to `wait_s` for the worker's `snap=True` hooks when they are still running. None when it
-    holds none (or its hooks did not finish in time: the replica then runs its own)."""
+async def adoptable(wait_s: float) -> tuple[Any, Any] | None:
+    """(instance or None, code) of the unit this process's warm worker holds for the replica
+    starting in it: a replica lands only on a worker of its own unit (their runtime envs are the
+    same), and waits up to `wait_s` for the worker's loading and `snap=True` hooks when still
+    running. None when it holds none (or did not finish in time: the replica then loads its own)."""
     import sys
 
     preload = sys.modules.get("deployments.node.warm_preload")
-    if not snap_hooks or preload is None or getattr(preload, "FLAVOUR", None) != "app":
+    if preload is None or getattr(preload, "FLAVOUR", None) != "app":
         return None
     if not await asyncio.to_thread(preload.HOLD_DONE.wait, wait_s):
-        logger.warning("raygpu: the warm worker's snap=True hooks ran past %.0f s; this replica runs its own", wait_s)
+        logger.warning("raygpu: the warm worker ran past %.0f s loading the app; this replica loads its own", wait_s)
         return None
     held = preload.HELD
-    if held.get("instance") is None:
+    if "code" not in held or "error" in held:
         return None
-    return held["instance"], held["code"]
+    return held.get("instance"), held["code"]
 
 
 class UnserializableItem(Exception):
@@ -94,7 +94,11 @@ class FunctionReplica(ReplicaBase):
         task.add_done_callback(self._cancel_checks.discard)
 
     async def _code(self, payload: bytes) -> Any:
-        """The unit's code from its pickled payload."""
+        """The unit's code: as the app-warm worker it landed on loaded it, else from its payload."""
+        held = await adoptable(self.spec.startup_timeout)
+        if held is not None:
+            self.phases.mark("adopted")
+            return held[1]
         return cloudpickle.loads(payload)
 
     def _callables(self, code: Any) -> dict[str | None, Callable[..., Any]]:
@@ -296,16 +300,17 @@ class ClassReplica(FunctionReplica):
     """One replica of a user class: one instance, its enter hooks run once, its methods the callables.
 
     On a warm worker that holds this unit (deployments/node/warm_preload.py) it adopts the worker's
-    instance, whose `snap=True` hooks ran before any call arrived, and runs only the other hooks."""
+    code and instance, whose `snap=True` hooks ran before any call arrived, and runs only the other
+    hooks."""
 
     async def _code(self, payload: bytes) -> Any:
         self.instance = None
-        held = await adoptable_instance(self.spec.snap_hooks, self.spec.startup_timeout)
+        held = await adoptable(self.spec.startup_timeout)
         if held is not None:
-            self.instance, code = held
+            self.instance, code = held  # no instance: a class without snap hooks, created as usual
             self.phases.mark("adopted")
             return code
-        return await super()._code(payload)
+        return cloudpickle.loads(payload)
 
     def _callables(self, code: Any) -> dict[str | None, Callable[..., Any]]:
         if self.instance is None:

@@ -102,8 +102,9 @@ class FunctionStatus(BaseModel):
     schedule: ScheduleStatus | None = None
     warm_workers: str | None = Field(
         default=None,
-        description="for a class with snap=True enter hooks: the nodes whose warm workers hold it, or why "
-        "none does (its replicas then start as without one)",
+        description="for a unit whose code loads ahead (a class with snap=True enter hooks, "
+        "enable_memory_snapshot=True): the nodes whose warm workers hold it, or why none does (its "
+        "replicas then start as without one)",
     )
 
 

@@ -12,6 +12,7 @@ import ray
 
 from deployments import constants
 from deployments.kinds import kind_of
+from deployments.node.app_workers import app_worker_refusal, runs_ahead
 from deployments.node.weight_cache import fingerprint
 from deployments.replicas.start_phases import PHASES, TRIGGER_PHASES
 from deployments.schedules import next_due_after
@@ -167,7 +168,7 @@ def app_status(app: str) -> AppStatus:
     cancels = ray.get(control.cancel_replacements.remote(app))
     units = [DeployedFunction.model_validate(raw) for raw in entry["functions"]]
     schedules = ray.get(control.schedule_summary.remote(app, [u.spec.name for u in units if u.spec.schedule]))
-    warm = app_worker_notes(app) if any(u.spec.snap_hooks for u in units) else {}
+    warm = app_worker_notes(app, units) if any(runs_ahead(u.spec) for u in units) else {}
     functions = []
     node_types: list[NodeType] | None = None
     for deployed in units:
@@ -230,16 +231,17 @@ def app_status(app: str) -> AppStatus:
     )
 
 
-def app_worker_notes(app: str) -> dict[str, str]:
-    """Per unit of `app` that warm workers may hold: on how many nodes one does, or why none does."""
+def app_worker_notes(app: str, units: list[DeployedFunction]) -> dict[str, str]:
+    """Per unit of `app` that asks for app-warm workers: on how many nodes one holds it, or why none
+    does."""
     from deployments.node.warm_pool import pool_stats
 
     held: dict[str, int] = {}
-    reasons: dict[str, str] = {}
+    reasons = {u.spec.name: why for u in units if runs_ahead(u.spec) and (why := app_worker_refusal(u.spec))}
     try:
         stats = pool_stats()
     except Exception:
-        return {}
+        stats = []
     for node in stats:
         for unit in (node.get("apps") or {}).get("units", []):
             if unit["app"] != app:

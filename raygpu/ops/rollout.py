@@ -12,12 +12,10 @@ import hashlib
 import time
 
 import ray
-from ray import serve
 
 from deployments import constants
 from deployments.node.app_workers import unit_key, uses_app_env, wants_app_worker
 from deployments.node.weight_cache import fingerprint
-from deployments.replicas.start_check import start_checks
 from deployments.serve_apps import (
     ServeAppOptions,
     app_exists,
@@ -109,6 +107,8 @@ def startup_errors_of_running(serve_app: str, names: set[str], wait_s: float) ->
     """The startup error of each named deployment's replicas in a running Serve application."""
     errors: dict[str, str] = {}
     for name in sorted(names):
+        from ray import serve
+
         handle = serve.get_deployment_handle(name, app_name=serve_app)
         try:
             error = handle.start_check.remote().result(timeout_s=wait_s)
@@ -123,6 +123,8 @@ def run_start_checks(
     app: str, version: int, units: list[Unit], worker_resource: str | None, wait_s: float
 ) -> dict[str, str]:
     """Start one replica of each unit outside Serve, wait for it to load and stop; the errors."""
+    from deployments.replicas.start_check import start_checks
+
     checks = start_checks(app, version, units, worker_resource)
     errors: dict[str, str] = {}
     try:

@@ -4,7 +4,7 @@ deployment took its app env at rest), a class's `snap=True` hook runs in a warm 
 call and the replica that answers runs in that process (its plain hook after); a new
 deploy with changed code gets a new worker; a hook that initialises CUDA gets no worker and its
 replica refuses with the reason; over the node's warm-memory budget the least recently called app's
-worker goes."""
+worker goes; a function with `enable_memory_snapshot=True` is answered in the worker that loaded it."""
 
 import json
 import time
@@ -134,10 +134,13 @@ def test_over_the_warm_memory_budget_the_least_recently_called_app_goes(snapped)
     cluster = snapped
     _, other_pid = held_worker(cluster, "Other")
     snapper_key, _ = held_worker(cluster, "Snapper")
-    # Snapper was called in the test before; Other never: with room for one worker, Other's goes
-    sizes = {k: u["rss_bytes"] for k, u in units(cluster).items() if u["idle"]}
+    # Snapper was called in the test before; Other never: with room for one worker, Other's goes.
+    # The room: one and a half of Snapper's holding worker (its memory as the pool measures it may
+    # differ a little; every worker here has torch imported, so two do not fit)
+    snapper_rss = max([w["rss_bytes"] for w in units(cluster)[snapper_key]["idle"] if w["holds"]], default=0)
     pool = ray.get_actor(pool_actor_name(ray.get_runtime_context().get_node_id()), namespace=constants.RAY_NAMESPACE)
-    budget = sizes[snapper_key] + 50 * 2**20
+    assert snapper_rss > 0
+    budget = int(snapper_rss * 1.5)
     ray.get(pool.use_app_workers.remote(admin_key(), budget))
     try:
         cluster.wait_for(
@@ -146,7 +149,8 @@ def test_over_the_warm_memory_budget_the_least_recently_called_app_goes(snapped)
             what="the least recently called app's worker to go",
         )
         kept = units(cluster)
-        assert any(u["function"] == "Snapper" and u["kept"] and u["idle"] for u in kept.values())
+        # (its worker may have been taken meanwhile: the policy pre-warms a class called before)
+        assert any(u["function"] == "Snapper" and u["kept"] for u in kept.values())
         assert not any(u["function"] == "Other" and u["kept"] for u in kept.values())
         assert "over --warm-memory" in cluster.cli("pool").stdout
     finally:
@@ -162,3 +166,19 @@ def test_over_the_warm_memory_budget_the_least_recently_called_app_goes(snapped)
         )
     finally:
         ray.get(pool.use_app_workers.remote(admin_key(), None))
+
+
+def test_a_function_with_enable_memory_snapshot_is_answered_in_the_worker_that_loaded_it(snapped):
+    cluster = snapped
+    _, pid = held_and_taken(cluster, "ahead")
+    answer = cluster.post("/snapped/ahead", {}).json()
+    assert answer == {"pid": pid, "warm": "app"}
+    cluster.wait_for(
+        lambda: (
+            "adopted" in next(f for f in cluster.status("snapped").functions if f.name == "ahead").last_start_phases
+        ),
+        timeout=30,
+        what="the adopted phase of the function's replica",
+    )
+    note = next(f for f in cluster.status("snapped").functions if f.name == "ahead").warm_workers
+    assert note is not None and note.startswith("held by warm workers"), note

@@ -96,6 +96,41 @@ def test_which_units_get_app_workers_and_their_shared_runtime_env():
     assert plain["ray_actor_options"]["runtime_env"]["env_vars"] == {WARM_ENV_VAR: "torch"}
 
 
+def test_enable_memory_snapshot_asks_for_app_workers_for_functions_and_classes_only():
+    from deployments.node.app_workers import app_worker_refusal, runs_ahead
+
+    app = raygpu.App("ahead")
+
+    @app.function(enable_memory_snapshot=True)
+    def tokenize(text: str) -> list[str]:
+        return text.split()
+
+    @app.cls(enable_memory_snapshot=True)
+    class Plain:
+        @raygpu.method()
+        def go(self) -> int:
+            return 1
+
+    @app.function()
+    def later(x: int) -> int:
+        return x
+
+    function, plain = tokenize.spec, app.specs["Plain"]
+    assert runs_ahead(function) and wants_app_worker(function) and wants_app_worker(plain)
+    assert not runs_ahead(later.spec) and not wants_app_worker(later.spec)  # asked for by no one
+    pinned = function.model_copy(update={"min_containers": 2})
+    assert not wants_app_worker(pinned) and "min_containers" in app_worker_refusal(pinned)
+    piped = function.model_copy(update={"image": Image(pip=["numpy"])})
+    assert "pip packages" in app_worker_refusal(piped)  # starts as without one, never in the wrong env
+    assert runtime_env_for(piped.image.to_runtime_env(), "torch", unit_key("ahead", "tokenize", "ab" * 32)) == {
+        "pip": ["numpy"]
+    }
+    assert "secrets" in app_worker_refusal(function.model_copy(update={"secrets": ["hf"]}))
+    assert app_worker_refusal(function) is None
+    with pytest.raises(raygpu.InvalidSpecError, match="enable_memory_snapshot goes on functions and classes"):
+        app.vllm("chat", model="/models/x", enable_memory_snapshot=True)
+
+
 def test_a_deployment_takes_its_app_env_while_a_node_holds_a_worker_and_switches_only_at_rest():
     from autoscaling.parking import QuietReport
     from deployments.node.app_workers import (
@@ -197,3 +232,90 @@ def test_a_snap_hook_that_initialises_cuda_is_refused_in_the_guard():
 
     with pytest.raises(CudaBeforeGpuError, match="Greedy.load initialised CUDA"):
         run_snap_hooks(Greedy.__new__(Greedy), guard=cuda_blocked)
+
+
+HOLD_SCRIPT = """
+import json, os, sys
+from deployments.node import warm_preload
+results = {}
+for key in sys.argv[1:]:
+    os.environ["RAYGPU_WARM_UNIT"] = key
+    warm_preload.HELD.clear()
+    ok = warm_preload._hold_app()
+    held = warm_preload.HELD
+    instance = held.get("instance")
+    results[key] = {
+        "ok": ok,
+        "code": "code" in held,
+        "instance": instance is not None,
+        "loaded": getattr(instance, "loaded", None),
+        "error": held.get("error"),
+    }
+print(json.dumps(results))
+"""
+
+
+def test_a_worker_holds_a_functions_code_and_a_snap_classs_instance_and_refuses_cuda(tmp_path):
+    """warm_preload._hold_app in a process of its own (its parent's code dir, as a raylet's worker)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import cloudpickle
+
+    from deployments import constants
+    from deployments.node.app_workers import env_file_name, node_code_dir
+
+    app = raygpu.App("holding")
+
+    @app.function(enable_memory_snapshot=True)
+    def plain(x: int) -> int:
+        return x
+
+    @app.cls()
+    class Snapped:
+        @raygpu.enter(snap=True)
+        def load(self):
+            self.loaded = os.environ.get("HOLD_MODE", "?")
+
+        @raygpu.method()
+        def go(self) -> str:
+            return self.loaded
+
+    @app.cls()
+    class Cuda:
+        @raygpu.enter(snap=True)
+        def load(self):
+            import torch
+
+            torch.cuda.init()
+
+        @raygpu.method()
+        def go(self) -> int:
+            return 1
+
+    folder = node_code_dir(constants.WARM_APPS_DIR, os.getpid())
+    os.makedirs(folder, exist_ok=True)
+    keys = {name: unit_key("holding", name, "ab" * 32) for name in ("plain", "Snapped", "Cuda", "missing")}
+    try:
+        for name in ("plain", "Snapped", "Cuda"):
+            code = app.units[name][1]  # as a deploy ships it
+            with open(os.path.join(folder, payload_file_name(keys[name])), "wb") as f:
+                f.write(cloudpickle.dumps(code))
+            with open(os.path.join(folder, env_file_name(keys[name])), "w") as f:
+                json.dump({"HOLD_MODE": "ahead"}, f)
+        env = {k: v for k, v in os.environ.items() if k not in ("RAYGPU_WARM_WORKER", "RAYGPU_WARM_UNIT")}
+        out = subprocess.run(
+            [sys.executable, "-c", HOLD_SCRIPT, *keys.values()], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        held = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert held[keys["plain"]] == {"ok": True, "code": True, "instance": False, "loaded": None, "error": None}
+    assert held[keys["Snapped"]]["ok"] and held[keys["Snapped"]]["loaded"] == "ahead"  # the image env was set
+    cuda = held[keys["Cuda"]]
+    assert not cuda["ok"] and "initialised CUDA" in cuda["error"] and "Cuda.load" in cuda["error"]
+    assert held[keys["missing"]]["error"] == "no code for this unit on the node"

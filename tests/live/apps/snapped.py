@@ -47,3 +47,8 @@ class CudaSnap:
     @raygpu.method()
     def go(self) -> int:
         return 1
+
+
+@app.function(scaledown_window=2, enable_memory_snapshot=True)
+def ahead() -> dict:
+    return {"pid": os.getpid(), "warm": os.environ.get("RAYGPU_WARM_WORKER")}
