@@ -182,3 +182,26 @@ def test_a_function_with_enable_memory_snapshot_is_answered_in_the_worker_that_l
     )
     note = next(f for f in cluster.status("snapped").functions if f.name == "ahead").warm_workers
     assert note is not None and note.startswith("held by warm workers"), note
+
+
+def test_a_class_whose_image_installs_pip_packages_gets_no_worker_and_says_why(snapped):
+    """Its replicas run in an environment of their own, which no warm worker has: it starts as
+    without one, never in the cluster's environment (not called here: building it needs PyPI)."""
+    cluster = snapped
+    note = next(f for f in cluster.status("snapped").functions if f.name == "Piped").warm_workers
+    assert note is not None and "pip packages" in note, note
+    assert not any(u["function"] == "Piped" for u in units(cluster).values())
+    from deployments.serve_apps import options_from, options_key
+    from deployments.store.actor import get_store
+
+    store = get_store()
+    serve_app = ray.get(store.live_app.remote("snapped"))["functions"][0]["serve_app"]
+    options = options_from(ray.get(store.get_setting.remote(options_key(serve_app), None)))
+    assert "Piped" not in options.app_workers
+    # what Serve starts its replicas with: the image's own environment
+    from deployments.serve_apps import serve_details
+
+    deployment = serve_details()["applications"][serve_app]["deployments"]["Piped"]
+    runtime_env = deployment["deployment_config"]["ray_actor_options"]["runtime_env"]
+    assert runtime_env.get("pip") and "six==1.16.0" in json.dumps(runtime_env["pip"]), runtime_env
+    assert "RAYGPU_WARM_UNIT" not in json.dumps(runtime_env)

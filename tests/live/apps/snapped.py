@@ -52,3 +52,16 @@ class CudaSnap:
 @app.function(scaledown_window=2, enable_memory_snapshot=True)
 def ahead() -> dict:
     return {"pid": os.getpid(), "warm": os.environ.get("RAYGPU_WARM_WORKER")}
+
+
+@app.cls(scaledown_window=2, image=raygpu.Image(pip=["six==1.16.0"]))
+class Piped:
+    @raygpu.enter(snap=True)
+    def load(self):
+        import six
+
+        self.version = six.__version__
+
+    @raygpu.method()
+    def version_of_six(self) -> str:
+        return self.version
