@@ -23,7 +23,7 @@ import ray
 from autoscaling.parking import QuietReport, parked_after
 from deployments import constants
 from deployments.head_actors import start_head_actor
-from deployments.node.app_workers import app_env_switches, unit_key, uses_app_env, wants_app_worker
+from deployments.node.app_workers import app_env_switches, app_units, held_now
 from deployments.serve_apps import (
     ServeAppOptions,
     busy_deployments,
@@ -63,14 +63,6 @@ class LiveVersion:
     @property
     def names(self) -> set[str]:
         return {f.spec.name for f in self.functions}
-
-    def app_units(self) -> dict[str, str]:
-        """Function -> app unit key, for the functions whose replicas may take app-warm workers."""
-        return {
-            f.spec.name: unit_key(self.app, f.spec.name, f.digest)
-            for f in self.functions
-            if f.digest and wants_app_worker(f.spec)
-        }
 
     def at_rest(self, raw_reports: dict[str, Any], names: set[str]) -> dict[str, QuietReport | None]:
         """The quiet reports of `names`, none earlier than the version went live or each came back."""
@@ -178,11 +170,7 @@ class Parker:
                     # function in Serve (a call queued for a deployment Serve deletes would hang)
                     await self.store.set_parked.remote(self._credential, app, sorted(wanted | entry.parked))
                     await asyncio.sleep(constants.PARK_PUBLISH_GRACE_S)
-                    since = min(entry.quiet_since(n, raw_reports) for n in newly)
-                    arrived = await self.store.last_arrivals.remote(since)
-                    wanted -= {n for n in newly if arrived.get(f"{app}/{n}", 0.0) >= entry.quiet_since(n, raw_reports)}
-                    # and Serve agrees: no replica and none wanted (a report can trail the policy)
-                    wanted -= await asyncio.to_thread(busy_deployments, entry.serve_app, newly & wanted)
+                    wanted -= newly - await self._still_at_rest(entry, newly, raw_reports)
                 if wanted == entry.parked:
                     continue
                 woken = entry.parked - wanted
@@ -204,7 +192,7 @@ class Parker:
         """A unit that takes app-warm workers runs in its own runtime env while a node holds such a
         worker (its replica lands on it), in its flavour's generic one otherwise (a warm worker with
         torch imported, where its own env would start a fresh process); changed only at rest."""
-        units_by_app = {app: units for app, entry in live.items() if (units := entry.app_units())}
+        units_by_app = {app: units for app, entry in live.items() if (units := app_units(app, entry.functions))}
         if not units_by_app:
             return
         self._held = await self.store.held_app_units.remote()
@@ -221,15 +209,22 @@ class Parker:
             async with entry.lock:  # as parking: a call may have come meanwhile
                 if self.live.get(app) is not entry:
                     continue
-                switches -= entry.parked
-                since = min((entry.quiet_since(n, raw_reports) for n in switches), default=time.time())
-                arrived = await self.store.last_arrivals.remote(since)
-                switches -= {n for n in switches if arrived.get(f"{app}/{n}", 0.0) >= entry.quiet_since(n, raw_reports)}
-                switches -= await asyncio.to_thread(busy_deployments, entry.serve_app, switches)
+                switches = await self._still_at_rest(entry, switches - entry.parked, raw_reports)
                 if switches and await self._still_live(entry):
                     await self._redeploy(entry, set(options.app_workers) ^ switches)
                     self.env_switches += len(switches)
                     logger.info("raygpu parker: %s: app-warm env now for %s", app, sorted(entry.options.app_workers))
+
+    async def _still_at_rest(self, entry: LiveVersion, names: set[str], raw_reports: dict[str, Any]) -> set[str]:
+        """Those of `names` with no arrival since they came to rest and no replica in Serve, none
+        wanted (a quiet report can trail the policy): asked under the app's lock, right before a
+        change to their deployments."""
+        if not names:
+            return set()
+        since = {n: entry.quiet_since(n, raw_reports) for n in names}
+        arrived = await self.store.last_arrivals.remote(min(since.values()))
+        quiet = {n for n in names if arrived.get(f"{entry.app}/{n}", 0.0) < since[n]}
+        return quiet - await asyncio.to_thread(busy_deployments, entry.serve_app, quiet)
 
     async def _redeploy(self, entry: LiveVersion, app_workers: set[str]) -> None:
         """Deploy the functions `entry` keeps in Serve again, those of `app_workers` in their app
@@ -306,12 +301,11 @@ class Parker:
             payloads, options = await self._version_code(entry)
             initial = dict(options.initial_replicas)
             minimums = {f.spec.name: f.spec.min_containers for f in entry.functions}
-            app_workers, units, now = set(options.app_workers), entry.app_units(), time.time()
-            for name in entry.parked - parked:  # coming back: a new deployment, with new options
+            coming_back = entry.parked - parked  # each a new deployment, with new options
+            held = held_now(time.time(), app_units(entry.app, entry.functions), self._held)
+            app_workers = (set(options.app_workers) - coming_back) | (held & coming_back)
+            for name in coming_back:
                 initial[name] = max(minimums[name], 1 if name == called else 0)
-                app_workers.discard(name)
-                if name in units and uses_app_env(now, self._held.get(units[name]), False):
-                    app_workers.add(name)
             if initial != options.initial_replicas or app_workers != set(options.app_workers):
                 # every later build gives the deployments in Serve the options they run with
                 update = {"initial_replicas": initial, "app_workers": sorted(app_workers)}

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 
 from autoscaling.parking import QuietReport
-from deployments.spec import FunctionSpec
+from deployments.spec import DeployedFunction, FunctionSpec
 
 APP_FLAVOUR = "app"
 # the unit (app/unit/code digest) a warm worker holds; part of its runtime env and its replicas'
@@ -105,6 +105,18 @@ HELD_RELEASE_S = 60.0
 # An env is switched only for a function at rest this long with no pre-warm due within the lead: a
 # replica starting while Serve takes the new options would be started again.
 SWITCH_QUIET_S = 3.0
+
+
+def app_units(app: str, functions: list[DeployedFunction]) -> dict[str, str]:
+    """Function -> unit key, for the functions of a version whose replicas may take app-warm workers."""
+    return {
+        f.spec.name: unit_key(app, f.spec.name, f.digest) for f in functions if f.digest and wants_app_worker(f.spec)
+    }
+
+
+def held_now(now: float, units: dict[str, str], last_held: dict[str, float]) -> set[str]:
+    """The functions (of `units`) a new deployment of which takes its app env: a node holds it now."""
+    return {name for name, key in units.items() if uses_app_env(now, last_held.get(key), False)}
 
 
 def uses_app_env(now: float, last_held_at: float | None, uses_now: bool) -> bool:

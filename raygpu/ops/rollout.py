@@ -14,7 +14,7 @@ import time
 import ray
 
 from deployments import constants
-from deployments.node.app_workers import unit_key, uses_app_env, wants_app_worker
+from deployments.node.app_workers import app_units, held_now
 from deployments.node.weight_cache import fingerprint
 from deployments.serve_apps import (
     ServeAppOptions,
@@ -39,16 +39,10 @@ Unit = tuple[FunctionSpec, bytes, str | None]
 def held_units(app_name: str, deployed: list[DeployedFunction]) -> list[str]:
     """The functions whose app unit (same code) a node holds a warm worker of already: their
     deployments take it from the start (the others once a worker holds them; deployments/parking.py)."""
-    units = {
-        d.spec.name: unit_key(app_name, d.spec.name, d.digest)
-        for d in deployed
-        if d.digest and wants_app_worker(d.spec)
-    }
+    units = app_units(app_name, deployed)
     if not units:
         return []
-    held = ray.get(store().held_app_units.remote())
-    now = time.time()
-    return sorted(name for name, key in units.items() if uses_app_env(now, held.get(key), False))
+    return sorted(held_now(time.time(), units, ray.get(store().held_app_units.remote())))
 
 
 def digest_of(spec: FunctionSpec, payload: bytes) -> str:
